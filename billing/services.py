@@ -1,0 +1,126 @@
+"""Usage ingest: from the data plane's Redis stream into PostgreSQL, idempotently."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+
+import orjson
+import redis
+from django.conf import settings
+
+from billing.models import UsageEvent
+from portal.redis import get_redis
+from tenants.models import Tenant
+
+logger = logging.getLogger("wattle.usage")
+
+INGEST_GROUP = "ingest"
+_CLAIM_IDLE_MS = 60_000  # an event a dead consumer held this long is taken over
+
+
+def _consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _ensure_group(client: redis.Redis, stream: str) -> None:
+    try:
+        client.xgroup_create(stream, INGEST_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _to_row(data: dict) -> UsageEvent:
+    return UsageEvent(
+        request_id=data["request_id"],
+        tenant_id=data["tenant"],
+        key_id=data.get("key_id", ""),
+        endpoint=data.get("endpoint", ""),
+        model=data.get("model", "")[:200],
+        backend=data.get("backend", "")[:100],
+        status=data["status"],
+        error_code=(data.get("error_code") or "")[:64],
+        stream=bool(data.get("stream")),
+        client_disconnected=bool(data.get("client_disconnected")),
+        prompt_tokens=int(data.get("prompt_tokens") or 0),
+        completion_tokens=int(data.get("completion_tokens") or 0),
+        ttft_ms=data.get("ttft_ms"),
+        duration_ms=float(data.get("duration_ms") or 0),
+        created_at=datetime.fromtimestamp(data["created"], tz=UTC),
+    )
+
+
+def usage_ingest(*, max_batches: int | None = None, block_ms: int | None = None) -> int:
+    """Move usage events from the Redis stream into the database. Returns how many entries were handled.
+
+    Entries are acknowledged (and deleted from the stream) only after the database commit; a crash between
+    the two re-delivers them, and the unique ``request_id`` turns the second insert into a no-op.
+    """
+    client = get_redis()
+    stream = settings.INFERENCE_USAGE_STREAM
+    _ensure_group(client, stream)
+    consumer = _consumer_name()
+    handled = 0
+    batches = 0
+    # First take over entries that a crashed consumer read but never acknowledged.
+    _next, claimed, *_ = client.xautoclaim(
+        stream, INGEST_GROUP, consumer, min_idle_time=_CLAIM_IDLE_MS, start_id="0-0",
+        count=settings.USAGE_INGEST_BATCH,
+    )
+    pending = [(entry_id, fields) for entry_id, fields in claimed if fields]
+    while True:
+        if not pending:
+            response = client.xreadgroup(
+                INGEST_GROUP, consumer, {stream: ">"}, count=settings.USAGE_INGEST_BATCH, block=block_ms
+            )
+            pending = [(entry_id, fields) for _s, entries in (response or []) for entry_id, fields in entries]
+        if not pending:
+            return handled
+        rows = []
+        for _entry_id, fields in pending:
+            try:
+                rows.append(_to_row(orjson.loads(fields[b"e"])))
+            except (KeyError, ValueError, TypeError) as exc:
+                # A malformed event can't be billed; keep it out of the table but say so loudly.
+                logger.error("dropping malformed usage event: %s", exc.__class__.__name__)
+        tenant_ids = {r.tenant_id for r in rows}
+        known = {str(pk) for pk in Tenant.objects.filter(pk__in=tenant_ids).values_list("pk", flat=True)}
+        for row in rows:
+            if str(row.tenant_id) not in known:
+                logger.error("dropping usage event %s for unknown tenant", row.request_id)
+        UsageEvent.objects.bulk_create(
+            [r for r in rows if str(r.tenant_id) in known], ignore_conflicts=True, batch_size=1000
+        )
+        ids = [entry_id for entry_id, _ in pending]
+        pipe = client.pipeline(transaction=False)
+        pipe.xack(stream, INGEST_GROUP, *ids)
+        pipe.xdel(stream, *ids)
+        pipe.execute()
+        handled += len(ids)
+        pending = []
+        batches += 1
+        if max_batches is not None and batches >= max_batches:
+            return handled
+
+
+def usage_ingest_loop(*, stop, idle_sleep: float = 0.2) -> None:
+    """Drain the usage stream until ``stop`` (a threading.Event) is set, then drain once more."""
+    from django.db import close_old_connections
+
+    while not stop.is_set():
+        try:
+            handled = usage_ingest(max_batches=50)
+        except Exception:
+            logger.exception("usage ingest failed; retrying")
+            handled = 0
+        finally:
+            close_old_connections()
+        if not handled:
+            stop.wait(idle_sleep)
+    try:
+        usage_ingest()
+    finally:
+        close_old_connections()

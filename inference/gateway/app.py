@@ -1,0 +1,481 @@
+"""The `/v1` ASGI app. Async end to end, no ORM and no blocking call per request.
+
+Path of a generation request: authenticate the key (Redis snapshot + in-process cache) → read and validate
+the body → pick the least-loaded healthy replica serving the model → relay the answer (SSE chunk by chunk)
+→ emit exactly one usage event. Everything the client sees on failure is an OpenAI-shaped error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+
+import aiohttp
+import orjson
+from django.conf import settings
+
+from inference.gateway import errors
+from inference.gateway.auth import KeyAuthenticator, KeyRecord
+from inference.gateway.backends import BackendPool, BackendState
+from inference.gateway.errors import GatewayError
+from inference.gateway.usage import UsageEmitter
+from portal.redis import new_async_redis
+
+logger = logging.getLogger("wattle.gateway")
+access_logger = logging.getLogger("wattle.access")
+
+_JSON = b"application/json"
+_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+_DONE = b"data: [DONE]\n\n"
+_GENERATION_ENDPOINTS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+# Upstream statuses worth trying on another replica, before any byte reached the client.
+_RETRYABLE_STATUSES = {502, 503, 504}
+
+
+class ClientGone(Exception):
+    """The client disconnected before we could answer."""
+
+
+class RequestContext:
+    """What one request accumulates for its usage event and access-log line."""
+
+    __slots__ = (
+        "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code", "key", "model",
+        "prompt_tokens", "request_id", "started", "started_wall", "status", "stream", "ttft_ms",
+        "upstream_s",
+    )
+
+    def __init__(self, endpoint: str) -> None:
+        self.request_id = "req_" + secrets.token_hex(12)
+        self.endpoint = endpoint
+        self.started = time.perf_counter()
+        self.started_wall = time.time()
+        self.key: KeyRecord | None = None
+        self.model = ""
+        self.backend = ""
+        self.status = 0
+        self.error_code = ""
+        self.stream = False
+        self.client_disconnected = False
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.ttft_ms: float | None = None
+        self.upstream_s = 0.0  # time spent waiting on the backend
+
+    def overhead_ms(self) -> float:
+        return max(0.0, (time.perf_counter() - self.started - self.upstream_s) * 1000)
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"x-request-id", self.request_id.encode()),
+            (b"x-wattle-overhead-ms", f"{self.overhead_ms():.3f}".encode()),
+        ]
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self.redis = None
+        self.session: aiohttp.ClientSession | None = None
+        self.auth: KeyAuthenticator | None = None
+        self.pool: BackendPool | None = None
+        self.usage: UsageEmitter | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            self.redis = new_async_redis()
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=settings.INFERENCE_UPSTREAM_CONNECT_TIMEOUT_S,
+                    sock_read=settings.INFERENCE_UPSTREAM_READ_TIMEOUT_S,
+                ),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+            )
+            self.auth = KeyAuthenticator(self.redis)
+            self.usage = UsageEmitter(self.redis)
+            await self.usage.start()
+            self.pool = BackendPool(self.redis, self.session)
+            await self.pool.start()
+            self._started = True
+
+    async def shutdown(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self.pool.stop()
+        await self.usage.stop()
+        await self.session.close()
+        await self.redis.aclose()
+
+    # --- ASGI --------------------------------------------------------------------------------------
+    async def __call__(self, scope, receive, send) -> None:
+        if not self._started:
+            await self.startup()
+        path = scope["path"]
+        endpoint = _GENERATION_ENDPOINTS.get(path)
+        if endpoint is not None:
+            if scope["method"] != "POST":
+                await self._send_error(send, GatewayError(405, f"Method {scope['method']} not allowed on {path}."))
+                return
+            await self._generate(scope, receive, send, endpoint)
+        elif path == "/v1/models" or path.startswith("/v1/models/"):
+            await self._models(scope, send, path)
+        else:
+            await self._send_error(send, GatewayError(404, f"Unknown endpoint {path}.", code="unknown_url"))
+
+    # --- helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _headers(scope) -> dict[bytes, bytes]:
+        return dict(scope["headers"])
+
+    async def _send_json(self, send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *headers],
+        })
+        await send({"type": "http.response.body", "body": body})
+
+    async def _send_error(self, send, error: GatewayError, ctx: RequestContext | None = None) -> None:
+        headers = [(k.encode(), v.encode()) for k, v in error.headers.items()]
+        if ctx is not None:
+            ctx.status = error.status
+            ctx.error_code = error.code or error.type
+            headers += ctx.response_headers()
+        await self._send_json(send, error.status, error.body(), headers)
+
+    @staticmethod
+    async def _read_body(receive, headers: dict[bytes, bytes]) -> bytes:
+        limit = settings.INFERENCE_MAX_BODY_BYTES
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise GatewayError(413, f"Request body is larger than {limit} bytes.", code="request_too_large")
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"Request body is larger than {limit} bytes.", code="request_too_large")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    @staticmethod
+    def _parse_json(body: bytes, headers: dict[bytes, bytes]) -> dict:
+        content_type = headers.get(b"content-type", b"application/json")
+        if b"json" not in content_type.lower():
+            raise GatewayError(415, "Content-Type must be application/json.", code="unsupported_media_type")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise errors.bad_request(
+                "We could not parse the JSON body of your request. Please send valid JSON.", code="invalid_json"
+            ) from None
+        if not isinstance(payload, dict):
+            raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
+        return payload
+
+    # --- /v1/models --------------------------------------------------------------------------------
+    async def _models(self, scope, send, path: str) -> None:
+        ctx = RequestContext("models")
+        try:
+            record = await self.auth.authenticate(self._headers(scope).get(b"authorization"))
+            await self.pool.wait_ready()
+            models = sorted(m for m in self.pool.known_models() if record.allows_model(m))
+            cards = [{"id": m, "object": "model", "created": 0, "owned_by": "wattle"} for m in models]
+            if path.startswith("/v1/models/"):
+                wanted = path[len("/v1/models/") :]
+                card = next((c for c in cards if c["id"] == wanted), None)
+                if card is None:
+                    raise errors.model_not_found(wanted)
+                body = orjson.dumps(card)
+            else:
+                body = orjson.dumps({"object": "list", "data": cards})
+            await self._send_json(send, 200, body, ctx.response_headers())
+        except GatewayError as error:
+            await self._send_error(send, error, ctx)
+
+    # --- generation --------------------------------------------------------------------------------
+    async def _generate(self, scope, receive, send, endpoint: str) -> None:
+        ctx = RequestContext(endpoint)
+        headers = self._headers(scope)
+        try:
+            ctx.key = await self.auth.authenticate(headers.get(b"authorization"))
+            body = await self._read_body(receive, headers)
+            payload = self._parse_json(body, headers)
+            model = payload.get("model")
+            if not isinstance(model, str) or not model:
+                raise errors.bad_request("You must provide a model parameter.", param="model")
+            ctx.model = model
+            if not ctx.key.allows_model(model):
+                raise GatewayError(
+                    403, f"This API key is not allowed to use the model `{model}`.", type="permission_error",
+                    param="model", code="model_not_allowed",
+                )
+            await self.pool.wait_ready()
+            if model not in self.pool.known_models():
+                raise errors.model_not_found(model)
+            ctx.stream = payload.get("stream") is True and endpoint != "embeddings"
+            client_wants_usage = False
+            if ctx.stream:
+                options = payload.get("stream_options")
+                if options is not None and not isinstance(options, dict):
+                    raise errors.bad_request("`stream_options` must be an object.", param="stream_options")
+                options = dict(options or {})
+                client_wants_usage = options.get("include_usage") is True
+                # Always ask upstream for usage: streamed tokens are billed from it.
+                options["include_usage"] = True
+                payload["stream_options"] = options
+                body = orjson.dumps(payload)
+            await self._forward(scope, receive, send, ctx, body, client_wants_usage)
+        except GatewayError as error:
+            await self._send_error(send, error, ctx)
+        except ClientGone:
+            ctx.client_disconnected = True
+            ctx.status = 499
+            ctx.error_code = "client_closed_request"
+        except Exception:
+            logger.exception("unhandled error in gateway", extra={"request_id": ctx.request_id})
+            with contextlib.suppress(Exception):
+                await self._send_error(send, errors.internal_error(), ctx)
+            ctx.status = 500
+        finally:
+            self._settle(ctx)
+
+    async def _forward(self, scope, receive, send, ctx: RequestContext, body: bytes, client_wants_usage: bool):
+        tried: set[str] = set()
+        upstream_path = scope["path"]
+        while True:
+            candidates = self.pool.candidates(ctx.model, exclude=tried)
+            if not candidates:
+                raise errors.no_capacity(ctx.model, retry_after=5)
+            backend = candidates[0]
+            tried.add(backend.name)
+            backend.outstanding += 1
+            try:
+                t_up = time.perf_counter()
+                try:
+                    response = await self.session.post(
+                        backend.url + upstream_path,
+                        data=body,
+                        headers={
+                            "content-type": "application/json",
+                            "x-request-id": ctx.request_id,
+                            **backend.headers,
+                        },
+                    )
+                except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                    ctx.upstream_s += time.perf_counter() - t_up
+                    backend.record_failure(exc.__class__.__name__)
+                    continue
+                ctx.upstream_s += time.perf_counter() - t_up
+                try:
+                    if response.status in _RETRYABLE_STATUSES:
+                        backend.record_failure(f"HTTP {response.status}")
+                        continue
+                    ctx.backend = backend.name
+                    if response.status != 200:
+                        await self._relay_upstream_error(send, ctx, response)
+                    elif ctx.stream:
+                        await self._relay_stream(receive, send, ctx, response, client_wants_usage, backend)
+                    else:
+                        await self._relay_json(send, ctx, response, backend)
+                    return
+                finally:
+                    response.release()
+            finally:
+                backend.outstanding -= 1
+
+    async def _relay_json(self, send, ctx: RequestContext, response, backend: BackendState) -> None:
+        t_up = time.perf_counter()
+        try:
+            data = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            backend.record_failure(exc.__class__.__name__)
+            raise errors.upstream_timeout() if isinstance(exc, TimeoutError) else GatewayError(
+                502, "The model backend failed while answering.", type="server_error", code="upstream_error"
+            ) from None
+        ctx.upstream_s += time.perf_counter() - t_up
+        ctx.ttft_ms = (time.perf_counter() - ctx.started) * 1000
+        backend.record_success()
+        try:
+            usage = orjson.loads(data).get("usage") or {}
+        except orjson.JSONDecodeError:
+            usage = {}
+        ctx.prompt_tokens = usage.get("prompt_tokens") or 0
+        ctx.completion_tokens = usage.get("completion_tokens") or 0
+        ctx.status = 200
+        await self._send_json(send, 200, data, ctx.response_headers())
+
+    async def _relay_upstream_error(self, send, ctx: RequestContext, response) -> None:
+        """Answer with the upstream's message in OpenAI's error shape (vLLM's own shape differs)."""
+        try:
+            detail = orjson.loads(await response.read())
+            info = detail.get("error") if isinstance(detail, dict) else None
+            message = info.get("message") if isinstance(info, dict) else str(info or "")
+            param = info.get("param") if isinstance(info, dict) else None
+        except (aiohttp.ClientError, orjson.JSONDecodeError, TimeoutError):
+            message, param = "", None
+        status = response.status
+        if status == 404:
+            raise errors.model_not_found(ctx.model)
+        if 400 <= status < 500:
+            raise GatewayError(status, message or "The request was rejected by the model backend.", param=param)
+        raise GatewayError(
+            502 if status >= 500 else status,
+            "The model backend failed while answering.",
+            type="server_error",
+            code="upstream_error",
+        )
+
+    async def _relay_stream(
+        self, receive, send, ctx: RequestContext, response, client_wants_usage: bool, backend: BackendState
+    ) -> None:
+        ctx.status = 200
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + ctx.response_headers()})
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            ctx.client_disconnected = True
+            response.close()  # stop generation upstream; vLLM aborts the request when we hang up
+
+        watcher = asyncio.create_task(watch_disconnect())
+        events = 0
+        choices_seen = 1
+        saw_usage = saw_done = failed = False
+        buffer = b""
+        t_up = time.perf_counter()
+        try:
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                if b"\n\n" not in buffer:
+                    continue
+                *complete, buffer = buffer.split(b"\n\n")
+                out = []
+                for raw in complete:
+                    if not raw:
+                        continue
+                    event = raw + b"\n\n"
+                    if event == _DONE:
+                        saw_done = True
+                    elif b'"usage":' in raw and b'"choices":[]' in raw:
+                        saw_usage = True
+                        self._take_usage(ctx, raw)
+                        if not client_wants_usage:
+                            continue
+                    elif raw.startswith(b'data: {"error"'):
+                        failed = True
+                    else:
+                        if ctx.ttft_ms is None:
+                            ctx.ttft_ms = (time.perf_counter() - ctx.started) * 1000
+                        events += 1
+                    out.append(event)
+                if out:
+                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                if ctx.client_disconnected:
+                    break
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if not ctx.client_disconnected:
+                failed = True
+                backend.record_failure(exc.__class__.__name__)
+        finally:
+            ctx.upstream_s += time.perf_counter() - t_up
+            watcher.cancel()
+        if ctx.client_disconnected:
+            ctx.status = 499
+            ctx.error_code = "client_closed_request"
+        elif not saw_done or failed:
+            if not failed:
+                failed = True
+            # The protocol's mid-stream error frame, then [DONE], so SDKs raise instead of hanging.
+            if not saw_done:
+                await send({
+                    "type": "http.response.body",
+                    "body": b'data: {"error": {"message": "The model backend failed while streaming.", '
+                    b'"type": "server_error", "param": null, "code": 502}}\n\n' + _DONE,
+                    "more_body": True,
+                })
+            ctx.error_code = "upstream_stream_error"
+            ctx.status = 502
+        else:
+            backend.record_success()
+        if not saw_usage:
+            # No usage from upstream (disconnect or failure): bill what was generated, one token per event
+            # after each choice's role chunk (vLLM streams one token per chunk by default).
+            ctx.completion_tokens = max(0, events - choices_seen)
+        if not ctx.client_disconnected:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    def _take_usage(ctx: RequestContext, raw: bytes) -> None:
+        try:
+            usage = orjson.loads(raw[6:]).get("usage") or {}
+        except orjson.JSONDecodeError:
+            return
+        ctx.prompt_tokens = usage.get("prompt_tokens") or 0
+        ctx.completion_tokens = usage.get("completion_tokens") or 0
+
+    def _settle(self, ctx: RequestContext) -> None:
+        """One usage event per request that reached a tenant, success or failure."""
+        duration_ms = (time.perf_counter() - ctx.started) * 1000
+        if ctx.key is not None:
+            self.usage.emit({
+                "request_id": ctx.request_id,
+                "tenant": ctx.key.tenant,
+                "key_id": ctx.key.key_id,
+                "endpoint": ctx.endpoint,
+                "model": ctx.model,
+                "backend": ctx.backend,
+                "status": ctx.status,
+                "error_code": ctx.error_code,
+                "stream": ctx.stream,
+                "client_disconnected": ctx.client_disconnected,
+                "prompt_tokens": ctx.prompt_tokens,
+                "completion_tokens": ctx.completion_tokens,
+                "ttft_ms": ctx.ttft_ms,
+                "duration_ms": duration_ms,
+                "created": ctx.started_wall,
+            })
+        if access_logger.isEnabledFor(logging.INFO):
+            access_logger.info(
+                "request",
+                extra={
+                    "request_id": ctx.request_id,
+                    "endpoint": ctx.endpoint,
+                    "tenant": ctx.key.tenant if ctx.key else None,
+                    "key_id": ctx.key.key_id if ctx.key else None,
+                    "model": ctx.model,
+                    "backend": ctx.backend,
+                    "status": ctx.status,
+                    "stream": ctx.stream,
+                    "prompt_tokens": ctx.prompt_tokens,
+                    "completion_tokens": ctx.completion_tokens,
+                    "duration_ms": round(duration_ms, 3),
+                },
+            )
+
+
+gateway = Gateway()

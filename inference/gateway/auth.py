@@ -1,0 +1,128 @@
+"""API-key authentication for the data plane, from the Redis snapshot the control plane publishes.
+
+Records are cached in-process for ``INFERENCE_KEY_CACHE_TTL_S`` (default 0.5 s), so a revocation or a
+suspension reaches every worker within a second while a busy key costs at most two Redis reads a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from dataclasses import dataclass
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from inference.gateway import errors
+from portal.redis import key as redis_key
+from tenants import keys
+from tenants.snapshot import SNAPSHOT_READY, api_key_record_key
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    tenant: str
+    tenant_status: str
+    hash: str
+    scopes: frozenset[str]
+    models: frozenset[str]
+    expires: float | None
+    revoked: bool
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> KeyRecord:
+        data = orjson.loads(raw)
+        return cls(
+            key_id=data["key_id"],
+            tenant=data["tenant"],
+            tenant_status=data["tenant_status"],
+            hash=data["hash"],
+            scopes=frozenset(data.get("scopes") or ()),
+            models=frozenset(data.get("models") or ()),
+            expires=data.get("expires"),
+            revoked=bool(data.get("revoked")),
+        )
+
+    def allows_model(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
+_MISSING = object()
+
+
+class KeyAuthenticator:
+    def __init__(self, redis) -> None:
+        self._redis = redis
+        self._ttl = settings.INFERENCE_KEY_CACHE_TTL_S
+        # key_id -> (KeyRecord | None, fetched_at). None caches "no such key" just as briefly.
+        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        self._rebuild_lock = asyncio.Lock()
+
+    async def _fetch(self, key_id: str) -> KeyRecord | None:
+        raw = await self._redis.get(api_key_record_key(key_id))
+        if raw is None:
+            if not await self._redis.exists(redis_key(SNAPSHOT_READY)):
+                # Redis lost its data (restart without persistence): republish from the database once.
+                await self._rebuild_snapshot()
+                raw = await self._redis.get(api_key_record_key(key_id))
+            if raw is None:
+                return None
+        return KeyRecord.from_json(raw)
+
+    async def _rebuild_snapshot(self) -> None:
+        async with self._rebuild_lock:
+            if await self._redis.exists(redis_key(SNAPSHOT_READY)):
+                return
+            from tenants import snapshot
+
+            await sync_to_async(snapshot.rebuild, thread_sensitive=False)()
+
+    async def authenticate(self, authorization: bytes | None) -> KeyRecord:
+        """Return the key's record, or raise the OpenAI-shaped 401/402/403 the client should see."""
+        if not authorization:
+            raise errors.missing_key()
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise errors.missing_key()
+        parsed = keys.parse_key(token)
+        if parsed is None:
+            raise errors.invalid_key(token)
+        key_id, secret = parsed
+
+        now = time.monotonic()
+        cached = self._cache.get(key_id, _MISSING)
+        if cached is not _MISSING and now - cached[1] < self._ttl:
+            record = cached[0]
+        else:
+            record = await self._fetch(key_id)
+            self._cache[key_id] = (record, now)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+
+        if record is None or not hmac.compare_digest(keys.hash_secret(secret), record.hash):
+            raise errors.invalid_key(token)
+        if record.revoked:
+            raise errors.GatewayError(401, "This API key has been revoked.", code="invalid_api_key")
+        if record.expires is not None and record.expires <= time.time():
+            raise errors.GatewayError(401, "This API key has expired.", code="invalid_api_key")
+        if record.tenant_status != "active":
+            raise errors.GatewayError(
+                402,
+                "Your organisation's access is suspended. Sign in to the Wattle console to see why and how to "
+                "restore it.",
+                type="insufficient_quota",
+                code="account_suspended",
+            )
+        if "inference" not in record.scopes:
+            raise errors.GatewayError(
+                403, "This API key does not have the `inference` scope.", type="permission_error",
+                code="insufficient_scope",
+            )
+        return record
+
+    def invalidate(self) -> None:
+        self._cache.clear()

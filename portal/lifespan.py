@@ -1,0 +1,47 @@
+"""Start-up and shutdown of a web process: the data plane's clients, and (embedded mode) usage ingest."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.conf import settings
+
+from inference.gateway.app import gateway
+
+logger = logging.getLogger("wattle.lifespan")
+
+
+class Lifespan:
+    def __init__(self) -> None:
+        self._stop_ingest = threading.Event()
+        self._ingest_thread: threading.Thread | None = None
+
+    def _start_ingest(self) -> None:
+        from billing.services import usage_ingest_loop
+
+        self._ingest_thread = threading.Thread(
+            target=usage_ingest_loop, kwargs={"stop": self._stop_ingest}, name="usage-ingest", daemon=True
+        )
+        self._ingest_thread.start()
+
+    async def __call__(self, scope, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await gateway.startup()
+                    if settings.USAGE_INGEST_IN_PROCESS:
+                        self._start_ingest()
+                except Exception as exc:
+                    logger.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await gateway.shutdown()  # flushes buffered usage events to the stream first
+                if self._ingest_thread is not None:
+                    self._stop_ingest.set()
+                    self._ingest_thread.join(timeout=10)
+                await send({"type": "lifespan.shutdown.complete"})
+                return

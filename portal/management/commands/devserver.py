@@ -1,0 +1,114 @@
+"""`make run`: migrate, bootstrap the demo data, start the vLLM simulator and the portal; Ctrl-C stops both.
+
+With REDIS_URL set it also starts a Celery worker with beat, and the usage ingester, so the real shape runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+
+def _wait_for(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (local URL we built)
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+class Command(BaseCommand):
+    help = "Run the portal with a local vLLM simulator (development)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--simulator-port", type=int, default=settings.SIMULATOR_PORT)
+        parser.add_argument("--no-simulator", action="store_true", help="Use INFERENCE_BACKENDS as they are.")
+
+    def handle(self, *args, **options):
+        port, sim_port = options["port"], options["simulator_port"]
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        out = _Capture()
+        call_command("bootstrap_demo", json=True, stdout=out)
+        creds = json.loads(out.text)
+
+        procs: list[subprocess.Popen] = []
+
+        def stop(*_):
+            for proc in reversed(procs):
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+        signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+        try:
+            if not options["no_simulator"]:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "inference.simulator", "--port", str(sim_port)]
+                ))
+                if not _wait_for(f"http://127.0.0.1:{sim_port}/health", 60):
+                    self.stderr.write(f"The vLLM simulator did not start on port {sim_port}.")
+                    return
+            if settings.REDIS_URL:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "portal", "worker", "-B", "--loglevel", "WARNING",
+                     "--concurrency", "2"]
+                ))
+                procs.append(subprocess.Popen([sys.executable, "manage.py", "ingest_usage"]))
+            procs.append(subprocess.Popen([
+                sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1",
+                "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            ]))
+            if not _wait_for(f"http://127.0.0.1:{port}/healthz", 60):
+                self.stderr.write(f"The portal did not start on port {port}.")
+                return
+            base = f"http://127.0.0.1:{port}"
+            self.stdout.write(self.style.SUCCESS(f"\nWattle is running at {base}/"))
+            self.stdout.write(f"Console login: {base}/accounts/login/")
+            self.stdout.write(f"Admin login: {creds['admin_email']} / {creds['admin_password']}")
+            self.stdout.write(f"Demo API key: {creds['api_key']}")
+            self.stdout.write("Stream a completion:")
+            self.stdout.write(
+                f"  curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {creds['api_key']}' "
+                "-H 'Content-Type: application/json' -d '{\"model\": \"mistralai/Mistral-7B-Instruct-v0.3\", "
+                "\"stream\": true, \"messages\": [{\"role\": \"user\", \"content\": \"Hello from Sydney\"}]}'"
+            )
+            self.stdout.write("Press Ctrl-C to stop.\n")
+            self.stdout.flush()
+            while all(proc.poll() is None for proc in procs):
+                time.sleep(0.5)
+            self.stderr.write("A process stopped; shutting down.")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop()
+
+
+class _Capture:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass

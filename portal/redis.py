@@ -1,0 +1,71 @@
+"""Redis clients for the control plane (sync) and the data plane (async).
+
+With ``REDIS_URL`` set these are real redis-py clients. Without it they are fakeredis clients sharing one
+in-process server, so the embedded default runs exactly the same commands and Lua scripts as production.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+import redis.asyncio as aredis
+from django.conf import settings
+
+_lock = threading.Lock()
+_sync_client: redis.Redis | None = None
+_fake_server = None
+
+
+def _shared_fake_server():
+    global _fake_server
+    if _fake_server is None:
+        import fakeredis
+
+        _fake_server = fakeredis.FakeServer()
+    return _fake_server
+
+
+def key(*parts: str) -> str:
+    """A namespaced Redis key: every key Wattle writes starts with ``REDIS_KEY_PREFIX``."""
+    return settings.REDIS_KEY_PREFIX + ":".join(parts)
+
+
+def get_redis() -> redis.Redis:
+    """The process-wide synchronous client (thread-safe connection pool)."""
+    global _sync_client
+    if _sync_client is None:
+        with _lock:
+            if _sync_client is None:
+                if settings.REDIS_URL:
+                    _sync_client = redis.Redis.from_url(
+                        settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2, health_check_interval=15
+                    )
+                else:
+                    import fakeredis
+
+                    _sync_client = fakeredis.FakeRedis(server=_shared_fake_server())
+    return _sync_client
+
+
+def new_async_redis() -> aredis.Redis:
+    """A new asyncio client. redis-py's async pools belong to one event loop, so each loop makes its own."""
+    if settings.REDIS_URL:
+        return aredis.Redis.from_url(
+            settings.REDIS_URL,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=15,
+            max_connections=512,
+        )
+    import fakeredis
+
+    return fakeredis.FakeAsyncRedis(server=_shared_fake_server())
+
+
+def reset_for_tests() -> None:
+    """Drop cached clients (tests switch settings between the embedded and the real shape)."""
+    global _sync_client, _fake_server
+    with _lock:
+        _sync_client = None
+        _fake_server = None

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from asgiref.sync import sync_to_async
+from django.contrib.auth.decorators import login_required
+from django.db import connection
+from django.http import JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from billing.selectors import usage_recent
+from inference.models import Backend
+from portal.redis import new_async_redis
+from tenants.selectors import memberships_for_user
+
+
+@never_cache
+@require_GET
+def healthz(request):
+    """Liveness: the process answers. Nothing else is checked here, on purpose."""
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+async def _check_redis() -> None:
+    client = new_async_redis()
+    try:
+        await asyncio.wait_for(client.ping(), 2)
+    finally:
+        await client.aclose()
+
+
+async def _probe_backends() -> dict[str, bool]:
+    backends = await sync_to_async(list)(Backend.objects.filter(enabled=True).values_list("name", "base_url"))
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def probe(url: str) -> bool:
+            try:
+                async with session.get(url.rstrip("/") + "/health") as response:
+                    return response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        results = await asyncio.gather(*(probe(url) for _name, url in backends))
+    return {name: ok for (name, _url), ok in zip(backends, results, strict=True)}
+
+
+@never_cache
+@require_GET
+async def readyz(request):
+    """Readiness: the database, Redis and at least one inference backend answer. The body says which."""
+    started = time.perf_counter()
+    checks: dict[str, object] = {}
+    try:
+        await sync_to_async(_check_database)()
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {exc.__class__.__name__}"
+    try:
+        await _check_redis()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {exc.__class__.__name__}"
+    try:
+        backends = await _probe_backends()
+    except Exception as exc:
+        backends = {}
+        checks["backends_error"] = exc.__class__.__name__
+    checks["backends"] = {name: "ok" if ok else "unhealthy" for name, ok in backends.items()}
+    ready = checks["database"] == "ok" and checks["redis"] == "ok" and any(backends.values())
+    return JsonResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks,
+         "took_ms": round((time.perf_counter() - started) * 1000, 1)},
+        status=200 if ready else 503,
+    )
+
+
+def home(request):
+    if request.user.is_authenticated:
+        return redirect("dashboard")
+    return render(request, "portal/home.html")
+
+
+def privacy_policy(request):
+    return render(request, "portal/privacy.html")
+
+
+@login_required
+def dashboard(request):
+    memberships = memberships_for_user(user=request.user)
+    tenant = memberships[0].tenant if memberships else None
+    context = {
+        "memberships": memberships,
+        "tenant": tenant,
+        "recent_usage": usage_recent(tenant=tenant, limit=20) if tenant else [],
+    }
+    return render(request, "portal/dashboard.html", context)

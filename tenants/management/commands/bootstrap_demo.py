@@ -1,0 +1,79 @@
+"""Create (idempotently) what `make run` needs: a demo tenant, a staff admin and an API key.
+
+Development only. The plaintext demo key and admin password are kept in var/ (git-ignored) so a second run
+prints the same credentials instead of piling up new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from allauth.account.models import EmailAddress
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from inference.services import backends_seed_from_settings
+from tenants import keys, services, snapshot
+from tenants.models import ApiKey, Membership, Role, Tenant
+
+DEMO_TENANT = "Demo Contact Centre"
+DEMO_ADMIN_EMAIL = "admin@wattle.local"
+
+
+class Command(BaseCommand):
+    help = "Create the demo tenant, staff admin and API key (development only); prints the credentials."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="Print the credentials as JSON.")
+
+    def handle(self, *args, **options):
+        if not settings.DEBUG:
+            raise CommandError("bootstrap_demo is for development (DEBUG=true) only.")
+        creds_file = settings.VAR_DIR / "demo-credentials.json"
+        saved = json.loads(creds_file.read_text()) if creds_file.exists() else {}
+
+        backends_seed_from_settings()
+
+        user_model = get_user_model()
+        admin = user_model.objects.filter(email=DEMO_ADMIN_EMAIL).first()
+        password = saved.get("admin_password")
+        if admin is None or not password or not admin.check_password(password):
+            password = secrets.token_urlsafe(12)
+            if admin is None:
+                admin = user_model.objects.create_user(
+                    username="admin", email=DEMO_ADMIN_EMAIL, password=password, is_staff=True, is_superuser=True
+                )
+            else:
+                admin.set_password(password)
+                admin.save(update_fields=["password"])
+        EmailAddress.objects.update_or_create(
+            user=admin, email=DEMO_ADMIN_EMAIL, defaults={"verified": True, "primary": True}
+        )
+
+        tenant = Tenant.objects.filter(name=DEMO_TENANT).first()
+        if tenant is None:
+            tenant = services.tenant_create(name=DEMO_TENANT, owner=admin, billing_email=DEMO_ADMIN_EMAIL, state="NSW")
+        Membership.objects.get_or_create(tenant=tenant, user=admin, defaults={"role": Role.OWNER})
+
+        api_key = None
+        plaintext = saved.get("api_key")
+        parsed = keys.parse_key(plaintext) if plaintext else None
+        if parsed:
+            api_key = ApiKey.objects.filter(key_id=parsed[0], tenant=tenant, revoked_at__isnull=True).first()
+            if api_key is not None and not keys.secret_matches(parsed[1], api_key.secret_hash):
+                api_key = None
+        if api_key is None:
+            issued = services.api_key_create(tenant=tenant, name="Demo key", created_by=admin)
+            plaintext = issued.plaintext
+        snapshot.rebuild()
+
+        creds = {"admin_email": DEMO_ADMIN_EMAIL, "admin_password": password, "api_key": plaintext}
+        creds_file.write_text(json.dumps(creds))
+        creds_file.chmod(0o600)
+        if options["json"]:
+            self.stdout.write(json.dumps(creds))
+        else:
+            self.stdout.write(f"Admin login: {DEMO_ADMIN_EMAIL} / {password}")
+            self.stdout.write(f"Demo API key: {plaintext}")

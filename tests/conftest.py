@@ -1,0 +1,133 @@
+"""Shared fixtures. Named people, as in the behaviour they prove: alice (tenant Acme) and bob (tenant Bluegum)
+must never see each other's data.
+
+The suite runs on SQLite and the in-process Redis stand-in by default, and on PostgreSQL and Redis when
+DATABASE_URL / REDIS_URL are set (as CI does).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from allauth.account.models import EmailAddress
+from django.contrib.auth import get_user_model
+
+from portal.redis import get_redis
+from tests.servers import RunningServer, run_portal
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+# --- Redis hygiene ---------------------------------------------------------------------------------
+def _clear_redis_prefix() -> None:
+    from django.conf import settings
+
+    client = get_redis()
+    keys = list(client.scan_iter(match=f"{settings.REDIS_KEY_PREFIX}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_redis() -> None:
+    """Each test starts with none of the test prefix's keys (real Redis or the stand-in)."""
+    _clear_redis_prefix()
+
+
+# --- People and tenants ----------------------------------------------------------------------------
+def make_user(email: str, *, staff: bool = False):
+    user = get_user_model().objects.create_user(
+        username=email.split("@")[0], email=email, password=PASSWORD, is_staff=staff, is_superuser=staff
+    )
+    EmailAddress.objects.create(user=user, email=email, verified=True, primary=True)
+    return user
+
+
+@pytest.fixture
+def alice(db):
+    return make_user("alice@acme.example")
+
+
+@pytest.fixture
+def bob(db):
+    return make_user("bob@bluegum.example")
+
+
+@pytest.fixture
+def acme(alice, django_capture_on_commit_callbacks):
+    from tenants.services import tenant_create
+
+    with django_capture_on_commit_callbacks(execute=True):
+        return tenant_create(name="Acme Contact", owner=alice, billing_email="billing@acme.example")
+
+
+@pytest.fixture
+def bluegum(bob, django_capture_on_commit_callbacks):
+    from tenants.services import tenant_create
+
+    with django_capture_on_commit_callbacks(execute=True):
+        return tenant_create(name="Bluegum Calls", owner=bob, billing_email="billing@bluegum.example")
+
+
+@pytest.fixture
+def issue_key(django_capture_on_commit_callbacks):
+    """issue_key(tenant, **kwargs) -> plaintext key, published to Redis as the control plane would."""
+    from tenants.services import api_key_create
+
+    def issue(tenant, **kwargs) -> str:
+        with django_capture_on_commit_callbacks(execute=True):
+            return api_key_create(tenant=tenant, name=kwargs.pop("name", "test key"), **kwargs).plaintext
+
+    return issue
+
+
+# --- Servers ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def simulator() -> Iterator:
+    from tests.fakes.vllm import run_simulator
+
+    with run_simulator() as sim:
+        yield sim
+
+
+@pytest.fixture
+def backend(simulator, db, django_capture_on_commit_callbacks):
+    """A Backend row for the module's simulator, published for the data plane."""
+    from inference.models import Backend
+    from inference.services import backends_publish
+
+    backend = Backend.objects.create(name="sim-a", base_url=simulator.base_url)
+    backends_publish()
+    return backend
+
+
+@pytest.fixture(scope="module")
+def portal_server() -> Iterator[RunningServer]:
+    with run_portal() as server:
+        yield server
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
+    """Poll until ``predicate()`` is truthy; return its value or fail the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"condition not met within {timeout}s")
+
+
+@pytest.fixture
+def gateway_ready(portal_server, backend):
+    """The portal is up and its data plane sees the backend as healthy."""
+    from inference.gateway.app import gateway
+
+    def ready():
+        pool = gateway.pool
+        return pool is not None and any(b.healthy and b.models for b in pool.backends.values())
+
+    wait_for(ready, timeout=10)
+    return portal_server
