@@ -13,11 +13,13 @@ def backends_in_allowed_regions(app_configs, **kwargs):
     for item in settings.INFERENCE_BACKENDS:
         region = item.get("region", settings.INFERENCE_DEFAULT_REGION)
         if region not in allowed:
-            problems.append(Error(
-                f"Inference backend {item['name']!r} is in region {region!r}, outside {sorted(allowed)}.",
-                hint="Tenant data must stay in Australia: remove the backend or fix its region.",
-                id="wattle.E001",
-            ))
+            problems.append(
+                Error(
+                    f"Inference backend {item['name']!r} is in region {region!r}, outside {sorted(allowed)}.",
+                    hint="Tenant data must stay in Australia: remove the backend or fix its region.",
+                    id="wattle.E001",
+                )
+            )
     if settings.AWS_REGION not in allowed:
         problems.append(Error(f"AWS_REGION={settings.AWS_REGION!r} is outside {sorted(allowed)}.", id="wattle.E002"))
     return problems
@@ -28,9 +30,11 @@ def api_key_pepper_is_separate(app_configs, **kwargs):
     from portal.env import env_str
 
     if not env_str("API_KEY_PEPPER"):
-        return [Error(
-            "API_KEY_PEPPER is not set: API key hashes are keyed from SECRET_KEY.",
-            hint="Set API_KEY_PEPPER (or API_KEY_PEPPER_FILE) so SECRET_KEY can rotate without invalidating keys.",
-            id="wattle.E003",
-        )]
+        return [
+            Error(
+                "API_KEY_PEPPER is not set: API key hashes are keyed from SECRET_KEY.",
+                hint="Set API_KEY_PEPPER (or API_KEY_PEPPER_FILE) so SECRET_KEY can rotate without invalidating keys.",
+                id="wattle.E003",
+            )
+        ]
     return []

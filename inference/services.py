@@ -47,8 +47,12 @@ def backends_seed_from_settings(*, actor=None) -> list[Backend]:
             },
         )
         if created:
-            record(action="backend.create", actor=actor, target=backend,
-                   data={"name": backend.name, "url": backend.base_url, "region": backend.region})
+            record(
+                action="backend.create",
+                actor=actor,
+                target=backend,
+                data={"name": backend.name, "url": backend.base_url, "region": backend.region},
+            )
         seeded.append(backend)
     transaction.on_commit(backends_publish)
     return seeded

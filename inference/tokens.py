@@ -140,17 +140,16 @@ def count_chat_prompt_tokens(
        control tokens, plus the tool definitions and BOS. JSON keys and quoting make this larger than
        the rendered prompt, so admission control that uses it errs towards over-counting.
     """
-    try:
-        return len(encode_chat_prompt(model, messages, tools))
-    except Exception:  # noqa: BLE001 - mistral-common raises many exception types for input it refuses
-        pass
+    attempts = [messages]
     rewritten = _with_mistral_tool_call_ids(messages)
     if rewritten is not None:
+        attempts.append(rewritten)
+    for attempt in attempts:
         try:
-            return len(encode_chat_prompt(model, rewritten, tools))
-        except Exception:  # noqa: BLE001
-            pass
-    logger.debug("falling back to an estimated prompt token count for %s", model)
+            return len(encode_chat_prompt(model, attempt, tools))
+        except Exception as exc:  # mistral-common raises many exception types for input it refuses
+            reason = exc
+    logger.debug("estimating prompt tokens for %s: mistral-common refused the chat (%s)", model, reason)
     return _estimate_chat_prompt_tokens(model, messages, tools)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from inference.gateway.app import gateway
+from inference.tasks import publish_snapshots
 
 logger = logging.getLogger("wattle.lifespan")
 
@@ -30,6 +32,8 @@ class Lifespan:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    if settings.INFERENCE_PUBLISH_ON_START:
+                        await sync_to_async(publish_snapshots, thread_sensitive=False)()
                     await gateway.startup()
                     if settings.USAGE_INGEST_IN_PROCESS:
                         self._start_ingest()

@@ -131,6 +131,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "Australia/Sydney"
+CELERY_BEAT_SCHEDULE = {
+    "publish-snapshots": {"task": "inference.tasks.publish_snapshots", "schedule": 15.0},
+    "ingest-usage": {"task": "billing.tasks.ingest_usage", "schedule": 2.0},
+}
 
 # --- Auth -------------------------------------------------------------------------------------------
 AUTHENTICATION_BACKENDS = [
@@ -319,6 +323,8 @@ INFERENCE_USAGE_STREAM = f"{REDIS_KEY_PREFIX}usage"
 # Embedded mode has no Celery worker: the web process drains the usage stream itself.
 USAGE_INGEST_IN_PROCESS = env_bool("USAGE_INGEST_IN_PROCESS", not REDIS_URL)
 USAGE_INGEST_BATCH = env_int("USAGE_INGEST_BATCH", 2000)
+# A web process republishes the backend list and key snapshot to Redis when it starts.
+INFERENCE_PUBLISH_ON_START = env_bool("INFERENCE_PUBLISH_ON_START", True)
 
 # API keys are stored as HMAC-SHA256(pepper, secret). Keep the pepper apart from SECRET_KEY in production
 # so rotating one doesn't invalidate the other.

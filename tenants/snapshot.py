@@ -52,3 +52,13 @@ def rebuild() -> int:
         publish_api_keys(api_keys[start : start + 2000])
     get_redis().set(key(SNAPSHOT_READY), "1")
     return len(api_keys)
+
+
+def rebuild_from_worker_thread() -> int:
+    """``rebuild`` for the data plane's thread pool: closes the thread's connection so none lingers."""
+    from django.db import connections
+
+    try:
+        return rebuild()
+    finally:
+        connections.close_all()

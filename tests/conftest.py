@@ -32,8 +32,19 @@ def _clear_redis_prefix() -> None:
 
 @pytest.fixture(autouse=True)
 def _isolated_redis() -> None:
-    """Each test starts with none of the test prefix's keys (real Redis or the stand-in)."""
+    """Each test starts with none of the test prefix's keys (real Redis or the stand-in), and with the key
+    snapshot marked complete so the data plane trusts it (tests of the recovery path delete the marker)."""
+    from portal.redis import key
+    from tenants.snapshot import SNAPSHOT_READY
+
     _clear_redis_prefix()
+    get_redis().set(key(SNAPSHOT_READY), "1")
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:
+    # PBKDF2's deliberate slowness protects stored passwords; tests only need it to be correct.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 # --- People and tenants ----------------------------------------------------------------------------

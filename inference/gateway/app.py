@@ -47,8 +47,20 @@ class RequestContext:
     """What one request accumulates for its usage event and access-log line."""
 
     __slots__ = (
-        "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code", "key", "model",
-        "prompt_tokens", "request_id", "started", "started_wall", "status", "stream", "ttft_ms",
+        "backend",
+        "client_disconnected",
+        "completion_tokens",
+        "endpoint",
+        "error_code",
+        "key",
+        "model",
+        "prompt_tokens",
+        "request_id",
+        "started",
+        "started_wall",
+        "status",
+        "stream",
+        "ttft_ms",
         "upstream_s",
     )
 
@@ -147,11 +159,13 @@ class Gateway:
         return dict(scope["headers"])
 
     async def _send_json(self, send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *headers],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *headers],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def _send_error(self, send, error: GatewayError, ctx: RequestContext | None = None) -> None:
@@ -231,8 +245,11 @@ class Gateway:
             ctx.model = model
             if not ctx.key.allows_model(model):
                 raise GatewayError(
-                    403, f"This API key is not allowed to use the model `{model}`.", type="permission_error",
-                    param="model", code="model_not_allowed",
+                    403,
+                    f"This API key is not allowed to use the model `{model}`.",
+                    type="permission_error",
+                    param="model",
+                    code="model_not_allowed",
                 )
             await self.pool.wait_ready()
             if model not in self.pool.known_models():
@@ -314,8 +331,12 @@ class Gateway:
             data = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             backend.record_failure(exc.__class__.__name__)
-            raise errors.upstream_timeout() if isinstance(exc, TimeoutError) else GatewayError(
-                502, "The model backend failed while answering.", type="server_error", code="upstream_error"
+            raise (
+                errors.upstream_timeout()
+                if isinstance(exc, TimeoutError)
+                else GatewayError(
+                    502, "The model backend failed while answering.", type="server_error", code="upstream_error"
+                )
             ) from None
         ctx.upstream_s += time.perf_counter() - t_up
         ctx.ttft_ms = (time.perf_counter() - ctx.started) * 1000
@@ -412,12 +433,14 @@ class Gateway:
                 failed = True
             # The protocol's mid-stream error frame, then [DONE], so SDKs raise instead of hanging.
             if not saw_done:
-                await send({
-                    "type": "http.response.body",
-                    "body": b'data: {"error": {"message": "The model backend failed while streaming.", '
-                    b'"type": "server_error", "param": null, "code": 502}}\n\n' + _DONE,
-                    "more_body": True,
-                })
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b'data: {"error": {"message": "The model backend failed while streaming.", '
+                        b'"type": "server_error", "param": null, "code": 502}}\n\n' + _DONE,
+                        "more_body": True,
+                    }
+                )
             ctx.error_code = "upstream_stream_error"
             ctx.status = 502
         else:
@@ -442,23 +465,25 @@ class Gateway:
         """One usage event per request that reached a tenant, success or failure."""
         duration_ms = (time.perf_counter() - ctx.started) * 1000
         if ctx.key is not None:
-            self.usage.emit({
-                "request_id": ctx.request_id,
-                "tenant": ctx.key.tenant,
-                "key_id": ctx.key.key_id,
-                "endpoint": ctx.endpoint,
-                "model": ctx.model,
-                "backend": ctx.backend,
-                "status": ctx.status,
-                "error_code": ctx.error_code,
-                "stream": ctx.stream,
-                "client_disconnected": ctx.client_disconnected,
-                "prompt_tokens": ctx.prompt_tokens,
-                "completion_tokens": ctx.completion_tokens,
-                "ttft_ms": ctx.ttft_ms,
-                "duration_ms": duration_ms,
-                "created": ctx.started_wall,
-            })
+            self.usage.emit(
+                {
+                    "request_id": ctx.request_id,
+                    "tenant": ctx.key.tenant,
+                    "key_id": ctx.key.key_id,
+                    "endpoint": ctx.endpoint,
+                    "model": ctx.model,
+                    "backend": ctx.backend,
+                    "status": ctx.status,
+                    "error_code": ctx.error_code,
+                    "stream": ctx.stream,
+                    "client_disconnected": ctx.client_disconnected,
+                    "prompt_tokens": ctx.prompt_tokens,
+                    "completion_tokens": ctx.completion_tokens,
+                    "ttft_ms": ctx.ttft_ms,
+                    "duration_ms": duration_ms,
+                    "created": ctx.started_wall,
+                }
+            )
         if access_logger.isEnabledFor(logging.INFO):
             access_logger.info(
                 "request",

@@ -78,7 +78,7 @@ class KeyAuthenticator:
                 return
             from tenants import snapshot
 
-            await sync_to_async(snapshot.rebuild, thread_sensitive=False)()
+            await sync_to_async(snapshot.rebuild_from_worker_thread, thread_sensitive=False)()
 
     async def authenticate(self, authorization: bytes | None) -> KeyRecord:
         """Return the key's record, or raise the OpenAI-shaped 401/402/403 the client should see."""
@@ -119,7 +119,9 @@ class KeyAuthenticator:
             )
         if "inference" not in record.scopes:
             raise errors.GatewayError(
-                403, "This API key does not have the `inference` scope.", type="permission_error",
+                403,
+                "This API key does not have the `inference` scope.",
+                type="permission_error",
                 code="insufficient_scope",
             )
         return record

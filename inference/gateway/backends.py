@@ -110,13 +110,10 @@ class BackendPool:
     async def refresh(self) -> None:
         raw = await self._redis.get(redis_key(BACKENDS_KEY))
         if raw is None:
-            from asgiref.sync import sync_to_async
-
-            from inference import services
-
-            await sync_to_async(services.backends_publish, thread_sensitive=False)()
-            raw = await self._redis.get(redis_key(BACKENDS_KEY))
-        items = orjson.loads(raw) if raw else []
+            # Nothing published (or Redis lost its data): keep serving from the list we have; the control
+            # plane republishes at start-up and periodically (inference.tasks.publish_snapshots).
+            return
+        items = orjson.loads(raw)
         seen = set()
         for item in items:
             name = item["name"]
@@ -124,7 +121,10 @@ class BackendPool:
             state = self.backends.get(name)
             if state is None or state.url != item["url"]:
                 state = BackendState(
-                    name=name, url=item["url"], api_key=item.get("api_key") or "", region=item["region"],
+                    name=name,
+                    url=item["url"],
+                    api_key=item.get("api_key") or "",
+                    region=item["region"],
                     configured_models=tuple(item.get("models") or ()),
                 )
                 self.backends[name] = state
@@ -179,7 +179,8 @@ class BackendPool:
         """Usable replicas serving ``model``, least loaded first (outstanding requests relative to weight)."""
         now = time.monotonic()
         found = [
-            b for b in self.backends.values()
+            b
+            for b in self.backends.values()
             if model in b.models and b.usable(now) and (not exclude or b.name not in exclude)
         ]
         found.sort(key=lambda b: (b.outstanding + 1) / max(b.weight, 1))

@@ -73,7 +73,8 @@ class UsageEmitter:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("usage stream unavailable (%s); %d events held", exc.__class__.__name__,
-                               len(self._buffer))
+                logger.warning(
+                    "usage stream unavailable (%s); %d events held", exc.__class__.__name__, len(self._buffer)
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -181,9 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> SimulatorConfig:
+def config_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> SimulatorConfig:
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
 

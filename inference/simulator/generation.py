@@ -164,9 +164,7 @@ class ReplyBank:
                 bank = self._banks.get(version)
                 if bank is None:
                     if self._texts is None:
-                        self._texts = _bank_texts(
-                            lambda text: tokens.count_text_tokens(_BANK_REFERENCE_MODEL, text)
-                        )
+                        self._texts = _bank_texts(lambda text: tokens.count_text_tokens(_BANK_REFERENCE_MODEL, text))
                     bank = tuple(tokenize_with_offsets(model, t) for t in self._texts)
                     for entry in bank:
                         _ = entry.delta_json  # warm the cached serialisations
@@ -180,7 +178,9 @@ class ReplyBank:
 
 
 class EchoCache:
-    """Small LRU of tokenized ``/echo`` texts, keyed by tokenizer version."""
+    """Small LRU of tokenized ``/echo`` texts, keyed by tokenizer version; long texts are not kept."""
+
+    MAX_CACHED_CHARS = 4096
 
     def __init__(self, maxsize: int = 1024) -> None:
         self._maxsize = maxsize
@@ -193,6 +193,8 @@ class EchoCache:
             self._items.move_to_end(key)
             return item
         item = tokenize_with_offsets(model, text)
+        if len(text) > self.MAX_CACHED_CHARS:
+            return item
         self._items[key] = item
         if len(self._items) > self._maxsize:
             self._items.popitem(last=False)
@@ -235,8 +237,9 @@ def finish(source: TokenizedText, *, max_tokens: int, stop: Sequence[str]) -> Ch
     else:
         stop_reason = None
         if num_tokens > max_tokens:
-            num_tokens, finish_reason = max_tokens, "length"
-            cut = ends[num_tokens - 1] if num_tokens else 0
+            # A length cut falls on a token boundary, so the precomputed deltas stay valid.
+            text = source.text[: ends[max_tokens - 1]] if max_tokens else ""
+            return ChoiceOutput(source.deltas[:max_tokens], source.delta_json[:max_tokens], text, "length", None)
     if num_tokens == len(ends) and cut == len(source.text):
         return ChoiceOutput(source.deltas, source.delta_json, source.text, finish_reason, stop_reason)
     text = source.text[:cut]

@@ -1,16 +1,22 @@
 """Prometheus metrics with vLLM's V1 names, labels and buckets (protocol reference §4).
 
-A private registry keeps the simulator's metrics out of the default one, so several simulators (or a
-simulator and the gateway) can live in one test process without clashing. Gauges read the scheduler
-state when scraped instead of being updated on every request.
+Requests record into plain integers and bucket arrays; a custom collector turns them into metric
+families only when ``/metrics`` is scraped. prometheus_client's own metric objects take a lock and
+walk every bucket on each update, which at the simulator's request rates costs more than the rest
+of a request. The registry is private, so several simulators (or a simulator and the gateway) can
+share a test process without clashing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ENGINE = "0"
@@ -24,99 +30,64 @@ REQUEST_LATENCY_BUCKETS = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
-INTER_TOKEN_BUCKETS = (
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
-)  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class _Histogram:
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)  # per bucket, non-cumulative; last slot is +Inf
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs in that bucket (Prometheus "le").
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append((floatToGoString(bound), float(running)))
+        return out
+
+
+@dataclass(slots=True)
 class ModelMetrics:
-    """Pre-bound label children for one served model, so recording costs no label lookups."""
+    """Everything recorded for one served model."""
 
-    prompt_tokens: Counter
-    generation_tokens: Counter
-    finished: dict[str, Counter]
-    ttft: Histogram
-    e2e: Histogram
-    queue_time: Histogram
-    itl: Histogram
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISHED_REASONS, 0))
+    ttft: _Histogram = field(default_factory=lambda: _Histogram(TTFT_BUCKETS))
+    e2e: _Histogram = field(default_factory=lambda: _Histogram(REQUEST_LATENCY_BUCKETS))
+    queue_time: _Histogram = field(default_factory=lambda: _Histogram(REQUEST_LATENCY_BUCKETS))
 
     def record_finished(
-        self,
-        *,
-        finished_reasons: list[str],
-        prompt_tokens: int,
-        generation_tokens: int,
-        e2e_seconds: float,
+        self, *, finished_reasons: list[str], prompt_tokens: int, generation_tokens: int, e2e_seconds: float
     ) -> None:
-        self.prompt_tokens.inc(prompt_tokens)
-        if generation_tokens:
-            self.generation_tokens.inc(generation_tokens)
+        self.prompt_tokens += prompt_tokens
+        self.generation_tokens += generation_tokens
         for reason in finished_reasons:
-            self.finished[reason].inc()
+            self.finished[reason] += 1
         self.e2e.observe(e2e_seconds)
 
 
-class SimulatorMetrics:
-    def __init__(self, model_names: tuple[str, ...], max_model_len: int) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        labels = ["model_name", "engine"]
-        r = self.registry
-        self._running = Gauge(
-            "vllm:num_requests_running", "Number of requests in model execution batches.", labels, registry=r
-        )
-        self._waiting = Gauge(
-            "vllm:num_requests_waiting", "Number of requests waiting to be processed.", labels, registry=r
-        )
-        self._kv = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels, registry=r)
-        prompt = Counter("vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=r)
-        generation = Counter("vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=r)
-        success = Counter(
-            "vllm:request_success",
-            "Count of successfully processed requests.",
-            [*labels, "finished_reason"],
-            registry=r,
-        )
-        ttft = Histogram(
-            "vllm:time_to_first_token_seconds",
-            "Histogram of time to first token in seconds.",
-            labels,
-            buckets=TTFT_BUCKETS,
-            registry=r,
-        )
-        e2e = Histogram(
-            "vllm:e2e_request_latency_seconds",
-            "Histogram of e2e request latency in seconds.",
-            labels,
-            buckets=REQUEST_LATENCY_BUCKETS,
-            registry=r,
-        )
-        queue = Histogram(
-            "vllm:request_queue_time_seconds",
-            "Histogram of time spent in WAITING phase for request.",
-            labels,
-            buckets=REQUEST_LATENCY_BUCKETS,
-            registry=r,
-        )
-        itl = Histogram(
-            "vllm:inter_token_latency_seconds",
-            "Histogram of inter-token latency in seconds.",
-            labels,
-            buckets=INTER_TOKEN_BUCKETS,
-            registry=r,
-        )
-        self.max_model_len = max_model_len
-        self.models: dict[str, ModelMetrics] = {}
-        for name in model_names:
-            self.models[name] = ModelMetrics(
-                prompt_tokens=prompt.labels(name, ENGINE),
-                generation_tokens=generation.labels(name, ENGINE),
-                finished={reason: success.labels(name, ENGINE, reason) for reason in FINISHED_REASONS},
-                ttft=ttft.labels(name, ENGINE),
-                e2e=e2e.labels(name, ENGINE),
-                queue_time=queue.labels(name, ENGINE),
-                itl=itl.labels(name, ENGINE),
-            )
+@dataclass(slots=True)
+class _Gauges:
+    running: Callable[[], float]
+    waiting: Callable[[], float]
+    kv_cache_usage: Callable[[], float]
+
+
+class SimulatorMetrics(Collector):
+    def __init__(self, model_names: tuple[str, ...]) -> None:
+        self.models: dict[str, ModelMetrics] = {name: ModelMetrics() for name in model_names}
+        self._gauges: dict[str, _Gauges] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
 
     def bind_gauges(
         self,
@@ -126,9 +97,49 @@ class SimulatorMetrics:
         waiting: Callable[[], float],
         kv_cache_usage: Callable[[], float],
     ) -> None:
-        self._running.labels(model, ENGINE).set_function(running)
-        self._waiting.labels(model, ENGINE).set_function(waiting)
-        self._kv.labels(model, ENGINE).set_function(kv_cache_usage)
+        self._gauges[model] = _Gauges(running, waiting, kv_cache_usage)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model_name", "engine"]
+        running = GaugeMetricFamily(
+            "vllm:num_requests_running", "Number of requests in model execution batches.", labels=labels
+        )
+        waiting = GaugeMetricFamily(
+            "vllm:num_requests_waiting", "Number of requests waiting to be processed.", labels=labels
+        )
+        kv = GaugeMetricFamily("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", labels=labels)
+        prompt = CounterMetricFamily("vllm:prompt_tokens", "Number of prefill tokens processed.", labels=labels)
+        generation = CounterMetricFamily(
+            "vllm:generation_tokens", "Number of generation tokens processed.", labels=labels
+        )
+        success = CounterMetricFamily(
+            "vllm:request_success", "Count of successfully processed requests.", labels=[*labels, "finished_reason"]
+        )
+        ttft = HistogramMetricFamily(
+            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", labels=labels
+        )
+        e2e = HistogramMetricFamily(
+            "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", labels=labels
+        )
+        queue = HistogramMetricFamily(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            labels=labels,
+        )
+        for name, metrics in self.models.items():
+            label_values = [name, ENGINE]
+            gauges = self._gauges.get(name)
+            if gauges is not None:
+                running.add_metric(label_values, gauges.running())
+                waiting.add_metric(label_values, gauges.waiting())
+                kv.add_metric(label_values, gauges.kv_cache_usage())
+            prompt.add_metric(label_values, metrics.prompt_tokens)
+            generation.add_metric(label_values, metrics.generation_tokens)
+            for reason in FINISHED_REASONS:
+                success.add_metric([*label_values, reason], metrics.finished[reason])
+            for family, histogram in ((ttft, metrics.ttft), (e2e, metrics.e2e), (queue, metrics.queue_time)):
+                family.add_metric(label_values, histogram.buckets(), histogram.total)
+        yield from (running, waiting, kv, prompt, generation, success, ttft, e2e, queue)

@@ -135,7 +135,9 @@ class ChatStreamRenderer:
             b'data: {"id":' + orjson.dumps(request_id) + b',"object":"chat.completion.chunk","created":'
             + str(created).encode() + b',"model":' + orjson.dumps(model) + b',"choices":['
         )  # fmt: skip
-        self._role = b',"delta":{"role":' + orjson.dumps(role) + b',"content":""},"logprobs":null,"finish_reason":null}]'
+        self._role = (
+            b',"delta":{"role":' + orjson.dumps(role) + b',"content":""},"logprobs":null,"finish_reason":null}]'
+        )
         self._fingerprint = b',"system_fingerprint":' + orjson.dumps(fingerprint)
         self._shape = shape
         self._prompt_tokens = prompt_tokens
@@ -195,7 +197,7 @@ class CompletionStreamRenderer:
         self._fingerprint = b',"system_fingerprint":' + orjson.dumps(fingerprint)
         self._shape = shape
 
-    def _running_usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+    def _running_usage(self, completion_tokens: int, prompt_tokens: int) -> bytes:
         if not self._shape.continuous_usage:
             return b""
         return (
@@ -204,22 +206,22 @@ class CompletionStreamRenderer:
             + str(completion_tokens).encode() + b"}"
         )  # fmt: skip
 
-    def content(self, index: int, delta_json: bytes, prompt_tokens: int, completion_tokens: int) -> bytes:
+    def content(self, index: int, delta_json: bytes, completion_tokens: int, prompt_tokens: int) -> bytes:
         return (
             self._prefix + b'{"index":' + str(index).encode() + b',"text":' + delta_json
             + b',"logprobs":null,"finish_reason":null,"stop_reason":null}]'
-            + self._running_usage(prompt_tokens, completion_tokens) + b"}\n\n"
+            + self._running_usage(completion_tokens, prompt_tokens) + b"}\n\n"
         )  # fmt: skip
 
     def final(
-        self, index: int, delta_json: bytes, prompt_tokens: int, completion_tokens: int, output: ChoiceOutput
+        self, index: int, delta_json: bytes, completion_tokens: int, prompt_tokens: int, output: ChoiceOutput
     ) -> bytes:
         fingerprint = b"" if self._shape.include_usage else self._fingerprint
         return (
             self._prefix + b'{"index":' + str(index).encode() + b',"text":' + delta_json
             + b',"logprobs":null,"finish_reason":' + orjson.dumps(output.finish_reason)
             + b',"stop_reason":' + orjson.dumps(output.stop_reason) + b"}]"
-            + self._running_usage(prompt_tokens, completion_tokens) + fingerprint + b"}\n\n"
+            + self._running_usage(completion_tokens, prompt_tokens) + fingerprint + b"}\n\n"
         )  # fmt: skip
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:

@@ -52,9 +52,7 @@ class ToolParam(OpenAIBaseModel):
 
 def _check_stream_options(data: Any) -> Any:
     if isinstance(data, dict) and data.get("stream_options") and not data.get("stream"):
-        raise VLLMValidationError(
-            "Stream options can only be defined when `stream=True`.", parameter="stream_options"
-        )
+        raise VLLMValidationError("Stream options can only be defined when `stream=True`.", parameter="stream_options")
     return data
 
 
@@ -62,12 +60,15 @@ def _check_response_format(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     response_format = data.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
-        if response_format.get("json_schema") is None:
-            raise VLLMValidationError(
-                "When response_format type is 'json_schema', the 'json_schema' field must be provided.",
-                parameter="response_format",
-            )
+    if (
+        isinstance(response_format, dict)
+        and response_format.get("type") == "json_schema"
+        and response_format.get("json_schema") is None
+    ):
+        raise VLLMValidationError(
+            "When response_format type is 'json_schema', the 'json_schema' field must be provided.",
+            parameter="response_format",
+        )
     return data
 
 
@@ -96,7 +97,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
     presence_penalty: float | None = None
     response_format: dict[str, Any] | None = None
     seed: Annotated[int, Field(ge=_INT64_MIN, le=_INT64_MAX)] | None = None
-    stop: StopParam = []
+    stop: StopParam = Field(default_factory=list)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = None
@@ -226,17 +227,13 @@ class ChatCompletionRequest(OpenAIBaseModel):
     @classmethod
     def check_generation_prompt(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("continue_final_message") and data.get("add_generation_prompt"):
-            raise VLLMValidationError(
-                "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
-            )
+            raise VLLMValidationError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
         return data
 
 
 class CompletionRequest(OpenAIBaseModel):
     model: str | None = None
-    prompt: (
-        list[Annotated[int, Field(ge=0)]] | list[list[Annotated[int, Field(ge=0)]]] | str | list[str] | None
-    ) = None
+    prompt: list[Annotated[int, Field(ge=0)]] | list[list[Annotated[int, Field(ge=0)]]] | str | list[str] | None = None
     echo: bool | None = False
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
@@ -245,7 +242,7 @@ class CompletionRequest(OpenAIBaseModel):
     n: int = 1
     presence_penalty: float | None = None
     seed: Annotated[int, Field(ge=_INT64_MIN, le=_INT64_MAX)] | None = None
-    stop: StopParam = []
+    stop: StopParam = Field(default_factory=list)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     suffix: str | None = None
@@ -349,9 +346,7 @@ class TokenizeChatRequest(OpenAIBaseModel):
     @classmethod
     def check_generation_prompt(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("continue_final_message") and data.get("add_generation_prompt"):
-            raise VLLMValidationError(
-                "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
-            )
+            raise VLLMValidationError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
         return data
 
 
