@@ -59,7 +59,12 @@ class Command(BaseCommand):
                 except subprocess.TimeoutExpired:
                     proc.kill()
 
-        signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
+        def interrupt(*_):
+            raise KeyboardInterrupt
+
+        # Installed explicitly: a shell that starts us in the background leaves SIGINT ignored.
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
         try:
             if not options["no_simulator"]:
                 procs.append(subprocess.Popen(
