@@ -62,10 +62,3 @@ def new_async_redis() -> aredis.Redis:
 
     return fakeredis.FakeAsyncRedis(server=_shared_fake_server())
 
-
-def reset_for_tests() -> None:
-    """Drop cached clients (tests switch settings between the embedded and the real shape)."""
-    global _sync_client, _fake_server
-    with _lock:
-        _sync_client = None
-        _fake_server = None

@@ -36,7 +36,7 @@ def run_portal(app=None) -> Iterator[RunningServer]:
     port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, loop="asyncio", http="httptools", lifespan="on",
-        log_level="warning", access_log=False,
+        log_level="warning", access_log=False, timeout_graceful_shutdown=3,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"portal-{port}", daemon=True)

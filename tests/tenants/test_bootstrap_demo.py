@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from tenants import keys
+from tenants.models import ApiKey, Tenant
+
+
+@pytest.fixture
+def debug_var_dir(settings, tmp_path):
+    settings.DEBUG = True
+    settings.VAR_DIR = tmp_path
+    return tmp_path
+
+
+def _run() -> dict:
+    out = StringIO()
+    call_command("bootstrap_demo", json=True, stdout=out)
+    return json.loads(out.getvalue())
+
+
+@pytest.mark.django_db
+def test_bootstrap_demo_is_idempotent(debug_var_dir):
+    first = _run()
+    second = _run()
+    assert first == second
+    assert Tenant.objects.filter(name="Demo Contact Centre").count() == 1
+    assert ApiKey.objects.count() == 1
+    key_id, secret = keys.parse_key(first["api_key"])
+    assert keys.secret_matches(secret, ApiKey.objects.get(key_id=key_id).secret_hash)
+    assert (debug_var_dir / "demo-credentials.json").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.django_db
+def test_bootstrap_demo_replaces_a_revoked_demo_key(debug_var_dir):
+    first = _run()
+    ApiKey.objects.update(revoked_at="2026-01-01T00:00:00Z")
+    second = _run()
+    assert second["api_key"] != first["api_key"]
+    assert ApiKey.objects.filter(revoked_at__isnull=True).count() == 1
+
+
+@pytest.mark.django_db
+def test_bootstrap_demo_refuses_to_run_in_production(settings):
+    settings.DEBUG = False
+    with pytest.raises(CommandError):
+        call_command("bootstrap_demo")
