@@ -30,7 +30,7 @@ run: venv
 ## test: set up, lint, and run the whole suite (uses DATABASE_URL / REDIS_URL when set)
 test: venv-dev browser
 	$(BIN)/ruff check .
-	$(BIN)/python manage.py makemigrations --check --dry-run >/dev/null
+	DEBUG=true $(BIN)/python manage.py makemigrations --check --dry-run >/dev/null
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv-dev
