@@ -1,8 +1,93 @@
 from __future__ import annotations
 
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db.models import Count, Max, Sum
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
+
 from billing.models import UsageEvent
 from tenants.models import Tenant
 
 
 def usage_recent(*, tenant: Tenant, limit: int = 20) -> list[UsageEvent]:
     return list(UsageEvent.objects.filter(tenant=tenant).order_by("-created_at")[:limit])
+
+
+def _local_tz() -> ZoneInfo:
+    return ZoneInfo(settings.TIME_ZONE)
+
+
+def usage_window(*, since: date | None = None, until: date | None = None, days: int = 30) -> tuple[date, date]:
+    """Whole local days, ``since`` to ``until`` inclusive; the last ``days`` days by default."""
+    today = timezone.localdate()
+    until = until or today
+    since = since or until - timedelta(days=days - 1)
+    return since, until
+
+
+def _bounds(since: date, until: date) -> tuple[datetime, datetime]:
+    tz = _local_tz()
+    return (datetime.combine(since, time.min, tzinfo=tz), datetime.combine(until + timedelta(days=1), time.min, tzinfo=tz))
+
+
+def _totals(qs) -> dict:
+    row = qs.aggregate(
+        requests=Count("id"),
+        prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
+        completion_tokens=Coalesce(Sum("completion_tokens"), 0),
+    )
+    row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
+    return row
+
+
+def _grouped(qs, field: str) -> list[dict]:
+    rows = (
+        qs.values(field)
+        .annotate(
+            requests=Count("id"),
+            prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
+            completion_tokens=Coalesce(Sum("completion_tokens"), 0),
+        )
+        .order_by(field)
+    )
+    out = []
+    for row in rows:
+        row["total_tokens"] = row["prompt_tokens"] + row["completion_tokens"]
+        out.append(row)
+    return out
+
+
+def usage_summary(*, tenant: Tenant, since: date, until: date) -> dict:
+    """Requests and tokens for one tenant over whole local days: totals, by day, by model and by key."""
+    start, end = _bounds(since, until)
+    qs = UsageEvent.objects.filter(tenant=tenant, created_at__gte=start, created_at__lt=end)
+    by_day = _grouped(qs.annotate(day=TruncDate("created_at", tzinfo=_local_tz())), "day")
+    return {
+        "since": since,
+        "until": until,
+        "totals": _totals(qs),
+        "by_day": by_day,
+        "by_model": _grouped(qs, "model"),
+        "by_key": _grouped(qs, "key_id"),
+    }
+
+
+def key_last_used(*, tenant: Tenant, key_ids: list[str]) -> dict[str, datetime]:
+    """When each key last served a request, from usage events (the data plane never writes the database)."""
+    if not key_ids:
+        return {}
+    rows = (
+        UsageEvent.objects.filter(tenant=tenant, key_id__in=key_ids)
+        .values("key_id")
+        .annotate(last=Max("created_at"))
+    )
+    return {row["key_id"]: row["last"] for row in rows}
+
+
+def tenant_usage_totals(*, tenant: Tenant, days: int = 30) -> dict:
+    since, until = usage_window(days=days)
+    start, end = _bounds(since, until)
+    return _totals(UsageEvent.objects.filter(tenant=tenant, created_at__gte=start, created_at__lt=end))

@@ -53,11 +53,25 @@ def _to_row(data: dict) -> UsageEvent:
     )
 
 
+def _read(client: redis.Redis, stream: str, consumer: str, start: str, block_ms: int | None) -> list:
+    try:
+        response = client.xreadgroup(
+            INGEST_GROUP, consumer, {stream: start}, count=settings.USAGE_INGEST_BATCH, block=block_ms
+        )
+    except redis.ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        _ensure_group(client, stream)  # Redis restarted empty: the group went with the stream
+        return []
+    return [(entry_id, fields) for _stream, entries in (response or []) for entry_id, fields in entries]
+
+
 def usage_ingest(*, max_batches: int | None = None, block_ms: int | None = None) -> int:
     """Move usage events from the Redis stream into the database. Returns how many entries were handled.
 
-    Entries are acknowledged (and deleted from the stream) only after the database commit; a crash between
-    the two re-delivers them, and the unique ``request_id`` turns the second insert into a no-op.
+    Entries are acknowledged (and deleted from the stream) only after the database commit. Entries this
+    consumer read but could not store (the database was down) are retried first; entries a dead consumer
+    held are taken over after a minute; the unique ``request_id`` makes any second insert a no-op.
     """
     client = get_redis()
     stream = settings.INFERENCE_USAGE_STREAM
@@ -65,22 +79,21 @@ def usage_ingest(*, max_batches: int | None = None, block_ms: int | None = None)
     consumer = _consumer_name()
     handled = 0
     batches = 0
-    # First take over entries that a crashed consumer read but never acknowledged.
     _next, claimed, *_ = client.xautoclaim(
         stream, INGEST_GROUP, consumer, min_idle_time=_CLAIM_IDLE_MS, start_id="0-0",
         count=settings.USAGE_INGEST_BATCH,
     )
-    pending = [(entry_id, fields) for entry_id, fields in claimed if fields]
     while True:
-        if not pending:
-            response = client.xreadgroup(
-                INGEST_GROUP, consumer, {stream: ">"}, count=settings.USAGE_INGEST_BATCH, block=block_ms
-            )
-            pending = [(entry_id, fields) for _s, entries in (response or []) for entry_id, fields in entries]
+        pending = (
+            claimed or _read(client, stream, consumer, "0", None) or _read(client, stream, consumer, ">", block_ms)
+        )
+        claimed = []
         if not pending:
             return handled
         rows = []
         for _entry_id, fields in pending:
+            if not fields:
+                continue  # already deleted from the stream: only its acknowledgement was missing
             try:
                 rows.append(_to_row(orjson.loads(fields[b"e"])))
             except (KeyError, ValueError, TypeError) as exc:
@@ -100,7 +113,6 @@ def usage_ingest(*, max_batches: int | None = None, block_ms: int | None = None)
         pipe.xdel(stream, *ids)
         pipe.execute()
         handled += len(ids)
-        pending = []
         batches += 1
         if max_batches is not None and batches >= max_batches:
             return handled

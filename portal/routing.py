@@ -17,8 +17,11 @@ def build_application(django_app, lifespan):
         kind = scope["type"]
         if kind == "http":
             # The data plane skips Django entirely: no middleware stack, no ORM on the request path.
-            if scope["path"].startswith("/v1/") or scope["path"] == "/v1":
+            path = scope["path"]
+            if path.startswith("/v1/") or path == "/v1":
                 await gateway(scope, receive, send)
+            elif path == "/metrics":
+                await gateway.metrics_endpoint(scope, receive, send)
             else:
                 await django_app(scope, receive, send)
         elif kind == "websocket":

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "django_htmx",
     "csp",
@@ -71,6 +72,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "allauth.usersessions.middleware.UserSessionsMiddleware",
+    "tenants.middleware.AccessGateMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -89,6 +91,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "csp.context_processors.nonce",
                 "portal.context_processors.site",
+                "tenants.context_processors.console",
             ],
         },
     },
@@ -149,16 +152,37 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LOGIN_URL = "account_login"
 LOGIN_REDIRECT_URL = "dashboard"
+ACCOUNT_ADAPTER = "tenants.adapters.AccountAdapter"
+ACCOUNT_FORMS = {"signup": "tenants.forms.SignupForm"}
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = env_str("ACCOUNT_EMAIL_VERIFICATION", "mandatory")
+ACCOUNT_CONFIRM_EMAIL_ON_GET = False
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
-ACCOUNT_RATE_LIMITS = {"login_failed": "10/m/ip,5/5m/key", "signup": "20/h/ip"}
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Wattle] "
+# Failed logins: per client IP and per email address (allauth counts them in the cache). Password resets and
+# sign-ups are limited too, so none of these forms can be used to enumerate or flood.
+ACCOUNT_RATE_LIMITS = {
+    "login_failed": env_str("ACCOUNT_RATE_LIMIT_LOGIN_FAILED", "10/m/ip,5/5m/key"),
+    "signup": "20/h/ip",
+    "reset_password": "20/m/ip,5/m/key",
+    "reset_password_from_key": "20/m/ip",
+}
+ACCOUNT_REAUTHENTICATION_TIMEOUT = env_int("ACCOUNT_REAUTHENTICATION_TIMEOUT", 300)
+MFA_ADAPTER = "tenants.adapters.MFAAdapter"
 MFA_SUPPORTED_TYPES = ["totp", "webauthn", "recovery_codes"]
 MFA_PASSKEY_LOGIN_ENABLED = True
+MFA_TOTP_ISSUER = "Wattle"
 MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG
 USERSESSIONS_TRACK_ACTIVITY = True
+
+# Sign-up records acceptance of these document versions (APP 5 collection notice, terms, privacy policy).
+TERMS_VERSION = "2026-11-01"
+# A staff "act as tenant" session ends by itself after this many minutes.
+STAFF_ACT_AS_MINUTES = env_int("STAFF_ACT_AS_MINUTES", 60)
+TENANTS_INVITATION_DAYS = env_int("TENANTS_INVITATION_DAYS", 7)
 
 EMAIL_BACKEND = env_str(
     "EMAIL_BACKEND",
@@ -169,7 +193,11 @@ EMAIL_PORT = env_int("EMAIL_PORT", 587)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Wattle <no-reply@wattle.example>")
+# Absolute links in email sent outside a request (invitations made by API keys carry the request's host).
+WATTLE_BASE_URL = env_str("WATTLE_BASE_URL", "http://127.0.0.1:8000")
 
 # --- Security ---------------------------------------------------------------------------------------
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
@@ -230,17 +258,43 @@ WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", DEBUG)
 
 # --- REST framework ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "tenants.api.auth.ApiKeyAuthentication",
+        "tenants.api.auth.ConsoleSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.api.permissions.TenantMatrixPermission"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "tenants.api.throttling.ManagementThrottle",
+        "tenants.api.throttling.ManagementWriteThrottle",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "tenants.api.pagination.ManagementPagination",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "portal.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "PAGE_SIZE": 50,
 }
+# Requests per principal (API key or console user) to /api/v1/, counted in the cache (Redis when configured).
+MANAGEMENT_API_THROTTLE_RATE = env_str("MANAGEMENT_API_THROTTLE_RATE", "600/min")
+MANAGEMENT_API_WRITE_THROTTLE_RATE = env_str("MANAGEMENT_API_WRITE_THROTTLE_RATE", "60/min")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Wattle management API",
-    "DESCRIPTION": "Manage your Wattle tenant: members, API keys and usage.",
+    "DESCRIPTION": (
+        "Manage your Wattle organisation: members, invitations, API keys and usage. Authenticate with an API "
+        "key that has the `management:read` (GET) or `management:write` (other methods) scope, or with a "
+        "console session. Errors share one shape: `{\"error\": {\"message\", \"type\", \"code\", \"param\"}}`."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "RoleEnum": "tenants.models.Role",
+    },
 }
 
 # --- Logging ----------------------------------------------------------------------------------------
@@ -320,6 +374,22 @@ INFERENCE_UPSTREAM_CONNECT_TIMEOUT_S = env_float("INFERENCE_UPSTREAM_CONNECT_TIM
 INFERENCE_UPSTREAM_READ_TIMEOUT_S = env_float("INFERENCE_UPSTREAM_READ_TIMEOUT_S", 120.0)
 INFERENCE_MAX_BODY_BYTES = env_int("INFERENCE_MAX_BODY_BYTES", 4 * 1024 * 1024)
 INFERENCE_USAGE_STREAM = f"{REDIS_KEY_PREFIX}usage"
+INFERENCE_USAGE_SPOOL_DIR = Path(env_str("INFERENCE_USAGE_SPOOL_DIR", str(VAR_DIR / "usage-spool")))
+# Scale to zero: how long a request waits for a replica to come up, and the hook that asks for one.
+INFERENCE_COLD_START_HOLD_S = env_float("INFERENCE_COLD_START_HOLD_S", 30.0)
+INFERENCE_WARMUP_URL = env_str("INFERENCE_WARMUP_URL", "")
+INFERENCE_WARMUP_MIN_INTERVAL_S = env_float("INFERENCE_WARMUP_MIN_INTERVAL_S", 30.0)
+INFERENCE_RETRY_AFTER_S = env_int("INFERENCE_RETRY_AFTER_S", 10)
+# Pre-warm before business hours (cron fields in Australia/Sydney time): minute hour day month weekday.
+INFERENCE_PREWARM_CRON = env_str("INFERENCE_PREWARM_CRON", "0 7 * * 1-5")
+INFERENCE_PREWARM_MODELS = env_list("INFERENCE_PREWARM_MODELS", [])
+INFERENCE_DEFAULT_MAX_MODEL_LEN = env_int("INFERENCE_DEFAULT_MAX_MODEL_LEN", 32768)
+# While Redis is unreachable, a worker keeps authenticating keys it saw recently, for at most this long.
+INFERENCE_KEY_STALE_OK_S = env_float("INFERENCE_KEY_STALE_OK_S", 120.0)
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_ALLOWED_NETWORKS = env_list(
+    "METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+)
 # Embedded mode has no Celery worker: the web process drains the usage stream itself.
 USAGE_INGEST_IN_PROCESS = env_bool("USAGE_INGEST_IN_PROCESS", not REDIS_URL)
 USAGE_INGEST_BATCH = env_int("USAGE_INGEST_BATCH", 2000)

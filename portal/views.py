@@ -12,10 +12,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from billing.selectors import usage_recent
 from inference.models import Backend
 from portal.redis import new_async_redis
-from tenants.selectors import memberships_for_user
 
 
 @never_cache
@@ -94,13 +92,22 @@ def privacy_policy(request):
     return render(request, "portal/privacy.html")
 
 
+def terms(request):
+    return render(request, "portal/terms.html")
+
+
 @login_required
 def dashboard(request):
-    memberships = memberships_for_user(user=request.user)
-    tenant = memberships[0].tenant if memberships else None
-    context = {
-        "memberships": memberships,
-        "tenant": tenant,
-        "recent_usage": usage_recent(tenant=tenant, limit=20) if tenant else [],
-    }
-    return render(request, "portal/dashboard.html", context)
+    """Where sign-in lands: the tenant last used (or the first), its onboarding while it has no key yet."""
+    from django.http import Http404
+
+    from tenants.access import resolve_tenant
+    from tenants.models import ApiKey
+
+    try:
+        access = resolve_tenant(request)
+    except Http404:
+        return render(request, "portal/dashboard.html", {})
+    if not ApiKey.objects.filter(tenant=access.tenant).exists() and access.can("keys.create"):
+        return redirect("tenant_onboarding", access.tenant.slug)
+    return redirect("tenant_home", access.tenant.slug)

@@ -70,7 +70,12 @@ class Membership(models.Model):
 
 
 class ApiKey(models.Model):
-    """An API key. Only an HMAC of the secret is stored; the full key is shown once, at creation."""
+    """An API key. Only an HMAC of the secret is stored; the full key is shown once, at creation.
+
+    Rotation keeps the previous secret's hash until ``previous_secret_expires_at`` so callers can switch over
+    without downtime. "Last used" is derived from usage events (``tenants.selectors``), never written on the
+    request path.
+    """
 
     class Scope(models.TextChoices):
         INFERENCE = "inference", "Inference (/v1)"
@@ -81,15 +86,31 @@ class ApiKey(models.Model):
     key_id = models.CharField(max_length=16, unique=True, editable=False)
     name = models.CharField(max_length=100)
     secret_hash = models.CharField(max_length=64, editable=False)
+    previous_secret_hash = models.CharField(max_length=64, blank=True, editable=False)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
     scopes = models.JSONField(default=list)
     allowed_models = models.JSONField(default=list, blank=True, help_text="Empty: every model.")
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
+    # Per-key limits. Empty means "the tenant's plan decides"; enforcement lives with the quota policy.
+    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField("concurrent requests", null=True, blank=True)
+    daily_token_limit = models.PositiveBigIntegerField("tokens per day", null=True, blank=True)
+    monthly_token_budget = models.PositiveBigIntegerField("tokens per month", null=True, blank=True)
+    monthly_spend_cap_aud = models.DecimalField(
+        "monthly spend cap (AUD)", max_digits=12, decimal_places=2, null=True, blank=True
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now)
+
+    LIMIT_FIELDS = (
+        "rpm_limit", "tpm_limit", "max_concurrent", "daily_token_limit", "monthly_token_budget",
+        "monthly_spend_cap_aud",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -109,3 +130,73 @@ class ApiKey(models.Model):
         if self.expires_at and self.expires_at <= timezone.now():
             return "expired"
         return "active"
+
+    @property
+    def previous_secret_active(self) -> bool:
+        return bool(
+            self.previous_secret_hash
+            and self.previous_secret_expires_at
+            and self.previous_secret_expires_at > timezone.now()
+        )
+
+
+class Invitation(models.Model):
+    """An invitation to join a tenant. The token is emailed once and stored only as a SHA-256 digest; it can be
+    used once, before ``expires_at``."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="invitation_tenant_time")]
+
+    def __str__(self) -> str:
+        return f"{self.email} → {self.tenant} ({self.role})"
+
+    @property
+    def status(self) -> str:
+        if self.accepted_at:
+            return "accepted"
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "pending"
+
+    @property
+    def is_usable(self) -> bool:
+        return self.status == "pending"
+
+
+class PolicyAcceptance(models.Model):
+    """A person accepted the terms and the privacy policy (after seeing the collection notice) at sign-up."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="policy_acceptances")
+    tenant = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.SET_NULL, related_name="policy_acceptances"
+    )
+    terms_version = models.CharField(max_length=32)
+    privacy_version = models.CharField(max_length=32)
+    accepted_at = models.DateTimeField(default=timezone.now)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-accepted_at"]
+
+    def __str__(self) -> str:
+        return f"{self.user} accepted terms {self.terms_version} / privacy {self.privacy_version}"

@@ -1,20 +1,54 @@
-"""State changes for tenants, members and API keys. Each writes its audit entry in the same transaction and
-publishes what the data plane needs to Redis after the commit."""
+"""State changes for tenants, members, invitations and API keys.
+
+Each service is keyword-only, runs in one transaction, writes its audit entry in that transaction, and
+defers side effects (publishing key records to Redis for the data plane, sending email) until after commit.
+Permission to *attempt* an action is decided by ``tenants.permissions`` in the caller; the rules that depend
+on the objects themselves (the last owner, who may touch an owner) are enforced here.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
+from allauth.account.models import EmailAddress
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
 from audit.services import record
-from tenants import keys, snapshot
-from tenants.models import ApiKey, Membership, Role, Tenant
+from tenants import emails, keys, snapshot
+from tenants.models import ApiKey, Invitation, Membership, PolicyAcceptance, Role, Tenant
+from tenants.permissions import Action, can
 
 
+def _audit(*, action: str, actor=None, tenant: Tenant | None = None, target=None, request=None,
+           data: dict[str, Any] | None = None) -> None:
+    """``audit.services.record`` plus how the change was made: by an API key, or by staff acting as a tenant."""
+    data = dict(data or {})
+    if request is not None:
+        key_id = getattr(request, "wattle_api_key_id", None)
+        if key_id:
+            data["via_api_key"] = key_id
+        if getattr(request, "wattle_acting_as", False):
+            data["acting_as_staff"] = True
+    record(action=action, actor=actor, tenant=tenant, target=target, request=request, data=data)
+
+
+def _client_ip(request) -> str | None:
+    if request is None:
+        return None
+    return request.META.get("REMOTE_ADDR") or None
+
+
+# --- tenants ---------------------------------------------------------------------------------------
 def _unique_slug(name: str) -> str:
     base = slugify(name)[:60] or "tenant"
     slug, n = base, 1
@@ -32,15 +66,253 @@ def tenant_create(*, name: str, owner=None, billing_email: str = "", abn: str = 
     )
     if owner is not None:
         Membership.objects.create(tenant=tenant, user=owner, role=Role.OWNER)
-    record(action="tenant.create", actor=owner, tenant=tenant, target=tenant, request=request,
+    _audit(action="tenant.create", actor=owner, tenant=tenant, target=tenant, request=request,
            data={"name": name})
     return tenant
 
 
+@transaction.atomic
+def account_signup(*, user, organisation: str, billing_email: str, abn: str = "", state: str = "",
+                   terms_version: str, privacy_version: str, request=None) -> Tenant:
+    """A new person signed up and owns a new organisation. Their acceptance of the terms and privacy policy
+    (with the collection notice shown beside them) is recorded with versions and time."""
+    tenant = tenant_create(name=organisation, owner=user, billing_email=billing_email, abn=abn, state=state,
+                           request=request)
+    policy_acceptance_record(user=user, tenant=tenant, terms_version=terms_version,
+                             privacy_version=privacy_version, request=request)
+    _audit(action="account.signup", actor=user, tenant=tenant, target=user, request=request,
+           data={"tenant": tenant.slug})
+    return tenant
+
+
+@transaction.atomic
+def policy_acceptance_record(*, user, tenant: Tenant | None, terms_version: str, privacy_version: str,
+                             request=None) -> PolicyAcceptance:
+    acceptance = PolicyAcceptance.objects.create(
+        user=user, tenant=tenant, terms_version=terms_version, privacy_version=privacy_version,
+        ip=_client_ip(request),
+    )
+    _audit(action="policy.accept", actor=user, tenant=tenant, target=acceptance, request=request,
+           data={"terms_version": terms_version, "privacy_version": privacy_version})
+    return acceptance
+
+
+@transaction.atomic
+def tenant_update(*, tenant: Tenant, actor=None, request=None, **changes: str) -> Tenant:
+    allowed = {"name", "billing_email", "abn", "state"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"cannot change {sorted(unknown)}")
+    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    changed = {k: v for k, v in changes.items() if getattr(tenant, k) != v}
+    if changed:
+        for name, value in changed.items():
+            setattr(tenant, name, value)
+        tenant.save(update_fields=list(changed))
+        _audit(action="tenant.update", actor=actor, tenant=tenant, target=tenant, request=request,
+               data={"fields": sorted(changed)})
+    return tenant
+
+
+@transaction.atomic
+def tenant_set_status(*, tenant: Tenant, status: str, reason: str = "", actor=None, request=None) -> Tenant:
+    """Suspend, reactivate or close a tenant. Every key of the tenant is republished after commit, so the data
+    plane refuses (or serves) its requests within a second."""
+    if status not in Tenant.Status.values:
+        raise ValueError(f"unknown status {status!r}")
+    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    previous = tenant.status
+    tenant.status = status
+    tenant.status_reason = reason
+    tenant.save(update_fields=["status", "status_reason"])
+    _audit(action=f"tenant.status.{status}", actor=actor, tenant=tenant, target=tenant, request=request,
+           data={"from": previous, "to": status, "reason": reason})
+    transaction.on_commit(lambda: snapshot.publish_tenant(tenant))
+    return tenant
+
+
+# --- members and invitations -----------------------------------------------------------------------
+def _lock_owners(tenant: Tenant) -> list:
+    """Lock the tenant's owner rows, so two concurrent demotions cannot both see "another owner remains"."""
+    return list(Membership.objects.select_for_update().filter(tenant=tenant, role=Role.OWNER)
+                .values_list("pk", flat=True))
+
+
+def _owner_count(tenant: Tenant) -> int:
+    return len(_lock_owners(tenant))
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuedInvitation:
+    invitation: Invitation
+    token: str  # emailed, never stored
+    accept_url: str
+
+
+def _absolute(path: str, request) -> str:
+    if request is not None:
+        return request.build_absolute_uri(path)
+    return settings.WATTLE_BASE_URL.rstrip("/") + path
+
+
+@transaction.atomic
+def member_invite(*, tenant: Tenant, email: str, role: str, invited_by=None, inviter_role: str | None = None,
+                  request=None) -> IssuedInvitation:
+    """Invite ``email`` to ``tenant`` as ``role``. A pending invitation to the same address is replaced."""
+    from django.urls import reverse
+
+    email = email.strip().lower()
+    if role not in Role.values:
+        raise ValidationError({"role": f"Unknown role {role!r}."})
+    if role == Role.OWNER and not can(inviter_role, Action.MEMBERS_MANAGE_OWNERS):
+        raise PermissionDenied("Only an owner can invite another owner.")
+    if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists() or \
+            Membership.objects.filter(tenant=tenant, user__emailaddress__email__iexact=email).exists():
+        raise ValidationError({"email": "This person is already a member of the organisation."})
+    now = timezone.now()
+    for stale in Invitation.objects.select_for_update().filter(
+        tenant=tenant, email=email, accepted_at__isnull=True, revoked_at__isnull=True
+    ):
+        stale.revoked_at = now
+        stale.save(update_fields=["revoked_at"])
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation.objects.create(
+        tenant=tenant, email=email, role=role, token_hash=_token_digest(token), invited_by=invited_by,
+        expires_at=now + timedelta(days=settings.TENANTS_INVITATION_DAYS),
+    )
+    _audit(action="invitation.create", actor=invited_by, tenant=tenant, target=invitation, request=request,
+           data={"email": email, "role": role, "expires_at": invitation.expires_at.isoformat()})
+    accept_url = _absolute(reverse("invitation_accept", args=[token]), request)
+    invitation_id = invitation.pk
+    transaction.on_commit(lambda: emails.send_invitation(invitation_id=invitation_id, accept_url=accept_url))
+    return IssuedInvitation(invitation=invitation, token=token, accept_url=accept_url)
+
+
+@transaction.atomic
+def invitation_revoke(*, invitation: Invitation, actor=None, request=None) -> Invitation:
+    invitation = Invitation.objects.select_for_update().select_related("tenant").get(pk=invitation.pk)
+    if invitation.status != "pending":
+        raise ValidationError(f"This invitation is already {invitation.status}.")
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at"])
+    _audit(action="invitation.revoke", actor=actor, tenant=invitation.tenant, target=invitation, request=request,
+           data={"email": invitation.email})
+    return invitation
+
+
+def invitation_for_token(token: str) -> Invitation | None:
+    if not token or len(token) > 200:
+        return None
+    return Invitation.objects.select_related("tenant").filter(token_hash=_token_digest(token)).first()
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user, request=None) -> Membership:
+    """The invited person joins. The token works once, before it expires, for a user who has verified the
+    invited email address."""
+    found = invitation_for_token(token)
+    if found is None:
+        raise ValidationError("This invitation link is not valid.", code="invalid")
+    invitation = Invitation.objects.select_for_update().select_related("tenant").get(pk=found.pk)
+    if not invitation.is_usable:
+        raise ValidationError(f"This invitation is {invitation.status}.", code=invitation.status)
+    if not EmailAddress.objects.filter(user=user, email__iexact=invitation.email, verified=True).exists():
+        raise ValidationError(
+            f"This invitation was sent to {invitation.email}. Sign in with that address (verified) to accept it.",
+            code="wrong_email",
+        )
+    if Membership.objects.filter(tenant=invitation.tenant, user=user).exists():
+        raise ValidationError("You are already a member of this organisation.", code="already_member")
+    membership = Membership.objects.create(tenant=invitation.tenant, user=user, role=invitation.role)
+    invitation.accepted_at = timezone.now()
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    _audit(action="invitation.accept", actor=user, tenant=invitation.tenant, target=invitation, request=request,
+           data={"email": invitation.email, "role": invitation.role})
+    _audit(action="member.add", actor=user, tenant=invitation.tenant, target=membership, request=request,
+           data={"user": user.email, "role": invitation.role})
+    return membership
+
+
+def _check_owner_rules(*, membership: Membership, new_role: str | None, actor_role: str | None) -> None:
+    touches_owner = membership.role == Role.OWNER or new_role == Role.OWNER
+    if touches_owner and not can(actor_role, Action.MEMBERS_MANAGE_OWNERS):
+        raise PermissionDenied("Only an owner can change or remove an owner.")
+    if membership.role == Role.OWNER and new_role != Role.OWNER and _owner_count(membership.tenant) <= 1:
+        raise ValidationError("An organisation always needs at least one owner. Transfer ownership first.",
+                              code="last_owner")
+
+
+@transaction.atomic
+def member_change_role(*, membership: Membership, role: str, actor=None, actor_role: str | None = None,
+                       request=None) -> Membership:
+    if role not in Role.values:
+        raise ValidationError({"role": f"Unknown role {role!r}."})
+    membership = Membership.objects.select_for_update().select_related("tenant", "user").get(pk=membership.pk)
+    _lock_owners(membership.tenant)
+    if membership.role == role:
+        return membership
+    _check_owner_rules(membership=membership, new_role=role, actor_role=actor_role)
+    previous = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    _audit(action="member.role_change", actor=actor, tenant=membership.tenant, target=membership, request=request,
+           data={"user": membership.user.email, "from": previous, "to": role})
+    return membership
+
+
+@transaction.atomic
+def member_remove(*, membership: Membership, actor=None, actor_role: str | None = None, request=None) -> None:
+    """Remove a member. Their sessions lose the tenant on their next request: ``tenants.access`` re-reads the
+    membership every time."""
+    membership = Membership.objects.select_for_update().select_related("tenant", "user").get(pk=membership.pk)
+    _lock_owners(membership.tenant)
+    _check_owner_rules(membership=membership, new_role=None, actor_role=actor_role)
+    tenant, user, role = membership.tenant, membership.user, membership.role
+    _audit(action="member.remove", actor=actor, tenant=tenant, target=membership, request=request,
+           data={"user": user.email, "role": role})
+    membership.delete()
+
+
+@transaction.atomic
+def ownership_transfer(*, tenant: Tenant, from_membership: Membership, to_membership: Membership, actor=None,
+                       request=None) -> Membership:
+    """The current owner hands ownership to another member and becomes an admin."""
+    rows = {m.pk: m for m in Membership.objects.select_for_update().select_related("user").filter(
+        tenant=tenant, pk__in=[from_membership.pk, to_membership.pk])}
+    source, target = rows.get(from_membership.pk), rows.get(to_membership.pk)
+    if source is None or target is None:
+        raise ValidationError("Both people must be members of the organisation.")
+    if source.role != Role.OWNER:
+        raise PermissionDenied("Only an owner can transfer ownership.")
+    if source.pk == target.pk:
+        raise ValidationError("You already own this organisation.")
+    previous = target.role
+    target.role = Role.OWNER
+    target.save(update_fields=["role"])
+    source.role = Role.ADMIN
+    source.save(update_fields=["role"])
+    _audit(action="member.ownership_transfer", actor=actor, tenant=tenant, target=target, request=request,
+           data={"from_user": source.user.email, "to_user": target.user.email, "to_previous_role": previous})
+    return target
+
+
+# --- API keys --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class IssuedKey:
     api_key: ApiKey
     plaintext: str  # shown to the user once, never stored
+
+
+def _validate_scopes(scopes: list[str]) -> list[str]:
+    unknown = [s for s in scopes if s not in ApiKey.Scope.values]
+    if unknown or not scopes:
+        raise ValidationError({"scopes": f"Choose one or more of {', '.join(ApiKey.Scope.values)}."})
+    return [s for s in ApiKey.Scope.values if s in scopes]  # canonical order, no duplicates
 
 
 @transaction.atomic
@@ -52,8 +324,16 @@ def api_key_create(
     scopes: list[str] | None = None,
     allowed_models: list[str] | None = None,
     expires_at: datetime | None = None,
+    limits: dict[str, int | Decimal | None] | None = None,
     request=None,
 ) -> IssuedKey:
+    scopes = _validate_scopes(scopes if scopes is not None else [ApiKey.Scope.INFERENCE])
+    limits = limits or {}
+    unknown = set(limits) - set(ApiKey.LIMIT_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown limit fields {sorted(unknown)}")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
     secret = keys.new_secret()
     key_id = keys.new_key_id()
     while ApiKey.objects.filter(key_id=key_id).exists():
@@ -63,13 +343,16 @@ def api_key_create(
         key_id=key_id,
         name=name,
         secret_hash=keys.hash_secret(secret),
-        scopes=scopes if scopes is not None else [ApiKey.Scope.INFERENCE],
-        allowed_models=allowed_models or [],
+        scopes=scopes,
+        allowed_models=list(dict.fromkeys(allowed_models or [])),
         expires_at=expires_at,
         created_by=created_by,
+        **limits,
     )
-    record(action="api_key.create", actor=created_by, tenant=tenant, target=api_key, request=request,
-           data={"key_id": key_id, "name": name, "scopes": api_key.scopes})
+    _audit(action="api_key.create", actor=created_by, tenant=tenant, target=api_key, request=request,
+           data={"key_id": key_id, "name": name, "scopes": api_key.scopes,
+                 "models": api_key.allowed_models,
+                 "expires_at": expires_at.isoformat() if expires_at else None})
     transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]))
     return IssuedKey(api_key=api_key, plaintext=keys.format_key(key_id, secret))
 
@@ -80,20 +363,61 @@ def api_key_revoke(*, api_key: ApiKey, actor=None, request=None) -> ApiKey:
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
-        record(action="api_key.revoke", actor=actor, tenant=api_key.tenant, target=api_key, request=request,
+        _audit(action="api_key.revoke", actor=actor, tenant=api_key.tenant, target=api_key, request=request,
                data={"key_id": api_key.key_id})
     transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]))
     return api_key
 
 
+MAX_ROTATION_GRACE = timedelta(days=30)
+
+
 @transaction.atomic
-def tenant_set_status(*, tenant: Tenant, status: str, reason: str = "", actor=None, request=None) -> Tenant:
-    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
-    previous = tenant.status
-    tenant.status = status
-    tenant.status_reason = reason
-    tenant.save(update_fields=["status", "status_reason"])
-    record(action=f"tenant.status.{status}", actor=actor, tenant=tenant, target=tenant, request=request,
-           data={"from": previous, "to": status, "reason": reason})
-    transaction.on_commit(lambda: snapshot.publish_tenant(tenant))
-    return tenant
+def api_key_rotate(*, api_key: ApiKey, grace: timedelta, actor=None, request=None) -> IssuedKey:
+    """Give the key a new secret. The old secret keeps working for ``grace`` (zero: it stops now), then stops;
+    the key id, scopes and limits stay the same."""
+    if grace < timedelta(0) or grace > MAX_ROTATION_GRACE:
+        raise ValidationError({"grace_seconds": "The grace period must be between 0 and 30 days."})
+    api_key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
+    if api_key.status != "active":
+        raise ValidationError(f"A {api_key.status} key cannot be rotated.")
+    now = timezone.now()
+    secret = keys.new_secret()
+    if grace > timedelta(0):
+        api_key.previous_secret_hash = api_key.secret_hash
+        api_key.previous_secret_expires_at = now + grace
+    else:
+        api_key.previous_secret_hash = ""
+        api_key.previous_secret_expires_at = None
+    api_key.secret_hash = keys.hash_secret(secret)
+    api_key.rotated_at = now
+    api_key.save(update_fields=["secret_hash", "previous_secret_hash", "previous_secret_expires_at", "rotated_at"])
+    _audit(action="api_key.rotate", actor=actor, tenant=api_key.tenant, target=api_key, request=request,
+           data={"key_id": api_key.key_id, "grace_seconds": int(grace.total_seconds())})
+    transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]))
+    return IssuedKey(api_key=api_key, plaintext=keys.format_key(api_key.key_id, secret))
+
+
+# --- staff -----------------------------------------------------------------------------------------
+@transaction.atomic
+def act_as_start(*, staff_user, tenant: Tenant, reason: str, request=None) -> dict:
+    """Open an explicit, time-boxed support session on a tenant. Returns the grant the caller keeps in the
+    staff member's session; ``tenants.access`` honours it until it expires."""
+    if not staff_user.is_staff:
+        raise PermissionDenied("Only platform staff can act as a tenant.")
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why you need to act as this tenant."})
+    started = time.time()
+    expires = started + settings.STAFF_ACT_AS_MINUTES * 60
+    _audit(action="staff.act_as.start", actor=staff_user, tenant=tenant, target=tenant, request=request,
+           data={"reason": reason, "expires_at": datetime.fromtimestamp(expires, tz=UTC).isoformat()})
+    return {"tenant": str(tenant.pk), "slug": tenant.slug, "name": tenant.name, "staff": str(staff_user.pk),
+            "started": started, "expires": expires, "reason": reason}
+
+
+@transaction.atomic
+def act_as_end(*, staff_user, grant: dict, request=None) -> None:
+    tenant = Tenant.objects.filter(pk=grant.get("tenant")).first()
+    _audit(action="staff.act_as.end", actor=staff_user, tenant=tenant, target=tenant, request=request,
+           data={"duration_s": round(time.time() - grant.get("started", time.time()))})

@@ -24,6 +24,9 @@ def api_key_record(api_key: ApiKey, tenant: Tenant) -> dict:
         "tenant": str(tenant.pk),
         "tenant_status": tenant.status,
         "hash": api_key.secret_hash,
+        # During a rotation's grace period the old secret still works, until prev_expires (epoch seconds).
+        "prev_hash": api_key.previous_secret_hash if api_key.previous_secret_active else None,
+        "prev_expires": api_key.previous_secret_expires_at.timestamp() if api_key.previous_secret_active else None,
         "scopes": list(api_key.scopes),
         "models": list(api_key.allowed_models or []),
         "expires": api_key.expires_at.timestamp() if api_key.expires_at else None,

@@ -1,8 +1,9 @@
 """The `/v1` ASGI app. Async end to end, no ORM and no blocking call per request.
 
-Path of a generation request: authenticate the key (Redis snapshot + in-process cache) → read and validate
-the body → pick the least-loaded healthy replica serving the model → relay the answer (SSE chunk by chunk)
-→ emit exactly one usage event. Everything the client sees on failure is an OpenAI-shaped error.
+Path of a generation request: authenticate the key (Redis snapshot + in-process cache) → read, translate and
+validate the body → pick the least-loaded healthy replica serving the model (holding the request while a
+scaled-to-zero model warms up) → relay the answer (SSE chunk by chunk) → emit exactly one usage event.
+Everything the client sees on failure is an OpenAI-shaped error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import aiohttp
 import orjson
 from django.conf import settings
 
-from inference.gateway import errors
+from inference.gateway import errors, metrics, validation
 from inference.gateway.auth import KeyAuthenticator, KeyRecord
 from inference.gateway.backends import BackendPool, BackendState
 from inference.gateway.errors import GatewayError
@@ -36,7 +37,11 @@ _GENERATION_ENDPOINTS = {
     "/v1/embeddings": "embeddings",
 }
 # Upstream statuses worth trying on another replica, before any byte reached the client.
-_RETRYABLE_STATUSES = {502, 503, 504}
+_RETRYABLE_STATUSES = frozenset({502, 503, 504})
+_STREAM_FAILED_FRAME = (
+    b'data: {"error": {"message": "The model backend failed while streaming.", "type": "server_error", '
+    b'"param": null, "code": 502}}\n\n'
+)
 
 
 class ClientGone(Exception):
@@ -44,23 +49,11 @@ class ClientGone(Exception):
 
 
 class RequestContext:
-    """What one request accumulates for its usage event and access-log line."""
+    """What one request accumulates for its usage event, metrics and access-log line."""
 
     __slots__ = (
-        "backend",
-        "client_disconnected",
-        "completion_tokens",
-        "endpoint",
-        "error_code",
-        "key",
-        "model",
-        "prompt_tokens",
-        "request_id",
-        "started",
-        "started_wall",
-        "status",
-        "stream",
-        "ttft_ms",
+        "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code", "key", "model",
+        "prompt_tokens", "request_id", "started", "started_wall", "status", "stream", "traceparent", "ttft_s",
         "upstream_s",
     )
 
@@ -78,17 +71,27 @@ class RequestContext:
         self.client_disconnected = False
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self.ttft_ms: float | None = None
+        self.ttft_s: float | None = None
         self.upstream_s = 0.0  # time spent waiting on the backend
+        self.traceparent = ""
 
-    def overhead_ms(self) -> float:
-        return max(0.0, (time.perf_counter() - self.started - self.upstream_s) * 1000)
+    def overhead_s(self) -> float:
+        return max(0.0, time.perf_counter() - self.started - self.upstream_s)
 
     def response_headers(self) -> list[tuple[bytes, bytes]]:
         return [
             (b"x-request-id", self.request_id.encode()),
-            (b"x-wattle-overhead-ms", f"{self.overhead_ms():.3f}".encode()),
+            (b"x-wattle-overhead-ms", f"{self.overhead_s() * 1000:.3f}".encode()),
         ]
+
+
+def _traceparent(incoming: bytes | None, request_id: str) -> str:
+    """Continue the caller's W3C trace, or start one whose trace id is our request id."""
+    if incoming:
+        parts = incoming.decode("latin-1").strip().split("-")
+        if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+            return f"00-{parts[1]}-{secrets.token_hex(8)}-{parts[3][:2]}"
+    return f"00-{request_id[4:].ljust(32, '0')[:32]}-{secrets.token_hex(8)}-01"
 
 
 class Gateway:
@@ -100,6 +103,7 @@ class Gateway:
         self.auth: KeyAuthenticator | None = None
         self.pool: BackendPool | None = None
         self.usage: UsageEmitter | None = None
+        self._registry = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -126,6 +130,8 @@ class Gateway:
             await self.usage.start()
             self.pool = BackendPool(self.redis, self.session)
             await self.pool.start()
+            if self._registry is None:
+                self._registry = metrics.build_registry(self)
             self._started = True
 
     async def shutdown(self) -> None:
@@ -145,7 +151,7 @@ class Gateway:
         endpoint = _GENERATION_ENDPOINTS.get(path)
         if endpoint is not None:
             if scope["method"] != "POST":
-                await self._send_error(send, GatewayError(405, f"Method {scope['method']} not allowed on {path}."))
+                await self._send_error(send, GatewayError(405, f"Use POST for {path}.", code="method_not_allowed"))
                 return
             await self._generate(scope, receive, send, endpoint)
         elif path == "/v1/models" or path.startswith("/v1/models/"):
@@ -153,19 +159,24 @@ class Gateway:
         else:
             await self._send_error(send, GatewayError(404, f"Unknown endpoint {path}.", code="unknown_url"))
 
-    # --- helpers -----------------------------------------------------------------------------------
-    @staticmethod
-    def _headers(scope) -> dict[bytes, bytes]:
-        return dict(scope["headers"])
+    async def metrics_endpoint(self, scope, receive, send) -> None:
+        if not self._started:
+            await self.startup()
+        if not metrics.scrape_allowed(scope, dict(scope["headers"])):
+            await self._send_json(send, 403, b'{"error":"forbidden"}', [])
+            return
+        body, content_type = metrics.render(self._registry)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", content_type.encode())]})
+        await send({"type": "http.response.body", "body": body})
 
+    # --- helpers -----------------------------------------------------------------------------------
     async def _send_json(self, send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *headers],
-            }
-        )
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *headers],
+        })
         await send({"type": "http.response.body", "body": body})
 
     async def _send_error(self, send, error: GatewayError, ctx: RequestContext | None = None) -> None:
@@ -215,10 +226,11 @@ class Gateway:
     async def _models(self, scope, send, path: str) -> None:
         ctx = RequestContext("models")
         try:
-            record = await self.auth.authenticate(self._headers(scope).get(b"authorization"))
+            record = await self.auth.authenticate(dict(scope["headers"]).get(b"authorization"))
             await self.pool.wait_ready()
             models = sorted(m for m in self.pool.known_models() if record.allows_model(m))
-            cards = [{"id": m, "object": "model", "created": 0, "owned_by": "wattle"} for m in models]
+            cards = [{"id": m, "object": "model", "created": 0, "owned_by": "wattle",
+                      "max_model_len": self.pool.max_model_len(m)} for m in models]
             if path.startswith("/v1/models/"):
                 wanted = path[len("/v1/models/") :]
                 card = next((c for c in cards if c["id"] == wanted), None)
@@ -234,7 +246,7 @@ class Gateway:
     # --- generation --------------------------------------------------------------------------------
     async def _generate(self, scope, receive, send, endpoint: str) -> None:
         ctx = RequestContext(endpoint)
-        headers = self._headers(scope)
+        headers = dict(scope["headers"])
         try:
             ctx.key = await self.auth.authenticate(headers.get(b"authorization"))
             body = await self._read_body(receive, headers)
@@ -245,28 +257,29 @@ class Gateway:
             ctx.model = model
             if not ctx.key.allows_model(model):
                 raise GatewayError(
-                    403,
-                    f"This API key is not allowed to use the model `{model}`.",
-                    type="permission_error",
-                    param="model",
-                    code="model_not_allowed",
+                    403, f"This API key is not allowed to use the model `{model}`.", type="permission_error",
+                    param="model", code="model_not_allowed",
                 )
             await self.pool.wait_ready()
             if model not in self.pool.known_models():
                 raise errors.model_not_found(model)
-            ctx.stream = payload.get("stream") is True and endpoint != "embeddings"
-            client_wants_usage = False
+            prepared = validation.PREPARERS[endpoint](payload)
+            await validation.check_context_length(endpoint, model, prepared, self.pool.max_model_len(model))
+            ctx.stream = prepared.stream
+            forward_usage = False
             if ctx.stream:
-                options = payload.get("stream_options")
-                if options is not None and not isinstance(options, dict):
-                    raise errors.bad_request("`stream_options` must be an object.", param="stream_options")
-                options = dict(options or {})
-                client_wants_usage = options.get("include_usage") is True
+                options = dict(payload.get("stream_options") or {})
+                # Mistral's SDK never asks, but expects usage at the end of a stream as La Plateforme sends it.
+                forward_usage = options.get("include_usage") is True or headers.get(
+                    b"user-agent", b""
+                ).startswith(b"mistral-client")
                 # Always ask upstream for usage: streamed tokens are billed from it.
                 options["include_usage"] = True
                 payload["stream_options"] = options
+            if ctx.stream or prepared.changed:
                 body = orjson.dumps(payload)
-            await self._forward(scope, receive, send, ctx, body, client_wants_usage)
+            ctx.traceparent = _traceparent(headers.get(b"traceparent"), ctx.request_id)
+            await self._forward(scope, receive, send, ctx, body, forward_usage)
         except GatewayError as error:
             await self._send_error(send, error, ctx)
         except ClientGone:
@@ -278,68 +291,95 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await self._send_error(send, errors.internal_error(), ctx)
             ctx.status = 500
+            ctx.error_code = "internal_error"
         finally:
             self._settle(ctx)
 
-    async def _forward(self, scope, receive, send, ctx: RequestContext, body: bytes, client_wants_usage: bool):
+    async def _choose(self, ctx: RequestContext, tried: set[str]) -> BackendState:
+        candidates = self.pool.candidates(ctx.model, exclude=tried)
+        if candidates:
+            return candidates[0]
+        retry_after = settings.INFERENCE_RETRY_AFTER_S
+        if tried:
+            raise errors.no_capacity(ctx.model, retry_after)
+        # No replica can take it: the model may be scaled to zero. Ask for one and hold the request.
+        self.pool.request_warmup(ctx.model)
+        deadline = time.monotonic() + settings.INFERENCE_COLD_START_HOLD_S
+        t_hold = time.perf_counter()
+        candidates = await self.pool.wait_for_capacity(ctx.model, deadline)
+        ctx.upstream_s += time.perf_counter() - t_hold  # waiting for capacity is not gateway overhead
+        if not candidates:
+            raise errors.no_capacity(ctx.model, retry_after)
+        return candidates[0]
+
+    async def _forward(self, scope, receive, send, ctx: RequestContext, body: bytes, forward_usage: bool):
         tried: set[str] = set()
-        upstream_path = scope["path"]
-        while True:
-            candidates = self.pool.candidates(ctx.model, exclude=tried)
-            if not candidates:
-                raise errors.no_capacity(ctx.model, retry_after=5)
-            backend = candidates[0]
-            tried.add(backend.name)
-            backend.outstanding += 1
-            try:
-                t_up = time.perf_counter()
+        upstream_url_path = scope["path"]
+        pending = metrics.pending(ctx.model)
+        pending.inc()
+        try:
+            while True:
+                backend = await self._choose(ctx, tried)
+                tried.add(backend.name)
+                backend.outstanding += 1
                 try:
-                    response = await self.session.post(
-                        backend.url + upstream_path,
-                        data=body,
-                        headers={
-                            "content-type": "application/json",
-                            "x-request-id": ctx.request_id,
-                            **backend.headers,
-                        },
-                    )
-                except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                    ctx.upstream_s += time.perf_counter() - t_up
-                    backend.record_failure(exc.__class__.__name__)
-                    continue
-                ctx.upstream_s += time.perf_counter() - t_up
-                try:
-                    if response.status in _RETRYABLE_STATUSES:
-                        backend.record_failure(f"HTTP {response.status}")
+                    t_up = time.perf_counter()
+                    try:
+                        response = await self.session.post(
+                            backend.url + upstream_url_path,
+                            data=body,
+                            headers={
+                                "content-type": "application/json",
+                                "x-request-id": ctx.request_id,
+                                "traceparent": ctx.traceparent,
+                                **backend.headers,
+                            },
+                        )
+                    except aiohttp.ClientConnectionError as exc:
+                        ctx.upstream_s += time.perf_counter() - t_up
+                        backend.record_failure(exc.__class__.__name__)
+                        self.pool.probe_soon(backend)
                         continue
-                    ctx.backend = backend.name
-                    if response.status != 200:
-                        await self._relay_upstream_error(send, ctx, response)
-                    elif ctx.stream:
-                        await self._relay_stream(receive, send, ctx, response, client_wants_usage, backend)
-                    else:
-                        await self._relay_json(send, ctx, response, backend)
-                    return
+                    except TimeoutError:
+                        ctx.upstream_s += time.perf_counter() - t_up
+                        backend.record_failure("timeout")
+                        raise errors.upstream_timeout() from None
+                    ctx.upstream_s += time.perf_counter() - t_up
+                    try:
+                        if response.status in _RETRYABLE_STATUSES:
+                            backend.record_failure(f"HTTP {response.status}")
+                            self.pool.probe_soon(backend)
+                            continue
+                        ctx.backend = backend.name
+                        if response.status != 200:
+                            await self._relay_upstream_error(ctx, response)
+                        elif ctx.stream:
+                            await self._relay_stream(receive, send, ctx, response, forward_usage, backend)
+                        else:
+                            await self._relay_json(send, ctx, response, backend)
+                        return
+                    finally:
+                        response.release()
                 finally:
-                    response.release()
-            finally:
-                backend.outstanding -= 1
+                    backend.outstanding -= 1
+        finally:
+            pending.dec()
 
     async def _relay_json(self, send, ctx: RequestContext, response, backend: BackendState) -> None:
         t_up = time.perf_counter()
         try:
             data = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TimeoutError:
+            backend.record_failure("timeout")
+            raise errors.upstream_timeout() from None
+        except aiohttp.ClientError as exc:
             backend.record_failure(exc.__class__.__name__)
-            raise (
-                errors.upstream_timeout()
-                if isinstance(exc, TimeoutError)
-                else GatewayError(
-                    502, "The model backend failed while answering.", type="server_error", code="upstream_error"
-                )
+            self.pool.probe_soon(backend)
+            raise GatewayError(
+                502, "The model backend failed while answering.", type="server_error", code="upstream_error"
             ) from None
         ctx.upstream_s += time.perf_counter() - t_up
-        ctx.ttft_ms = (time.perf_counter() - ctx.started) * 1000
+        ctx.ttft_s = time.perf_counter() - ctx.started
         backend.record_success()
         try:
             usage = orjson.loads(data).get("usage") or {}
@@ -350,8 +390,8 @@ class Gateway:
         ctx.status = 200
         await self._send_json(send, 200, data, ctx.response_headers())
 
-    async def _relay_upstream_error(self, send, ctx: RequestContext, response) -> None:
-        """Answer with the upstream's message in OpenAI's error shape (vLLM's own shape differs)."""
+    async def _relay_upstream_error(self, ctx: RequestContext, response) -> None:
+        """Raise the upstream's complaint in OpenAI's error shape (vLLM's own shape differs)."""
         try:
             detail = orjson.loads(await response.read())
             info = detail.get("error") if isinstance(detail, dict) else None
@@ -362,30 +402,31 @@ class Gateway:
         status = response.status
         if status == 404:
             raise errors.model_not_found(ctx.model)
+        if status == 401:
+            # Our credentials for the replica are wrong: a configuration fault, never the client's.
+            logger.error("backend %s refused our API key", ctx.backend)
+            raise GatewayError(502, "The model backend is misconfigured.", type="server_error", code="upstream_error")
         if 400 <= status < 500:
             raise GatewayError(status, message or "The request was rejected by the model backend.", param=param)
         raise GatewayError(
-            502 if status >= 500 else status,
-            "The model backend failed while answering.",
-            type="server_error",
-            code="upstream_error",
+            502, "The model backend failed while answering.", type="server_error", code="upstream_error"
         )
 
     async def _relay_stream(
-        self, receive, send, ctx: RequestContext, response, client_wants_usage: bool, backend: BackendState
+        self, receive, send, ctx: RequestContext, response, forward_usage: bool, backend: BackendState
     ) -> None:
         ctx.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + ctx.response_headers()})
+        metrics.OPEN_STREAMS.inc()
 
         async def watch_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
             ctx.client_disconnected = True
-            response.close()  # stop generation upstream; vLLM aborts the request when we hang up
+            response.close()  # hang up on the replica: vLLM aborts the request and stops generating
 
         watcher = asyncio.create_task(watch_disconnect())
-        events = 0
-        choices_seen = 1
+        content_events = 0
         saw_usage = saw_done = failed = False
         buffer = b""
         t_up = time.perf_counter()
@@ -399,21 +440,20 @@ class Gateway:
                 for raw in complete:
                     if not raw:
                         continue
-                    event = raw + b"\n\n"
-                    if event == _DONE:
+                    if raw == b"data: [DONE]":
                         saw_done = True
-                    elif b'"usage":' in raw and b'"choices":[]' in raw:
+                    elif b'"choices":[]' in raw and b'"usage":' in raw:
                         saw_usage = True
                         self._take_usage(ctx, raw)
-                        if not client_wants_usage:
+                        if not forward_usage:
                             continue
                     elif raw.startswith(b'data: {"error"'):
                         failed = True
                     else:
-                        if ctx.ttft_ms is None:
-                            ctx.ttft_ms = (time.perf_counter() - ctx.started) * 1000
-                        events += 1
-                    out.append(event)
+                        if ctx.ttft_s is None:
+                            ctx.ttft_s = time.perf_counter() - ctx.started
+                        content_events += 1
+                    out.append(raw + b"\n\n")
                 if out:
                     await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
                 if ctx.client_disconnected:
@@ -422,33 +462,26 @@ class Gateway:
             if not ctx.client_disconnected:
                 failed = True
                 backend.record_failure(exc.__class__.__name__)
+                self.pool.probe_soon(backend)
         finally:
             ctx.upstream_s += time.perf_counter() - t_up
             watcher.cancel()
+            metrics.OPEN_STREAMS.dec()
         if ctx.client_disconnected:
             ctx.status = 499
             ctx.error_code = "client_closed_request"
-        elif not saw_done or failed:
-            if not failed:
-                failed = True
-            # The protocol's mid-stream error frame, then [DONE], so SDKs raise instead of hanging.
+        elif failed or not saw_done:
             if not saw_done:
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": b'data: {"error": {"message": "The model backend failed while streaming.", '
-                        b'"type": "server_error", "param": null, "code": 502}}\n\n' + _DONE,
-                        "more_body": True,
-                    }
-                )
-            ctx.error_code = "upstream_stream_error"
+                # The protocol's mid-stream error frame, then [DONE], so SDKs raise instead of hanging.
+                await send({"type": "http.response.body", "body": _STREAM_FAILED_FRAME + _DONE, "more_body": True})
             ctx.status = 502
+            ctx.error_code = "upstream_stream_error"
         else:
             backend.record_success()
         if not saw_usage:
-            # No usage from upstream (disconnect or failure): bill what was generated, one token per event
-            # after each choice's role chunk (vLLM streams one token per chunk by default).
-            ctx.completion_tokens = max(0, events - choices_seen)
+            # No usage from upstream (disconnect or failure): bill what was generated. vLLM streams one token
+            # per event by default, after one role event per choice.
+            ctx.completion_tokens = max(0, content_events - 1)
         if not ctx.client_disconnected:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -462,28 +495,31 @@ class Gateway:
         ctx.completion_tokens = usage.get("completion_tokens") or 0
 
     def _settle(self, ctx: RequestContext) -> None:
-        """One usage event per request that reached a tenant, success or failure."""
-        duration_ms = (time.perf_counter() - ctx.started) * 1000
+        """One usage event per request that reached a tenant, success or failure; metrics; access log."""
+        duration_s = time.perf_counter() - ctx.started
         if ctx.key is not None:
-            self.usage.emit(
-                {
-                    "request_id": ctx.request_id,
-                    "tenant": ctx.key.tenant,
-                    "key_id": ctx.key.key_id,
-                    "endpoint": ctx.endpoint,
-                    "model": ctx.model,
-                    "backend": ctx.backend,
-                    "status": ctx.status,
-                    "error_code": ctx.error_code,
-                    "stream": ctx.stream,
-                    "client_disconnected": ctx.client_disconnected,
-                    "prompt_tokens": ctx.prompt_tokens,
-                    "completion_tokens": ctx.completion_tokens,
-                    "ttft_ms": ctx.ttft_ms,
-                    "duration_ms": duration_ms,
-                    "created": ctx.started_wall,
-                }
-            )
+            self.usage.emit({
+                "request_id": ctx.request_id,
+                "tenant": ctx.key.tenant,
+                "key_id": ctx.key.key_id,
+                "endpoint": ctx.endpoint,
+                "model": ctx.model,
+                "backend": ctx.backend,
+                "status": ctx.status,
+                "error_code": ctx.error_code,
+                "stream": ctx.stream,
+                "client_disconnected": ctx.client_disconnected,
+                "prompt_tokens": ctx.prompt_tokens,
+                "completion_tokens": ctx.completion_tokens,
+                "ttft_ms": ctx.ttft_s * 1000 if ctx.ttft_s is not None else None,
+                "duration_ms": duration_s * 1000,
+                "created": ctx.started_wall,
+            })
+        metrics.observe_request(
+            endpoint=ctx.endpoint, model=ctx.model, status=ctx.status, duration_s=duration_s, ttft_s=ctx.ttft_s,
+            prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens,
+            overhead_s=ctx.overhead_s(), error_code=ctx.error_code,
+        )
         if access_logger.isEnabledFor(logging.INFO):
             access_logger.info(
                 "request",
@@ -495,10 +531,14 @@ class Gateway:
                     "model": ctx.model,
                     "backend": ctx.backend,
                     "status": ctx.status,
+                    "error_code": ctx.error_code,
                     "stream": ctx.stream,
+                    "client_disconnected": ctx.client_disconnected,
                     "prompt_tokens": ctx.prompt_tokens,
                     "completion_tokens": ctx.completion_tokens,
-                    "duration_ms": round(duration_ms, 3),
+                    "duration_ms": round(duration_s * 1000, 3),
+                    "overhead_ms": round(ctx.overhead_s() * 1000, 3),
+                    "traceparent": ctx.traceparent,
                 },
             )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from inference.gateway import errors
 from portal.redis import key as redis_key
@@ -57,6 +58,7 @@ class KeyAuthenticator:
     def __init__(self, redis) -> None:
         self._redis = redis
         self._ttl = settings.INFERENCE_KEY_CACHE_TTL_S
+        self._stale_ok = settings.INFERENCE_KEY_STALE_OK_S
         # key_id -> (KeyRecord | None, fetched_at). None caches "no such key" just as briefly.
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
         self._rebuild_lock = asyncio.Lock()
@@ -98,10 +100,22 @@ class KeyAuthenticator:
         if cached is not _MISSING and now - cached[1] < self._ttl:
             record = cached[0]
         else:
-            record = await self._fetch(key_id)
-            self._cache[key_id] = (record, now)
-            if len(self._cache) > 100_000:
-                self._cache.clear()
+            try:
+                record = await self._fetch(key_id)
+            except (RedisError, OSError) as exc:
+                # Redis unreachable: a key this worker saw recently keeps working for a bounded time, so a
+                # Redis restart does not take the API down; an unknown key can't be checked at all.
+                if cached is not _MISSING and cached[0] is not None and now - cached[1] < self._stale_ok:
+                    record = cached[0]
+                else:
+                    raise errors.GatewayError(
+                        503, "Authentication is temporarily unavailable. Please retry shortly.",
+                        type="server_error", code="service_unavailable", headers={"retry-after": "2"},
+                    ) from exc
+            else:
+                self._cache[key_id] = (record, now)
+                if len(self._cache) > 100_000:
+                    self._cache.clear()
 
         if record is None or not hmac.compare_digest(keys.hash_secret(secret), record.hash):
             raise errors.invalid_key(token)

@@ -1,6 +1,11 @@
-"""The backend pool as one data-plane worker sees it: which replicas exist, which are healthy, which model
-each serves, and how busy each is. The list comes from Redis (published by the control plane); health and
-served models come from probing each replica's ``/health`` and ``/v1/models``."""
+"""The backend pool as one data-plane worker sees it: which replicas exist, which are healthy, which models
+each serves, and how busy each is.
+
+The list comes from Redis (published by the control plane). Health comes from probing each replica's
+``/health``; served models and context lengths from ``/v1/models``; queue depth from vLLM's ``/metrics``.
+Each worker probes on its own every ``INFERENCE_PROBE_INTERVAL_S`` and at once after a failure, so a dead
+replica leaves the rotation within one request and a recovered one returns within one probe.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from portal.redis import key as redis_key
 logger = logging.getLogger("wattle.backends")
 
 BACKENDS_KEY = "backends"
+_BREAKER_THRESHOLD = 3  # consecutive failures that open a backend's circuit
 
 
 @dataclass(slots=True, eq=False)
@@ -34,11 +40,12 @@ class BackendState:
     draining: bool = False
     # Runtime state, owned by this worker.
     healthy: bool = False
-    probed: bool = False
     discovered_models: tuple[str, ...] = ()
+    max_model_len: dict[str, int] = field(default_factory=dict)
     outstanding: int = 0
+    queue_waiting: float = 0.0
     consecutive_failures: int = 0
-    open_until: float = 0.0  # circuit breaker: skip until this monotonic time
+    open_until: float = 0.0  # circuit breaker: not chosen before this monotonic time
     last_error: str = ""
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -62,12 +69,21 @@ class BackendState:
         self.healthy = True
 
     def record_failure(self, reason: str) -> None:
+        """A request to this backend failed: after a few in a row, stop choosing it for a while."""
         self.consecutive_failures += 1
         self.last_error = reason
-        if self.consecutive_failures >= 3:
-            # Back off for longer while the replica keeps failing, capped at 30 s.
-            self.open_until = time.monotonic() + min(30.0, 2.0 ** (self.consecutive_failures - 2))
-            self.healthy = False
+        if self.consecutive_failures >= _BREAKER_THRESHOLD:
+            self.open_until = time.monotonic() + min(30.0, 2.0 ** (self.consecutive_failures - _BREAKER_THRESHOLD))
+
+
+def _parse_queue_waiting(text: str) -> float:
+    """Sum of vLLM's ``num_requests_waiting`` over its models, read without a full Prometheus parse."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("vllm:num_requests_waiting{") or line.startswith("vllm:num_requests_waiting "):
+            with contextlib.suppress(ValueError, IndexError):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 class BackendPool:
@@ -77,20 +93,26 @@ class BackendPool:
         self.backends: dict[str, BackendState] = {}
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._probe_interval = settings.INFERENCE_PROBE_INTERVAL_S
+        self._probing: dict[str, asyncio.Task] = {}
+        self._last_warmup: dict[str, float] = {}
+        self._background: set[asyncio.Task] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.refresh()
+        try:
+            await self.refresh()
+        except Exception as exc:
+            logger.warning("backend list unavailable at start-up: %s", exc.__class__.__name__)
         await self.probe_all()
         self._ready.set()
         self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._probe_loop())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._probing.values(), *self._background]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
     async def _refresh_loop(self) -> None:
@@ -103,7 +125,7 @@ class BackendPool:
 
     async def _probe_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._probe_interval)
+            await asyncio.sleep(settings.INFERENCE_PROBE_INTERVAL_S)
             await self.probe_all()
 
     # --- list and health ---------------------------------------------------------------------------
@@ -113,21 +135,18 @@ class BackendPool:
             # Nothing published (or Redis lost its data): keep serving from the list we have; the control
             # plane republishes at start-up and periodically (inference.tasks.publish_snapshots).
             return
-        items = orjson.loads(raw)
         seen = set()
-        for item in items:
+        for item in orjson.loads(raw):
             name = item["name"]
             seen.add(name)
             state = self.backends.get(name)
             if state is None or state.url != item["url"]:
                 state = BackendState(
-                    name=name,
-                    url=item["url"],
-                    api_key=item.get("api_key") or "",
-                    region=item["region"],
+                    name=name, url=item["url"], api_key="", region=item["region"],
                     configured_models=tuple(item.get("models") or ()),
                 )
                 self.backends[name] = state
+                self.probe_soon(state)
             state.configured_models = tuple(item.get("models") or ())
             state.region = item["region"]
             state.weight = item.get("weight", 100)
@@ -143,23 +162,26 @@ class BackendPool:
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(b) for b in list(self.backends.values()) if b.enabled))
 
+    def probe_soon(self, backend: BackendState) -> asyncio.Task:
+        """Probe a backend now, once: concurrent callers share the probe already under way."""
+        task = self._probing.get(backend.name)
+        if task is None or task.done():
+            task = asyncio.create_task(self.probe(backend))
+            self._probing[backend.name] = task
+        return task
+
     async def probe(self, backend: BackendState) -> bool:
         timeout = aiohttp.ClientTimeout(total=settings.INFERENCE_PROBE_TIMEOUT_S)
         try:
             async with self._session.get(f"{backend.url}/health", timeout=timeout) as resp:
                 healthy = resp.status == 200
-            if healthy and not backend.configured_models:
-                async with self._session.get(
-                    f"{backend.url}/v1/models", timeout=timeout, headers=backend.headers
-                ) as resp:
-                    if resp.status == 200:
-                        data = await resp.json(loads=orjson.loads)
-                        backend.discovered_models = tuple(m["id"] for m in data.get("data", []))
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            if healthy:
+                await self._probe_models(backend, timeout)
+                await self._probe_queue(backend, timeout)
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             healthy = False
             backend.last_error = exc.__class__.__name__
         was_healthy = backend.healthy
-        backend.probed = True
         if healthy:
             backend.record_success()
         else:
@@ -168,6 +190,21 @@ class BackendPool:
             logger.info("backend %s is now %s", backend.name, "healthy" if healthy else "unhealthy")
         return healthy
 
+    async def _probe_models(self, backend: BackendState, limit: aiohttp.ClientTimeout) -> None:
+        async with self._session.get(f"{backend.url}/v1/models", timeout=limit, headers=backend.headers) as resp:
+            if resp.status != 200:
+                return
+            cards = (await resp.json(loads=orjson.loads)).get("data", [])
+        backend.discovered_models = tuple(card["id"] for card in cards)
+        backend.max_model_len = {
+            card["id"]: int(card["max_model_len"]) for card in cards if isinstance(card.get("max_model_len"), int)
+        }
+
+    async def _probe_queue(self, backend: BackendState, limit: aiohttp.ClientTimeout) -> None:
+        async with self._session.get(f"{backend.url}/metrics", timeout=limit) as resp:
+            if resp.status == 200:
+                backend.queue_waiting = _parse_queue_waiting(await resp.text())
+
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
@@ -175,13 +212,65 @@ class BackendPool:
     def known_models(self) -> set[str]:
         return {m for b in self.backends.values() if b.enabled for m in b.models}
 
+    def max_model_len(self, model: str) -> int:
+        for backend in self.backends.values():
+            length = backend.max_model_len.get(model)
+            if length:
+                return length
+        return settings.INFERENCE_DEFAULT_MAX_MODEL_LEN
+
     def candidates(self, model: str, exclude: set[str] | None = None) -> list[BackendState]:
-        """Usable replicas serving ``model``, least loaded first (outstanding requests relative to weight)."""
+        """Usable replicas serving ``model``, least loaded first: requests this worker has in flight there plus
+        vLLM's own waiting queue, relative to the replica's weight."""
         now = time.monotonic()
         found = [
-            b
-            for b in self.backends.values()
+            b for b in self.backends.values()
             if model in b.models and b.usable(now) and (not exclude or b.name not in exclude)
         ]
-        found.sort(key=lambda b: (b.outstanding + 1) / max(b.weight, 1))
+        if len(found) > 1:
+            found.sort(key=lambda b: (b.outstanding + b.queue_waiting + 1) / max(b.weight, 1))
         return found
+
+    def serving(self, model: str) -> list[BackendState]:
+        """Every enabled backend that serves (or last served) ``model``, usable or not."""
+        return [b for b in self.backends.values() if b.enabled and not b.draining and model in b.models]
+
+    # --- scale to zero -----------------------------------------------------------------------------
+    def request_warmup(self, model: str, reason: str = "request") -> None:
+        """Ask the autoscaler for a replica of ``model`` (at most once per interval per worker)."""
+        url = settings.INFERENCE_WARMUP_URL
+        if not url:
+            return
+        now = time.monotonic()
+        if now - self._last_warmup.get(model, -1e9) < settings.INFERENCE_WARMUP_MIN_INTERVAL_S:
+            return
+        self._last_warmup[model] = now
+        task = asyncio.create_task(self._call_warmup(url, model, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _call_warmup(self, url: str, model: str, reason: str) -> None:
+        try:
+            async with self._session.post(
+                url, json={"model": model, "reason": reason}, timeout=aiohttp.ClientTimeout(total=5)
+            ) as resp:
+                if resp.status >= 400:
+                    logger.warning("warm-up hook answered %s for %s", resp.status, model)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("warm-up hook failed for %s: %s", model, exc.__class__.__name__)
+
+    async def wait_for_capacity(self, model: str, deadline: float) -> list[BackendState]:
+        """Hold until a replica of ``model`` is usable or the deadline passes, probing the sleeping ones."""
+        interval = 0.25
+        while True:
+            found = self.candidates(model)
+            if found:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            sleeping = self.serving(model)
+            if sleeping:
+                await asyncio.wait([self.probe_soon(b) for b in sleeping], timeout=remaining)
+            await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(interval * 1.5, 1.0)

@@ -24,10 +24,7 @@ import orjson
 from aiohttp import web
 
 from inference import tokens
-
-from .config import VLLM_VERSION, ConfigError, SimulatorConfig
-from .engine import Engine, Scheduler
-from .errors import (
+from inference.vllm.errors import (
     ENGINE_DEAD_MESSAGE,
     UNAUTHORIZED_BODY,
     ApiError,
@@ -35,6 +32,19 @@ from .errors import (
     request_validation_error,
     streaming_error_frame,
 )
+from inference.vllm.requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    check_sampling,
+    parse,
+)
+
+from .config import VLLM_VERSION, ConfigError, SimulatorConfig
+from .engine import Engine, Scheduler
 from .generation import ECHO_PREFIX, ChoiceOutput, EchoCache, ReplyBank, TokenizedText, finish, request_key
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ModelMetrics, SimulatorMetrics
@@ -47,15 +57,6 @@ from .render import (
     completion_body,
     model_list_body,
     usage_full,
-)
-from .requests import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    DetokenizeRequest,
-    EmbeddingRequest,
-    TokenizeChatRequest,
-    TokenizeCompletionRequest,
-    parse,
 )
 
 logger = logging.getLogger(__name__)
@@ -111,27 +112,6 @@ def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str | None:
         if message.get("role") == "user":
             return _message_text(message.get("content"))
     return None
-
-
-def _check_sampling(
-    *, n: int, max_tokens: int | None, temperature: float | None, top_p: float | None,
-    presence_penalty: float | None, frequency_penalty: float | None,
-) -> None:  # fmt: skip
-    """The subset of ``SamplingParams._verify_args`` that clients plausibly trip over."""
-    if n < 1:
-        raise ApiError.bad_request(f"n must be at least 1, got {n}.", "n")
-    if presence_penalty is not None and not -2.0 <= presence_penalty <= 2.0:
-        raise ApiError.bad_request(f"presence_penalty must be in [-2, 2], got {presence_penalty}.", "presence_penalty")
-    if frequency_penalty is not None and not -2.0 <= frequency_penalty <= 2.0:
-        raise ApiError.bad_request(
-            f"frequency_penalty must be in [-2, 2], got {frequency_penalty}.", "frequency_penalty"
-        )
-    if temperature is not None and temperature < 0.0:
-        raise ApiError.bad_request(f"temperature must be non-negative, got {temperature}.", "temperature")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ApiError.bad_request(f"top_p must be in (0, 1], got {top_p}.", "top_p")
-    if max_tokens is not None and max_tokens < 1:
-        raise ApiError.bad_request(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
 
 
 class Simulator:
@@ -339,7 +319,7 @@ class Simulator:
         self._check_context(prompt_tokens)
         n = req.n if req.n is not None else 1
         requested = req.max_completion_tokens or req.max_tokens
-        _check_sampling(
+        check_sampling(
             n=n, max_tokens=requested, temperature=req.temperature, top_p=req.top_p,
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         )  # fmt: skip
@@ -392,7 +372,7 @@ class Simulator:
                 counts.append(len(prompt))
         for count in counts:
             self._check_context(count)
-        _check_sampling(
+        check_sampling(
             n=req.n, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         )  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import ApiError, VLLMValidationError, request_validation_error
+from inference.vllm.errors import ApiError, VLLMValidationError, request_validation_error
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -370,3 +370,24 @@ def parse(model: type[M], body: Any) -> M:
         raise request_validation_error(errors) from None
     except VLLMValidationError as exc:  # raised outside pydantic's wrapping (not expected)
         raise ApiError.bad_request(str(exc), exc.parameter) from None
+
+
+def check_sampling(
+    *, n: int, max_tokens: int | None, temperature: float | None, top_p: float | None,
+    presence_penalty: float | None, frequency_penalty: float | None,
+) -> None:  # fmt: skip
+    """The subset of ``SamplingParams._verify_args`` that clients plausibly trip over."""
+    if n < 1:
+        raise ApiError.bad_request(f"n must be at least 1, got {n}.", "n")
+    if presence_penalty is not None and not -2.0 <= presence_penalty <= 2.0:
+        raise ApiError.bad_request(f"presence_penalty must be in [-2, 2], got {presence_penalty}.", "presence_penalty")
+    if frequency_penalty is not None and not -2.0 <= frequency_penalty <= 2.0:
+        raise ApiError.bad_request(
+            f"frequency_penalty must be in [-2, 2], got {frequency_penalty}.", "frequency_penalty"
+        )
+    if temperature is not None and temperature < 0.0:
+        raise ApiError.bad_request(f"temperature must be non-negative, got {temperature}.", "temperature")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ApiError.bad_request(f"top_p must be in (0, 1], got {top_p}.", "top_p")
+    if max_tokens is not None and max_tokens < 1:
+        raise ApiError.bad_request(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")

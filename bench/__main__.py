@@ -1,0 +1,76 @@
+"""``python -m bench``: set up the production shape, run the scenarios, print the table, write JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from bench.environment import BenchEnvironment
+from bench.report import ResultsFile, render_table
+from bench.runner import BenchRun, Options
+from bench.scenarios import ALL_KEYS, select
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="The load scenarios of PERFORMANCE.md: the gateway against the simulator reached directly.",
+    )
+    parser.add_argument(
+        "--scenarios", default=",".join(ALL_KEYS), help=f"comma-separated, default {','.join(ALL_KEYS)}"
+    )
+    parser.add_argument("--workers", default="1,2", help="gateway worker counts to measure, default 1,2")
+    parser.add_argument("--duration", type=float, default=None, help="seconds measured per run (P1-P4)")
+    parser.add_argument("--rounds", type=int, default=2, help="direct/gateway rounds per scenario (>= 2)")
+    parser.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
+    parser.add_argument("--p7-events", type=int, default=50_000, help="usage events per P7 round")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the gateway/simulator logs")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    try:
+        args.workers = sorted({int(w) for w in args.workers.split(",") if w.strip()})
+    except ValueError:
+        parser.error("--workers takes integers, e.g. 1,2")
+    if not args.workers or min(args.workers) < 1:
+        parser.error("--workers takes positive integers")
+    try:
+        args.selected, args.p7 = select([k for k in args.scenarios.split(",") if k.strip()])
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    options = Options(
+        scenarios=args.selected,
+        p7=args.p7,
+        workers=args.workers,
+        rounds=args.rounds,
+        quick=args.quick,
+        duration_s=args.duration,
+        p7_events=args.p7_events,
+    )
+    results = ResultsFile(time.strftime("%Y%m%d-%H%M%S"))
+    started = time.monotonic()
+    with BenchEnvironment(keep_logs=args.keep_logs) as env:
+        env.start()
+        verdicts = BenchRun(env=env, options=options, results=results).run()
+    print()
+    print(f"workers {args.workers}; no CPU pinning; auth, usage events and access log (INFO, to a file) on")
+    print(render_table(verdicts))
+    print(f"\nresults: {results.path.relative_to(results.path.parents[2])} ({time.monotonic() - started:.0f} s)")
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""One `make bench` run: the scenarios in order, direct and gateway runs alternating, verdicts at the end."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import ingest
+from bench.environment import (
+    PYTHON,
+    REPO_ROOT,
+    BenchEnvironment,
+    GatewayProcess,
+    _die_with_parent,
+    read_rss_mb,
+)
+from bench.loadgen import LoadResult, LoadSpec
+from bench.report import ResultsFile
+from bench.scenarios import P7_TITLE, Pair, Scenario, Timing, Verdict
+
+# Commands the bench itself sends while it measures the gateway's; left out of the per-request count.
+_BENCH_COMMANDS = {"info", "xlen", "del"}
+
+
+@dataclass
+class Options:
+    scenarios: list[Scenario]
+    p7: bool
+    workers: list[int]
+    rounds: int = 2
+    quick: bool = False
+    duration_s: float | None = None
+    p7_events: int = 50_000
+
+
+@dataclass
+class Target:
+    """Where one run sends its traffic: the simulator itself, or a gateway in front of it."""
+
+    name: str
+    base_url: str
+    api_key: str | None
+    gateway: GatewayProcess | None = None
+
+
+def run_loadgen(spec: LoadSpec, *, tick: Callable[[], None] | None = None, interval: float = 0.25) -> LoadResult:
+    """Run the load generator in its own interpreter (its own event loop, its own core when one is free)."""
+    process = subprocess.Popen(
+        [PYTHON, "-m", "bench.loadgen"],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+    limit = time.monotonic() + spec.warmup_s + spec.duration_s + spec.ramp_s + spec.request_timeout_s + 30
+    payload: bytes | None = spec.to_json()
+    while True:
+        try:
+            out, err = process.communicate(input=payload, timeout=interval)
+            break
+        except subprocess.TimeoutExpired:
+            payload = None
+            if tick is not None:
+                tick()
+            if time.monotonic() > limit:
+                process.kill()
+                process.communicate()
+                raise TimeoutError("the load generator overran its bound") from None
+    if process.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{err.decode(errors='replace')[-3000:]}")
+    return LoadResult.from_json(out)
+
+
+def redis_commandstats() -> dict[str, int]:
+    from portal.redis import get_redis
+
+    stats = get_redis().info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+@dataclass
+class BenchRun:
+    env: BenchEnvironment
+    options: Options
+    results: ResultsFile
+    log: Callable[[str], None] = print
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    def run(self) -> list[Verdict]:
+        self._record_environment()
+        load_scenarios = [s for s in self.options.scenarios if not s.single_worker]
+        single = [s for s in self.options.scenarios if s.single_worker]
+        if load_scenarios:
+            for workers in self.options.workers:
+                self.env.start_gateway(workers)
+            for scenario in load_scenarios:
+                self._run_scenario(scenario, self.options.workers)
+        if single:
+            # One worker holds every stream; other gateways stay down so they take no CPU from it.
+            for workers in [w for w in self.env.gateways if w != 1]:
+                self._record_gateway_logs(workers)
+                self.env.stop_gateway(workers)
+            self.env.start_gateway(1)
+            for scenario in single:
+                self._run_scenario(scenario, [1])
+        for workers in list(self.env.gateways):
+            self._record_gateway_logs(workers)
+            self.env.stop_gateway(workers)
+        if self.options.p7:
+            self._run_p7()
+        return self.verdicts
+
+    # --- load scenarios ----------------------------------------------------------------------------
+    def _timing(self, scenario: Scenario) -> Timing:
+        return scenario.quick if self.options.quick else scenario.timing
+
+    def _targets(self, workers: list[int]) -> list[Target]:
+        targets = [Target("direct", self.env.simulator_url, None)]
+        for n in workers:
+            gateway = self.env.gateways[n]
+            targets.append(Target(f"gateway-{n}w", gateway.base_url, self.env.api_key, gateway))
+        return targets
+
+    def _run_scenario(self, scenario: Scenario, workers: list[int]) -> None:
+        self.log(f"\n{scenario.key}: {scenario.title}")
+        self.env.simulator_control(**scenario.simulator)
+        targets = self._targets(workers)
+        pairs: dict[int, list[Pair]] = {n: [] for n in workers}
+        for round_no in range(self.options.rounds):
+            # ABBA order: drift on a shared machine lands on both sides alike.
+            order = targets if round_no % 2 == 0 else list(reversed(targets))
+            results: dict[str, tuple[LoadResult, dict[str, Any]]] = {}
+            for target in order:
+                result, extra = self._one_run(scenario, target)
+                results[target.name] = (result, extra)
+                self.results.write(
+                    "run", scenario=scenario.key, round=round_no, target=target.name,
+                    workers=target.gateway.workers if target.gateway else 0, result=result, extra=extra,
+                )  # fmt: skip
+                self.log(self._describe(target.name, result, extra))
+            direct, direct_extra = results["direct"]
+            for n in workers:
+                result, extra = results[f"gateway-{n}w"]
+                pairs[n].append(Pair(direct=direct, gateway=result, extra=extra, direct_extra=direct_extra))
+        for n in workers:
+            verdict = scenario.judge(scenario, n, pairs[n])
+            self.verdicts.append(verdict)
+            self.results.write("verdict", verdict=verdict)
+
+    def _one_run(self, scenario: Scenario, target: Target) -> tuple[LoadResult, dict[str, Any]]:
+        timing = self._timing(scenario)
+        duration = self.options.duration_s if not scenario.single_worker else None
+        spec = scenario.spec(target.base_url, api_key=target.api_key, timing=timing, duration_s=duration)
+        extra: dict[str, Any] = {}
+        sampler = _Sampler(self.env, target.gateway) if scenario.single_worker else None
+        before = redis_commandstats() if target.gateway is not None and scenario.key == "P2" else None
+        if sampler is not None:
+            extra["idle_rss_mb"] = sampler.rss()
+        result = run_loadgen(spec, tick=sampler.tick if sampler else None)
+        if target.gateway is not None:
+            extra.update(self._usage_check(result.sent, before))
+        if sampler is not None:
+            extra.update(sampler.summary())
+        return result, extra
+
+    def _usage_check(self, sent: int, before: dict[str, int] | None) -> dict[str, Any]:
+        """Every request the gateway answered left exactly one usage event in the stream."""
+        from django.conf import settings
+
+        from portal.redis import get_redis
+
+        client = get_redis()
+        stream = settings.INFERENCE_USAGE_STREAM
+        deadline = time.monotonic() + 5
+        seen, stable_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            count = client.xlen(stream)
+            if count != seen:
+                seen, stable_since = count, time.monotonic()
+            if count >= sent or time.monotonic() - stable_since > 1.0:
+                break
+            time.sleep(0.05)
+        extra: dict[str, Any] = {"usage_events": seen, "usage_match": seen == sent}
+        if before is not None:
+            after = redis_commandstats()
+            diff = {
+                name: after[name] - before.get(name, 0)
+                for name in sorted(after)
+                if name not in _BENCH_COMMANDS and after[name] != before.get(name, 0)
+            }
+            total = sum(diff.values())
+            extra["redis_commands"] = {
+                "requests": sent,
+                "total": total,
+                "per_request": total / sent if sent else 0.0,
+                "by_command": {name: calls / sent for name, calls in diff.items()} if sent else {},
+                "shared_redis": not self.env.private_redis,
+            }
+        client.delete(stream)  # nothing ingests during the bench; keep Redis small between runs
+        return extra
+
+    @staticmethod
+    def _describe(name: str, result: LoadResult, extra: dict[str, Any]) -> str:
+        text = f"  {name:<12} {result.rps:8.1f} req/s"
+        if result.latency_ms:
+            text += f"  p50 {result.latency_ms.p50:7.2f}  p99 {result.latency_ms.p99:7.2f} ms"
+        if result.ttft_ms:
+            text += f"  ttft p50 {result.ttft_ms.p50:6.2f} ms"
+        if result.overhead_ms:
+            text += f"  overhead p50 {result.overhead_ms.p50:.2f} ms"
+        text += f"  errors {result.errors_total}"
+        if result.error_kinds:
+            text += f" {result.error_kinds}"
+        if "usage_events" in extra and not extra["usage_match"]:
+            text += f"  USAGE EVENTS {extra['usage_events']} != {result.sent} requests"
+        if "peak_rss_mb" in extra:
+            text += f"  rss peak {extra['peak_rss_mb']:.0f} MB"
+        if "peak_upstream_running" in extra:
+            text += f"  open upstream {extra['peak_upstream_running']}"
+        return text
+
+    # --- P7 ----------------------------------------------------------------------------------------
+    def _run_p7(self) -> None:
+        events = max(1000, self.options.p7_events // (5 if self.options.quick else 1))
+        self.log(f"\nP7: {P7_TITLE} ({events:,} events per round)")
+        rounds = []
+        for round_no in range(self.options.rounds):
+            result = ingest.run_round(events, tenant_id=self.env.tenant_id, key_id=self.env.key_id)
+            rounds.append(result)
+            self.results.write("p7_round", round=round_no, result=result, events_per_s=result.events_per_s)
+            self.log(f"  round {round_no}: {result.events_per_s:,.0f} events/s, {result.lost} lost")
+        verdict = ingest.judge(rounds)
+        self.verdicts.append(verdict)
+        self.results.write("verdict", verdict=verdict)
+
+    # --- context -----------------------------------------------------------------------------------
+    def _record_gateway_logs(self, workers: int) -> None:
+        gateway = self.env.gateways.get(workers)
+        if gateway is None:
+            return
+        report = gateway.log_report()
+        self.results.write("gateway_log", workers=workers, **report)
+        if report["error_lines"]:
+            self.log(f"gateway ({workers}w) logged {report['error_lines']} error line(s):")
+            for line in report["error_samples"]:
+                self.log(f"    {line}")
+
+    def _record_environment(self) -> None:
+        def git(*args: str) -> str:
+            done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+            return done.stdout.strip()
+
+        self.results.write(
+            "environment",
+            commit=git("rev-parse", "HEAD"),
+            dirty=bool(git("status", "--porcelain")),
+            python=platform.python_version(),
+            cpus=os.cpu_count(),
+            workers=self.options.workers,
+            rounds=self.options.rounds,
+            quick=self.options.quick,
+            pinning="none",
+            redis="private redis-server" if self.env.private_redis else "REDIS_URL",
+            features="auth (Redis key snapshot), usage events (Redis stream), access log at INFO to a file",
+            server="uvicorn --loop uvloop --http httptools --no-access-log --log-level warning",
+        )
+
+
+class _Sampler:
+    """Peak RSS of the gateway's worker(s) and peak streams running upstream, while a run goes on."""
+
+    def __init__(self, env: BenchEnvironment, gateway: GatewayProcess | None) -> None:
+        self.env = env
+        self.pids = gateway.worker_pids() if gateway is not None else []
+        self.peak_rss = 0.0
+        self.peak_running = 0
+
+    def rss(self) -> float:
+        return max((read_rss_mb(pid) or 0.0 for pid in self.pids), default=0.0)
+
+    def tick(self) -> None:
+        self.peak_rss = max(self.peak_rss, self.rss())
+        try:
+            running = int(self.env.simulator_state()["counters"]["running"])
+        except (OSError, KeyError, ValueError):
+            return
+        self.peak_running = max(self.peak_running, running)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"peak_upstream_running": self.peak_running}
+        if self.pids:
+            out["peak_rss_mb"] = self.peak_rss
+        return out

@@ -1,0 +1,77 @@
+"""allauth extension points: sign-up creates the tenant (or joins an invitation), and MFA rules for removing
+authenticators."""
+
+from __future__ import annotations
+
+from allauth.account.adapter import DefaultAccountAdapter
+from allauth.mfa.adapter import DefaultMFAAdapter
+from allauth.mfa.models import Authenticator
+from django.conf import settings
+from django.db import transaction
+from django.urls import reverse
+
+from tenants import services
+from tenants.models import Membership
+from tenants.permissions import MFA_REQUIRED_ROLES
+
+SESSION_INVITATION = "wattle_invitation"
+
+
+def pending_invitation(request):
+    """The usable invitation this browser arrived with (``/invite/<token>/`` stashes its token), if any."""
+    token = request.session.get(SESSION_INVITATION) if request is not None else None
+    if not token:
+        return None
+    invitation = services.invitation_for_token(token)
+    if invitation is None or not invitation.is_usable:
+        request.session.pop(SESSION_INVITATION, None)
+        return None
+    return invitation
+
+
+class AccountAdapter(DefaultAccountAdapter):
+    def save_user(self, request, user, form, commit=True):
+        """Create the user and, in the same transaction, their organisation (with the recorded acceptance of
+        terms and privacy policy). People who sign up from an invitation join that tenant instead."""
+        with transaction.atomic():
+            user = super().save_user(request, user, form, commit=True)
+            data = form.cleaned_data
+            versions = {"terms_version": settings.TERMS_VERSION,
+                        "privacy_version": settings.PRIVACY_POLICY_VERSION}
+            if getattr(form, "invitation", None) is not None:
+                services.policy_acceptance_record(user=user, tenant=None, request=request, **versions)
+                services._audit(action="account.signup", actor=user, tenant=form.invitation.tenant, target=user,
+                                request=request, data={"invitation": str(form.invitation.pk)})
+            else:
+                services.account_signup(
+                    user=user,
+                    organisation=data["organisation"],
+                    billing_email=data.get("billing_email") or data["email"],
+                    abn=data.get("abn") or "",
+                    state=data.get("state") or "",
+                    request=request,
+                    **versions,
+                )
+        return user
+
+    def get_signup_redirect_url(self, request) -> str:
+        invitation = pending_invitation(request)
+        if invitation is not None:
+            return reverse("invitation_accept", args=[request.session[SESSION_INVITATION]])
+        return reverse("dashboard")
+
+
+class MFAAdapter(DefaultMFAAdapter):
+    def can_delete_authenticator(self, authenticator: Authenticator) -> bool:
+        """Staff keep at least one passkey; owners and admins keep at least one second factor."""
+        user = authenticator.user
+        others = Authenticator.objects.filter(user=user).exclude(pk=authenticator.pk).exclude(
+            type=Authenticator.Type.RECOVERY_CODES
+        )
+        if user.is_staff and authenticator.type == Authenticator.Type.WEBAUTHN:
+            if not others.filter(type=Authenticator.Type.WEBAUTHN).exists():
+                return False
+        if Membership.objects.filter(user=user, role__in=MFA_REQUIRED_ROLES).exists():
+            if authenticator.type != Authenticator.Type.RECOVERY_CODES and not others.exists():
+                return False
+        return True

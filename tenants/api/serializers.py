@@ -1,0 +1,228 @@
+"""Shapes of the management API. Serializers validate and present; services change state."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from tenants.forms import parse_models
+from tenants.models import ApiKey, Invitation, Membership, Role, Tenant
+from tenants.services import MAX_ROTATION_GRACE
+from tenants.validators import validate_abn
+
+
+class ErrorBodySerializer(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField()
+    code = serializers.CharField(allow_null=True)
+    param = serializers.CharField(allow_null=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorBodySerializer()
+
+
+class TenantSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Tenant
+        fields = ["id", "slug", "name", "status", "status_reason", "abn", "billing_email", "state", "created_at"]
+        read_only_fields = fields
+
+
+class TenantUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    billing_email = serializers.EmailField(required=False)
+    abn = serializers.CharField(max_length=20, required=False, allow_blank=True)
+    state = serializers.ChoiceField(choices=Tenant.State.choices, required=False, allow_blank=True)
+
+    def validate_name(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("Enter the organisation's name.")
+        return value.strip()
+
+    def validate_abn(self, value: str) -> str:
+        from django.core.exceptions import ValidationError
+
+        try:
+            return validate_abn(value)
+        except ValidationError as exc:
+            raise serializers.ValidationError(exc.messages[0], code=exc.code) from None
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    email = serializers.EmailField(source="user.email", read_only=True)
+    joined_at = serializers.DateTimeField(source="created_at", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "email", "role", "joined_at"]
+        read_only_fields = fields
+
+
+class MemberUpdateSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MemberFilterSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices, required=False)
+
+
+class InvitationSerializer(serializers.ModelSerializer):
+    status = serializers.CharField(read_only=True)
+    invited_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "email", "role", "status", "invited_by", "created_at", "expires_at", "accepted_at"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.EmailField(allow_null=True))
+    def get_invited_by(self, obj: Invitation) -> str | None:
+        return obj.invited_by.email if obj.invited_by else None
+
+
+class InvitationCreateSerializer(serializers.Serializer):
+    email = serializers.EmailField()
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+INVITATION_STATUSES = ["pending", "accepted", "revoked", "expired"]
+
+
+class InvitationFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=INVITATION_STATUSES, required=False)
+
+
+class KeyLimitsSerializer(serializers.Serializer):
+    rpm_limit = serializers.IntegerField(min_value=1, max_value=10**7, required=False, allow_null=True)
+    tpm_limit = serializers.IntegerField(min_value=1, max_value=10**9, required=False, allow_null=True)
+    max_concurrent = serializers.IntegerField(min_value=1, max_value=10**5, required=False, allow_null=True)
+    daily_token_limit = serializers.IntegerField(min_value=1, max_value=10**12, required=False, allow_null=True)
+    monthly_token_budget = serializers.IntegerField(min_value=1, max_value=10**13, required=False, allow_null=True)
+    monthly_spend_cap_aud = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0.01,
+                                                     required=False, allow_null=True)
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    prefix = serializers.CharField(read_only=True)
+    status = serializers.CharField(read_only=True)
+    created_by = serializers.SerializerMethodField()
+    last_used_at = serializers.SerializerMethodField()
+    limits = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ApiKey
+        fields = ["key_id", "prefix", "name", "scopes", "allowed_models", "status", "created_by", "created_at",
+                  "last_used_at", "expires_at", "revoked_at", "rotated_at", "previous_secret_expires_at", "limits"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.EmailField(allow_null=True))
+    def get_created_by(self, obj: ApiKey) -> str | None:
+        return obj.created_by.email if obj.created_by else None
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_last_used_at(self, obj: ApiKey):
+        value = getattr(obj, "last_used_at", None)
+        return serializers.DateTimeField().to_representation(value) if value else None
+
+    @extend_schema_field(KeyLimitsSerializer)
+    def get_limits(self, obj: ApiKey) -> dict:
+        return KeyLimitsSerializer({name: getattr(obj, name) for name in ApiKey.LIMIT_FIELDS}).data
+
+
+class ApiKeyWithSecretSerializer(ApiKeySerializer):
+    secret = serializers.SerializerMethodField(help_text="The full key. Shown this once; store it now.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "secret"]
+        read_only_fields = fields
+
+    def get_secret(self, obj) -> str:
+        return self.context["secret"]
+
+
+class ApiKeyCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKey.Scope.choices), min_length=1,
+                                   max_length=3, default=lambda: [ApiKey.Scope.INFERENCE.value])
+    allowed_models = serializers.ListField(child=serializers.CharField(max_length=200), max_length=50,
+                                           required=False, default=list)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    limits = KeyLimitsSerializer(required=False)
+
+    def validate_name(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("Give the key a name.")
+        return value.strip()
+
+    def validate_allowed_models(self, value: list[str]) -> list[str]:
+        from django.core.exceptions import ValidationError
+
+        try:
+            return parse_models("\n".join(value))
+        except ValidationError as exc:
+            raise serializers.ValidationError(exc.messages[0]) from None
+
+    def validate_expires_at(self, value):
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("The expiry must be in the future.")
+        return value
+
+
+class ApiKeyFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["active", "revoked", "expired"], required=False)
+    scope = serializers.ChoiceField(choices=ApiKey.Scope.choices, required=False)
+
+
+class ApiKeyRotateSerializer(serializers.Serializer):
+    grace_seconds = serializers.IntegerField(
+        min_value=0, max_value=int(MAX_ROTATION_GRACE.total_seconds()), default=86400,
+        help_text="How long the old secret keeps working (0: it stops now; at most 30 days).",
+    )
+
+    def grace(self) -> timedelta:
+        return timedelta(seconds=self.validated_data["grace_seconds"])
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    since = serializers.DateField(required=False, help_text="First day (Sydney time), default 30 days ago.")
+    until = serializers.DateField(required=False, help_text="Last day (Sydney time), default today.")
+
+    def validate(self, attrs):
+        since, until = attrs.get("since"), attrs.get("until")
+        if since and until and since > until:
+            raise serializers.ValidationError({"since": "`since` must be on or before `until`."})
+        if since and until and (until - since).days > 366:
+            raise serializers.ValidationError({"since": "Ask for at most 366 days at a time."})
+        return attrs
+
+
+class UsageRowSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class UsageDaySerializer(UsageRowSerializer):
+    day = serializers.DateField()
+
+
+class UsageModelSerializer(UsageRowSerializer):
+    model = serializers.CharField()
+
+
+class UsageKeySerializer(UsageRowSerializer):
+    key_id = serializers.CharField()
+
+
+class UsageSummarySerializer(serializers.Serializer):
+    since = serializers.DateField()
+    until = serializers.DateField()
+    totals = UsageRowSerializer()
+    by_day = UsageDaySerializer(many=True)
+    by_model = UsageModelSerializer(many=True)
+    by_key = UsageKeySerializer(many=True)

@@ -1,0 +1,236 @@
+"""Forms for sign-up (through allauth), the team and the keys pages. They validate; services change state."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+
+from allauth.account.forms import SignupForm as AllauthSignupForm
+from allauth.core import context
+from django import forms
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from tenants.models import ApiKey, Role, Tenant
+from tenants.validators import validate_abn
+
+STATE_CHOICES = [("", "Choose a state or territory"), *Tenant.State.choices]
+MODEL_NAME_MAX = 200
+
+
+class SignupForm(AllauthSignupForm):
+    """allauth's sign-up plus the organisation the person is signing up for, and their acceptance of the
+    terms and privacy policy. Arriving from an invitation, there is no organisation to create."""
+
+    organisation = forms.CharField(label="Organisation name", max_length=200,
+                                   widget=forms.TextInput(attrs={"autocomplete": "organization"}))
+    billing_email = forms.EmailField(
+        label="Billing email", help_text="Where tax invoices go. It can be a shared mailbox.",
+        widget=forms.EmailInput(attrs={"autocomplete": "email"}),
+    )
+    abn = forms.CharField(label="ABN (optional)", required=False, max_length=20,
+                          help_text="Your Australian Business Number, printed on tax invoices.")
+    state = forms.ChoiceField(label="State or territory", choices=STATE_CHOICES)
+    accept_terms = forms.BooleanField(required=True)
+
+    field_order = ["email", "organisation", "billing_email", "abn", "state", "password1", "password2",
+                   "accept_terms"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from tenants.adapters import pending_invitation
+
+        self.fields["accept_terms"].label = format_html(
+            'I have read the collection notice above and accept the <a href="{}">terms of service</a> '
+            '(version {}) and the <a href="{}">privacy policy</a> (version {}).',
+            reverse("terms"), settings.TERMS_VERSION, reverse("privacy"), settings.PRIVACY_POLICY_VERSION,
+        )
+        self.fields["accept_terms"].error_messages["required"] = (
+            "You need to accept the terms of service and the privacy policy to create an account."
+        )
+        request = getattr(context, "request", None)
+        self.invitation = pending_invitation(request) if request is not None else None
+        if self.invitation is not None:
+            for name in ("organisation", "billing_email", "abn", "state"):
+                del self.fields[name]
+            self.fields["email"].initial = self.invitation.email
+
+    def clean_email(self):
+        email = super().clean_email()
+        if self.invitation is not None and email and email.lower() != self.invitation.email.lower():
+            raise ValidationError(
+                f"This invitation is for {self.invitation.email}. Sign up with that address to accept it."
+            )
+        return email
+
+    def clean_abn(self) -> str:
+        return validate_abn(self.cleaned_data.get("abn", ""))
+
+    def clean_organisation(self) -> str:
+        name = self.cleaned_data["organisation"].strip()
+        if not name:
+            raise ValidationError("Enter your organisation's name.")
+        return name
+
+
+class TenantSettingsForm(forms.Form):
+    name = forms.CharField(label="Organisation name", max_length=200)
+    billing_email = forms.EmailField(label="Billing email")
+    abn = forms.CharField(label="ABN (optional)", required=False, max_length=20)
+    state = forms.ChoiceField(label="State or territory", choices=STATE_CHOICES, required=False)
+
+    def clean_abn(self) -> str:
+        return validate_abn(self.cleaned_data.get("abn", ""))
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if not name:
+            raise ValidationError("Enter the organisation's name.")
+        return name
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(label="Email address", widget=forms.EmailInput(attrs={"autocomplete": "off"}))
+    role = forms.ChoiceField(label="Role", choices=[])
+
+    def __init__(self, *args, roles: list[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = [(r, Role(r).label) for r in roles]
+        self.fields["role"].initial = Role.DEVELOPER if Role.DEVELOPER in roles else (roles[0] if roles else None)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(label="Role", choices=[])
+
+    def __init__(self, *args, roles: list[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = [(r, Role(r).label) for r in roles]
+
+
+class TransferOwnershipForm(forms.Form):
+    confirm = forms.BooleanField(label="I understand I will become an admin of this organisation.")
+
+
+def parse_models(raw: str) -> list[str]:
+    models = [line.strip() for line in raw.replace(",", "\n").splitlines() if line.strip()]
+    if len(models) > 50:
+        raise ValidationError("List at most 50 models.")
+    for model in models:
+        if len(model) > MODEL_NAME_MAX or any(c.isspace() for c in model):
+            raise ValidationError(f"{model[:40]!r} is not a model name (no spaces, at most 200 characters).")
+    return list(dict.fromkeys(models))
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=100, help_text="What the key is for, e.g. “IVR production”.")
+    scopes = forms.MultipleChoiceField(
+        label="Scopes", choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple,
+        initial=[ApiKey.Scope.INFERENCE],
+    )
+    allowed_models = forms.CharField(
+        label="Allowed models (optional)", required=False, widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One model per line. Leave empty to allow every model.",
+    )
+    expires_on = forms.DateField(
+        label="Expires on (optional)", required=False, widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="The key stops working at the start of this day (Sydney time).",
+    )
+    rpm_limit = forms.IntegerField(label="Requests per minute", required=False, min_value=1, max_value=10**7)
+    tpm_limit = forms.IntegerField(label="Tokens per minute", required=False, min_value=1, max_value=10**9)
+    max_concurrent = forms.IntegerField(label="Concurrent requests", required=False, min_value=1, max_value=10**5)
+    daily_token_limit = forms.IntegerField(label="Tokens per day", required=False, min_value=1, max_value=10**12)
+    monthly_token_budget = forms.IntegerField(label="Tokens per month", required=False, min_value=1,
+                                              max_value=10**13)
+    monthly_spend_cap_aud = forms.DecimalField(label="Monthly spend cap (AUD)", required=False,
+                                               min_value=Decimal("0.01"), max_digits=12, decimal_places=2)
+
+    def __init__(self, *args, allow_management: bool, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not allow_management:
+            self.fields["scopes"].choices = [(ApiKey.Scope.INFERENCE, ApiKey.Scope.INFERENCE.label)]
+            self.fields["scopes"].help_text = "Only owners and admins can grant management scopes."
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if not name:
+            raise ValidationError("Give the key a name.")
+        return name
+
+    def clean_allowed_models(self) -> list[str]:
+        return parse_models(self.cleaned_data.get("allowed_models") or "")
+
+    def clean_expires_on(self):
+        day = self.cleaned_data.get("expires_on")
+        if day is not None and day <= timezone.localdate():
+            raise ValidationError("Choose a day after today.")
+        return day
+
+    def expires_at(self) -> datetime | None:
+        day = self.cleaned_data.get("expires_on")
+        if day is None:
+            return None
+        return datetime.combine(day, time.min, tzinfo=timezone.get_current_timezone())
+
+    def limits(self) -> dict:
+        return {name: self.cleaned_data.get(name) for name in ApiKey.LIMIT_FIELDS}
+
+
+GRACE_CHOICES = [
+    ("0", "Stop the old secret now"),
+    ("3600", "1 hour"),
+    ("86400", "24 hours"),
+    ("604800", "7 days"),
+]
+
+
+class RotateKeyForm(forms.Form):
+    grace = forms.TypedChoiceField(
+        label="Keep the old secret working for", choices=GRACE_CHOICES, coerce=int, initial="86400",
+        help_text="Time to deploy the new secret. After it, the old one stops working.",
+    )
+
+    def grace_period(self) -> timedelta:
+        return timedelta(seconds=self.cleaned_data["grace"])
+
+
+class SuspendForm(forms.Form):
+    reason = forms.CharField(label="Reason", max_length=500, widget=forms.Textarea(attrs={"rows": 3}),
+                             help_text="Recorded in the audit trail and shown to the tenant.")
+
+    def clean_reason(self) -> str:
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise ValidationError("Give a reason.")
+        return reason
+
+
+class ActAsForm(forms.Form):
+    reason = forms.CharField(label="Reason (e.g. the support ticket)", max_length=500)
+
+    def clean_reason(self) -> str:
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise ValidationError("Give a reason.")
+        return reason
+
+
+class TenantSearchForm(forms.Form):
+    q = forms.CharField(label="Search", required=False, max_length=200)
+    status = forms.ChoiceField(label="Status", required=False, choices=[("", "Any status"), *Tenant.Status.choices])
+
+
+class UsageFilterForm(forms.Form):
+    since = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self):
+        data = super().clean()
+        since, until = data.get("since"), data.get("until")
+        if since and until and since > until:
+            raise ValidationError("“From” must be on or before “To”.")
+        if since and until and (until - since).days > 366:
+            raise ValidationError("Choose at most a year at a time.")
+        return data

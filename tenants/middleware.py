@@ -1,0 +1,45 @@
+"""Turns the access rules of ``tenants.access`` into responses for console pages.
+
+- ``MfaRequired`` raised anywhere in a view becomes a redirect to the place to set up (or use) the factor.
+- Every ``/staff/`` page (the staff console and Django's admin) needs a staff member who has used a passkey
+  in this session.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpResponseRedirect
+
+from tenants.access import MfaRequired, staff_mfa_state
+
+STAFF_PREFIX = "/staff/"
+
+
+def _redirect(request, url: str):
+    if getattr(request, "htmx", False):
+        response = HttpResponseRedirect(url)
+        response.status_code = 204
+        response["HX-Redirect"] = url
+        return response
+    return HttpResponseRedirect(url)
+
+
+class AccessGateMiddleware:
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path.startswith(STAFF_PREFIX):
+            user = request.user
+            if user.is_authenticated and user.is_staff:
+                state = staff_mfa_state(request)
+                if state is not None:
+                    error = MfaRequired(staff=True, kind=state)
+                    return _redirect(request, error.redirect_url(request.get_full_path()))
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if isinstance(exception, MfaRequired):
+            next_url = request.get_full_path() if request.method == "GET" else request.headers.get("Referer", "/")
+            request.session["wattle_mfa_next"] = next_url if next_url.startswith("/") else "/"
+            return _redirect(request, exception.redirect_url(request.session["wattle_mfa_next"]))
+        return None

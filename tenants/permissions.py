@@ -1,0 +1,92 @@
+"""Who may do what in a tenant: the permission matrix, as data, in one place.
+
+Views, the management API and templates all ask ``can(role, action)``; nothing else decides. The matrix is
+reproduced in docs/accounts.md (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from tenants.models import Role
+
+# Not membership roles. SUPPORT: what platform staff may do inside a tenant during an audited "act as"
+# session. API_KEY: what a key with management scopes may do (its scopes narrow it further by method).
+SUPPORT = "support"
+API_KEY = "api_key"
+
+
+class Action(StrEnum):
+    TENANT_VIEW = "tenant.view"
+    TENANT_UPDATE = "tenant.update"
+    MEMBERS_VIEW = "members.view"
+    MEMBERS_CHANGE_ROLE = "members.change_role"
+    MEMBERS_REMOVE = "members.remove"
+    MEMBERS_MANAGE_OWNERS = "members.manage_owners"
+    OWNERSHIP_TRANSFER = "ownership.transfer"
+    INVITATIONS_VIEW = "invitations.view"
+    INVITATIONS_MANAGE = "invitations.manage"
+    KEYS_VIEW = "keys.view"
+    KEYS_CREATE = "keys.create"
+    KEYS_ROTATE = "keys.rotate"
+    KEYS_REVOKE = "keys.revoke"
+    KEYS_GRANT_MANAGEMENT = "keys.grant_management"
+    USAGE_VIEW = "usage.view"
+    PLAYGROUND_USE = "playground.use"
+    BILLING_MANAGE = "billing.manage"
+
+
+_ALL_ROLES = (Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.BILLING, Role.AGENT)
+
+MATRIX: dict[Action, frozenset[str]] = {
+    Action.TENANT_VIEW: frozenset({*_ALL_ROLES, SUPPORT, API_KEY}),
+    Action.TENANT_UPDATE: frozenset({Role.OWNER, Role.ADMIN}),
+    Action.MEMBERS_VIEW: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.BILLING, SUPPORT, API_KEY}),
+    Action.MEMBERS_CHANGE_ROLE: frozenset({Role.OWNER, Role.ADMIN}),
+    Action.MEMBERS_REMOVE: frozenset({Role.OWNER, Role.ADMIN}),
+    Action.MEMBERS_MANAGE_OWNERS: frozenset({Role.OWNER}),
+    Action.OWNERSHIP_TRANSFER: frozenset({Role.OWNER}),
+    Action.INVITATIONS_VIEW: frozenset({Role.OWNER, Role.ADMIN, SUPPORT, API_KEY}),
+    Action.INVITATIONS_MANAGE: frozenset({Role.OWNER, Role.ADMIN, API_KEY}),
+    Action.KEYS_VIEW: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, SUPPORT, API_KEY}),
+    Action.KEYS_CREATE: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, API_KEY}),
+    Action.KEYS_ROTATE: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, API_KEY}),
+    # Support staff may revoke a leaked key during an incident; it never creates or sees a secret.
+    Action.KEYS_REVOKE: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, SUPPORT, API_KEY}),
+    # Management scopes reach members and invitations, so only the roles that manage those may grant them
+    # (otherwise a developer could mint a key that invites an admin).
+    Action.KEYS_GRANT_MANAGEMENT: frozenset({Role.OWNER, Role.ADMIN}),
+    Action.USAGE_VIEW: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.BILLING, SUPPORT, API_KEY}),
+    Action.PLAYGROUND_USE: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.AGENT}),
+    Action.BILLING_MANAGE: frozenset({Role.OWNER, Role.BILLING}),
+}
+
+# Roles whose holders must protect their account with a second factor before any tenant page.
+MFA_REQUIRED_ROLES = frozenset({Role.OWNER, Role.ADMIN})
+
+# Scopes an API key needs on the management API, by HTTP method.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def can(role: str | None, action: Action | str) -> bool:
+    if role is None:
+        return False
+    return role in MATRIX.get(Action(action), frozenset())
+
+
+def actions_for(role: str | None) -> frozenset[str]:
+    """Every action a role may take, e.g. for templates: ``{% if "keys.create" in perms_tenant %}``."""
+    return frozenset(str(action) for action, roles in MATRIX.items() if role in roles)
+
+
+def assignable_roles(role: str | None) -> list[str]:
+    """Roles this role may hand out through invitations or role changes."""
+    if can(role, Action.MEMBERS_MANAGE_OWNERS):
+        return [r.value for r in _ALL_ROLES]
+    if can(role, Action.MEMBERS_CHANGE_ROLE) or can(role, Action.INVITATIONS_MANAGE):
+        return [r.value for r in _ALL_ROLES if r != Role.OWNER]
+    return []
+
+
+def required_scope(method: str) -> str:
+    return "management:read" if method.upper() in SAFE_METHODS else "management:write"

@@ -1,0 +1,30 @@
+from django.urls import path
+
+from tenants.views import console, staff
+
+urlpatterns = [
+    path("account/mfa-required/", console.mfa_required, name="mfa_required"),
+    path("invite/<str:token>/", console.invitation_accept, name="invitation_accept"),
+    path("t/<slug:slug>/", console.tenant_home, name="tenant_home"),
+    path("t/<slug:slug>/welcome/", console.onboarding, name="tenant_onboarding"),
+    path("t/<slug:slug>/members/", console.members, name="tenant_members"),
+    path("t/<slug:slug>/members/<uuid:member_id>/role/", console.member_role, name="tenant_member_role"),
+    path("t/<slug:slug>/members/<uuid:member_id>/remove/", console.member_remove, name="tenant_member_remove"),
+    path("t/<slug:slug>/members/<uuid:member_id>/transfer-ownership/", console.ownership_transfer,
+         name="tenant_ownership_transfer"),
+    path("t/<slug:slug>/invitations/", console.invitation_create, name="tenant_invitation_create"),
+    path("t/<slug:slug>/invitations/<uuid:invitation_id>/revoke/", console.invitation_revoke,
+         name="tenant_invitation_revoke"),
+    path("t/<slug:slug>/keys/", console.keys, name="tenant_keys"),
+    path("t/<slug:slug>/keys/new/", console.key_create, name="tenant_key_create"),
+    path("t/<slug:slug>/keys/<str:key_id>/", console.key_detail, name="tenant_key_detail"),
+    path("t/<slug:slug>/keys/<str:key_id>/revoke/", console.key_revoke, name="tenant_key_revoke"),
+    path("t/<slug:slug>/keys/<str:key_id>/rotate/", console.key_rotate, name="tenant_key_rotate"),
+    path("t/<slug:slug>/usage/", console.usage, name="tenant_usage"),
+    path("t/<slug:slug>/settings/", console.tenant_settings, name="tenant_settings"),
+    path("staff/", staff.tenant_list, name="staff_tenant_list"),
+    path("staff/tenants/<slug:slug>/", staff.tenant_detail, name="staff_tenant_detail"),
+    path("staff/tenants/<slug:slug>/status/", staff.tenant_status, name="staff_tenant_status"),
+    path("staff/tenants/<slug:slug>/act-as/", staff.act_as_start, name="staff_act_as_start"),
+    path("staff/act-as/end/", staff.act_as_end, name="staff_act_as_end"),
+]

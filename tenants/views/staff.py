@@ -1,0 +1,104 @@
+"""The staff console: every tenant, their members, keys, usage and status; suspensions; "act as" sessions."""
+
+from __future__ import annotations
+
+from allauth.account.decorators import reauthentication_required
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from billing.selectors import tenant_usage_totals
+from tenants import forms, selectors, services
+from tenants.access import SESSION_ACT_AS, SESSION_TENANT, active_act_as
+from tenants.models import Tenant
+from tenants.views.common import staff_view
+
+
+@require_GET
+@staff_view
+def tenant_list(request):
+    form = forms.TenantSearchForm(request.GET or None)
+    query, status = "", None
+    if form.is_valid():
+        query, status = form.cleaned_data["q"].strip(), form.cleaned_data["status"] or None
+    paginator = Paginator(selectors.tenants_search(query=query, status=status), 50)
+    page = paginator.get_page(request.GET.get("page"))
+    context = {"form": form, "page": page, "tenants": page.object_list, "query": query, "status": status or ""}
+    template = "tenants/staff/partials/tenant_table.html" if request.htmx else "tenants/staff/tenant_list.html"
+    return render(request, template, context, status=200 if not form.is_bound or form.is_valid() else 400)
+
+
+def _detail_context(tenant: Tenant, **extra) -> dict:
+    api_keys = selectors.with_last_used(tenant=tenant, api_keys=list(selectors.api_keys_for_tenant(tenant=tenant)[:100]))
+    return {
+        "tenant": tenant,
+        "members": list(selectors.members_for_tenant(tenant=tenant)),
+        "invitations": list(selectors.invitations_for_tenant(tenant=tenant, status="pending")),
+        "api_keys": api_keys,
+        "usage": tenant_usage_totals(tenant=tenant, days=30),
+        "history": selectors.tenant_status_history(tenant=tenant),
+        "suspend_form": extra.pop("suspend_form", None) or forms.SuspendForm(),
+        "act_as_form": extra.pop("act_as_form", None) or forms.ActAsForm(),
+        **extra,
+    }
+
+
+@require_GET
+@staff_view
+def tenant_detail(request, slug: str):
+    tenant = selectors.tenant_by_slug(slug=slug)
+    return render(request, "tenants/staff/tenant_detail.html", _detail_context(tenant))
+
+
+@require_POST
+@staff_view
+def tenant_status(request, slug: str):
+    tenant = selectors.tenant_by_slug(slug=slug)
+    action = request.POST.get("action")
+    form = forms.SuspendForm(request.POST)
+    if action not in ("suspend", "reactivate") or not form.is_valid():
+        if action not in ("suspend", "reactivate"):
+            messages.error(request, "Choose to suspend or to reactivate.")
+        return render(request, "tenants/staff/tenant_detail.html", _detail_context(tenant, suspend_form=form),
+                      status=400)
+    new_status = Tenant.Status.SUSPENDED if action == "suspend" else Tenant.Status.ACTIVE
+    services.tenant_set_status(tenant=tenant, status=new_status, reason=form.cleaned_data["reason"],
+                               actor=request.user, request=request)
+    verb = "suspended" if action == "suspend" else "reactivated"
+    messages.success(request, f"{tenant.name} is {verb}. The API follows within a second.")
+    return redirect("staff_tenant_detail", tenant.slug)
+
+
+@require_POST
+@staff_view
+@reauthentication_required
+def act_as_start(request, slug: str):
+    tenant = selectors.tenant_by_slug(slug=slug)
+    form = forms.ActAsForm(request.POST)
+    if not form.is_valid():
+        return render(request, "tenants/staff/tenant_detail.html", _detail_context(tenant, act_as_form=form),
+                      status=400)
+    current = active_act_as(request)
+    if current is not None:
+        services.act_as_end(staff_user=request.user, grant=current, request=request)
+    grant = services.act_as_start(staff_user=request.user, tenant=tenant, reason=form.cleaned_data["reason"],
+                                  request=request)
+    request.session[SESSION_ACT_AS] = grant
+    request.session[SESSION_TENANT] = tenant.slug
+    messages.warning(request, f"You are acting as {tenant.name}. Everything you do is recorded.")
+    return redirect("tenant_home", tenant.slug)
+
+
+@require_POST
+@staff_view
+def act_as_end(request):
+    grant = active_act_as(request)
+    if grant is not None:
+        services.act_as_end(staff_user=request.user, grant=grant, request=request)
+        messages.success(request, f"You are no longer acting as {grant['name']}.")
+    request.session.pop(SESSION_ACT_AS, None)
+    request.session.pop(SESSION_TENANT, None)
+    if grant is not None:
+        return redirect("staff_tenant_detail", grant["slug"])
+    return redirect("staff_tenant_list")
