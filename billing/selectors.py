@@ -30,7 +30,8 @@ def usage_window(*, since: date | None = None, until: date | None = None, days: 
 
 def _bounds(since: date, until: date) -> tuple[datetime, datetime]:
     tz = _local_tz()
-    return (datetime.combine(since, time.min, tzinfo=tz), datetime.combine(until + timedelta(days=1), time.min, tzinfo=tz))
+    start = datetime.combine(since, time.min, tzinfo=tz)
+    return start, datetime.combine(until + timedelta(days=1), time.min, tzinfo=tz)
 
 
 def _totals(qs) -> dict:

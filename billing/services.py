@@ -18,7 +18,7 @@ from tenants.models import Tenant
 logger = logging.getLogger("wattle.usage")
 
 INGEST_GROUP = "ingest"
-_CLAIM_IDLE_MS = 60_000  # an event a dead consumer held this long is taken over
+
 
 
 def _consumer_name() -> str:
@@ -80,7 +80,7 @@ def usage_ingest(*, max_batches: int | None = None, block_ms: int | None = None)
     handled = 0
     batches = 0
     _next, claimed, *_ = client.xautoclaim(
-        stream, INGEST_GROUP, consumer, min_idle_time=_CLAIM_IDLE_MS, start_id="0-0",
+        stream, INGEST_GROUP, consumer, min_idle_time=settings.USAGE_INGEST_CLAIM_IDLE_MS, start_id="0-0",
         count=settings.USAGE_INGEST_BATCH,
     )
     while True:

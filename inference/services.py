@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import time
+import urllib.error
+import urllib.request
+
 import orjson
 from django.conf import settings
 from django.db import transaction
@@ -10,6 +15,9 @@ from audit.services import record
 from inference.gateway.backends import BACKENDS_KEY
 from inference.models import Backend
 from portal.redis import get_redis, key
+
+logger = logging.getLogger("wattle.inference")
+HEALTH_KEY = "backend_health"
 
 
 def backends_publish() -> list[dict]:
@@ -56,3 +64,66 @@ def backends_seed_from_settings(*, actor=None) -> list[Backend]:
         seeded.append(backend)
     transaction.on_commit(backends_publish)
     return seeded
+
+
+def _http(url: str, *, data: bytes | None = None, timeout: float = 2.0, api_key: str = "") -> tuple[int, bytes]:
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (configured URLs)
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def backends_probe() -> dict[str, bool]:
+    """Probe each enabled backend's /health and /v1/models; keep the result in Redis for the consoles."""
+    results = {}
+    pipe = get_redis().pipeline(transaction=False)
+    for backend in Backend.objects.filter(enabled=True):
+        health = {"checked_at": time.time(), "healthy": False, "models": [], "error": ""}
+        try:
+            status, _ = _http(f"{backend.base_url.rstrip('/')}/health")
+            health["healthy"] = status == 200
+            if status == 200:
+                status, body = _http(f"{backend.base_url.rstrip('/')}/v1/models", api_key=backend.api_key)
+                if status == 200:
+                    health["models"] = [m["id"] for m in orjson.loads(body).get("data", [])]
+            else:
+                health["error"] = f"HTTP {status}"
+        except (OSError, ValueError, KeyError) as exc:
+            health["error"] = exc.__class__.__name__
+        results[backend.name] = health["healthy"]
+        pipe.set(key(HEALTH_KEY, backend.name), orjson.dumps(health), ex=300)
+    pipe.execute()
+    return results
+
+
+def backend_health(name: str) -> dict | None:
+    raw = get_redis().get(key(HEALTH_KEY, name))
+    return orjson.loads(raw) if raw else None
+
+
+def models_prewarm(*, reason: str) -> list[str]:
+    """Call the warm-up hook for each model to pre-warm (``INFERENCE_PREWARM_MODELS``, else every configured
+    model). Returns the models the hook accepted."""
+    url = settings.INFERENCE_WARMUP_URL
+    if not url:
+        return []
+    models = list(settings.INFERENCE_PREWARM_MODELS)
+    if not models:
+        models = sorted({m for b in Backend.objects.filter(enabled=True) for m in (b.served_models or [])})
+    accepted = []
+    for model in models:
+        try:
+            status, _ = _http(url, data=orjson.dumps({"model": model, "reason": reason}), timeout=5)
+        except OSError as exc:
+            logger.warning("warm-up hook failed for %s: %s", model, exc.__class__.__name__)
+            continue
+        if status < 400:
+            accepted.append(model)
+        else:
+            logger.warning("warm-up hook answered %s for %s", status, model)
+    return accepted

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
@@ -137,6 +138,7 @@ CELERY_TIMEZONE = "Australia/Sydney"
 CELERY_BEAT_SCHEDULE = {
     "publish-snapshots": {"task": "inference.tasks.publish_snapshots", "schedule": 15.0},
     "ingest-usage": {"task": "billing.tasks.ingest_usage", "schedule": 2.0},
+    "probe-backends": {"task": "inference.tasks.probe_backends", "schedule": 15.0},
 }
 
 # --- Auth -------------------------------------------------------------------------------------------
@@ -260,7 +262,8 @@ WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", DEBUG)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "tenants.api.auth.ApiKeyAuthentication",
-        "tenants.api.auth.ConsoleSessionAuthentication",
+        # The console's session (CSRF-checked on unsafe methods), for the API docs page and console scripts.
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["tenants.api.permissions.TenantMatrixPermission"],
     "DEFAULT_THROTTLE_CLASSES": [
@@ -383,6 +386,16 @@ INFERENCE_RETRY_AFTER_S = env_int("INFERENCE_RETRY_AFTER_S", 10)
 # Pre-warm before business hours (cron fields in Australia/Sydney time): minute hour day month weekday.
 INFERENCE_PREWARM_CRON = env_str("INFERENCE_PREWARM_CRON", "0 7 * * 1-5")
 INFERENCE_PREWARM_MODELS = env_list("INFERENCE_PREWARM_MODELS", [])
+_prewarm = INFERENCE_PREWARM_CRON.split()
+if len(_prewarm) != 5:
+    raise ImproperlyConfigured(f"INFERENCE_PREWARM_CRON={INFERENCE_PREWARM_CRON!r} needs five cron fields")
+CELERY_BEAT_SCHEDULE["prewarm-models"] = {
+    "task": "inference.tasks.prewarm_models",
+    "schedule": crontab(
+        minute=_prewarm[0], hour=_prewarm[1], day_of_month=_prewarm[2], month_of_year=_prewarm[3],
+        day_of_week=_prewarm[4],
+    ),
+}
 INFERENCE_DEFAULT_MAX_MODEL_LEN = env_int("INFERENCE_DEFAULT_MAX_MODEL_LEN", 32768)
 # While Redis is unreachable, a worker keeps authenticating keys it saw recently, for at most this long.
 INFERENCE_KEY_STALE_OK_S = env_float("INFERENCE_KEY_STALE_OK_S", 120.0)
@@ -393,6 +406,8 @@ METRICS_ALLOWED_NETWORKS = env_list(
 # Embedded mode has no Celery worker: the web process drains the usage stream itself.
 USAGE_INGEST_IN_PROCESS = env_bool("USAGE_INGEST_IN_PROCESS", not REDIS_URL)
 USAGE_INGEST_BATCH = env_int("USAGE_INGEST_BATCH", 2000)
+# An event a crashed ingester read but never stored is taken over by another after this long.
+USAGE_INGEST_CLAIM_IDLE_MS = env_int("USAGE_INGEST_CLAIM_IDLE_MS", 60_000)
 # A web process republishes the backend list and key snapshot to Redis when it starts.
 INFERENCE_PUBLISH_ON_START = env_bool("INFERENCE_PUBLISH_ON_START", True)
 

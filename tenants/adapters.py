@@ -68,10 +68,11 @@ class MFAAdapter(DefaultMFAAdapter):
         others = Authenticator.objects.filter(user=user).exclude(pk=authenticator.pk).exclude(
             type=Authenticator.Type.RECOVERY_CODES
         )
-        if user.is_staff and authenticator.type == Authenticator.Type.WEBAUTHN:
-            if not others.filter(type=Authenticator.Type.WEBAUTHN).exists():
-                return False
-        if Membership.objects.filter(user=user, role__in=MFA_REQUIRED_ROLES).exists():
-            if authenticator.type != Authenticator.Type.RECOVERY_CODES and not others.exists():
-                return False
-        return True
+        if (user.is_staff and authenticator.type == Authenticator.Type.WEBAUTHN
+                and not others.filter(type=Authenticator.Type.WEBAUTHN).exists()):
+            return False
+        return not (
+            authenticator.type != Authenticator.Type.RECOVERY_CODES
+            and not others.exists()
+            and Membership.objects.filter(user=user, role__in=MFA_REQUIRED_ROLES).exists()
+        )

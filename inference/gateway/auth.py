@@ -2,6 +2,8 @@
 
 Records are cached in-process for ``INFERENCE_KEY_CACHE_TTL_S`` (default 0.5 s), so a revocation or a
 suspension reaches every worker within a second while a busy key costs at most two Redis reads a second.
+During a rotation's grace period the record also carries the previous secret's hash and when it stops working,
+so both secrets are checked from the one record (no extra round trip).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class KeyRecord:
     models: frozenset[str]
     expires: float | None
     revoked: bool
+    prev_hash: str | None = None
+    prev_expires: float | None = None
 
     @classmethod
     def from_json(cls, raw: bytes) -> KeyRecord:
@@ -45,6 +49,20 @@ class KeyRecord:
             models=frozenset(data.get("models") or ()),
             expires=data.get("expires"),
             revoked=bool(data.get("revoked")),
+            prev_hash=data.get("prev_hash") or None,
+            prev_expires=data.get("prev_expires"),
+        )
+
+    def secret_matches(self, digest: str) -> bool:
+        """Constant-time check of the presented secret's digest against the current secret and, until it
+        expires, the one it replaced."""
+        if hmac.compare_digest(digest, self.hash):
+            return True
+        return (
+            self.prev_hash is not None
+            and self.prev_expires is not None
+            and self.prev_expires > time.time()
+            and hmac.compare_digest(digest, self.prev_hash)
         )
 
     def allows_model(self, model: str) -> bool:
@@ -117,7 +135,7 @@ class KeyAuthenticator:
                 if len(self._cache) > 100_000:
                     self._cache.clear()
 
-        if record is None or not hmac.compare_digest(keys.hash_secret(secret), record.hash):
+        if record is None or not record.secret_matches(keys.hash_secret(secret)):
             raise errors.invalid_key(token)
         if record.revoked:
             raise errors.GatewayError(401, "This API key has been revoked.", code="invalid_api_key")

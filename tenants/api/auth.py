@@ -9,7 +9,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.authentication import BaseAuthentication
 
 from tenants import keys
 from tenants.models import ApiKey
@@ -65,10 +65,6 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="wattle"'
-
-
-class ConsoleSessionAuthentication(SessionAuthentication):
-    """The console's session (with CSRF on unsafe methods), for the browsable docs and console scripts."""
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
@@ -102,7 +103,7 @@ class KeyLimitsSerializer(serializers.Serializer):
     max_concurrent = serializers.IntegerField(min_value=1, max_value=10**5, required=False, allow_null=True)
     daily_token_limit = serializers.IntegerField(min_value=1, max_value=10**12, required=False, allow_null=True)
     monthly_token_budget = serializers.IntegerField(min_value=1, max_value=10**13, required=False, allow_null=True)
-    monthly_spend_cap_aud = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0.01,
+    monthly_spend_cap_aud = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=Decimal("0.01"),
                                                      required=False, allow_null=True)
 
 

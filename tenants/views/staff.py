@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from allauth.account.decorators import reauthentication_required
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
@@ -30,8 +31,10 @@ def tenant_list(request):
 
 
 def _detail_context(tenant: Tenant, **extra) -> dict:
-    api_keys = selectors.with_last_used(tenant=tenant, api_keys=list(selectors.api_keys_for_tenant(tenant=tenant)[:100]))
+    api_keys = list(selectors.api_keys_for_tenant(tenant=tenant)[:100])
+    selectors.with_last_used(tenant=tenant, api_keys=api_keys)
     return {
+        "act_as_minutes": settings.STAFF_ACT_AS_MINUTES,
         "tenant": tenant,
         "members": list(selectors.members_for_tenant(tenant=tenant)),
         "invitations": list(selectors.invitations_for_tenant(tenant=tenant, status="pending")),

@@ -1,0 +1,44 @@
+// Console behaviour that needs script: copy buttons and confirmations. Loaded from a file so the strict
+// Content-Security-Policy (no inline script) holds.
+(function () {
+  'use strict'
+
+  function copyText (target) {
+    const text = ('value' in target && target.value !== undefined) ? target.value : target.textContent
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(text)
+    }
+    // Plain-HTTP development: select and use the legacy command.
+    const area = document.createElement('textarea')
+    area.value = text
+    area.setAttribute('readonly', '')
+    area.className = 'visually-hidden'
+    document.body.appendChild(area)
+    area.select()
+    document.execCommand('copy')
+    area.remove()
+    return Promise.resolve()
+  }
+
+  document.addEventListener('click', function (event) {
+    const button = event.target.closest('[data-copy-target]')
+    if (!button) return
+    const target = document.getElementById(button.dataset.copyTarget)
+    if (!target) return
+    const label = button.textContent
+    copyText(target).then(function () {
+      button.textContent = 'Copied'
+      button.setAttribute('aria-live', 'polite')
+      window.setTimeout(function () { button.textContent = label }, 2000)
+    }, function () {
+      button.textContent = 'Select and copy manually'
+    })
+  })
+
+  document.addEventListener('submit', function (event) {
+    const form = event.target
+    if (form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+      event.preventDefault()
+    }
+  })
+})()
