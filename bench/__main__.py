@@ -28,6 +28,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
     parser.add_argument("--p7-events", type=int, default=50_000, help="usage events per P7 round")
     parser.add_argument("--keep-logs", action="store_true", help="keep the gateway/simulator logs")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="set up, start the gateway(s), print where they are and wait for Ctrl-C (to profile by hand)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -51,6 +56,8 @@ def _stop_on_sigterm(_signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # A shell starts background jobs with SIGINT ignored; Ctrl-C and `kill -INT` should still clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     options = Options(
         scenarios=args.selected,
         p7=args.p7,
@@ -60,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration_s=args.duration,
         p7_events=args.p7_events,
     )
+    if args.serve:
+        return _serve(args)
     results = ResultsFile(time.strftime("%Y%m%d-%H%M%S"))
     started = time.monotonic()
     with BenchEnvironment(keep_logs=args.keep_logs) as env:
@@ -70,6 +79,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render_table(verdicts))
     print(f"\nresults: {results.path.relative_to(results.path.parents[2])} ({time.monotonic() - started:.0f} s)")
     return 0 if all(v.passed for v in verdicts) else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    with BenchEnvironment(keep_logs=args.keep_logs) as env:
+        env.start()
+        for workers in args.workers:
+            env.start_gateway(workers)
+        print(
+            f"\nsimulator {env.simulator_url} (pid {env.simulator.pid if env.simulator else '?'}); "
+            f"knobs: POST {env.simulator_url}/sim/control"
+        )
+        for workers, gateway in env.gateways.items():
+            print(f"gateway ({workers}w) {gateway.base_url}, worker pids {gateway.worker_pids()}")
+        print(f"API key {env.api_key}\nlogs in {env.workdir}\nCtrl-C stops everything.")
+        try:
+            while all(g.managed.alive() for g in env.gateways.values()):
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 if __name__ == "__main__":

@@ -155,6 +155,19 @@ def read_rss_mb(pid: int) -> float | None:
     return None
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
 def child_pids(pid: int) -> list[tuple[int, str]]:
     """(pid, command line) of the direct children of ``pid``."""
     found = []
@@ -383,7 +396,11 @@ class BenchEnvironment:
         key_pk = issued.api_key.pk
 
         def revoke() -> None:
+            from billing.models import UsageEvent
+
             services.api_key_revoke(api_key=ApiKey.objects.get(pk=key_pk))
+            # The runs' usage rows were only there to prove none was lost; the database is left as found.
+            UsageEvent.objects.filter(key_id=issued.api_key.key_id).delete()
 
         self._cleanup.callback(revoke)
         self.log(f"tenant {TENANT_NAME!r} ({self.tenant_id}), key {issued.api_key.key_id}")

@@ -328,7 +328,9 @@ class LoadGenerator:
     def _result(self, window_start: float, deadline: float) -> LoadResult:
         in_window = [s for s in self._samples if window_start <= s.finished <= deadline]
         good = [s for s in in_window if s.error is None]
-        window_s = deadline - window_start
+        last = max((s.finished for s in self._samples), default=deadline)
+        # A run that ran out of requests (max_requests) before its deadline is measured up to its end.
+        window_s = max(1e-3, min(deadline, last) - window_start)
         return LoadResult(
             url=self.spec.url,
             concurrency=self.spec.concurrency,

@@ -17,7 +17,7 @@ from tenants.models import Tenant
 
 logger = logging.getLogger("wattle.usage")
 
-INGEST_GROUP = "ingest"
+INGEST_GROUP = settings.USAGE_INGEST_GROUP
 
 
 

@@ -115,7 +115,14 @@ REDIS_URL = env_str("REDIS_URL") or None
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "wattle:")
 
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # Rate-limit counters, throttles and the like live here: namespaced like every other Wattle key.
+            "KEY_PREFIX": f"{REDIS_KEY_PREFIX}cache",
+        }
+    }
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -406,6 +413,7 @@ METRICS_ALLOWED_NETWORKS = env_list(
 # Embedded mode has no Celery worker: the web process drains the usage stream itself.
 USAGE_INGEST_IN_PROCESS = env_bool("USAGE_INGEST_IN_PROCESS", not REDIS_URL)
 USAGE_INGEST_BATCH = env_int("USAGE_INGEST_BATCH", 2000)
+USAGE_INGEST_GROUP = "ingest"
 # An event a crashed ingester read but never stored is taken over by another after this long.
 USAGE_INGEST_CLAIM_IDLE_MS = env_int("USAGE_INGEST_CLAIM_IDLE_MS", 60_000)
 # A web process republishes the backend list and key snapshot to Redis when it starts.

@@ -142,3 +142,101 @@ def gateway_ready(portal_server, backend):
 
     wait_for(ready, timeout=10)
     return portal_server
+
+
+# --- Accounts: roles, MFA, re-authentication, staff ------------------------------------------------
+def add_totp(user):
+    """Give ``user`` an authenticator app (what the MFA rules check for owners and admins)."""
+    from allauth.mfa.models import Authenticator
+
+    return Authenticator.objects.create(user=user, type=Authenticator.Type.TOTP, data={"secret": "JBSWY3DPEHPK3PXP"})
+
+
+def add_passkey(user):
+    from allauth.mfa.models import Authenticator
+
+    return Authenticator.objects.create(user=user, type=Authenticator.Type.WEBAUTHN,
+                                        data={"name": "test key", "credential": {}})
+
+
+def sign_in(client, user, *, reauthenticated: bool = True, passkey_used: bool = False):
+    """Log ``client`` in as ``user`` the way allauth would leave the session: with its authentication records
+    (a recent re-authentication unless told otherwise, and a passkey use for staff)."""
+    from allauth.account.internal.flows.login import (
+        _AUTHENTICATION_METHODS_USER_SESSION_KEY,
+        AUTHENTICATION_METHODS_SESSION_KEY,
+    )
+
+    client.force_login(user)
+    session = client.session
+    records = [{"method": "password", "at": time.time(), "reauthenticated": reauthenticated}]
+    if passkey_used:
+        records.append({"method": "mfa", "at": time.time(), "type": "webauthn"})
+    session[AUTHENTICATION_METHODS_SESSION_KEY] = records
+    session[_AUTHENTICATION_METHODS_USER_SESSION_KEY] = str(user.pk)
+    session.save()
+    return client
+
+
+@pytest.fixture
+def member_of(django_capture_on_commit_callbacks):
+    """member_of(tenant, role) -> a new verified user with that role in ``tenant`` (and MFA when the role
+    needs it)."""
+    from tenants.models import Membership, Role
+
+    def make(tenant, role: str, *, email: str | None = None, mfa: bool | None = None):
+        user = make_user(email or f"{role}-{tenant.slug}@example.com")
+        Membership.objects.create(tenant=tenant, user=user, role=role)
+        if mfa if mfa is not None else role in (Role.OWNER, Role.ADMIN):
+            add_totp(user)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def owner_client(client, alice, acme):
+    """Alice, owner of Acme, signed in with an authenticator app and a fresh re-authentication."""
+    add_totp(alice)
+    return sign_in(client, alice)
+
+
+@pytest.fixture
+def staff(db):
+    user = make_user("ops@wattle.example", staff=True)
+    add_passkey(user)
+    return user
+
+
+@pytest.fixture
+def staff_client(client, staff):
+    return sign_in(client, staff, passkey_used=True)
+
+
+@pytest.fixture
+def api_client():
+    from rest_framework.test import APIClient
+
+    return APIClient()
+
+
+@pytest.fixture
+def management_key(issue_key):
+    """management_key(tenant, write=True) -> a plaintext key with the management scopes."""
+
+    def issue(tenant, *, write: bool = True, **kwargs) -> str:
+        scopes = ["management:read", "management:write"] if write else ["management:read"]
+        return issue_key(tenant, scopes=kwargs.pop("scopes", scopes), **kwargs)
+
+    return issue
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> None:
+    """Rate limits and throttles count in the cache: each test starts from zero. (With Redis, the cache keys
+    carry the test prefix and ``_isolated_redis`` already removed them.)"""
+    from django.conf import settings
+    from django.core.cache import cache
+
+    if not settings.REDIS_URL:
+        cache.clear()

@@ -3,8 +3,13 @@
 Each finished request appends one event to an in-memory buffer; a background task writes the buffer to the
 stream with one pipelined round trip per batch. While Redis is unreachable, events go to an fsynced spool
 file on local disk (``INFERENCE_USAGE_SPOOL_DIR``) and are replayed once Redis answers again, by this worker
-or, if it died, by any other. The ingest (``billing.services.usage_ingest``) is idempotent on ``request_id``,
-so a replay that repeats events is harmless.
+or, if it died, by any other.
+
+Redis may also come back empty (a restart without persistence), taking with it events not yet ingested. So
+a worker keeps each event it wrote until the ingest group has acknowledged it (which happens only after the
+database commit), and writes again whatever was unconfirmed when it sees that Redis lost its data (the
+epoch key it set is gone). The ingest (``billing.services.usage_ingest``) is idempotent on ``request_id``,
+so any event written twice is stored once.
 """
 
 from __future__ import annotations
@@ -14,16 +19,30 @@ import contextlib
 import logging
 import os
 import time
+import uuid
+from collections import deque
 from pathlib import Path
 
 import orjson
 from django.conf import settings
+from redis.exceptions import ResponseError
+
+from portal.redis import key as redis_key
 
 logger = logging.getLogger("wattle.usage")
 
 _BATCH = 1000
 _SPOOL_AFTER_S = 1.0  # how long events may wait in memory for Redis before they go to disk
 _STALE_REPLAY_S = 60.0  # a ".replaying" file this old was left by a worker that died mid-replay
+_CONFIRM_EVERY_S = 0.5
+# Unconfirmed events kept for re-sending; past this (ingest down for long), the oldest rely on Redis alone.
+_MAX_UNCONFIRMED = 200_000
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 class UsageEmitter:
@@ -37,6 +56,11 @@ class UsageEmitter:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.spooled = 0  # events written to disk since start (for metrics and tests)
+        self.resent = 0  # events written again after Redis lost them
+        self._unconfirmed: deque[tuple[tuple[int, int], bytes]] = deque()
+        self._epoch: bytes | None = None
+        self._epoch_key = redis_key("usage", "epoch")
+        self._group = settings.USAGE_INGEST_GROUP
 
     def emit(self, event: dict) -> None:
         if not self._buffer:
@@ -63,12 +87,55 @@ class UsageEmitter:
             # Redis never came back while we stopped: keep the events on disk for the next worker.
             await asyncio.to_thread(self._spool, self._take_all())
 
+    @property
+    def unconfirmed(self) -> int:
+        return len(self._unconfirmed)
+
     async def _xadd(self, lines: list[bytes]) -> None:
         for start in range(0, len(lines), _BATCH):
+            batch = lines[start : start + _BATCH]
             pipe = self._redis.pipeline(transaction=False)
-            for data in lines[start : start + _BATCH]:
+            for data in batch:
                 pipe.xadd(self._stream, {"e": data})
-            await pipe.execute()
+            ids = await pipe.execute()
+            self._unconfirmed.extend(zip(map(_stream_id, ids), batch, strict=True))
+        while len(self._unconfirmed) > _MAX_UNCONFIRMED:
+            self._unconfirmed.popleft()
+
+    async def _claim_epoch(self) -> bytes:
+        await self._redis.set(self._epoch_key, uuid.uuid4().hex, nx=True)
+        return await self._redis.get(self._epoch_key)
+
+    async def confirm(self) -> None:
+        """Forget events the ingest group has acknowledged; write again the unconfirmed ones if Redis lost them."""
+        epoch = await self._redis.get(self._epoch_key)
+        if epoch is None or epoch != self._epoch:
+            if self._epoch is not None and self._unconfirmed:
+                lost = [data for _id, data in self._unconfirmed]
+                self._unconfirmed.clear()
+                self._buffer[:0] = lost
+                self._oldest = self._oldest or time.monotonic()
+                self.resent += len(lost)
+                logger.warning("Redis lost its data: writing %d unconfirmed usage events again", len(lost))
+            self._epoch = await self._claim_epoch()
+            return
+        if not self._unconfirmed:
+            return
+        try:
+            groups = await self._redis.xinfo_groups(self._stream)
+        except ResponseError:
+            return  # no stream yet
+        group = next((g for g in groups if g.get("name") in (self._group, self._group.encode())), None)
+        if group is None:
+            return
+        delivered = _stream_id(group["last-delivered-id"])
+        summary = await self._redis.xpending(self._stream, self._group)
+        first_pending = _stream_id(summary["min"]) if summary.get("pending") else None
+        while self._unconfirmed:
+            entry_id = self._unconfirmed[0][0]
+            if entry_id > delivered or (first_pending is not None and entry_id >= first_pending):
+                break
+            self._unconfirmed.popleft()
 
     async def flush(self) -> None:
         """Write everything buffered so far to the stream (raises if Redis is unreachable)."""
@@ -133,17 +200,23 @@ class UsageEmitter:
     async def _run(self) -> None:
         delay = 0.05
         next_replay = 0.0
+        next_confirm = 0.0
         while True:
-            if time.monotonic() >= next_replay:
-                next_replay = time.monotonic() + 5.0
+            now = time.monotonic()
+            if now >= next_replay:
+                next_replay = now + 5.0
                 with contextlib.suppress(Exception):
                     await self.replay_spool()
+            if now >= next_confirm:
+                next_confirm = now + _CONFIRM_EVERY_S
+                with contextlib.suppress(Exception):
+                    await self.confirm()
             if not self._buffer:
                 if self._stopping:
                     return
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                    await asyncio.wait_for(self._wake.wait(), _CONFIRM_EVERY_S)
                 continue
             try:
                 await self.flush()

@@ -56,7 +56,7 @@ class _Hook(BaseHTTPRequestHandler):
     calls: list = []
     status = 202
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         _Hook.calls.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
         self.send_response(_Hook.status)
         self.end_headers()

@@ -132,7 +132,7 @@ def test_all_backends_down_is_503_with_retry_after_within_the_hold(portal_server
 class _WarmupHook(BaseHTTPRequestHandler):
     calls: list[dict] = []
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         length = int(self.headers["content-length"])
         _WarmupHook.calls.append(json.loads(self.rfile.read(length)))
         self.send_response(202)
