@@ -26,7 +26,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None, help="seconds measured per run (P1-P4)")
     parser.add_argument("--rounds", type=int, default=2, help="direct/gateway rounds per scenario (>= 2)")
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
-    parser.add_argument("--p7-events", type=int, default=50_000, help="usage events per P7 round")
+    parser.add_argument("--p7-events", type=int, default=30_000, help="usage events per P7 round")
     parser.add_argument("--keep-logs", action="store_true", help="keep the gateway/simulator logs")
     parser.add_argument(
         "--serve",

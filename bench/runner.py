@@ -37,7 +37,7 @@ class Options:
     rounds: int = 2
     quick: bool = False
     duration_s: float | None = None
-    p7_events: int = 50_000
+    p7_events: int = 30_000
 
 
 @dataclass

@@ -268,29 +268,29 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "P1", "JSON, 16 tokens, no delay, concurrency 1", "added p50 <= 1 ms, p99 <= 3 ms",
             concurrency=1, max_tokens=16, stream=False, include_usage=False, simulator=NO_DELAY,
-            timing=Timing(5.0, 1.0), quick=Timing(1.5, 0.5), judge=judge_added_latency,
+            timing=Timing(4.0, 1.0), quick=Timing(1.5, 0.5), judge=judge_added_latency,
         ),
         Scenario(
             "P2", "JSON, 16 tokens, no delay, concurrency 64", ">= 40% of direct req/s, 0 errors",
             concurrency=64, max_tokens=16, stream=False, include_usage=False, simulator=NO_DELAY,
-            timing=Timing(5.0, 1.0), quick=Timing(1.5, 0.5), judge=judge_throughput,
+            timing=Timing(4.0, 1.0), quick=Timing(1.5, 0.5), judge=judge_throughput,
         ),
         Scenario(
             "P3", "stream, 16 tokens, no delay, concurrency 64", ">= 40% req/s; TTFT added p50 <= 2 ms",
             concurrency=64, max_tokens=16, stream=True, include_usage=True, simulator=NO_DELAY,
-            timing=Timing(5.0, 1.0), quick=Timing(1.5, 0.5), judge=judge_throughput,
+            timing=Timing(4.0, 1.0), quick=Timing(1.5, 0.5), judge=judge_throughput,
         ),
         Scenario(
             "P4/64", "stream, 64 tokens at 2 ms/token, concurrency 64", "e2e p50 <= 1.05x; TTFT added <= 3 ms",
             concurrency=64, max_tokens=64, stream=True, include_usage=False,
             simulator={"ttft_ms": 0.0, "tpot_ms": 2.0},
-            timing=Timing(5.0, 1.0), quick=Timing(2.0, 0.5), judge=judge_stream_latency,
+            timing=Timing(4.0, 1.0), quick=Timing(2.0, 0.5), judge=judge_stream_latency,
         ),
         Scenario(
             "P4/256", "stream, 64 tokens at 2 ms/token, concurrency 256", "e2e p50 <= 1.05x; TTFT added <= 3 ms",
             concurrency=256, max_tokens=64, stream=True, include_usage=False,
             simulator={"ttft_ms": 0.0, "tpot_ms": 2.0},
-            timing=Timing(5.0, 1.0), quick=Timing(2.0, 0.5), judge=judge_stream_latency,
+            timing=Timing(4.0, 1.0), quick=Timing(2.0, 0.5), judge=judge_stream_latency,
         ),
         # Every client opens one slow stream (48 tokens at 200 ms: ~10 s) within the first 3 s, so all 2,000 are
         # open at once for several seconds while the worker's RSS is sampled.

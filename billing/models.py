@@ -1,6 +1,73 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
+
+
+class LimitFields(models.Model):
+    """The six kinds of limit, shared by plans and tenant overrides. Empty means "no limit" on a plan and
+    "the plan decides" on an override."""
+
+    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField("concurrent requests", null=True, blank=True)
+    daily_token_limit = models.PositiveBigIntegerField("tokens per day", null=True, blank=True)
+    monthly_token_budget = models.PositiveBigIntegerField("tokens per month", null=True, blank=True)
+    monthly_spend_cap_aud = models.DecimalField(
+        "monthly spend cap (AUD)", max_digits=12, decimal_places=2, null=True, blank=True
+    )
+
+    class Meta:
+        abstract = True
+
+
+class Plan(LimitFields):
+    """A price list entry: default limits for the tenants on it."""
+
+    slug = models.SlugField(max_length=50, unique=True)
+    name = models.CharField(max_length=100)
+    is_default = models.BooleanField(default=False, help_text="New tenants start on this plan.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["is_default"], condition=models.Q(is_default=True), name="one_default_plan")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelPrice(models.Model):
+    """What a model costs, per thousand tokens, in AUD (GST exclusive)."""
+
+    model = models.CharField(max_length=200, unique=True)
+    input_per_1k_aud = models.DecimalField(max_digits=10, decimal_places=6, default=Decimal("0"))
+    output_per_1k_aud = models.DecimalField(max_digits=10, decimal_places=6, default=Decimal("0"))
+
+    class Meta:
+        ordering = ["model"]
+
+    def __str__(self) -> str:
+        return self.model
+
+
+class TenantQuota(LimitFields):
+    """A tenant's plan and the limits staff set for it, overriding the plan's."""
+
+    tenant = models.OneToOneField("tenants.Tenant", on_delete=models.CASCADE, related_name="quota")
+    plan = models.ForeignKey(Plan, null=True, blank=True, on_delete=models.PROTECT, related_name="tenants")
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"quota of {self.tenant}"
 
 
 class UsageEvent(models.Model):

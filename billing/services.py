@@ -10,12 +10,16 @@ from datetime import UTC, datetime
 import orjson
 import redis
 from django.conf import settings
+from django.db import transaction
 
-from billing.models import UsageEvent
+from audit.services import record
+from billing.limits import LIMIT_FIELDS
+from billing.models import ModelPrice, Plan, TenantQuota, UsageEvent
 from portal.redis import get_redis
 from tenants.models import Tenant
 
 logger = logging.getLogger("wattle.usage")
+_UNCHANGED = object()
 
 INGEST_GROUP = settings.USAGE_INGEST_GROUP
 
@@ -136,3 +140,83 @@ def usage_ingest_loop(*, stop, idle_sleep: float = 0.2) -> None:
         usage_ingest()
     finally:
         close_old_connections()
+
+
+PRICES_KEY = "prices"  # the data plane reads it (inference.gateway.backends.PRICES_KEY)
+
+
+def prices_publish() -> dict[str, list[float]]:
+    """Publish model prices for the data plane, in micro-AUD per token (input, output)."""
+    from portal.redis import key
+
+    prices = {
+        p.model: [float(p.input_per_1k_aud) * 1000, float(p.output_per_1k_aud) * 1000]
+        for p in ModelPrice.objects.all()
+    }
+    get_redis().set(key(PRICES_KEY), orjson.dumps(prices))
+    return prices
+
+
+# --- Plans, prices and tenant quotas (staff) ---------------------------------------------------------------
+def _republish_tenant(tenant) -> None:
+    from tenants import snapshot
+
+    snapshot.publish_tenant(tenant)
+
+
+def _republish_all_keys() -> None:
+    from tenants import snapshot
+
+    snapshot.rebuild()
+
+
+@transaction.atomic
+def tenant_quota_set(*, tenant, actor=None, request=None, plan=_UNCHANGED, **limits) -> TenantQuota:
+    """Set a tenant's plan and/or limit overrides (None clears an override). Audited; live within a second."""
+    unknown = set(limits) - set(LIMIT_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown limits: {sorted(unknown)}")
+    quota, _created = TenantQuota.objects.select_for_update().get_or_create(tenant=tenant)
+    before = {name: _plain(getattr(quota, name)) for name in LIMIT_FIELDS}
+    before["plan"] = quota.plan.slug if quota.plan else None
+    if plan is not _UNCHANGED:
+        quota.plan = plan
+    for name, value in limits.items():
+        setattr(quota, name, value)
+    quota.updated_by = actor
+    quota.save()
+    after = {name: _plain(getattr(quota, name)) for name in LIMIT_FIELDS}
+    after["plan"] = quota.plan.slug if quota.plan else None
+    record(action="tenant.limits.update", actor=actor, tenant=tenant, target=quota, request=request,
+           data={"before": before, "after": after})
+    transaction.on_commit(lambda: _republish_tenant(tenant))
+    return quota
+
+
+@transaction.atomic
+def plan_save(*, plan: Plan, actor=None, request=None) -> Plan:
+    """Create or change a plan; every tenant on it gets the new limits within a second."""
+    created = plan.pk is None
+    if plan.is_default:
+        Plan.objects.exclude(pk=plan.pk).filter(is_default=True).update(is_default=False)
+    plan.save()
+    record(action="plan.create" if created else "plan.update", actor=actor, target=plan, request=request,
+           data={"slug": plan.slug, **{name: _plain(getattr(plan, name)) for name in LIMIT_FIELDS}})
+    transaction.on_commit(_republish_all_keys)
+    return plan
+
+
+@transaction.atomic
+def model_price_set(*, model: str, input_per_1k_aud, output_per_1k_aud, actor=None, request=None) -> ModelPrice:
+    price, _ = ModelPrice.objects.update_or_create(
+        model=model, defaults={"input_per_1k_aud": input_per_1k_aud, "output_per_1k_aud": output_per_1k_aud}
+    )
+    record(action="price.update", actor=actor, target=price, request=request,
+           data={"model": model, "input_per_1k_aud": str(input_per_1k_aud),
+                 "output_per_1k_aud": str(output_per_1k_aud)})
+    transaction.on_commit(prices_publish)
+    return price
+
+
+def _plain(value):
+    return str(value) if value is not None and not isinstance(value, int) else value

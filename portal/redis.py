@@ -11,6 +11,8 @@ import threading
 import redis
 import redis.asyncio as aredis
 from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 
 _lock = threading.Lock()
 _sync_client: redis.Redis | None = None
@@ -48,15 +50,21 @@ def get_redis() -> redis.Redis:
     return _sync_client
 
 
-def new_async_redis() -> aredis.Redis:
-    """A new asyncio client. redis-py's async pools belong to one event loop, so each loop makes its own."""
-    if settings.REDIS_URL:
+def new_async_redis(url: str | None = None) -> aredis.Redis:
+    """A new asyncio client. redis-py's async pools belong to one event loop, so each loop makes its own.
+
+    The data plane fails fast: one immediate retry (a connection Redis reset after a restart), never a
+    back-off that would hold requests while Redis is down; the outage policies decide what happens then.
+    """
+    url = url or settings.REDIS_URL
+    if url:
         return aredis.Redis.from_url(
-            settings.REDIS_URL,
-            socket_timeout=5,
-            socket_connect_timeout=2,
+            url,
+            socket_timeout=2,
+            socket_connect_timeout=0.5,
             health_check_interval=15,
             max_connections=512,
+            retry=AsyncRetry(NoBackoff(), 1),
         )
     import fakeredis
 

@@ -406,6 +406,16 @@ CELERY_BEAT_SCHEDULE["prewarm-models"] = {
 INFERENCE_DEFAULT_MAX_MODEL_LEN = env_int("INFERENCE_DEFAULT_MAX_MODEL_LEN", 32768)
 # While Redis is unreachable, a worker keeps authenticating keys it saw recently, for at most this long.
 INFERENCE_KEY_STALE_OK_S = env_float("INFERENCE_KEY_STALE_OK_S", 120.0)
+# Limits (see inference/gateway/limits.py). With Redis unreachable: "closed" answers 503; "open" admits against
+# per-worker counters at LOCAL_FRACTION of each limit, for at most FAIL_OPEN_MAX_S.
+INFERENCE_LIMITS_ON_REDIS_ERROR = env_str("INFERENCE_LIMITS_ON_REDIS_ERROR", "closed")
+if INFERENCE_LIMITS_ON_REDIS_ERROR not in ("open", "closed"):
+    raise ImproperlyConfigured("INFERENCE_LIMITS_ON_REDIS_ERROR must be 'open' or 'closed'")
+INFERENCE_LIMITS_LOCAL_FRACTION = env_float("INFERENCE_LIMITS_LOCAL_FRACTION", 0.25)
+INFERENCE_LIMITS_FAIL_OPEN_MAX_S = env_float("INFERENCE_LIMITS_FAIL_OPEN_MAX_S", 300.0)
+INFERENCE_LIMITS_SLOT_TTL_S = env_float("INFERENCE_LIMITS_SLOT_TTL_S", 600.0)
+# Tokens reserved for the reply when a request sets no max_tokens (settled to the true count afterwards).
+INFERENCE_DEFAULT_COMPLETION_RESERVE = env_int("INFERENCE_DEFAULT_COMPLETION_RESERVE", 1024)
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 METRICS_ALLOWED_NETWORKS = env_list(
     "METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]

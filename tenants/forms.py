@@ -18,10 +18,18 @@ from tenants.models import ApiKey, Role, Tenant
 from tenants.validators import validate_abn
 
 STATE_CHOICES = [("", "Choose a state or territory"), *Tenant.State.choices]
+
+
+class NoSuffixMixin:
+    """Labels read as written ("Email", not "Email:"): cleaner for screen readers and for tests alike."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
 MODEL_NAME_MAX = 200
 
 
-class SignupForm(AllauthSignupForm):
+class SignupForm(NoSuffixMixin, AllauthSignupForm):
     """allauth's sign-up plus the organisation the person is signing up for, and their acceptance of the
     terms and privacy policy. Arriving from an invitation, there is no organisation to create."""
 
@@ -76,7 +84,7 @@ class SignupForm(AllauthSignupForm):
         return name
 
 
-class TenantSettingsForm(forms.Form):
+class TenantSettingsForm(NoSuffixMixin, forms.Form):
     name = forms.CharField(label="Organisation name", max_length=200)
     billing_email = forms.EmailField(label="Billing email")
     abn = forms.CharField(label="ABN (optional)", required=False, max_length=20)
@@ -92,7 +100,7 @@ class TenantSettingsForm(forms.Form):
         return name
 
 
-class InviteForm(forms.Form):
+class InviteForm(NoSuffixMixin, forms.Form):
     email = forms.EmailField(label="Email address", widget=forms.EmailInput(attrs={"autocomplete": "off"}))
     role = forms.ChoiceField(label="Role", choices=[])
 
@@ -102,7 +110,7 @@ class InviteForm(forms.Form):
         self.fields["role"].initial = Role.DEVELOPER if Role.DEVELOPER in roles else (roles[0] if roles else None)
 
 
-class RoleForm(forms.Form):
+class RoleForm(NoSuffixMixin, forms.Form):
     role = forms.ChoiceField(label="Role", choices=[])
 
     def __init__(self, *args, roles: list[str], **kwargs) -> None:
@@ -110,7 +118,7 @@ class RoleForm(forms.Form):
         self.fields["role"].choices = [(r, Role(r).label) for r in roles]
 
 
-class TransferOwnershipForm(forms.Form):
+class TransferOwnershipForm(NoSuffixMixin, forms.Form):
     confirm = forms.BooleanField(label="I understand I will become an admin of this organisation.")
 
 
@@ -124,7 +132,7 @@ def parse_models(raw: str) -> list[str]:
     return list(dict.fromkeys(models))
 
 
-class ApiKeyForm(forms.Form):
+class ApiKeyForm(NoSuffixMixin, forms.Form):
     name = forms.CharField(label="Name", max_length=100, help_text="What the key is for, e.g. “IVR production”.")
     scopes = forms.MultipleChoiceField(
         label="Scopes", choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple,
@@ -186,7 +194,7 @@ GRACE_CHOICES = [
 ]
 
 
-class RotateKeyForm(forms.Form):
+class RotateKeyForm(NoSuffixMixin, forms.Form):
     grace = forms.TypedChoiceField(
         label="Keep the old secret working for", choices=GRACE_CHOICES, coerce=int, initial="86400",
         help_text="Time to deploy the new secret. After it, the old one stops working.",
@@ -196,7 +204,7 @@ class RotateKeyForm(forms.Form):
         return timedelta(seconds=self.cleaned_data["grace"])
 
 
-class SuspendForm(forms.Form):
+class SuspendForm(NoSuffixMixin, forms.Form):
     reason = forms.CharField(label="Reason", max_length=500, widget=forms.Textarea(attrs={"rows": 3}),
                              help_text="Recorded in the audit trail and shown to the tenant.")
 
@@ -207,7 +215,7 @@ class SuspendForm(forms.Form):
         return reason
 
 
-class ActAsForm(forms.Form):
+class ActAsForm(NoSuffixMixin, forms.Form):
     reason = forms.CharField(label="Reason (e.g. the support ticket)", max_length=500)
 
     def clean_reason(self) -> str:
@@ -217,12 +225,12 @@ class ActAsForm(forms.Form):
         return reason
 
 
-class TenantSearchForm(forms.Form):
+class TenantSearchForm(NoSuffixMixin, forms.Form):
     q = forms.CharField(label="Search", required=False, max_length=200)
     status = forms.ChoiceField(label="Status", required=False, choices=[("", "Any status"), *Tenant.Status.choices])
 
 
-class UsageFilterForm(forms.Form):
+class UsageFilterForm(NoSuffixMixin, forms.Form):
     since = forms.DateField(label="From", required=False, widget=forms.DateInput(attrs={"type": "date"}))
     until = forms.DateField(label="To", required=False, widget=forms.DateInput(attrs={"type": "date"}))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import orjson
 
+from billing import limits
 from portal.redis import get_redis, key
 from tenants.models import ApiKey, Tenant
 
@@ -18,7 +19,9 @@ def api_key_record_key(key_id: str) -> str:
     return key("apikey", key_id)
 
 
-def api_key_record(api_key: ApiKey, tenant: Tenant) -> dict:
+def api_key_record(api_key: ApiKey, tenant: Tenant, tenant_effective: dict | None = None) -> dict:
+    if tenant_effective is None:
+        tenant_effective = limits.tenant_limits(tenant)
     return {
         "key_id": api_key.key_id,
         "tenant": str(tenant.pk),
@@ -31,15 +34,24 @@ def api_key_record(api_key: ApiKey, tenant: Tenant) -> dict:
         "models": list(api_key.allowed_models or []),
         "expires": api_key.expires_at.timestamp() if api_key.expires_at else None,
         "revoked": api_key.revoked_at is not None,
+        "limits": {
+            "tenant": limits.for_data_plane(tenant_effective),
+            "key": limits.for_data_plane(limits.key_limits(api_key, tenant_effective)),
+        },
     }
 
 
 def publish_api_keys(api_keys: list[ApiKey]) -> None:
     if not api_keys:
         return
+    per_tenant: dict = {}
     pipe = get_redis().pipeline(transaction=False)
     for api_key in api_keys:
-        pipe.set(api_key_record_key(api_key.key_id), orjson.dumps(api_key_record(api_key, api_key.tenant)))
+        tenant = api_key.tenant
+        if tenant.pk not in per_tenant:
+            per_tenant[tenant.pk] = limits.tenant_limits(tenant)
+        record = api_key_record(api_key, tenant, per_tenant[tenant.pk])
+        pipe.set(api_key_record_key(api_key.key_id), orjson.dumps(record))
     pipe.execute()
 
 

@@ -195,10 +195,13 @@ def member_of(django_capture_on_commit_callbacks):
 
 
 @pytest.fixture
-def owner_client(client, alice, acme):
-    """Alice, owner of Acme, signed in with an authenticator app and a fresh re-authentication."""
+def owner_client(db, alice, acme):
+    """Alice, owner of Acme, signed in with an authenticator app and a fresh re-authentication (a client of
+    her own, apart from ``client``)."""
+    from django.test import Client
+
     add_totp(alice)
-    return sign_in(client, alice)
+    return sign_in(Client(), alice)
 
 
 @pytest.fixture
@@ -209,8 +212,10 @@ def staff(db):
 
 
 @pytest.fixture
-def staff_client(client, staff):
-    return sign_in(client, staff, passkey_used=True)
+def staff_client(staff):
+    from django.test import Client
+
+    return sign_in(Client(), staff, passkey_used=True)
 
 
 @pytest.fixture

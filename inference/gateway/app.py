@@ -22,6 +22,7 @@ from inference.gateway import errors, metrics, validation
 from inference.gateway.auth import KeyAuthenticator, KeyRecord
 from inference.gateway.backends import BackendPool, BackendState
 from inference.gateway.errors import GatewayError
+from inference.gateway.limits import Admission, Limiter
 from inference.gateway.usage import UsageEmitter
 from portal.redis import new_async_redis
 
@@ -52,9 +53,9 @@ class RequestContext:
     """What one request accumulates for its usage event, metrics and access-log line."""
 
     __slots__ = (
-        "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code", "key", "model",
-        "prompt_tokens", "request_id", "started", "started_wall", "status", "stream", "traceparent", "ttft_s",
-        "upstream_s",
+        "admission", "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code", "key",
+        "model", "prompt_tokens", "request_id", "started", "started_wall", "status", "stream", "traceparent",
+        "ttft_s", "upstream_s",
     )
 
     def __init__(self, endpoint: str) -> None:
@@ -74,15 +75,19 @@ class RequestContext:
         self.ttft_s: float | None = None
         self.upstream_s = 0.0  # time spent waiting on the backend
         self.traceparent = ""
+        self.admission: Admission | None = None
 
     def overhead_s(self) -> float:
         return max(0.0, time.perf_counter() - self.started - self.upstream_s)
 
     def response_headers(self) -> list[tuple[bytes, bytes]]:
-        return [
+        headers = [
             (b"x-request-id", self.request_id.encode()),
             (b"x-wattle-overhead-ms", f"{self.overhead_s() * 1000:.3f}".encode()),
         ]
+        if self.admission is not None:
+            headers += self.admission.headers
+        return headers
 
 
 def _traceparent(incoming: bytes | None, request_id: str) -> str:
@@ -103,6 +108,7 @@ class Gateway:
         self.auth: KeyAuthenticator | None = None
         self.pool: BackendPool | None = None
         self.usage: UsageEmitter | None = None
+        self.limiter: Limiter | None = None
         self._registry = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -128,6 +134,8 @@ class Gateway:
             self.auth = KeyAuthenticator(self.redis)
             self.usage = UsageEmitter(self.redis)
             await self.usage.start()
+            self.limiter = Limiter(self.redis)
+            await self.limiter.start()
             self.pool = BackendPool(self.redis, self.session)
             await self.pool.start()
             if self._registry is None:
@@ -139,6 +147,7 @@ class Gateway:
             return
         self._started = False
         await self.pool.stop()
+        await self.limiter.stop()
         await self.usage.stop()
         await self.session.close()
         await self.redis.aclose()
@@ -264,7 +273,9 @@ class Gateway:
             if model not in self.pool.known_models():
                 raise errors.model_not_found(model)
             prepared = validation.PREPARERS[endpoint](payload)
-            await validation.check_context_length(endpoint, model, prepared, self.pool.max_model_len(model))
+            max_model_len = self.pool.max_model_len(model)
+            await validation.check_context_length(endpoint, model, prepared, max_model_len)
+            ctx.admission = await self._admit(ctx, prepared, max_model_len)
             ctx.stream = prepared.stream
             forward_usage = False
             if ctx.stream:
@@ -294,6 +305,17 @@ class Gateway:
             ctx.error_code = "internal_error"
         finally:
             self._settle(ctx)
+
+    async def _admit(self, ctx: RequestContext, prepared, max_model_len: int) -> Admission | None:
+        """Reserve the most this request can cost: its prompt (an upper bound) and every token it may generate."""
+        completion = prepared.max_tokens
+        if completion is None:
+            completion = min(settings.INFERENCE_DEFAULT_COMPLETION_RESERVE,
+                             max(0, max_model_len - prepared.prompt_tokens_upper))
+        completion *= prepared.n
+        prompt = min(prepared.prompt_tokens_upper, max_model_len)
+        spend = self.pool.cost_micro_aud(ctx.model, prompt, completion)
+        return await self.limiter.admit(ctx.key, tokens=prompt + completion, spend=spend)
 
     async def _choose(self, ctx: RequestContext, tried: set[str]) -> BackendState:
         candidates = self.pool.candidates(ctx.model, exclude=tried)
@@ -497,6 +519,12 @@ class Gateway:
     def _settle(self, ctx: RequestContext) -> None:
         """One usage event per request that reached a tenant, success or failure; metrics; access log."""
         duration_s = time.perf_counter() - ctx.started
+        if ctx.admission is not None:
+            self.limiter.settle(
+                ctx.admission,
+                tokens=ctx.prompt_tokens + ctx.completion_tokens,
+                spend=self.pool.cost_micro_aud(ctx.model, ctx.prompt_tokens, ctx.completion_tokens),
+            )
         if ctx.key is not None:
             self.usage.emit({
                 "request_id": ctx.request_id,

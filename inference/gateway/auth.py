@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -36,6 +36,9 @@ class KeyRecord:
     revoked: bool
     prev_hash: str | None = None
     prev_expires: float | None = None
+    # Effective limits by kind (see billing.limits); empty: nothing to enforce at that scope.
+    tenant_limits: dict = field(default_factory=dict)
+    key_limits: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, raw: bytes) -> KeyRecord:
@@ -51,6 +54,8 @@ class KeyRecord:
             revoked=bool(data.get("revoked")),
             prev_hash=data.get("prev_hash") or None,
             prev_expires=data.get("prev_expires"),
+            tenant_limits=(data.get("limits") or {}).get("tenant") or {},
+            key_limits=(data.get("limits") or {}).get("key") or {},
         )
 
     def secret_matches(self, digest: str) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from portal.redis import key as redis_key
 logger = logging.getLogger("wattle.backends")
 
 BACKENDS_KEY = "backends"
+PRICES_KEY = "prices"
 _BREAKER_THRESHOLD = 3  # consecutive failures that open a backend's circuit
 
 
@@ -96,6 +98,8 @@ class BackendPool:
         self._probing: dict[str, asyncio.Task] = {}
         self._last_warmup: dict[str, float] = {}
         self._background: set[asyncio.Task] = set()
+        # model -> (micro-AUD per input token, per output token); published by billing.services.prices_publish
+        self.prices: dict[str, tuple[float, float]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -130,7 +134,9 @@ class BackendPool:
 
     # --- list and health ---------------------------------------------------------------------------
     async def refresh(self) -> None:
-        raw = await self._redis.get(redis_key(BACKENDS_KEY))
+        raw, raw_prices = await self._redis.mget(redis_key(BACKENDS_KEY), redis_key(PRICES_KEY))
+        if raw_prices is not None:
+            self.prices = {model: (pair[0], pair[1]) for model, pair in orjson.loads(raw_prices).items()}
         if raw is None:
             # Nothing published (or Redis lost its data): keep serving from the list we have; the control
             # plane republishes at start-up and periodically (inference.tasks.publish_snapshots).
@@ -211,6 +217,12 @@ class BackendPool:
     # --- routing -----------------------------------------------------------------------------------
     def known_models(self) -> set[str]:
         return {m for b in self.backends.values() if b.enabled for m in b.models}
+
+    def cost_micro_aud(self, model: str, prompt_tokens: int, completion_tokens: int) -> int:
+        price = self.prices.get(model)
+        if price is None:
+            return 0
+        return math.ceil(prompt_tokens * price[0] + completion_tokens * price[1])
 
     def max_model_len(self, model: str) -> int:
         for backend in self.backends.values():

@@ -159,7 +159,7 @@ def member_remove(request, access, member_id):
 @reauthentication_required(allow_get=True)
 def ownership_transfer(request, access, member_id):
     target = selectors.member_get(tenant=access.tenant, member_id=member_id)
-    form = forms.TransferOwnershipForm(request.POST or None)
+    form = forms.TransferOwnershipForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
             services.ownership_transfer(tenant=access.tenant, from_membership=access.membership,
@@ -229,7 +229,8 @@ def _render_secret(request, access, issued, *, rotated: bool = False):
 @reauthentication_required(allow_get=True)
 def key_create(request, access):
     allow_management = access.can(Action.KEYS_GRANT_MANAGEMENT)
-    form = forms.ApiKeyForm(request.POST or None, allow_management=allow_management)
+    form = forms.ApiKeyForm(request.POST if request.method == "POST" else None,
+                          allow_management=allow_management)
     if request.method == "POST" and form.is_valid():
         try:
             issued = services.api_key_create(
@@ -270,7 +271,7 @@ def key_revoke(request, access, key_id: str):
 @reauthentication_required(allow_get=True)
 def key_rotate(request, access, key_id: str):
     api_key = selectors.api_key_get(tenant=access.tenant, key_id=key_id)
-    form = forms.RotateKeyForm(request.POST or None)
+    form = forms.RotateKeyForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
             issued = services.api_key_rotate(api_key=api_key, grace=form.grace_period(), actor=request.user,

@@ -1,24 +1,38 @@
-"""A person reaches the console: the login page renders in a real browser and a verified user signs in."""
+"""A person reaches the console: the login page renders in a real browser, a developer signs in straight to
+their organisation, and an owner without two-factor authentication is asked to set it up first."""
 
 from __future__ import annotations
 
 import pytest
 
+from tenants.models import Role
 from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_login_page_renders_and_a_user_signs_in(page, portal_server, alice, acme):
-    page.goto(f"{portal_server.base_url}/accounts/login/")
+def _sign_in(page, base_url: str, email: str) -> None:
+    page.goto(f"{base_url}/accounts/login/")
     assert page.title().startswith("Sign In")
-    page.get_by_label("Email").fill(alice.email)
+    page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign In", exact=True).click()
-    page.wait_for_url("**/dashboard/")
-    assert page.get_by_role("heading", name="Acme Contact").is_visible()
+
+
+def test_a_developer_signs_in_to_their_organisation(page, portal_server, acme, member_of):
+    developer = member_of(acme, Role.DEVELOPER)
+    _sign_in(page, portal_server.base_url, developer.email)
+    page.wait_for_url(f"**/t/{acme.slug}/welcome/")
+    assert page.get_by_role("heading", name="Get started with Acme Contact").is_visible()
     # The strict CSP holds: nothing on the page needed an inline script or style.
     assert not [e for e in page.console_errors if "Content Security Policy" in e]
+
+
+def test_an_owner_without_mfa_is_asked_to_set_it_up(page, portal_server, alice, acme):
+    _sign_in(page, portal_server.base_url, alice.email)
+    page.wait_for_url("**/account/mfa-required/**")
+    assert page.get_by_role("heading", name="Protect your account first").is_visible()
+    assert page.get_by_role("link", name="Set up an authenticator app").is_visible()
 
 
 def test_wrong_password_shows_a_form_error(page, portal_server, alice):

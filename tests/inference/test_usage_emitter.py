@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis.asyncio as aredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
@@ -64,7 +63,7 @@ async def test_events_redis_lost_before_ingest_are_written_again(acme, spool_dir
 
 
 async def test_events_are_spooled_to_disk_while_redis_is_away_and_replayed_later(acme, spool_dir):
-    unreachable = aredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    unreachable = new_async_redis("redis://127.0.0.1:1/0")
     emitter = UsageEmitter(unreachable)
     for n in range(5):
         emitter.emit(event(acme, n))

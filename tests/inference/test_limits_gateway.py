@@ -1,0 +1,147 @@
+"""Limits as API clients see them: headers on every response, 429s the SDKs understand, and precedence of
+plan defaults, tenant overrides (staff) and key overrides (never above the tenant's)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+
+from billing import limits, services
+from billing.models import Plan, UsageEvent
+from billing.services import usage_ingest
+from tests.conftest import wait_for
+from tenants.models import ApiKey
+
+MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def post(server, key, **body):
+    return httpx.post(
+        f"{server.base_url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, **body}, timeout=30,
+    )
+
+
+@pytest.fixture
+def plan():
+    return services.plan_save(plan=Plan(slug="starter", name="Starter", rpm_limit=100, tpm_limit=100_000,
+                                        is_default=True))
+
+
+def test_every_response_carries_openais_rate_limit_headers(gateway_ready, acme, issue_key, plan):
+    key = issue_key(acme)
+    response = post(gateway_ready, key)
+    assert response.status_code == 200
+    headers = response.headers
+    assert headers["x-ratelimit-limit-requests"] == "100"
+    assert headers["x-ratelimit-remaining-requests"] == "99"
+    assert headers["x-ratelimit-limit-tokens"] == "100000"
+    assert int(headers["x-ratelimit-remaining-tokens"]) < 100_000
+    assert headers["x-ratelimit-reset-requests"].endswith("s") and headers["x-ratelimit-reset-tokens"].endswith("s")
+
+
+def test_over_the_rate_limit_is_429_with_retry_after(gateway_ready, acme, issue_key, plan,
+                                                     django_capture_on_commit_callbacks):
+    key = issue_key(acme)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.tenant_quota_set(tenant=acme, rpm_limit=2)
+    wait_for(lambda: post(gateway_ready, key).headers.get("x-ratelimit-limit-requests") == "2", timeout=3)
+    statuses = [post(gateway_ready, key).status_code for _ in range(3)]
+    assert 429 in statuses
+    client = openai.OpenAI(base_url=f"{gateway_ready.base_url}/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
+    error = caught.value
+    assert error.code == "rate_limit_exceeded"
+    assert 1 <= int(error.response.headers["retry-after"]) <= 60
+    assert error.response.headers["x-ratelimit-reset-requests"]
+
+    def refused_recorded():
+        usage_ingest()
+        return UsageEvent.objects.filter(status=429, error_code="rate_limit_exceeded").exists()
+
+    wait_for(refused_recorded, timeout=5)
+
+
+def test_exhausted_budget_is_429_insufficient_quota_naming_it(gateway_ready, acme, issue_key, plan,
+                                                             django_capture_on_commit_callbacks):
+    key = issue_key(acme)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.tenant_quota_set(tenant=acme, monthly_token_budget=30)
+    wait_for(lambda: post(gateway_ready, key).status_code == 429, timeout=5)
+    response = post(gateway_ready, key)
+    error = response.json()["error"]
+    assert response.status_code == 429
+    assert error["code"] == "insufficient_quota" and error["type"] == "insufficient_quota"
+    assert "monthly token budget (30 tokens)" in error["message"] and "resets at 1 " in error["message"]
+    assert int(response.headers["retry-after"]) > 60
+
+
+def test_spend_cap_uses_published_prices(gateway_ready, acme, issue_key, plan, django_capture_on_commit_callbacks):
+    key = issue_key(acme)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.model_price_set(model=MODEL, input_per_1k_aud=Decimal("1.00"), output_per_1k_aud=Decimal("1.00"))
+        services.tenant_quota_set(tenant=acme, monthly_spend_cap_aud=Decimal("0.05"))  # 50 tokens' worth
+    wait_for(lambda: post(gateway_ready, key).status_code == 429, timeout=5)
+    error = post(gateway_ready, key).json()["error"]
+    assert "monthly spend cap (A$0.05)" in error["message"]
+
+
+def test_key_limit_is_capped_at_the_tenants(gateway_ready, acme, issue_key, plan, django_capture_on_commit_callbacks):
+    narrow = issue_key(acme, name="narrow")
+    wide = issue_key(acme, name="wide")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.tenant_quota_set(tenant=acme, rpm_limit=5)
+        ApiKey.objects.filter(name="narrow").update(rpm_limit=2)
+        ApiKey.objects.filter(name="wide").update(rpm_limit=50)
+        from tenants import snapshot
+
+        snapshot.publish_tenant(acme)
+    wait_for(lambda: post(gateway_ready, narrow).headers.get("x-ratelimit-limit-requests") == "2", timeout=3)
+    assert post(gateway_ready, wide).headers["x-ratelimit-limit-requests"] == "5"
+
+
+# --- precedence, resolved by the control plane -------------------------------------------------------
+def test_plan_then_tenant_override_then_key_override(acme, plan):
+    assert limits.tenant_limits(acme)["rpm_limit"] == 100  # the default plan
+    services.tenant_quota_set(tenant=acme, rpm_limit=40)
+    tenant_effective = limits.tenant_limits(acme)
+    assert tenant_effective["rpm_limit"] == 40 and tenant_effective["tpm_limit"] == 100_000
+    key = ApiKey(rpm_limit=10, tpm_limit=500_000)
+    effective = limits.key_limits(key, tenant_effective)
+    assert effective["rpm_limit"] == 10  # narrower than the tenant: kept
+    assert effective["tpm_limit"] == 100_000  # wider than the tenant: capped
+    assert effective["max_concurrent"] is None  # not set on the key: the tenant's limit covers it
+
+
+def test_clearing_an_override_returns_to_the_plan(acme, plan):
+    services.tenant_quota_set(tenant=acme, rpm_limit=40)
+    services.tenant_quota_set(tenant=acme, rpm_limit=None)
+    assert limits.tenant_limits(acme)["rpm_limit"] == 100
+
+
+def test_a_tenant_on_another_plan(acme, plan):
+    enterprise = services.plan_save(plan=Plan(slug="enterprise", name="Enterprise", rpm_limit=10_000))
+    services.tenant_quota_set(tenant=acme, plan=enterprise)
+    effective = limits.tenant_limits(acme)
+    assert effective["rpm_limit"] == 10_000 and effective["tpm_limit"] is None
+
+
+def test_spend_travels_as_micro_aud(acme, plan):
+    services.tenant_quota_set(tenant=acme, monthly_spend_cap_aud=Decimal("12.34"))
+    published = limits.for_data_plane(limits.tenant_limits(acme))
+    assert published == {"rpm": 100, "tpm": 100_000, "month_spend": 12_340_000}
+
+
+def test_limit_changes_are_audited(acme, plan, alice):
+    from audit.models import AuditEntry
+
+    services.tenant_quota_set(tenant=acme, actor=alice, tpm_limit=400_000)
+    entry = AuditEntry.objects.get(action="tenant.limits.update")
+    assert entry.actor == alice and entry.tenant == acme
+    assert entry.data["before"]["tpm_limit"] is None and entry.data["after"]["tpm_limit"] == 400_000
