@@ -81,10 +81,15 @@ def run_loadgen(spec: LoadSpec, *, tick: Callable[[], None] | None = None, inter
 
 
 def redis_commandstats() -> dict[str, int]:
+    """Calls per command so far, plus ``(reads)``: socket reads Redis processed, about one per round trip
+    (a pipeline arrives in one read)."""
     from portal.redis import get_redis
 
-    stats = get_redis().info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    client = get_redis()
+    stats = client.info("commandstats")
+    counts = {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    counts["(reads)"] = int(client.info("stats").get("total_reads_processed", 0))
+    return counts
 
 
 @dataclass
@@ -204,6 +209,7 @@ class BenchRun:
         extra: dict[str, Any] = {"usage_events_in_stream": seen}
         if before is not None:
             after = redis_commandstats()
+            reads = after.pop("(reads)") - before.pop("(reads)")
             diff = {
                 name: after[name] - before.get(name, 0)
                 for name in sorted(after)
@@ -215,6 +221,7 @@ class BenchRun:
                 "total": total,
                 "per_request": total / sent if sent else 0.0,
                 "by_command": {name: calls / sent for name, calls in diff.items()} if sent else {},
+                "round_trips_per_request": reads / sent if sent else 0.0,
                 "shared_redis": not self.env.private_redis,
             }
         started = time.perf_counter()

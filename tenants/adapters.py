@@ -39,9 +39,7 @@ class AccountAdapter(DefaultAccountAdapter):
             versions = {"terms_version": settings.TERMS_VERSION,
                         "privacy_version": settings.PRIVACY_POLICY_VERSION}
             if getattr(form, "invitation", None) is not None:
-                services.policy_acceptance_record(user=user, tenant=None, request=request, **versions)
-                services._audit(action="account.signup", actor=user, tenant=form.invitation.tenant, target=user,
-                                request=request, data={"invitation": str(form.invitation.pk)})
+                services.account_signup_invited(user=user, invitation=form.invitation, request=request, **versions)
             else:
                 services.account_signup(
                     user=user,

@@ -86,6 +86,16 @@ def account_signup(*, user, organisation: str, billing_email: str, abn: str = ""
 
 
 @transaction.atomic
+def account_signup_invited(*, user, invitation: Invitation, terms_version: str, privacy_version: str,
+                           request=None) -> None:
+    """A person signed up from an invitation: no organisation of their own; they join by accepting it."""
+    policy_acceptance_record(user=user, tenant=None, terms_version=terms_version, privacy_version=privacy_version,
+                             request=request)
+    _audit(action="account.signup", actor=user, tenant=invitation.tenant, target=user, request=request,
+           data={"invitation": str(invitation.pk)})
+
+
+@transaction.atomic
 def policy_acceptance_record(*, user, tenant: Tenant | None, terms_version: str, privacy_version: str,
                              request=None) -> PolicyAcceptance:
     acceptance = PolicyAcceptance.objects.create(

@@ -151,6 +151,20 @@ class PortalProcesses:
     env: dict[str, str]
     processes: list[subprocess.Popen]
 
+    def manage(self, *args: str, timeout: float = 120) -> str:
+        """Run a management command against the same database and Redis; returns its stdout."""
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True,
+            timeout=timeout,
+        )
+        return result.stdout
+
+    def worker_pids(self) -> list[int]:
+        """The uvicorn worker processes (children of the supervisor)."""
+        supervisor = self.processes[0].pid
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
 
 def _wait_http(url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
@@ -167,7 +181,7 @@ def _wait_http(url: str, timeout: float = 60.0) -> None:
 
 @contextlib.contextmanager
 def portal_processes(*, database_url: str, redis_url: str, backends: str, extra_env: dict[str, str] | None = None,
-                     var_dir: Path) -> Iterator[PortalProcesses]:
+                     var_dir: Path, workers: int = 1) -> Iterator[PortalProcesses]:
     """The production shape: uvicorn serving portal.asgi and a separate usage ingester, on real services."""
     env = {
         "PATH": os.environ["PATH"],
@@ -198,7 +212,8 @@ def portal_processes(*, database_url: str, redis_url: str, backends: str, extra_
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+             "--workers", str(workers)],
             cwd=ROOT, env=env,
         ),
         subprocess.Popen([*manage, "ingest_usage"], cwd=ROOT, env=env),

@@ -5,7 +5,8 @@ per minute, concurrent requests, tokens per day, tokens per month and spend per 
 the key has limits of its own) the key, and only if all pass, counts the request and reserves
 ``estimated prompt tokens + max_tokens`` and the spend they would cost. When the request ends, settlement
 replaces the reservation with the true counts from upstream usage and frees the slot (batched, off the
-request path). Slots carry an expiry, so those of a worker that died come back on their own.
+request path). Slots carry an expiry that the worker renews while the request runs, so the slots of a worker
+that died come back on their own within ``INFERENCE_LIMITS_SLOT_TTL_S``.
 
 Windows: requests and tokens per calendar minute, tokens per day and everything monthly per Australia/Sydney
 day and month. With Redis unreachable, ``INFERENCE_LIMITS_ON_REDIS_ERROR`` chooses: ``closed`` answers 503;
@@ -184,15 +185,19 @@ class Limiter:
         self._failing_since: float | None = None
         self._local: dict[str, int] = {}
         self._local_slots: dict[str, set[str]] = {}
+        self._active: dict[str, Admission] = {}  # slot -> admission, for renewing long requests' slots
+        self._renew_task: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._settle_loop())
+        self._renew_task = asyncio.create_task(self._renew_loop())
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._renew_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(Exception):
             await self._flush_settlements()
 
@@ -232,6 +237,7 @@ class Limiter:
         if result[0] == 0:
             raise self._refusal(scopes[int(result[1])], int(result[2]), windows)
         admission = Admission(keys=keys, scopes=len(scopes), slot=slot, tokens=tokens, spend=spend)
+        self._active[slot] = admission
         admission.headers = self._headers(scopes, windows, rpm_used=[int(result[1]), int(result[3])],
                                           tpm_used=[int(result[2]), int(result[4])], tokens=tokens)
         return admission
@@ -339,6 +345,7 @@ class Limiter:
             for name in admission.keys:
                 self._local_slots.get(name, set()).discard(admission.slot)
             return
+        self._active.pop(admission.slot, None)
         self._pending.append(
             (admission.keys, [admission.slot, tokens - admission.tokens, spend - admission.spend, admission.scopes])
         )
@@ -355,6 +362,23 @@ class Limiter:
             except (RedisError, OSError):
                 # Slots expire by themselves; token counts stay conservative (the reservation is kept).
                 logger.warning("limits: %d settlements dropped while Redis is unavailable", len(batch))
+
+    async def _renew_loop(self) -> None:
+        """Push the expiry of every running request's slot forward, a few times per TTL."""
+        ttl_ms = int(settings.INFERENCE_LIMITS_SLOT_TTL_S * 1000)
+        while True:
+            await asyncio.sleep(settings.INFERENCE_LIMITS_SLOT_TTL_S / 3)
+            if not self._active:
+                continue
+            expiry = int(self._clock() * 1000) + ttl_ms
+            pipe = self._redis.pipeline(transaction=False)
+            for admission in list(self._active.values()):
+                for scope in range(admission.scopes):
+                    concurrency_key = admission.keys[scope * 6 + 2]
+                    pipe.zadd(concurrency_key, {admission.slot: expiry}, xx=True)
+                    pipe.pexpire(concurrency_key, ttl_ms + 1000)
+            with contextlib.suppress(RedisError, OSError):
+                await pipe.execute()
 
     async def _settle_loop(self) -> None:
         while True:

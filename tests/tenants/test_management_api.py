@@ -82,7 +82,8 @@ def test_a_rotated_management_key_works_with_both_secrets_until_the_grace_ends(a
 
 @pytest.mark.parametrize(
     "header",
-    ["Bearer wtl_nope", "Bearer sk-openai-style", "Bearer wtl_abcdefghijkl_wrongsecret", "Basic dXNlcjpwYXNz", "Bearer"],
+    ["Bearer wtl_nope", "Bearer sk-openai-style", "Bearer wtl_abcdefghijkl_wrongsecret", "Basic dXNlcjpwYXNz",
+     "Bearer"],
 )
 def test_bad_credentials_are_401(api_client, acme, header):
     response = api_client.get("/api/v1/tenant", HTTP_AUTHORIZATION=header)
@@ -155,7 +156,8 @@ def test_tenant_update_validates_the_abn(api_client, alice, acme):
 @pytest.mark.parametrize(
     "query",
     ["/api/v1/keys?status=zombie", "/api/v1/keys?scope=root", "/api/v1/members?role=king",
-     "/api/v1/invitations?status=later", "/api/v1/usage?since=yesterday", "/api/v1/usage?since=2026-02-01&until=2026-01-01"],
+     "/api/v1/invitations?status=later", "/api/v1/usage?since=yesterday",
+     "/api/v1/usage?since=2026-02-01&until=2026-01-01"],
 )
 def test_malformed_filters_get_a_clear_400(api_client, acme, management_key, query):
     _error(api_client.get(query, **_auth(management_key(acme))), 400)

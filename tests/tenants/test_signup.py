@@ -114,3 +114,24 @@ def test_login_is_rate_limited_after_repeated_failures(client, alice):
     response = client.post("/accounts/login/", {"login": alice.email, "password": "wrong"})
     assert "Too many failed login attempts" in response.content.decode()
     assert AuditEntry.objects.filter(action="auth.login_failed").count() == 5
+
+
+def test_password_reset_by_email(client, alice, django_capture_on_commit_callbacks):
+    mail.outbox.clear()
+    response = client.post("/accounts/password/reset/", {"email": alice.email})
+    assert response.status_code == 302
+    link = re.search(r"https?://testserver(/accounts/password/reset/key/\S+/)", mail.outbox[-1].body).group(1)
+    response = client.get(link, follow=True)
+    form_url = response.redirect_chain[-1][0] if response.redirect_chain else link
+    new = "a-fresh-long-passphrase-99"
+    response = client.post(form_url, {"password1": new, "password2": new})
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    assert alice.check_password(new)
+    assert AuditEntry.objects.filter(action="auth.password_reset", actor=alice).exists()
+
+
+def test_session_list_shows_the_users_sessions(client, alice):
+    client.post("/accounts/login/", {"login": alice.email, "password": "correct-horse-battery-staple"})
+    response = client.get("/accounts/sessions/")
+    assert response.status_code == 200 and "Sessions" in response.content.decode()

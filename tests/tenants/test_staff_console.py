@@ -87,7 +87,8 @@ def test_act_as_is_explicit_audited_and_limited_to_support(staff_client, staff, 
     assert staff_client.get(f"/t/{acme.slug}/members/").status_code == 200
     # Support can revoke a key in an incident, but never create one or change the team.
     assert staff_client.get(f"/t/{acme.slug}/keys/new/").status_code == 403
-    assert staff_client.post(f"/t/{acme.slug}/invitations/", {"email": "x@y.example", "role": "admin"}).status_code == 403
+    invite = {"email": "x@y.example", "role": "admin"}
+    assert staff_client.post(f"/t/{acme.slug}/invitations/", invite).status_code == 403
     with django_capture_on_commit_callbacks(execute=True):
         assert staff_client.post(f"/t/{acme.slug}/keys/{key_id}/revoke/").status_code == 302
     revoke = AuditEntry.objects.get(action="api_key.revoke")
@@ -125,3 +126,13 @@ def test_only_support_actions_are_possible_while_acting_as(staff_client, acme):
     staff_client.post(f"/staff/tenants/{acme.slug}/act-as/", {"reason": "Ticket 9"})
     assert staff_client.post(f"/t/{acme.slug}/settings/", {"name": "Hijacked"}).status_code == 403
     assert not ApiKey.objects.exists()
+
+
+def test_django_admin_shows_tenants_read_only(staff_client, acme, issue_key):
+    issue_key(acme)
+    page = staff_client.get("/staff/django-admin/tenants/tenant/")
+    assert page.status_code == 200 and "Acme Contact" in page.content.decode()
+    key = ApiKey.objects.get()
+    detail = staff_client.get(f"/staff/django-admin/tenants/apikey/{key.pk}/change/").content.decode()
+    assert key.secret_hash not in detail
+    assert staff_client.get("/staff/django-admin/tenants/tenant/add/").status_code == 403
