@@ -12,8 +12,8 @@ import pytest
 from billing import limits, services
 from billing.models import Plan, UsageEvent
 from billing.services import usage_ingest
-from tests.conftest import wait_for
 from tenants.models import ApiKey
+from tests.conftest import wait_for
 
 MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 
