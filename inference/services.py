@@ -127,3 +127,49 @@ def models_prewarm(*, reason: str) -> list[str]:
         else:
             logger.warning("warm-up hook answered %s for %s", status, model)
     return accepted
+
+
+BACKEND_FIELDS = ("base_url", "served_models", "region", "weight", "max_concurrency", "enabled", "draining")
+
+
+@transaction.atomic
+def backend_save(*, backend: Backend, actor=None, request=None, new_api_key: str | None = None) -> Backend:
+    """Create or change a backend (staff). The API key is replaced only when a new one is given."""
+    if backend.region not in settings.ALLOWED_DATA_REGIONS:
+        raise ValueError(f"region {backend.region} is outside {settings.ALLOWED_DATA_REGIONS}")
+    created = backend.pk is None
+    if new_api_key:
+        backend.api_key = new_api_key
+    backend.save()
+    record(
+        action="backend.create" if created else "backend.update", actor=actor, target=backend, request=request,
+        data={"name": backend.name, **{f: getattr(backend, f) for f in BACKEND_FIELDS},
+              "api_key_changed": bool(new_api_key)},
+    )
+    transaction.on_commit(backends_publish)
+    return backend
+
+
+@transaction.atomic
+def backend_set_state(*, backend: Backend, enabled: bool | None = None, draining: bool | None = None,
+                      actor=None, request=None) -> Backend:
+    backend = Backend.objects.select_for_update().get(pk=backend.pk)
+    before = {"enabled": backend.enabled, "draining": backend.draining}
+    if enabled is not None:
+        backend.enabled = enabled
+    if draining is not None:
+        backend.draining = draining
+    backend.save(update_fields=["enabled", "draining", "updated_at"])
+    record(action="backend.state", actor=actor, target=backend, request=request,
+           data={"name": backend.name, "before": before, "after": {"enabled": backend.enabled,
+                                                                 "draining": backend.draining}})
+    transaction.on_commit(backends_publish)
+    return backend
+
+
+@transaction.atomic
+def backend_delete(*, backend: Backend, actor=None, request=None) -> None:
+    record(action="backend.delete", actor=actor, target=backend, request=request,
+           data={"name": backend.name, "url": backend.base_url})
+    backend.delete()
+    transaction.on_commit(backends_publish)

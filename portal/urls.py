@@ -20,6 +20,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api_schema"), name="api_docs"),
     path("staff/django-admin/", admin.site.urls),
+    path("", include("inference.urls")),
     path("", include("tenants.urls")),
 ]
 

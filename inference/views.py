@@ -1,0 +1,76 @@
+"""Staff pages for the backend pool."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from inference import services
+from inference.forms import BackendForm
+from inference.models import Backend
+from tenants.views.common import staff_view
+
+
+def _with_health(backends):
+    for backend in backends:
+        backend.health = services.backend_health(backend.name)
+    return backends
+
+
+@require_http_methods(["GET", "POST"])
+@staff_view
+def backend_list(request):
+    form = BackendForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        backend = form.save(commit=False)
+        services.backend_save(backend=backend, actor=request.user, request=request,
+                              new_api_key=form.cleaned_data["new_api_key"])
+        messages.success(request, f"Backend {backend.name} added.")
+        return redirect("staff_backend_list")
+    context = {"backends": _with_health(list(Backend.objects.all())), "form": form}
+    return render(request, "inference/staff/backend_list.html", context, status=400 if form.errors else 200)
+
+
+@require_http_methods(["GET", "POST"])
+@staff_view
+def backend_edit(request, name: str):
+    backend = get_object_or_404(Backend, name=name)
+    form = BackendForm(request.POST or None, instance=backend)
+    if request.method == "POST" and form.is_valid():
+        services.backend_save(backend=form.save(commit=False), actor=request.user, request=request,
+                              new_api_key=form.cleaned_data["new_api_key"])
+        messages.success(request, f"Backend {backend.name} saved.")
+        return redirect("staff_backend_list")
+    context = {"backend": _with_health([backend])[0], "form": form}
+    return render(request, "inference/staff/backend_edit.html", context, status=400 if form.errors else 200)
+
+
+_STATE_CHANGES = {
+    "enable": {"enabled": True},
+    "disable": {"enabled": False},
+    "drain": {"draining": True},
+    "undrain": {"draining": False},
+}
+
+
+@require_POST
+@staff_view
+def backend_state(request, name: str):
+    backend = get_object_or_404(Backend, name=name)
+    change = _STATE_CHANGES.get(request.POST.get("action", ""))
+    if change is None:
+        messages.error(request, "Unknown action.")
+        return redirect("staff_backend_list")
+    services.backend_set_state(backend=backend, actor=request.user, request=request, **change)
+    messages.success(request, f"Backend {backend.name}: {request.POST['action']}d.")
+    return redirect("staff_backend_list")
+
+
+@require_POST
+@staff_view
+def backend_delete(request, name: str):
+    backend = get_object_or_404(Backend, name=name)
+    services.backend_delete(backend=backend, actor=request.user, request=request)
+    messages.success(request, f"Backend {name} removed.")
+    return redirect("staff_backend_list")
