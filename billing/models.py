@@ -102,3 +102,59 @@ class UsageEvent(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class BudgetAlert(models.Model):
+    """A budget crossed a threshold in a period: sent once (email to billing contacts, console banner)."""
+
+    class Budget(models.TextChoices):
+        DAY_TOKENS = "day_tokens", "daily token budget"
+        MONTH_TOKENS = "month_tokens", "monthly token budget"
+        MONTH_SPEND = "month_spend", "monthly spend cap"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="budget_alerts")
+    budget = models.CharField(max_length=16, choices=Budget.choices)
+    period = models.CharField(max_length=8, help_text="YYYYMMDD for daily budgets, YYYYMM for monthly ones.")
+    threshold = models.PositiveSmallIntegerField()
+    used = models.PositiveBigIntegerField()
+    limit = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "budget", "period", "threshold"], name="budget_alert_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.budget} {self.threshold}% ({self.period})"
+
+
+class CostGuardAction(models.Model):
+    """The cost guard throttled or suspended a tenant whose spend spiked; staff can lift it in one click."""
+
+    class Kind(models.TextChoices):
+        THROTTLE = "throttle", "Throttled"
+        SUSPEND = "suspend", "Suspended"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="cost_guard_actions")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    reason = models.CharField(max_length=500)
+    last_hour_aud = models.DecimalField(max_digits=12, decimal_places=2)
+    baseline_hour_aud = models.DecimalField(max_digits=12, decimal_places=2)
+    previous = models.JSONField(default=dict, help_text="What the action changed, so lifting restores it.")
+    created_at = models.DateTimeField(default=timezone.now)
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.tenant}"
+
+    @property
+    def active(self) -> bool:
+        return self.lifted_at is None

@@ -8,7 +8,8 @@ from django.db.models import Count, Max, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from billing.models import UsageEvent
+from billing.models import BudgetAlert, UsageEvent
+from inference.gateway.limits import tenant_counter_keys
 from tenants.models import Tenant
 
 
@@ -92,3 +93,17 @@ def tenant_usage_totals(*, tenant: Tenant, days: int = 30) -> dict:
     since, until = usage_window(days=days)
     start, end = _bounds(since, until)
     return _totals(UsageEvent.objects.filter(tenant=tenant, created_at__gte=start, created_at__lt=end))
+
+
+def budget_banner(*, tenant: Tenant) -> list[BudgetAlert]:
+    """The highest threshold reached by each budget in its current period, for the console banner."""
+    keys = tenant_counter_keys(str(tenant.pk), timezone.now().timestamp())
+    current = BudgetAlert.objects.filter(tenant=tenant, period__in=[keys["day"], keys["month"]]).order_by(
+        "budget", "-threshold"
+    )
+    seen, shown = set(), []
+    for alert in current:
+        if alert.budget not in seen:
+            seen.add(alert.budget)
+            shown.append(alert)
+    return shown

@@ -147,6 +147,8 @@ CELERY_BEAT_SCHEDULE = {
     "publish-snapshots": {"task": "inference.tasks.publish_snapshots", "schedule": 15.0},
     "ingest-usage": {"task": "billing.tasks.ingest_usage", "schedule": 2.0},
     "probe-backends": {"task": "inference.tasks.probe_backends", "schedule": 15.0},
+    "budget-alerts": {"task": "billing.tasks.check_budget_alerts", "schedule": 60.0},
+    "cost-guard": {"task": "billing.tasks.check_cost_guard", "schedule": 300.0},
 }
 
 # --- Auth -------------------------------------------------------------------------------------------
@@ -342,6 +344,18 @@ STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE") or None  # tests point the real SDK at tests/fakes/stripe_server
 BILLING_CURRENCY = "aud"
+# Cost guard (billing/cost_guard.py): act on the top spender when its last hour passes SPIKE_FACTOR times its
+# own hourly baseline (and at least MIN_HOURLY_AUD), or the platform's spend today passes PLATFORM_DAILY_AUD.
+COST_GUARD_ENABLED = env_bool("COST_GUARD_ENABLED", True)
+COST_GUARD_SPIKE_FACTOR = env_float("COST_GUARD_SPIKE_FACTOR", 4.0)
+COST_GUARD_MIN_HOURLY_AUD = env_float("COST_GUARD_MIN_HOURLY_AUD", 20.0)
+COST_GUARD_PLATFORM_DAILY_AUD = env_float("COST_GUARD_PLATFORM_DAILY_AUD", 5000.0)
+COST_GUARD_ACTION = env_str("COST_GUARD_ACTION", "throttle")
+if COST_GUARD_ACTION not in ("throttle", "suspend"):
+    raise ImproperlyConfigured("COST_GUARD_ACTION must be 'throttle' or 'suspend'")
+COST_GUARD_THROTTLE_RPM = env_int("COST_GUARD_THROTTLE_RPM", 10)
+COST_GUARD_THROTTLE_TPM = env_int("COST_GUARD_THROTTLE_TPM", 20_000)
+STAFF_ALERT_EMAILS = env_list("STAFF_ALERT_EMAILS", [])
 
 
 # --- Inference (data plane) -------------------------------------------------------------------------

@@ -133,6 +133,23 @@ class _Calendar:
         )
 
 
+def tenant_counter_keys(tenant_id: str, now: float) -> dict[str, str]:
+    """The Redis counters of a tenant's budgets for the windows containing ``now`` (read by the control plane
+    for alerts and consoles; the same names the admission script writes)."""
+    windows = _Calendar().now(now)
+    base = f"{redis_key('rl')}:t:{tenant_id}"
+    return {
+        "rpm": f"{base}:rpm:{windows.minute}",
+        "tpm": f"{base}:tpm:{windows.minute}",
+        "concurrent": f"{base}:conc",
+        "day_tokens": f"{base}:day:{windows.day}",
+        "month_tokens": f"{base}:mtok:{windows.month}",
+        "month_spend": f"{base}:mspend:{windows.month}",
+        "day": windows.day,
+        "month": windows.month,
+    }
+
+
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: "1s", "6m0s", "1h2m3s"."""
     seconds = max(0, math.ceil(seconds))

@@ -1,0 +1,96 @@
+"""Budget alerts at 50 / 80 / 100%: once per threshold per period, emailed to billing contacts, audited."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.core import mail
+
+from audit.models import AuditEntry
+from billing import services
+from billing.budget_alerts import budget_alerts_check
+from billing.models import BudgetAlert
+from billing.selectors import budget_banner
+from inference.gateway.limits import tenant_counter_keys
+from portal.redis import get_redis
+
+NOW = datetime(2026, 11, 11, 10, 0, tzinfo=ZoneInfo("Australia/Sydney")).timestamp()
+
+
+def use(tenant, budget: str, value: int, now: float = NOW) -> None:
+    get_redis().set(tenant_counter_keys(str(tenant.pk), now)[budget], value)
+
+
+@pytest.fixture
+def budgeted(acme):
+    services.tenant_quota_set(tenant=acme, monthly_token_budget=1000, monthly_spend_cap_aud=Decimal("10.00"))
+    return acme
+
+
+@pytest.mark.django_db
+def test_thresholds_are_announced_once_each(budgeted, alice):
+    use(budgeted, "month_tokens", 400)
+    assert budget_alerts_check(now=NOW) == []
+    use(budgeted, "month_tokens", 550)
+    assert [a.threshold for a in budget_alerts_check(now=NOW)] == [50]
+    use(budgeted, "month_tokens", 850)
+    assert [a.threshold for a in budget_alerts_check(now=NOW)] == [80]
+    assert budget_alerts_check(now=NOW) == []  # nothing new
+    use(budgeted, "month_tokens", 1000)
+    assert [a.threshold for a in budget_alerts_check(now=NOW)] == [100]
+    assert BudgetAlert.objects.filter(tenant=budgeted).count() == 3
+    assert AuditEntry.objects.filter(action="budget.alert", tenant=budgeted).count() == 3
+
+
+@pytest.mark.django_db
+def test_alerts_are_emailed_to_billing_contacts(budgeted, alice, member_of, django_capture_on_commit_callbacks):
+    member_of(budgeted, "billing", email="accounts@acme.example")
+    member_of(budgeted, "developer", email="dev@acme.example")
+    use(budgeted, "month_tokens", 1000)
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_alerts_check(now=NOW)
+    subjects = sorted(m.subject for m in mail.outbox)
+    assert subjects == [f"[Wattle] Acme Contact: {t}% of your monthly token budget used" for t in (100, 50, 80)]
+    recipients = set(mail.outbox[0].to)
+    assert recipients == {"billing@acme.example", "alice@acme.example", "accounts@acme.example"}
+    full = next(m for m in mail.outbox if "100%" in m.subject)
+    assert "1,000 tokens" in full.body and "refused until the budget resets" in full.body
+
+
+@pytest.mark.django_db
+def test_spend_alerts_speak_in_dollars(budgeted, django_capture_on_commit_callbacks):
+    use(budgeted, "month_spend", 8_500_000)  # A$8.50 of A$10.00
+    with django_capture_on_commit_callbacks(execute=True):
+        alerts = budget_alerts_check(now=NOW)
+    assert [a.threshold for a in alerts] == [50, 80]
+    assert "A$8.50" in mail.outbox[-1].body and "A$10.00" in mail.outbox[-1].body
+
+
+@pytest.mark.django_db
+def test_a_new_period_announces_again(budgeted):
+    use(budgeted, "month_tokens", 600)
+    budget_alerts_check(now=NOW)
+    december = datetime(2026, 12, 2, 9, 0, tzinfo=ZoneInfo("Australia/Sydney")).timestamp()
+    use(budgeted, "month_tokens", 600, now=december)
+    assert [(a.period, a.threshold) for a in budget_alerts_check(now=december)] == [("202612", 50)]
+
+
+@pytest.mark.django_db
+def test_tenants_without_budgets_and_other_tenants_are_untouched(budgeted, bluegum):
+    use(bluegum, "month_tokens", 10**9)
+    use(budgeted, "month_tokens", 100)
+    assert budget_alerts_check(now=NOW) == []
+
+
+@pytest.mark.django_db
+def test_banner_shows_the_highest_threshold_of_the_current_period(budgeted, settings):
+    import time
+
+    now = time.time()
+    use(budgeted, "month_tokens", 900, now=now)
+    budget_alerts_check(now=now)
+    banner = budget_banner(tenant=budgeted)
+    assert [(a.budget, a.threshold) for a in banner] == [("month_tokens", 80)]
