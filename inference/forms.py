@@ -14,6 +14,10 @@ class BackendForm(forms.ModelForm):
         help_text="Comma-separated. Leave empty to discover them from the replica's /v1/models; list them for a "
                   "replica that scales to zero.",
     )
+    base_url = forms.URLField(
+        max_length=300, assume_scheme="https", label="Base URL",
+        help_text="The replica's address without /v1, e.g. http://vllm-7b.internal:8000",
+    )
     region = forms.ChoiceField(choices=())
     new_api_key = forms.CharField(
         required=False, label="vLLM API key", widget=forms.PasswordInput(render_value=False),

@@ -77,7 +77,6 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "portal.urls"
-FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6's default, taken now: a URL typed without a scheme means https
 ASGI_APPLICATION = "portal.asgi.application"
 WSGI_APPLICATION = None
 
