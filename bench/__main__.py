@@ -75,7 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         env.start()
         verdicts = BenchRun(env=env, options=options, results=results).run()
     print()
-    print(f"workers {args.workers}; no CPU pinning; auth, usage events and access log (INFO, to a file) on")
+    print(
+        f"workers {args.workers}; no CPU pinning; auth, limits, usage events, metrics and the access log "
+        "(INFO, JSON to a file) on"
+    )
     print(render_table(verdicts))
     print(f"\nresults: {results.path.relative_to(results.path.parents[2])} ({time.monotonic() - started:.0f} s)")
     return 0 if all(v.passed for v in verdicts) else 1

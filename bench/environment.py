@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -45,7 +46,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     with contextlib.suppress(Exception):
         import ctypes
 
@@ -111,7 +112,7 @@ def start_process(name: str, args: list[str], *, env: dict[str, str], log_path: 
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
     return ManagedProcess(name, process, log_path)
 
@@ -225,6 +226,7 @@ class BenchEnvironment:
     redis_url: str = ""
     database_url: str = ""
     private_redis: bool = False
+    redis_pid: int | None = None
     simulator: ManagedProcess | None = None
     simulator_port: int = 0
     api_key: str = ""
@@ -280,6 +282,7 @@ class BenchEnvironment:
         wait_until(lambda: _port_open(port), timeout=15, what="redis-server", process=server)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         self.private_redis = True
+        self.redis_pid = server.pid
         self.log(f"Redis: private redis-server on port {port} (no persistence), pid {server.pid}")
 
     def _delete_prefixed_keys(self) -> None:
@@ -389,6 +392,7 @@ class BenchEnvironment:
         tenant = Tenant.objects.filter(name=TENANT_NAME).first()
         if tenant is None:
             tenant = services.tenant_create(name=TENANT_NAME, billing_email="bench@wattle.local")
+        self._lift_limits(tenant)
         issued = services.api_key_create(tenant=tenant, name="bench")
         snapshot.rebuild()
         self.api_key = issued.plaintext
@@ -404,6 +408,22 @@ class BenchEnvironment:
 
         self._cleanup.callback(revoke)
         self.log(f"tenant {TENANT_NAME!r} ({self.tenant_id}), key {issued.api_key.key_id}")
+
+    @staticmethod
+    def _lift_limits(tenant: Any) -> None:
+        """Every limit set, far above what the bench sends: the admission script checks and counts all six
+        kinds on every request, as for a real tenant, and never refuses one."""
+        from billing.services import tenant_quota_set
+
+        tenant_quota_set(
+            tenant=tenant,
+            rpm_limit=2_000_000_000,
+            tpm_limit=2_000_000_000,
+            max_concurrent=1_000_000,
+            daily_token_limit=10**15,
+            monthly_token_budget=10**15,
+            monthly_spend_cap_aud=Decimal("9999999999.99"),
+        )
 
     @property
     def key_id(self) -> str:

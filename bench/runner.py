@@ -17,8 +17,8 @@ from bench.environment import (
     REPO_ROOT,
     BenchEnvironment,
     GatewayProcess,
-    _die_with_parent,
     cpu_seconds,
+    die_with_parent,
     read_rss_mb,
 )
 from bench.loadgen import LoadResult, LoadSpec
@@ -59,7 +59,7 @@ def run_loadgen(spec: LoadSpec, *, tick: Callable[[], None] | None = None, inter
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
     )
     limit = time.monotonic() + spec.warmup_s + spec.duration_s + spec.ramp_s + spec.request_timeout_s + 30
     payload: bytes | None = spec.to_json()
@@ -252,6 +252,8 @@ class BenchRun:
             text += f"  gateway cpu {extra['gateway_cpu_ms_per_request']:.3f} ms/req"
         if "simulator_cpu_ms_per_request" in extra:
             text += f"  sim cpu {extra['simulator_cpu_ms_per_request']:.3f} ms/req"
+        if "redis_cpu_ms_per_request" in extra:
+            text += f"  redis cpu {extra['redis_cpu_ms_per_request']:.3f} ms/req"
         if "peak_rss_mb" in extra:
             text += f"  rss peak {extra['peak_rss_mb']:.0f} MB"
         if "peak_upstream_running" in extra:
@@ -300,7 +302,10 @@ class BenchRun:
             quick=self.options.quick,
             pinning="none",
             redis="private redis-server" if self.env.private_redis else "REDIS_URL",
-            features="auth (Redis key snapshot), usage events (Redis stream), access log at INFO to a file",
+            features=(
+                "auth (Redis key snapshot), limits (admission script, all six kinds set far above the load), "
+                "usage events (Redis stream), Prometheus metrics, access log at INFO to a file"
+            ),
             server="uvicorn --loop uvloop --http httptools --no-access-log --log-level warning",
         )
 
@@ -311,6 +316,8 @@ class _CpuMeter:
     def __init__(self, env: BenchEnvironment, gateway: GatewayProcess | None) -> None:
         self.pids = {"gateway": gateway.worker_pids() if gateway is not None else []}
         self.pids["simulator"] = [env.simulator.pid] if env.simulator is not None else []
+        # Only a private redis-server's CPU is this run's alone; a shared one also serves others.
+        self.pids["redis"] = [env.redis_pid] if env.redis_pid is not None and gateway is not None else []
         self.start = {name: self._total(pids) for name, pids in self.pids.items()}
 
     @staticmethod

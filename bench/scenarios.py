@@ -124,7 +124,8 @@ def _overhead_note(pairs: list[Pair]) -> str:
     note = f"x-wattle-overhead-ms p50 {p50:.2f} / p99 {p99:.2f}"
     cpu = _median([p.extra.get("gateway_cpu_ms_per_request", float("nan")) for p in pairs])
     sim = _median([p.direct_extra.get("simulator_cpu_ms_per_request", float("nan")) for p in pairs])
-    return note + f"; gateway CPU {cpu:.3f} ms/request (simulator {sim:.3f} ms/request direct)"
+    redis = _median([p.extra.get("redis_cpu_ms_per_request", float("nan")) for p in pairs])
+    return note + f"; CPU per request: gateway {cpu:.3f} ms, Redis {redis:.3f} ms, simulator {sim:.3f} ms (direct)"
 
 
 def _base(scenario: Scenario, workers: int, pairs: list[Pair]) -> dict[str, Any]:
@@ -142,6 +143,7 @@ def _base(scenario: Scenario, workers: int, pairs: list[Pair]) -> dict[str, Any]
         "simulator_cpu_ms_per_request": _median(
             [p.direct_extra.get("simulator_cpu_ms_per_request", float("nan")) for p in pairs]
         ),
+        "redis_cpu_ms_per_request": _median([p.extra.get("redis_cpu_ms_per_request", float("nan")) for p in pairs]),
         "usage_events_match": all(p.extra.get("usage_match", True) for p in pairs),
     }
 
@@ -302,7 +304,7 @@ SCENARIOS: dict[str, Scenario] = {
             concurrency=2000, max_tokens=32, stream=True, include_usage=True,
             simulator={"ttft_ms": 0.0, "tpot_ms": 400.0},
             timing=Timing(60.0, 0.0, ramp_s=3.0), quick=Timing(60.0, 0.0, ramp_s=3.0), judge=judge_open_streams,
-            single_worker=True, requests_per_client=1, quick_max_tokens=12,
+            single_worker=True, requests_per_client=1, quick_max_tokens=24,
         ),
     ]
 }  # fmt: skip
