@@ -93,6 +93,7 @@ TEMPLATES = [
                 "csp.context_processors.nonce",
                 "portal.context_processors.site",
                 "tenants.context_processors.console",
+                "billing.context_processors.banners",
             ],
         },
     },
@@ -430,6 +431,8 @@ INFERENCE_LIMITS_FAIL_OPEN_MAX_S = env_float("INFERENCE_LIMITS_FAIL_OPEN_MAX_S",
 INFERENCE_LIMITS_SLOT_TTL_S = env_float("INFERENCE_LIMITS_SLOT_TTL_S", 600.0)
 # Tokens reserved for the reply when a request sets no max_tokens (settled to the true count afterwards).
 INFERENCE_DEFAULT_COMPLETION_RESERVE = env_int("INFERENCE_DEFAULT_COMPLETION_RESERVE", 1024)
+# One JSON line per /v1 request: "stderr", a file path, or "off" (inference/gateway/accesslog.py).
+INFERENCE_ACCESS_LOG = env_str("INFERENCE_ACCESS_LOG", "stderr")
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 METRICS_ALLOWED_NETWORKS = env_list(
     "METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]

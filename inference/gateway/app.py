@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 import time
@@ -19,6 +20,7 @@ import orjson
 from django.conf import settings
 
 from inference.gateway import errors, metrics, validation
+from inference.gateway.accesslog import AccessLog
 from inference.gateway.auth import KeyAuthenticator, KeyRecord
 from inference.gateway.backends import BackendPool, BackendState
 from inference.gateway.errors import GatewayError
@@ -27,7 +29,6 @@ from inference.gateway.usage import UsageEmitter
 from portal.redis import new_async_redis
 
 logger = logging.getLogger("wattle.gateway")
-access_logger = logging.getLogger("wattle.access")
 
 _JSON = b"application/json"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
@@ -58,8 +59,8 @@ class RequestContext:
         "ttft_s", "upstream_s",
     )
 
-    def __init__(self, endpoint: str) -> None:
-        self.request_id = "req_" + secrets.token_hex(12)
+    def __init__(self, endpoint: str, request_id: str) -> None:
+        self.request_id = request_id
         self.endpoint = endpoint
         self.started = time.perf_counter()
         self.started_wall = time.time()
@@ -91,12 +92,14 @@ class RequestContext:
 
 
 def _traceparent(incoming: bytes | None, request_id: str) -> str:
-    """Continue the caller's W3C trace, or start one whose trace id is our request id."""
+    """Continue the caller's W3C trace, or start one whose trace id is our request id. Our span id is the
+    request id's unique tail (no random draw per request)."""
+    span = request_id[-16:]
     if incoming:
         parts = incoming.decode("latin-1").strip().split("-")
         if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
-            return f"00-{parts[1]}-{secrets.token_hex(8)}-{parts[3][:2]}"
-    return f"00-{request_id[4:].ljust(32, '0')[:32]}-{secrets.token_hex(8)}-01"
+            return f"00-{parts[1]}-{span}-{parts[3][:2]}"
+    return f"00-{request_id[4:].ljust(32, '0')[:32]}-{span}-01"
 
 
 class Gateway:
@@ -109,7 +112,14 @@ class Gateway:
         self.pool: BackendPool | None = None
         self.usage: UsageEmitter | None = None
         self.limiter: Limiter | None = None
+        self.access_log: AccessLog | None = None
         self._registry = None
+        self._id_prefix = ""
+        self._ids = itertools.count(1)
+
+    def next_request_id(self) -> str:
+        """Unique across workers and restarts: a random per-process prefix and a counter (no syscall)."""
+        return f"req_{self._id_prefix}{next(self._ids):016x}"
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -120,6 +130,7 @@ class Gateway:
         async with self._start_lock:
             if self._started:
                 return
+            self._id_prefix = secrets.token_hex(4)  # drawn in the worker process itself, after any fork
             self.redis = new_async_redis()
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
@@ -136,6 +147,8 @@ class Gateway:
             await self.usage.start()
             self.limiter = Limiter(self.redis)
             await self.limiter.start()
+            self.access_log = AccessLog()
+            await self.access_log.start()
             self.pool = BackendPool(self.redis, self.session)
             await self.pool.start()
             if self._registry is None:
@@ -149,6 +162,7 @@ class Gateway:
         await self.pool.stop()
         await self.limiter.stop()
         await self.usage.stop()
+        await self.access_log.stop()
         await self.session.close()
         await self.redis.aclose()
 
@@ -233,7 +247,7 @@ class Gateway:
 
     # --- /v1/models --------------------------------------------------------------------------------
     async def _models(self, scope, send, path: str) -> None:
-        ctx = RequestContext("models")
+        ctx = RequestContext("models", self.next_request_id())
         try:
             record = await self.auth.authenticate(dict(scope["headers"]).get(b"authorization"))
             await self.pool.wait_ready()
@@ -254,7 +268,7 @@ class Gateway:
 
     # --- generation --------------------------------------------------------------------------------
     async def _generate(self, scope, receive, send, endpoint: str) -> None:
-        ctx = RequestContext(endpoint)
+        ctx = RequestContext(endpoint, self.next_request_id())
         headers = dict(scope["headers"])
         try:
             ctx.key = await self.auth.authenticate(headers.get(b"authorization"))
@@ -315,7 +329,7 @@ class Gateway:
         completion *= prepared.n
         prompt = min(prepared.prompt_tokens_upper, max_model_len)
         spend = self.pool.cost_micro_aud(ctx.model, prompt, completion)
-        return await self.limiter.admit(ctx.key, tokens=prompt + completion, spend=spend)
+        return await self.limiter.admit(ctx.key, tokens=prompt + completion, spend=spend, slot=ctx.request_id)
 
     async def _choose(self, ctx: RequestContext, tried: set[str]) -> BackendState:
         candidates = self.pool.candidates(ctx.model, exclude=tried)
@@ -525,50 +539,37 @@ class Gateway:
                 tokens=ctx.prompt_tokens + ctx.completion_tokens,
                 spend=self.pool.cost_micro_aud(ctx.model, ctx.prompt_tokens, ctx.completion_tokens),
             )
-        if ctx.key is not None:
-            self.usage.emit({
-                "request_id": ctx.request_id,
-                "tenant": ctx.key.tenant,
-                "key_id": ctx.key.key_id,
-                "endpoint": ctx.endpoint,
-                "model": ctx.model,
-                "backend": ctx.backend,
-                "status": ctx.status,
-                "error_code": ctx.error_code,
-                "stream": ctx.stream,
-                "client_disconnected": ctx.client_disconnected,
-                "prompt_tokens": ctx.prompt_tokens,
-                "completion_tokens": ctx.completion_tokens,
-                "ttft_ms": ctx.ttft_s * 1000 if ctx.ttft_s is not None else None,
-                "duration_ms": duration_s * 1000,
-                "created": ctx.started_wall,
-            })
+        overhead_s = ctx.overhead_s()
         metrics.observe_request(
             endpoint=ctx.endpoint, model=ctx.model, status=ctx.status, duration_s=duration_s, ttft_s=ctx.ttft_s,
             prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens,
-            overhead_s=ctx.overhead_s(), error_code=ctx.error_code,
+            overhead_s=overhead_s, error_code=ctx.error_code,
         )
-        if access_logger.isEnabledFor(logging.INFO):
-            access_logger.info(
-                "request",
-                extra={
-                    "request_id": ctx.request_id,
-                    "endpoint": ctx.endpoint,
-                    "tenant": ctx.key.tenant if ctx.key else None,
-                    "key_id": ctx.key.key_id if ctx.key else None,
-                    "model": ctx.model,
-                    "backend": ctx.backend,
-                    "status": ctx.status,
-                    "error_code": ctx.error_code,
-                    "stream": ctx.stream,
-                    "client_disconnected": ctx.client_disconnected,
-                    "prompt_tokens": ctx.prompt_tokens,
-                    "completion_tokens": ctx.completion_tokens,
-                    "duration_ms": round(duration_s * 1000, 3),
-                    "overhead_ms": round(ctx.overhead_s() * 1000, 3),
-                    "traceparent": ctx.traceparent,
-                },
-            )
+        # One serialisation serves the usage event (billing) and the access-log line (no prompt or reply text).
+        line = orjson.dumps({
+            "time": ctx.started_wall,
+            "logger": "wattle.access",
+            "request_id": ctx.request_id,
+            "tenant": ctx.key.tenant if ctx.key else None,
+            "key_id": ctx.key.key_id if ctx.key else None,
+            "endpoint": ctx.endpoint,
+            "model": ctx.model,
+            "backend": ctx.backend,
+            "status": ctx.status,
+            "error_code": ctx.error_code,
+            "stream": ctx.stream,
+            "client_disconnected": ctx.client_disconnected,
+            "prompt_tokens": ctx.prompt_tokens,
+            "completion_tokens": ctx.completion_tokens,
+            "ttft_ms": ctx.ttft_s * 1000 if ctx.ttft_s is not None else None,
+            "duration_ms": duration_s * 1000,
+            "overhead_ms": overhead_s * 1000,
+            "traceparent": ctx.traceparent,
+            "created": ctx.started_wall,
+        })
+        if ctx.key is not None:
+            self.usage.emit_bytes(line)
+        self.access_log.write(line)
 
 
 gateway = Gateway()

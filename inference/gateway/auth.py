@@ -85,6 +85,31 @@ class KeyAuthenticator:
         # key_id -> (KeyRecord | None, fetched_at). None caches "no such key" just as briefly.
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
         self._rebuild_lock = asyncio.Lock()
+        self._inflight: dict[str, asyncio.Future] = {}
+        # Presented secret -> its keyed hash: a busy key's secret is hashed once, not per request.
+        self._digests: dict[str, str] = {}
+
+    async def _fetch_once(self, key_id: str) -> KeyRecord | None:
+        """Fetch a record for every request waiting on it at once: when a busy key's cache entry expires,
+        one GET refreshes it rather than one per concurrent request."""
+        pending = self._inflight.get(key_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[key_id] = future
+        try:
+            record = await self._fetch(key_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters, if any, re-raise it themselves
+            raise
+        finally:
+            self._inflight.pop(key_id, None)
+        self._cache[key_id] = (record, time.monotonic())
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        future.set_result(record)
+        return record
 
     async def _fetch(self, key_id: str) -> KeyRecord | None:
         raw = await self._redis.get(api_key_record_key(key_id))
@@ -124,7 +149,7 @@ class KeyAuthenticator:
             record = cached[0]
         else:
             try:
-                record = await self._fetch(key_id)
+                record = await self._fetch_once(key_id)
             except (RedisError, OSError) as exc:
                 # Redis unreachable: a key this worker saw recently keeps working for a bounded time, so a
                 # Redis restart does not take the API down; an unknown key can't be checked at all.
@@ -135,12 +160,14 @@ class KeyAuthenticator:
                         503, "Authentication is temporarily unavailable. Please retry shortly.",
                         type="server_error", code="service_unavailable", headers={"retry-after": "2"},
                     ) from exc
-            else:
-                self._cache[key_id] = (record, now)
-                if len(self._cache) > 100_000:
-                    self._cache.clear()
 
-        if record is None or not record.secret_matches(keys.hash_secret(secret)):
+        digest = self._digests.get(secret)
+        if digest is None:
+            digest = keys.hash_secret(secret)
+            if len(self._digests) > 10_000:
+                self._digests.clear()
+            self._digests[secret] = digest
+        if record is None or not record.secret_matches(digest):
             raise errors.invalid_key(token)
         if record.revoked:
             raise errors.GatewayError(401, "This API key has been revoked.", code="invalid_api_key")

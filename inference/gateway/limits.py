@@ -226,7 +226,7 @@ class Limiter:
             f"{base}:day:{windows.day}", f"{base}:mtok:{windows.month}", f"{base}:mspend:{windows.month}",
         ]
 
-    async def admit(self, record, *, tokens: int, spend: int) -> Admission | None:
+    async def admit(self, record, *, tokens: int, spend: int, slot: str | None = None) -> Admission | None:
         """Reserve ``tokens`` and ``spend`` (micro-AUD) for a request, or raise the 429 the client should see.
 
         Returns None when neither the tenant nor the key has any limit (nothing to count)."""
@@ -239,7 +239,7 @@ class Limiter:
         keys = self._keys(f"t:{record.tenant}", windows)
         if key_limits:
             keys += self._keys(f"k:{record.key_id}", windows)
-        slot = secrets.token_hex(8)
+        slot = slot or secrets.token_hex(8)
         limits = [scope.get(kind, _NONE) for scope in scopes for kind in KINDS]
         now_ms = int(now * 1000)
         args = [

@@ -63,9 +63,13 @@ class UsageEmitter:
         self._group = settings.USAGE_INGEST_GROUP
 
     def emit(self, event: dict) -> None:
+        self.emit_bytes(orjson.dumps(event))
+
+    def emit_bytes(self, data: bytes) -> None:
+        """An event already serialised (the gateway shares one encoding with its access log)."""
         if not self._buffer:
             self._oldest = time.monotonic()
-        self._buffer.append(orjson.dumps(event))
+        self._buffer.append(data)
         self._wake.set()
 
     @property
