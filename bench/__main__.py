@@ -28,6 +28,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
     parser.add_argument("--p7-events", type=int, default=30_000, help="usage events per P7 round")
     parser.add_argument("--keep-logs", action="store_true", help="keep the gateway/simulator logs")
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
+                        help="the ASGI server the gateway runs under (default uvicorn)")
     parser.add_argument(
         "--serve",
         action="store_true",
@@ -71,13 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     results = ResultsFile(time.strftime("%Y%m%d-%H%M%S"))
     started = time.monotonic()
-    with BenchEnvironment(keep_logs=args.keep_logs) as env:
+    with BenchEnvironment(keep_logs=args.keep_logs, server=args.server) as env:
         env.start()
         verdicts = BenchRun(env=env, options=options, results=results).run()
     print()
     print(
-        f"workers {args.workers}; no CPU pinning; auth, limits, usage events, metrics and the access log "
-        "(INFO, JSON to a file) on"
+        f"{args.server}, workers {args.workers}; no CPU pinning; auth, limits, usage events, metrics and the "
+        "access log (JSON to a file) on"
     )
     print(render_table(verdicts))
     print(f"\nresults: {results.path.relative_to(results.path.parents[2])} ({time.monotonic() - started:.0f} s)")
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    with BenchEnvironment(keep_logs=args.keep_logs) as env:
+    with BenchEnvironment(keep_logs=args.keep_logs, server=args.server) as env:
         env.start()
         for workers in args.workers:
             env.start_gateway(workers)

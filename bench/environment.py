@@ -185,17 +185,35 @@ def child_pids(pid: int) -> list[tuple[int, str]]:
     return found
 
 
+def gateway_command(server: str, port: int, workers: int) -> list[str]:
+    """The production command line of the gateway under the chosen ASGI server."""
+    if server == "granian":
+        return [
+            PYTHON, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
+            "portal.asgi:application",
+        ]
+    return [
+        PYTHON, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+        "--log-level", "warning",
+    ]
+
+
 @dataclass
 class GatewayProcess:
     workers: int
     port: int
     managed: ManagedProcess
+    server: str = "uvicorn"
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def worker_pids(self) -> list[int]:
+        if self.server == "granian":
+            return [pid for pid, _cmdline in child_pids(self.managed.pid)]  # granian always forks its workers
         if self.workers == 1:
             return [self.managed.pid]  # uvicorn serves in the main process with one worker
         return [pid for pid, cmdline in child_pids(self.managed.pid) if "spawn_main" in cmdline]
@@ -233,6 +251,7 @@ class BenchEnvironment:
     tenant_id: str = ""
     gateways: dict[int, GatewayProcess] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    server: str = "uvicorn"  # or "granian": the ASGI server the gateway runs under
     _cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -434,9 +453,7 @@ class BenchEnvironment:
         if workers in self.gateways:
             return self.gateways[workers]
         port = free_port()
-        args = [PYTHON, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
-        args += ["--workers", str(workers), "--loop", "uvloop", "--http", "httptools"]
-        args += ["--no-access-log", "--log-level", "warning"]
+        args = gateway_command(self.server, port, workers)
         managed = start_process(
             f"gateway ({workers} worker{'s' if workers > 1 else ''})",
             args,
@@ -444,7 +461,7 @@ class BenchEnvironment:
             log_path=self.workdir / f"gateway-w{workers}.log",
         )
         self._cleanup.callback(self._stop_gateway, workers)
-        gateway = GatewayProcess(workers=workers, port=port, managed=managed)
+        gateway = GatewayProcess(workers=workers, port=port, managed=managed, server=self.server)
         self.gateways[workers] = gateway
         wait_until(lambda: self._gateway_ready(gateway), timeout=120, what="gateway", process=managed)
         if workers > 1:

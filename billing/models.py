@@ -76,8 +76,13 @@ class UsageEvent(models.Model):
     Rows come from the data plane through a Redis stream; ``request_id`` makes ingest idempotent.
     """
 
-    request_id = models.CharField(max_length=64, unique=True)
-    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="usage_events")
+    # Unique through a constraint rather than unique=True: on PostgreSQL the latter adds a second, pattern-ops
+    # index that nothing queries and every insert pays for.
+    request_id = models.CharField(max_length=64)
+    # No index of its own: ``usage_tenant_time`` starts with tenant and serves every per-tenant query.
+    tenant = models.ForeignKey(
+        "tenants.Tenant", on_delete=models.PROTECT, related_name="usage_events", db_index=False
+    )
     key_id = models.CharField(max_length=16, blank=True)
     endpoint = models.CharField(max_length=32)
     model = models.CharField(max_length=200, blank=True)
@@ -95,6 +100,7 @@ class UsageEvent(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["tenant", "-created_at"], name="usage_tenant_time")]
+        constraints = [models.UniqueConstraint(fields=["request_id"], name="usage_request_id_unique")]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.status}"

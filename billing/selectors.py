@@ -8,7 +8,7 @@ from django.db.models import Count, Max, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from billing.models import BudgetAlert, UsageEvent
+from billing.models import BudgetAlert, CostGuardAction, ModelPrice, Plan, UsageEvent
 from inference.gateway.limits import tenant_counter_keys
 from tenants.models import Tenant
 
@@ -107,3 +107,23 @@ def budget_banner(*, tenant: Tenant) -> list[BudgetAlert]:
             seen.add(alert.budget)
             shown.append(alert)
     return shown
+
+
+# --- staff -----------------------------------------------------------------------------------------
+def plans_with_tenant_counts() -> list[Plan]:
+    """Every plan with ``tenant_count``: the tenants put on it explicitly (the default plan also covers the
+    tenants without a plan of their own)."""
+    return list(Plan.objects.annotate(tenant_count=Count("tenants")))
+
+
+def model_prices() -> list[ModelPrice]:
+    return list(ModelPrice.objects.all())
+
+
+def model_price(*, model: str) -> ModelPrice | None:
+    return ModelPrice.objects.filter(model=model).first()
+
+
+def cost_guard_standing(*, tenant: Tenant) -> CostGuardAction | None:
+    """The cost guard's action on this tenant that staff have not lifted (it never stacks a second one)."""
+    return CostGuardAction.objects.filter(tenant=tenant, lifted_at__isnull=True).order_by("-created_at").first()

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import orjson
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from audit.services import record
 from billing.limits import LIMIT_FIELDS
@@ -37,24 +37,65 @@ def _ensure_group(client: redis.Redis, stream: str) -> None:
             raise
 
 
-def _to_row(data: dict) -> UsageEvent:
-    return UsageEvent(
-        request_id=data["request_id"],
-        tenant_id=data["tenant"],
-        key_id=data.get("key_id", ""),
-        endpoint=data.get("endpoint", ""),
-        model=data.get("model", "")[:200],
-        backend=data.get("backend", "")[:100],
-        status=data["status"],
-        error_code=(data.get("error_code") or "")[:64],
-        stream=bool(data.get("stream")),
-        client_disconnected=bool(data.get("client_disconnected")),
-        prompt_tokens=int(data.get("prompt_tokens") or 0),
-        completion_tokens=int(data.get("completion_tokens") or 0),
-        ttft_ms=data.get("ttft_ms"),
-        duration_ms=float(data.get("duration_ms") or 0),
-        created_at=datetime.fromtimestamp(data["created"], tz=UTC),
+_COLUMNS = (
+    "request_id", "tenant_id", "key_id", "endpoint", "model", "backend", "status", "error_code", "stream",
+    "client_disconnected", "prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms", "created_at",
+)
+
+
+def _to_values(data: dict) -> tuple:
+    """One event as a row, in ``_COLUMNS`` order (raises on a malformed event)."""
+    return (
+        data["request_id"],
+        str(data["tenant"]),
+        data.get("key_id") or "",
+        data.get("endpoint") or "",
+        (data.get("model") or "")[:200],
+        (data.get("backend") or "")[:100],
+        int(data["status"]),
+        (data.get("error_code") or "")[:64],
+        bool(data.get("stream")),
+        bool(data.get("client_disconnected")),
+        int(data.get("prompt_tokens") or 0),
+        int(data.get("completion_tokens") or 0),
+        data.get("ttft_ms"),
+        float(data.get("duration_ms") or 0),
+        datetime.fromtimestamp(data["created"], tz=UTC),
     )
+
+
+def _store(rows: list[tuple]) -> int:
+    """Insert rows, skipping request ids already stored and events of unknown tenants; returns rows stored."""
+    if not rows:
+        return 0
+    if connection.vendor == "postgresql":
+        return _store_postgres(rows)
+    tenant_ids = {row[1] for row in rows}
+    known = {str(pk) for pk in Tenant.objects.filter(pk__in=tenant_ids).values_list("pk", flat=True)}
+    objects = [UsageEvent(**dict(zip(_COLUMNS, row, strict=True))) for row in rows if row[1] in known]
+    UsageEvent.objects.bulk_create(objects, ignore_conflicts=True, batch_size=1000)
+    return len(objects)
+
+
+def _store_postgres(rows: list[tuple]) -> int:
+    """COPY into a temporary table, then one INSERT … ON CONFLICT DO NOTHING joined to the tenants: several
+    times faster than batched INSERTs, and still idempotent on request_id."""
+    columns = ", ".join(_COLUMNS)
+    table = UsageEvent._meta.db_table
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS usage_incoming ON COMMIT DELETE ROWS AS "  # noqa: S608 (constants)
+            f"SELECT {columns} FROM {table} WITH NO DATA"
+        )
+        with cursor.cursor.copy(f"COPY usage_incoming ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT {', '.join('i.' + c for c in _COLUMNS)} "  # noqa: S608
+            f"FROM usage_incoming i JOIN {Tenant._meta.db_table} t ON t.id = i.tenant_id "
+            "ON CONFLICT (request_id) DO NOTHING"
+        )
+        return cursor.rowcount
 
 
 def _read(client: redis.Redis, stream: str, consumer: str, start: str, block_ms: int | None) -> list:
@@ -99,18 +140,11 @@ def usage_ingest(*, max_batches: int | None = None, block_ms: int | None = None)
             if not fields:
                 continue  # already deleted from the stream: only its acknowledgement was missing
             try:
-                rows.append(_to_row(orjson.loads(fields[b"e"])))
+                rows.append(_to_values(orjson.loads(fields[b"e"])))
             except (KeyError, ValueError, TypeError) as exc:
                 # A malformed event can't be billed; keep it out of the table but say so loudly.
                 logger.error("dropping malformed usage event: %s", exc.__class__.__name__)
-        tenant_ids = {r.tenant_id for r in rows}
-        known = {str(pk) for pk in Tenant.objects.filter(pk__in=tenant_ids).values_list("pk", flat=True)}
-        for row in rows:
-            if str(row.tenant_id) not in known:
-                logger.error("dropping usage event %s for unknown tenant", row.request_id)
-        UsageEvent.objects.bulk_create(
-            [r for r in rows if str(r.tenant_id) in known], ignore_conflicts=True, batch_size=1000
-        )
+        _store(rows)
         ids = [entry_id for entry_id, _ in pending]
         pipe = client.pipeline(transaction=False)
         pipe.xack(stream, INGEST_GROUP, *ids)

@@ -439,7 +439,7 @@ METRICS_ALLOWED_NETWORKS = env_list(
 )
 # Embedded mode has no Celery worker: the web process drains the usage stream itself.
 USAGE_INGEST_IN_PROCESS = env_bool("USAGE_INGEST_IN_PROCESS", not REDIS_URL)
-USAGE_INGEST_BATCH = env_int("USAGE_INGEST_BATCH", 2000)
+USAGE_INGEST_BATCH = env_int("USAGE_INGEST_BATCH", 5000)
 USAGE_INGEST_GROUP = "ingest"
 # An event a crashed ingester read but never stored is taken over by another after this long.
 USAGE_INGEST_CLAIM_IDLE_MS = env_int("USAGE_INGEST_CLAIM_IDLE_MS", 60_000)

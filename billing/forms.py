@@ -1,0 +1,87 @@
+"""Staff forms for plans, model prices and a tenant's limits. They validate; ``billing.services`` changes state."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from billing.limits import LIMIT_FIELDS
+from billing.models import Plan
+from tenants.forms import MODEL_NAME_MAX, LimitFieldsForm, NoSuffixMixin
+
+
+class TenantQuotaForm(LimitFieldsForm):
+    """A tenant's plan and the limits staff set above or below it. Empty fields follow the plan."""
+
+    plan = forms.ModelChoiceField(queryset=Plan.objects.all(), required=False, to_field_name="slug", label="Plan",
+                                  error_messages={"invalid_choice": "Choose one of the plans listed."})
+    field_order = ["plan", *LIMIT_FIELDS]
+
+    def __init__(self, *args, default_plan: Plan | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["plan"].empty_label = (
+            f"The default plan (now {default_plan.name})" if default_plan else "The default plan (none set)"
+        )
+        self.fields["plan"].help_text = "The default plan follows whichever plan is marked as the default."
+
+
+class PlanForm(LimitFieldsForm):
+    """A plan: its name and default limits (empty: no limit of that kind)."""
+
+    name = forms.CharField(label="Name", max_length=100)
+    slug = forms.SlugField(label="Short name", max_length=50, help_text="Lower case, digits and dashes; fixed once "
+                                                                        "created.")
+    is_default = forms.BooleanField(label="Default plan", required=False,
+                                    help_text="Tenants without a plan of their own are on the default plan.")
+    field_order = ["name", "slug", "is_default", *LIMIT_FIELDS]
+
+    def __init__(self, *args, plan: Plan | None = None, **kwargs) -> None:
+        self.plan = plan if plan is not None else Plan()
+        if plan is not None and plan.pk:
+            kwargs.setdefault("initial", {
+                "name": plan.name, "slug": plan.slug, "is_default": plan.is_default,
+                **{name: getattr(plan, name) for name in LIMIT_FIELDS},
+            })
+        super().__init__(*args, **kwargs)
+        self.explain_empty(None, whose="")
+        if self.plan.pk:
+            self.fields["slug"].disabled = True
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if not name:
+            raise ValidationError("Give the plan a name.")
+        return name
+
+    def clean_slug(self) -> str:
+        slug = self.cleaned_data["slug"]
+        if Plan.objects.filter(slug=slug).exclude(pk=self.plan.pk).exists():
+            raise ValidationError("Another plan already has this short name.")
+        return slug
+
+    def apply(self) -> Plan:
+        """The plan with the form's values, unsaved (``billing.services.plan_save`` saves it)."""
+        plan = self.plan
+        plan.name = self.cleaned_data["name"]
+        plan.slug = self.cleaned_data["slug"]
+        plan.is_default = self.cleaned_data["is_default"]
+        for name, value in self.limits().items():
+            setattr(plan, name, value)
+        return plan
+
+
+class ModelPriceForm(NoSuffixMixin, forms.Form):
+    model = forms.CharField(label="Model", max_length=MODEL_NAME_MAX,
+                            help_text="As clients name it, e.g. mistralai/Mistral-7B-Instruct-v0.3.")
+    input_per_1k_aud = forms.DecimalField(label="Input, A$ per 1,000 tokens", min_value=Decimal(0), max_digits=10,
+                                          decimal_places=6)
+    output_per_1k_aud = forms.DecimalField(label="Output, A$ per 1,000 tokens", min_value=Decimal(0),
+                                           max_digits=10, decimal_places=6)
+
+    def clean_model(self) -> str:
+        model = self.cleaned_data["model"].strip()
+        if not model or any(c.isspace() for c in model):
+            raise ValidationError("Give the model's name, without spaces.")
+        return model

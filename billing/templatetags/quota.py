@@ -1,0 +1,48 @@
+"""How the quota pages write amounts, sources and reset times."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import template
+from django.utils import timezone
+
+register = template.Library()
+
+_SOURCES = {
+    "plan": "Plan",
+    "override": "Set for this organisation",
+    "key": "This key",
+    "capped": "The organisation's (the key's own is higher)",
+}
+
+
+@register.filter
+def quota_amount(value, is_money: bool = False) -> str:
+    """600 → "600", 1234567 → "1,234,567", spend → "A$12.34"; nothing → "No limit"."""
+    if value is None:
+        return "No limit"
+    if is_money:
+        return f"A${Decimal(value):,.2f}"
+    return f"{int(value):,}"
+
+
+@register.filter
+def quota_source(source: str, plan=None) -> str:
+    if not source:
+        return "—"
+    if source == "plan" and plan is not None:
+        return f"Plan ({plan.name})"
+    return _SOURCES.get(source, source)
+
+
+@register.filter
+def quota_reset(meter) -> str:
+    """When the meter's window ends, in Sydney time: the time of day for per-minute windows, the date for days
+    and months; a concurrency slot frees when its request ends."""
+    if meter.resets_at is None:
+        return "As requests finish"
+    local = timezone.localtime(meter.resets_at)
+    if meter.kind in ("rpm", "tpm"):
+        return local.strftime("%H:%M:%S %Z")
+    return f"{local.day} {local.strftime('%b %Y %H:%M %Z')}"

@@ -1,0 +1,93 @@
+"""Staff pages for quotas: who is near or over a limit, plans and model prices, and lifting the cost guard."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from billing import selectors, services
+from billing.cost_guard import cost_guard_lift
+from billing.forms import ModelPriceForm, PlanForm
+from billing.models import Plan
+from billing.quota_reads import near_limits as near_limits_report
+from tenants.selectors import tenant_by_slug
+from tenants.views.common import back, staff_view
+
+NEAR_THRESHOLD = 80
+
+
+@require_GET
+@staff_view
+def near_limits(request):
+    return render(request, "billing/staff/near_limits.html",
+                  {"rows": near_limits_report(threshold=NEAR_THRESHOLD), "threshold": NEAR_THRESHOLD})
+
+
+def _plans_context(**extra) -> dict:
+    return {
+        "plans": selectors.plans_with_tenant_counts(),
+        "prices": selectors.model_prices(),
+        "plan_form": extra.pop("plan_form", None) or PlanForm(),
+        "price_form": extra.pop("price_form", None) or ModelPriceForm(),
+        **extra,
+    }
+
+
+@require_http_methods(["GET", "POST"])
+@staff_view
+def plans(request):
+    """Plans (GET lists them, POST creates one) and model prices."""
+    if request.method == "POST":
+        form = PlanForm(request.POST)
+        if form.is_valid():
+            plan = services.plan_save(plan=form.apply(), actor=request.user, request=request)
+            messages.success(request, f"Plan {plan.name} created.")
+            return redirect("staff_plans")
+        return render(request, "billing/staff/plans.html", _plans_context(plan_form=form), status=400)
+    price_form = None
+    if model := request.GET.get("model"):
+        price = selectors.model_price(model=model)
+        if price is not None:
+            price_form = ModelPriceForm(initial={"model": price.model, "input_per_1k_aud": price.input_per_1k_aud,
+                                                 "output_per_1k_aud": price.output_per_1k_aud})
+    return render(request, "billing/staff/plans.html", _plans_context(price_form=price_form))
+
+
+@require_http_methods(["GET", "POST"])
+@staff_view
+def plan_edit(request, plan_slug: str):
+    plan = get_object_or_404(Plan, slug=plan_slug)
+    form = PlanForm(request.POST if request.method == "POST" else None, plan=plan)
+    if request.method == "POST" and form.is_valid():
+        services.plan_save(plan=form.apply(), actor=request.user, request=request)
+        messages.success(request, f"Plan {plan.name} saved. Its tenants get the new limits within a second.")
+        return redirect("staff_plans")
+    return render(request, "billing/staff/plan_edit.html", {"plan": plan, "form": form},
+                  status=400 if form.errors else 200)
+
+
+@require_POST
+@staff_view
+def price_set(request):
+    form = ModelPriceForm(request.POST)
+    if not form.is_valid():
+        return render(request, "billing/staff/plans.html", _plans_context(price_form=form), status=400)
+    services.model_price_set(actor=request.user, request=request, **form.cleaned_data)
+    messages.success(request, f"Price of {form.cleaned_data['model']} saved.")
+    return redirect("staff_plans")
+
+
+@require_POST
+@staff_view
+def cost_guard_lift_view(request, slug: str):
+    """Lift what the cost guard did to a tenant (there is at most one standing action per tenant)."""
+    tenant = tenant_by_slug(slug=slug)
+    action = selectors.cost_guard_standing(tenant=tenant)
+    if action is not None:
+        cost_guard_lift(action=action, actor=request.user, request=request)
+        messages.success(request, f"Cost guard lifted for {tenant.name}: its previous limits and status are back.")
+    else:
+        messages.info(request, f"The cost guard has nothing standing against {tenant.name}.")
+    return back(request, reverse("staff_tenant_detail", args=[tenant.slug]))
