@@ -25,6 +25,7 @@ from inference.gateway.auth import KeyAuthenticator, KeyRecord
 from inference.gateway.backends import BackendPool, BackendState
 from inference.gateway.errors import GatewayError
 from inference.gateway.limits import Admission, Limiter
+from inference.gateway.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 from inference.gateway.usage import UsageEmitter
 from portal.redis import new_async_redis
 
@@ -107,7 +108,8 @@ class Gateway:
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self.redis = None
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # probes and hooks; requests use ``upstream``
+        self.upstream: UpstreamClient | None = None
         self.auth: KeyAuthenticator | None = None
         self.pool: BackendPool | None = None
         self.usage: UsageEmitter | None = None
@@ -149,6 +151,10 @@ class Gateway:
             await self.limiter.start()
             self.access_log = AccessLog()
             await self.access_log.start()
+            self.upstream = UpstreamClient(
+                connect_timeout=settings.INFERENCE_UPSTREAM_CONNECT_TIMEOUT_S,
+                read_timeout=settings.INFERENCE_UPSTREAM_READ_TIMEOUT_S,
+            )
             self.pool = BackendPool(self.redis, self.session)
             await self.pool.start()
             if self._registry is None:
@@ -163,6 +169,7 @@ class Gateway:
         await self.limiter.stop()
         await self.usage.stop()
         await self.access_log.stop()
+        await self.upstream.close()
         await self.session.close()
         await self.redis.aclose()
 
@@ -361,25 +368,20 @@ class Gateway:
                 try:
                     t_up = time.perf_counter()
                     try:
-                        response = await self.session.post(
-                            backend.url + upstream_url_path,
-                            data=body,
-                            headers={
-                                "content-type": "application/json",
-                                "x-request-id": ctx.request_id,
-                                "traceparent": ctx.traceparent,
-                                **backend.headers,
-                            },
+                        response = await self.upstream.post(
+                            backend.url, upstream_url_path, body,
+                            headers={"X-Request-Id": ctx.request_id, "traceparent": ctx.traceparent},
+                            authorization=backend.authorization,
                         )
-                    except aiohttp.ClientConnectionError as exc:
-                        ctx.upstream_s += time.perf_counter() - t_up
-                        backend.record_failure(exc.__class__.__name__)
-                        self.pool.probe_soon(backend)
-                        continue
-                    except TimeoutError:
+                    except UpstreamTimeout:
                         ctx.upstream_s += time.perf_counter() - t_up
                         backend.record_failure("timeout")
                         raise errors.upstream_timeout() from None
+                    except UpstreamError as exc:
+                        ctx.upstream_s += time.perf_counter() - t_up
+                        backend.record_failure(str(exc))
+                        self.pool.probe_soon(backend)
+                        continue
                     ctx.upstream_s += time.perf_counter() - t_up
                     try:
                         if response.status in _RETRYABLE_STATUSES:
@@ -405,11 +407,11 @@ class Gateway:
         t_up = time.perf_counter()
         try:
             data = await response.read()
-        except TimeoutError:
+        except UpstreamTimeout:
             backend.record_failure("timeout")
             raise errors.upstream_timeout() from None
-        except aiohttp.ClientError as exc:
-            backend.record_failure(exc.__class__.__name__)
+        except UpstreamError as exc:
+            backend.record_failure(str(exc))
             self.pool.probe_soon(backend)
             raise GatewayError(
                 502, "The model backend failed while answering.", type="server_error", code="upstream_error"
@@ -433,7 +435,7 @@ class Gateway:
             info = detail.get("error") if isinstance(detail, dict) else None
             message = info.get("message") if isinstance(info, dict) else str(info or "")
             param = info.get("param") if isinstance(info, dict) else None
-        except (aiohttp.ClientError, orjson.JSONDecodeError, TimeoutError):
+        except (UpstreamError, orjson.JSONDecodeError):
             message, param = "", None
         status = response.status
         if status == 404:
@@ -467,7 +469,7 @@ class Gateway:
         buffer = b""
         t_up = time.perf_counter()
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response.iter_chunks():
                 buffer += chunk
                 if b"\n\n" not in buffer:
                     continue
@@ -494,10 +496,10 @@ class Gateway:
                     await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
                 if ctx.client_disconnected:
                     break
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except UpstreamError as exc:
             if not ctx.client_disconnected:
                 failed = True
-                backend.record_failure(exc.__class__.__name__)
+                backend.record_failure(str(exc))
                 self.pool.probe_soon(backend)
         finally:
             ctx.upstream_s += time.perf_counter() - t_up

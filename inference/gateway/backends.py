@@ -50,6 +50,7 @@ class BackendState:
     open_until: float = 0.0  # circuit breaker: not chosen before this monotonic time
     last_error: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    authorization: str = ""
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -161,6 +162,7 @@ class BackendPool:
             state.draining = item.get("draining", False)
             state.api_key = item.get("api_key") or ""
             state.headers = {"authorization": f"Bearer {state.api_key}"} if state.api_key else {}
+            state.authorization = f"Bearer {state.api_key}" if state.api_key else ""
         for name in list(self.backends):
             if name not in seen:
                 del self.backends[name]
