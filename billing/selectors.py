@@ -8,7 +8,7 @@ from django.db.models import Count, Max, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from billing.models import BudgetAlert, CostGuardAction, ModelPrice, Plan, UsageEvent
+from billing.models import BudgetAlert, CostGuardAction, ModelPrice, Plan, TenantQuota, UsageEvent
 from inference.gateway.limits import tenant_counter_keys
 from tenants.models import Tenant
 
@@ -110,6 +110,11 @@ def budget_banner(*, tenant: Tenant) -> list[BudgetAlert]:
 
 
 # --- staff -----------------------------------------------------------------------------------------
+def tenant_quota(*, tenant: Tenant) -> TenantQuota | None:
+    """The plan and overrides staff set for the tenant; None while it follows the default plan untouched."""
+    return TenantQuota.objects.filter(tenant=tenant).select_related("plan").first()
+
+
 def plans_with_tenant_counts() -> list[Plan]:
     """Every plan with ``tenant_count``: the tenants put on it explicitly (the default plan also covers the
     tenants without a plan of their own)."""

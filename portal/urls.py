@@ -21,6 +21,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api_schema"), name="api_docs"),
     path("staff/django-admin/", admin.site.urls),
     path("", include("inference.urls")),
+    path("", include("billing.urls")),
     path("", include("tenants.urls")),
 ]
 

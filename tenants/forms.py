@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
 
 from tenants.models import ApiKey, Role, Tenant
 from tenants.validators import validate_abn
@@ -26,6 +26,8 @@ class NoSuffixMixin:
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+
+
 MODEL_NAME_MAX = 200
 
 
@@ -132,7 +134,42 @@ def parse_models(raw: str) -> list[str]:
     return list(dict.fromkeys(models))
 
 
-class ApiKeyForm(NoSuffixMixin, forms.Form):
+class LimitFieldsForm(NoSuffixMixin, forms.Form):
+    """The six kinds of limit, for plans, tenant overrides and keys. Empty means "not set here": no limit on a
+    plan, the plan's on a tenant, the organisation's on a key (``explain_empty`` says which, with the value)."""
+
+    rpm_limit = forms.IntegerField(label="Requests per minute", required=False, min_value=1, max_value=10**7)
+    tpm_limit = forms.IntegerField(label="Tokens per minute", required=False, min_value=1, max_value=10**9)
+    max_concurrent = forms.IntegerField(label="Concurrent requests", required=False, min_value=1, max_value=10**5)
+    daily_token_limit = forms.IntegerField(label="Tokens per day", required=False, min_value=1, max_value=10**12)
+    monthly_token_budget = forms.IntegerField(label="Tokens per month", required=False, min_value=1,
+                                              max_value=10**13)
+    monthly_spend_cap_aud = forms.DecimalField(label="Monthly spend cap (AUD)", required=False,
+                                               min_value=Decimal("0.01"), max_digits=12, decimal_places=2)
+
+    def limits(self) -> dict:
+        return {name: self.cleaned_data.get(name) for name in ApiKey.LIMIT_FIELDS}
+
+    def explain_empty(self, fallback: dict | None, *, whose: str) -> None:
+        """Help text under each field: what an empty field means here, e.g. "Empty: the plan's limit (600)"."""
+        whose = escape(whose)  # Django renders help text as HTML, and ``whose`` can hold a plan's name
+        for name in ApiKey.LIMIT_FIELDS:
+            value = (fallback or {}).get(name)
+            if value is None:
+                text = "Empty: no limit"
+            else:
+                shown = f"A${value:,.2f}" if name == "monthly_spend_cap_aud" else f"{value:,}"
+                text = f"Empty: {whose} limit ({shown})"
+            self.fields[name].help_text = text
+
+
+class KeyLimitsForm(LimitFieldsForm):
+    """A key's own limits, set by the organisation's owners and admins (or staff) after creation."""
+
+
+class ApiKeyForm(LimitFieldsForm):
+    field_order = ["name", "scopes", "allowed_models", "expires_on", *ApiKey.LIMIT_FIELDS]
+
     name = forms.CharField(label="Name", max_length=100, help_text="What the key is for, e.g. “IVR production”.")
     scopes = forms.MultipleChoiceField(
         label="Scopes", choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple,
@@ -146,15 +183,6 @@ class ApiKeyForm(NoSuffixMixin, forms.Form):
         label="Expires on (optional)", required=False, widget=forms.DateInput(attrs={"type": "date"}),
         help_text="The key stops working at the start of this day (Sydney time).",
     )
-    rpm_limit = forms.IntegerField(label="Requests per minute", required=False, min_value=1, max_value=10**7)
-    tpm_limit = forms.IntegerField(label="Tokens per minute", required=False, min_value=1, max_value=10**9)
-    max_concurrent = forms.IntegerField(label="Concurrent requests", required=False, min_value=1, max_value=10**5)
-    daily_token_limit = forms.IntegerField(label="Tokens per day", required=False, min_value=1, max_value=10**12)
-    monthly_token_budget = forms.IntegerField(label="Tokens per month", required=False, min_value=1,
-                                              max_value=10**13)
-    monthly_spend_cap_aud = forms.DecimalField(label="Monthly spend cap (AUD)", required=False,
-                                               min_value=Decimal("0.01"), max_digits=12, decimal_places=2)
-
     def __init__(self, *args, allow_management: bool, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not allow_management:
@@ -181,9 +209,6 @@ class ApiKeyForm(NoSuffixMixin, forms.Form):
         if day is None:
             return None
         return datetime.combine(day, time.min, tzinfo=timezone.get_current_timezone())
-
-    def limits(self) -> dict:
-        return {name: self.cleaned_data.get(name) for name in ApiKey.LIMIT_FIELDS}
 
 
 GRACE_CHOICES = [
@@ -217,6 +242,11 @@ class SuspendForm(NoSuffixMixin, forms.Form):
 
 class ActAsForm(NoSuffixMixin, forms.Form):
     reason = forms.CharField(label="Reason (e.g. the support ticket)", max_length=500)
+
+    def __init__(self, *args, **kwargs) -> None:
+        # The tenant page also has the suspension form, whose field has the same name: keep the ids apart.
+        kwargs.setdefault("auto_id", "id_act_as_%s")
+        super().__init__(*args, **kwargs)
 
     def clean_reason(self) -> str:
         reason = self.cleaned_data["reason"].strip()

@@ -31,7 +31,9 @@ class Action(StrEnum):
     KEYS_ROTATE = "keys.rotate"
     KEYS_REVOKE = "keys.revoke"
     KEYS_GRANT_MANAGEMENT = "keys.grant_management"
+    KEYS_LIMITS = "keys.limits"
     USAGE_VIEW = "usage.view"
+    LIMITS_VIEW = "limits.view"
     PLAYGROUND_USE = "playground.use"
     BILLING_MANAGE = "billing.manage"
 
@@ -56,7 +58,11 @@ MATRIX: dict[Action, frozenset[str]] = {
     # Management scopes reach members and invitations, so only the roles that manage those may grant them
     # (otherwise a developer could mint a key that invites an admin).
     Action.KEYS_GRANT_MANAGEMENT: frozenset({Role.OWNER, Role.ADMIN}),
+    # A key's own limits can only narrow the organisation's (the service refuses more), so the roles that run
+    # the organisation set them; a management key may too, as it may when creating a key.
+    Action.KEYS_LIMITS: frozenset({Role.OWNER, Role.ADMIN, API_KEY}),
     Action.USAGE_VIEW: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.BILLING, SUPPORT, API_KEY}),
+    Action.LIMITS_VIEW: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.BILLING, SUPPORT, API_KEY}),
     Action.PLAYGROUND_USE: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.AGENT}),
     Action.BILLING_MANAGE: frozenset({Role.OWNER, Role.BILLING}),
 }

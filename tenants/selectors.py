@@ -65,6 +65,14 @@ def api_keys_for_tenant(*, tenant: Tenant, status: str | None = None, scope: str
     return qs
 
 
+LIMITS_KEYS_SHOWN = 100
+
+
+def api_keys_for_limits(*, tenant: Tenant) -> list[ApiKey]:
+    """The keys the limits page and endpoint report on: active ones, newest first, at most ``LIMITS_KEYS_SHOWN``."""
+    return list(api_keys_for_tenant(tenant=tenant, status="active")[:LIMITS_KEYS_SHOWN])
+
+
 def api_key_get(*, tenant: Tenant, key_id: str) -> ApiKey:
     return get_object_or_404(ApiKey.objects.select_related("created_by", "tenant"), tenant=tenant, key_id=key_id)
 

@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from audit.services import record
+from billing import limits as billing_limits
 from tenants import emails, keys, snapshot
 from tenants.models import ApiKey, Invitation, Membership, PolicyAcceptance, Role, Tenant
 from tenants.permissions import Action, can
@@ -339,9 +340,7 @@ def api_key_create(
 ) -> IssuedKey:
     scopes = _validate_scopes(scopes if scopes is not None else [ApiKey.Scope.INFERENCE])
     limits = limits or {}
-    unknown = set(limits) - set(ApiKey.LIMIT_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown limit fields {sorted(unknown)}")
+    _check_key_limits(tenant=tenant, limits=limits, within_tenant=True)
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "The expiry must be in the future."})
     secret = keys.new_secret()
@@ -365,6 +364,70 @@ def api_key_create(
                  "expires_at": expires_at.isoformat() if expires_at else None})
     transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]))
     return IssuedKey(api_key=api_key, plaintext=keys.format_key(key_id, secret))
+
+
+def _limit_text(name: str, value) -> str:
+    return f"A${value:,.2f}" if name == "monthly_spend_cap_aud" else f"{value:,}"
+
+
+def _check_key_limits(*, tenant: Tenant, limits: dict[str, int | Decimal | None], within_tenant: bool) -> None:
+    """Refuse key limits that are not positive or, with ``within_tenant``, that are above the organisation's
+    effective limit: the data plane would quietly apply the organisation's instead, and a limit that does
+    not do what it says is worse than a clear "no"."""
+    unknown = set(limits) - set(ApiKey.LIMIT_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown limit fields {sorted(unknown)}")
+    ceilings = billing_limits.tenant_limits(tenant) if within_tenant else {}
+    errors = {}
+    for name, value in limits.items():
+        if value is None:
+            continue
+        label = str(ApiKey._meta.get_field(name).verbose_name)
+        label = label[0].upper() + label[1:]
+        if isinstance(value, bool) or not isinstance(value, int | Decimal) or value <= 0:
+            errors[name] = f"{label} must be a positive number."
+            continue
+        ceiling = ceilings.get(name)
+        if ceiling is not None and value > ceiling:
+            errors[name] = (
+                f"{label.capitalize()} can't be more than your organisation's limit of {_limit_text(name, ceiling)}. "
+                "Lower it, or leave it empty to use the organisation's limit."
+            )
+    if errors:
+        raise ValidationError(errors)
+
+
+def _plain(value):
+    return str(value) if isinstance(value, Decimal) else value
+
+
+@transaction.atomic
+def api_key_set_limits(*, api_key: ApiKey, limits: dict[str, int | Decimal | None], actor=None, request=None,
+                       within_tenant: bool = True) -> ApiKey:
+    """Set some of a key's own limits (``None`` clears one: the organisation's limit applies).
+
+    Tenant admins are held to their organisation's effective limits (``within_tenant``); platform staff may set
+    any value, which the data plane still caps at the organisation's. Only changed values are checked, so an
+    organisation limit lowered later does not block editing the key's other limits. Live within a second."""
+    api_key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
+    if api_key.revoked_at is not None:
+        raise ValidationError("A revoked key's limits can't be changed.")
+    unknown = set(limits) - set(ApiKey.LIMIT_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown limit fields {sorted(unknown)}")
+    before = {name: getattr(api_key, name) for name in ApiKey.LIMIT_FIELDS}
+    changed = {name: value for name, value in limits.items() if before[name] != value}
+    _check_key_limits(tenant=api_key.tenant, limits=changed, within_tenant=within_tenant)
+    if not changed:
+        return api_key
+    for name, value in changed.items():
+        setattr(api_key, name, value)
+    api_key.save(update_fields=list(changed))
+    _audit(action="api_key.limits.update", actor=actor, tenant=api_key.tenant, target=api_key, request=request,
+           data={"key_id": api_key.key_id, "before": {n: _plain(before[n]) for n in changed},
+                 "after": {n: _plain(v) for n, v in changed.items()}})
+    transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]))
+    return api_key
 
 
 @transaction.atomic

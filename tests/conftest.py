@@ -245,3 +245,56 @@ def _clear_cache() -> None:
 
     if not settings.REDIS_URL:
         cache.clear()
+
+
+# --- The data plane's limiter, driven directly -----------------------------------------------------
+class LimiterDriver:
+    """Real admissions through ``inference.gateway.limits.Limiter`` (its Lua scripts, on the Redis the tests
+    use), for the key records the control plane published, at a clock the test chooses."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def _record(self, plaintext: str):
+        from inference.gateway.auth import KeyRecord
+        from tenants import keys
+        from tenants.snapshot import api_key_record_key
+
+        key_id = keys.parse_key(plaintext)[0]
+        return KeyRecord.from_json(get_redis().get(api_key_record_key(key_id)))
+
+    def _run(self, work):
+        import asyncio
+
+        from inference.gateway.limits import Limiter
+        from portal.redis import new_async_redis
+
+        async def main():
+            client = new_async_redis()
+            try:
+                return await work(Limiter(client, clock=lambda: self.now))
+            finally:
+                await client.aclose()
+
+        return asyncio.run(main())
+
+    def admit(self, plaintext: str, *, tokens: int, spend: int = 0):
+        record = self._record(plaintext)
+
+        async def work(limiter):
+            return await limiter.admit(record, tokens=tokens, spend=spend)
+
+        return self._run(work)
+
+    def settle(self, admission, *, tokens: int, spend: int = 0) -> None:
+        async def work(limiter):
+            limiter.settle(admission, tokens=tokens, spend=spend)
+            await limiter._flush_settlements()
+
+        self._run(work)
+
+
+@pytest.fixture
+def limiter_at():
+    """limiter_at(now) -> a LimiterDriver whose clock stands at ``now`` (epoch seconds)."""
+    return LimiterDriver

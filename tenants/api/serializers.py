@@ -227,3 +227,68 @@ class UsageSummarySerializer(serializers.Serializer):
     by_day = UsageDaySerializer(many=True)
     by_model = UsageModelSerializer(many=True)
     by_key = UsageKeySerializer(many=True)
+
+
+class ApiKeyUpdateSerializer(serializers.Serializer):
+    limits = KeyLimitsSerializer(
+        help_text="The key's own limits to change: a value sets one (never above the organisation's effective "
+                  "limit), `null` clears one (the organisation's applies), a field left out stays as it is.",
+    )
+
+
+# --- limits and live quota -------------------------------------------------------------------------
+METER_SOURCES = [
+    ("plan", "the tenant's plan"),
+    ("override", "set for the organisation by Wattle"),
+    ("key", "the key's own limit"),
+    ("capped", "the organisation's limit, lower than the key's own"),
+]
+
+
+class MeterSerializer(serializers.Serializer):
+    limit = serializers.IntegerField(allow_null=True, help_text="`null`: no limit of this kind.")
+    source = serializers.ChoiceField(choices=METER_SOURCES, allow_null=True, source="source_or_none",
+                                     help_text="Where the limit comes from; `null` when there is none.")
+    used = serializers.IntegerField(help_text="Counted in the current window (requests in flight for "
+                                              "`concurrent`).")
+    remaining = serializers.IntegerField(allow_null=True)
+    resets_at = serializers.DateTimeField(allow_null=True, help_text="When the window ends (Sydney time); `null` "
+                                                                     "for `concurrent`.")
+
+
+class SpendMeterSerializer(MeterSerializer):
+    limit = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True, help_text="AUD.")
+    used = serializers.DecimalField(max_digits=14, decimal_places=2, help_text="AUD.")
+    remaining = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True, help_text="AUD.")
+
+
+class MetersSerializer(serializers.Serializer):
+    rpm = MeterSerializer(help_text="Requests per calendar minute.")
+    tpm = MeterSerializer(help_text="Tokens (input + output) per calendar minute.")
+    concurrent = MeterSerializer(help_text="Requests in flight at once.")
+    day_tokens = MeterSerializer(help_text="Tokens per day (Sydney time).")
+    month_tokens = MeterSerializer(help_text="Tokens per calendar month (Sydney time).")
+    month_spend = SpendMeterSerializer(help_text="Spend per calendar month (Sydney time), AUD.")
+
+
+class PlanBriefSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    is_default = serializers.BooleanField()
+
+
+class KeyQuotaSerializer(serializers.Serializer):
+    key_id = serializers.CharField(source="api_key.key_id")
+    name = serializers.CharField(source="api_key.name")
+    counted = serializers.BooleanField(
+        help_text="Whether the key is counted on its own. Only keys with limits of their own are; the others "
+                  "share the organisation's limits, and their `used` values are 0.",
+    )
+    limits = MetersSerializer(source="meters_by_kind")
+
+
+class LimitsReportSerializer(serializers.Serializer):
+    as_of = serializers.DateTimeField(source="windows.now")
+    plan = PlanBriefSerializer(allow_null=True)
+    limits = MetersSerializer(source="meters_by_kind", help_text="The organisation's effective limits and use.")
+    keys = KeyQuotaSerializer(many=True, help_text="Active keys, newest first (at most 100).")

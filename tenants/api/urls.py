@@ -14,4 +14,5 @@ urlpatterns = [
     path("keys/<str:key_id>", views.ApiKeyDetailView.as_view(), name="api_key"),
     path("keys/<str:key_id>/rotate", views.ApiKeyRotateView.as_view(), name="api_key_rotate"),
     path("usage", views.UsageView.as_view(), name="api_usage"),
+    path("limits", views.LimitsView.as_view(), name="api_limits"),
 ]

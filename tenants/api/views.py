@@ -10,6 +10,7 @@ from rest_framework import exceptions, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
+from billing.quota_reads import quota_report
 from billing.selectors import usage_summary, usage_window
 from tenants import selectors, services
 from tenants.api import serializers as s
@@ -223,7 +224,7 @@ class ApiKeyListView(ManagementView):
 
 
 class ApiKeyDetailView(ManagementView):
-    actions = {"GET": Action.KEYS_VIEW, "DELETE": Action.KEYS_REVOKE}
+    actions = {"GET": Action.KEYS_VIEW, "PATCH": Action.KEYS_LIMITS, "DELETE": Action.KEYS_REVOKE}
     serializer_class = s.ApiKeySerializer
 
     def api_key(self, key_id: str) -> ApiKey:
@@ -234,6 +235,23 @@ class ApiKeyDetailView(ManagementView):
                    responses={200: s.ApiKeySerializer, **_errors(404, *COMMON)})
     def get(self, request, key_id):
         return Response(s.ApiKeySerializer(self.api_key(key_id)).data)
+
+    @extend_schema(operation_id="keys_update", summary="Change a key's own limits (never above the organisation's)",
+                   request=s.ApiKeyUpdateSerializer,
+                   responses={200: s.ApiKeySerializer, **_errors(400, 404, *COMMON)})
+    def patch(self, request, key_id):
+        api_key = self.api_key(key_id)
+        serializer = s.ApiKeyUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            updated = services.api_key_set_limits(api_key=api_key, limits=dict(serializer.validated_data["limits"]),
+                                                  actor=_actor(request), request=request._request)
+        except DjangoValidationError as exc:
+            # Field errors read as the request named them: ``limits.rpm_limit``.
+            detail = {"limits": exc.message_dict} if hasattr(exc, "message_dict") else exc.messages
+            raise exceptions.ValidationError(detail) from None
+        updated.last_used_at = api_key.last_used_at
+        return Response(s.ApiKeySerializer(updated).data)
 
     @extend_schema(operation_id="keys_revoke", summary="Revoke an API key (refused by /v1 within a second)",
                    responses={200: s.ApiKeySerializer, **_errors(404, *COMMON)})
@@ -277,3 +295,16 @@ class UsageView(ManagementView):
         since, until = usage_window(since=query.get("since"), until=query.get("until"))
         return Response(s.UsageSummarySerializer(usage_summary(tenant=self.access.tenant, since=since,
                                                                until=until)).data)
+
+
+# --- limits ----------------------------------------------------------------------------------------
+class LimitsView(ManagementView):
+    actions = {"GET": Action.LIMITS_VIEW}
+    serializer_class = s.LimitsReportSerializer
+
+    @extend_schema(operation_id="limits_retrieve",
+                   summary="Effective limits, where each comes from, and what is left now; per key too",
+                   responses={200: s.LimitsReportSerializer, **_errors(*COMMON)})
+    def get(self, request):
+        api_keys = selectors.api_keys_for_limits(tenant=self.access.tenant)
+        return Response(s.LimitsReportSerializer(quota_report(tenant=self.access.tenant, api_keys=api_keys)).data)

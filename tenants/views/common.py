@@ -43,6 +43,7 @@ def staff_view(view):
         if not request.user.is_staff:
             raise Http404
         require_staff_mfa(request)
+        request.wattle_staff_page = True  # the layout shows staff banners (the cost guard's) on these pages
         return view(request, *args, **kwargs)
 
     return wrapper
@@ -57,6 +58,17 @@ def error_messages(exc: ValidationError) -> list[str]:
 def flash_errors(request, exc: ValidationError) -> None:
     for message in error_messages(exc):
         messages.error(request, message)
+
+
+def form_errors(form, exc: ValidationError) -> None:
+    """A service's ValidationError onto the form: under the field it names, else above the form."""
+    if hasattr(exc, "message_dict"):
+        for name, messages_ in exc.message_dict.items():
+            for message in messages_:
+                form.add_error(name if name in form.fields else None, message)
+    else:
+        for message in exc.messages:
+            form.add_error(None, message)
 
 
 def back(request, default: str):

@@ -14,14 +14,17 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from billing import limits as billing_limits
+from billing.quota_reads import quota_report
 from billing.selectors import usage_recent, usage_summary, usage_window
 from tenants import forms, selectors, services
 from tenants.adapters import SESSION_INVITATION
 from tenants.models import ApiKey, Membership
 from tenants.permissions import Action, assignable_roles
-from tenants.views.common import back, flash_errors, tenant_view
+from tenants.views.common import back, flash_errors, form_errors, tenant_view
 
 EXAMPLE_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
+ORGANISATION = "the organisation's"
 
 
 def _api_base(request) -> str:
@@ -231,6 +234,7 @@ def key_create(request, access):
     allow_management = access.can(Action.KEYS_GRANT_MANAGEMENT)
     form = forms.ApiKeyForm(request.POST if request.method == "POST" else None,
                           allow_management=allow_management)
+    form.explain_empty(billing_limits.tenant_limits(access.tenant), whose=ORGANISATION)
     if request.method == "POST" and form.is_valid():
         try:
             issued = services.api_key_create(
@@ -239,19 +243,46 @@ def key_create(request, access):
                 expires_at=form.expires_at(), limits=form.limits(), request=request,
             )
         except ValidationError as exc:
-            flash_errors(request, exc)
+            form_errors(form, exc)
         else:
             return _render_secret(request, access, issued)
     status = 400 if request.method == "POST" else 200
     return render(request, "tenants/key_form.html", {"tenant": access.tenant, "form": form}, status=status)
 
 
+def _key_detail(request, access, api_key, *, limits_form=None, status: int = 200):
+    selectors.with_last_used(tenant=access.tenant, api_keys=[api_key])
+    report = quota_report(tenant=access.tenant, api_keys=[api_key])
+    if limits_form is None and access.can(Action.KEYS_LIMITS):
+        limits_form = forms.KeyLimitsForm(initial={n: getattr(api_key, n) for n in ApiKey.LIMIT_FIELDS})
+    if limits_form is not None:
+        limits_form.explain_empty(report.limits.values, whose=ORGANISATION)
+    return render(request, "tenants/key_detail.html", {
+        "tenant": access.tenant, "api_key": api_key, "key_quota": report.keys[0], "report": report,
+        "limits_form": limits_form,
+    }, status=status)
+
+
 @require_GET
 @tenant_view(Action.KEYS_VIEW)
 def key_detail(request, access, key_id: str):
+    return _key_detail(request, access, selectors.api_key_get(tenant=access.tenant, key_id=key_id))
+
+
+@require_POST
+@tenant_view(Action.KEYS_LIMITS)
+def key_limits(request, access, key_id: str):
     api_key = selectors.api_key_get(tenant=access.tenant, key_id=key_id)
-    selectors.with_last_used(tenant=access.tenant, api_keys=[api_key])
-    return render(request, "tenants/key_detail.html", {"tenant": access.tenant, "api_key": api_key})
+    form = forms.KeyLimitsForm(request.POST)
+    if form.is_valid():
+        try:
+            services.api_key_set_limits(api_key=api_key, limits=form.limits(), actor=request.user, request=request)
+        except ValidationError as exc:
+            form_errors(form, exc)
+        else:
+            messages.success(request, f"Limits of {api_key.name} saved. They apply within a second.")
+            return redirect("tenant_key_detail", access.tenant.slug, api_key.key_id)
+    return _key_detail(request, access, api_key, limits_form=form, status=400)
 
 
 @require_POST
@@ -303,6 +334,18 @@ def usage(request, access):
     return render(request, "tenants/usage.html",
                   {"tenant": access.tenant, "form": form, "summary": summary, "key_names": key_names},
                   status=status)
+
+
+@require_GET
+@tenant_view(Action.LIMITS_VIEW)
+def limits(request, access):
+    """Effective limits, where each comes from, and what is left in the current windows; per key too. The
+    live part refreshes itself through htmx."""
+    report = quota_report(tenant=access.tenant, api_keys=selectors.api_keys_for_limits(tenant=access.tenant))
+    context = {"tenant": access.tenant, "report": report, "keys_shown": selectors.LIMITS_KEYS_SHOWN}
+    if request.htmx:
+        return render(request, "tenants/partials/limits_live.html", context)
+    return render(request, "tenants/limits.html", context)
 
 
 @require_http_methods(["GET", "POST"])

@@ -3,6 +3,8 @@ WCAG AA contrast, one heading, no horizontal scrolling, keyboard reachable actio
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tenants.models import ApiKey, Membership, Role
@@ -14,7 +16,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 PAGES = [
     "/t/{slug}/", "/t/{slug}/welcome/", "/t/{slug}/keys/", "/t/{slug}/keys/new/", "/t/{slug}/keys/{key}/",
     "/t/{slug}/keys/{key}/rotate/", "/t/{slug}/members/", "/t/{slug}/members/{member}/remove/",
-    "/t/{slug}/usage/", "/t/{slug}/settings/", "/account/mfa-required/", "/accounts/2fa/",
+    "/t/{slug}/usage/", "/t/{slug}/limits/", "/t/{slug}/settings/", "/account/mfa-required/", "/accounts/2fa/",
     "/accounts/sessions/", "/accounts/password/change/",
 ]
 
@@ -38,6 +40,23 @@ def signed_in_owner(alice, acme, bluegum, member_of, issue_key):
     return alice
 
 
+@pytest.fixture
+def near_budget(acme, django_capture_on_commit_callbacks):
+    """Acme on a plan, 90% through its monthly tokens: the budget banner shows and the rows are highlighted."""
+    from billing.models import BudgetAlert, Plan
+    from billing.services import plan_save
+    from inference.gateway.limits import tenant_counter_keys
+    from portal.redis import get_redis
+
+    with django_capture_on_commit_callbacks(execute=True):
+        plan_save(plan=Plan(slug="starter", name="Starter", is_default=True, rpm_limit=60, tpm_limit=10_000,
+                            monthly_token_budget=1_000_000))
+    names = tenant_counter_keys(str(acme.pk), time.time())
+    get_redis().set(names["month_tokens"], 900_000)
+    BudgetAlert.objects.create(tenant=acme, budget="month_tokens", period=names["month"], threshold=80,
+                               used=850_000, limit=1_000_000)
+
+
 def _urls(acme) -> list[str]:
     key = ApiKey.objects.get(tenant=acme)
     member = Membership.objects.get(tenant=acme, role=Role.DEVELOPER)
@@ -45,7 +64,8 @@ def _urls(acme) -> list[str]:
 
 
 @pytest.mark.parametrize("fixture", ["page", "phone_page"])
-def test_console_pages_pass_the_accessibility_check(request, fixture, portal_server, signed_in_owner, acme):
+def test_console_pages_pass_the_accessibility_check(request, fixture, portal_server, signed_in_owner, acme,
+                                                    near_budget):
     page = request.getfixturevalue(fixture)
     errors: list[str] = []
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
@@ -82,4 +102,45 @@ def test_api_docs_render_under_the_strict_csp(page, portal_server, db):
     page.goto(f"{portal_server.base_url}/api/docs/")
     page.get_by_text("Wattle management API").first.wait_for()
     assert page.get_by_text("/api/v1/keys").first.is_visible()
+    assert not [e for e in errors if "Content Security Policy" in e], errors
+
+
+STAFF_PAGES = ["/staff/", "/staff/tenants/{slug}/", "/staff/tenants/{slug}/keys/{key}/limits/", "/staff/limits/",
+               "/staff/plans/", "/staff/plans/starter/", "/staff/backends/"]
+
+
+@pytest.fixture
+def staff_session(portal_server, staff):
+    """A staff session that has used its passkey (registering one in the browser is tests/e2e/test_staff_passkey.py's
+    job), handed to the browser as its session cookie."""
+    from django.conf import settings
+    from django.test import Client
+
+    from tests.conftest import sign_in
+
+    client = sign_in(Client(), staff, passkey_used=True)
+    return {"name": settings.SESSION_COOKIE_NAME, "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+            "url": portal_server.base_url}
+
+
+@pytest.mark.parametrize("fixture", ["page", "phone_page"])
+def test_staff_pages_pass_the_accessibility_check(request, fixture, portal_server, staff_session, acme, issue_key,
+                                                  near_budget):
+    from billing.models import CostGuardAction
+
+    issue_key(acme, name="IVR production", limits={"rpm_limit": 30})
+    CostGuardAction.objects.create(tenant=acme, kind="throttle", reason="Acme Contact spent A$30.00 in the last hour "
+                                   "against a baseline of A$1.00 an hour", last_hour_aud=30, baseline_hour_aud=1)
+    page = request.getfixturevalue(fixture)
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.context.add_cookies([staff_session])
+    key = ApiKey.objects.get(tenant=acme)
+    for url in [p.format(slug=acme.slug, key=key.key_id) for p in STAFF_PAGES]:
+        response = page.goto(f"{portal_server.base_url}{url}")
+        assert response.status == 200, url
+        assert page.get_by_role("button", name="Lift for Acme Contact").is_visible(), url
+        assert accessibility_problems(page) == [], url
+        assert fits_width(page), f"{url} scrolls sideways at {page.viewport_size['width']}px"
+    assert "Acme Contact" in page.goto(f"{portal_server.base_url}/staff/limits/").text()
     assert not [e for e in errors if "Content Security Policy" in e], errors

@@ -106,6 +106,9 @@ PAGES = [
     Page("key-rotate", "POST", "/t/{slug}/keys/{key}/rotate/", Action.KEYS_ROTATE, {"grace": "0"},
          foreign_object=True),
     Page("usage", "GET", "/t/{slug}/usage/", Action.USAGE_VIEW),
+    Page("limits", "GET", "/t/{slug}/limits/", Action.LIMITS_VIEW),
+    Page("key-limits", "POST", "/t/{slug}/keys/{key}/limits/", Action.KEYS_LIMITS, {"rpm_limit": "30"},
+         foreign_object=True),
 ]
 
 
@@ -200,6 +203,9 @@ ENDPOINTS = [
     Endpoint("key-rotate", "POST", "/api/v1/keys/{key}/rotate", Action.KEYS_ROTATE, {"grace_seconds": 60},
              foreign_object=True),
     Endpoint("usage", "GET", "/api/v1/usage", Action.USAGE_VIEW),
+    Endpoint("limits", "GET", "/api/v1/limits", Action.LIMITS_VIEW),
+    Endpoint("key-limits", "PATCH", "/api/v1/keys/{key}", Action.KEYS_LIMITS, {"limits": {"rpm_limit": 30}},
+             foreign_object=True),
 ]
 
 
@@ -282,3 +288,11 @@ def test_another_tenants_key_never_reaches_my_tenant(api_client, world, manageme
     response = api_client.get("/api/v1/keys", HTTP_AUTHORIZATION=f"Bearer {key}")
     assert {k["key_id"] for k in response.json()["results"]} == {world.other_key.key_id, key.split("_")[1]}
     assert api_client.get("/api/v1/tenant", HTTP_AUTHORIZATION=f"Bearer {key}").json()["slug"] == world.bluegum.slug
+
+
+def test_limits_never_show_another_tenants_keys_or_counts(api_client, owner_client, world, management_key):
+    key = management_key(world.acme, write=False)
+    body = api_client.get("/api/v1/limits", HTTP_AUTHORIZATION=f"Bearer {key}").json()
+    assert world.other_key.key_id not in {k["key_id"] for k in body["keys"]}
+    page = owner_client.get(f"/t/{world.acme.slug}/limits/").content.decode()
+    assert world.other_key.key_id not in page and "bluegum key" not in page
