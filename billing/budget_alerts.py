@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from audit.services import record
 from billing import limits
 from billing.models import BudgetAlert
-from inference.gateway.limits import tenant_counter_keys
+from inference.gateway.limits import periods, read_usage
 from portal.redis import get_redis
 from tenants.models import Membership, Role, Tenant
 
@@ -87,14 +87,15 @@ def budget_alerts_check(*, now: float | None = None) -> list[BudgetAlert]:
         }
         if not budgets:
             continue
-        keys = tenant_counter_keys(str(tenant.pk), now)
-        values = dict(zip(budgets, client.mget([keys[b] for b in budgets]), strict=True))
+        scope = f"t:{tenant.pk}"
+        values = read_usage(client, [scope], now)[scope]
+        windows = periods(now)
         for budget, limit_value in budgets.items():
             limit = limits.aud_to_micro(limit_value) if budget == "month_spend" else int(limit_value)
             used = int(values[budget] or 0)
             if limit <= 0:
                 continue
-            period = keys["day"] if budget == "day_tokens" else keys["month"]
+            period = windows.day if budget == "day_tokens" else windows.month
             for threshold in THRESHOLDS:
                 if used * 100 >= limit * threshold:
                     alert = _raise(tenant=tenant, budget=budget, period=period, threshold=threshold, used=used,

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from billing import limits
 from billing.models import BudgetAlert, Plan, TenantQuota
-from inference.gateway.limits import tenant_counter_keys
+from inference.gateway.limits import read_usage
 from portal.redis import get_redis
 from tenants.models import ApiKey, Tenant
 
@@ -76,14 +76,6 @@ def windows_at(now: float) -> Windows:
         day_resets_at=_midnight(local.date() + timedelta(days=1)),
         month_resets_at=_midnight(_first_of_next_month(local.date())),
     )
-
-
-def counter_keys(scope: str, now: float) -> dict[str, str]:
-    """The limiter's counters for ``scope`` (``t:<tenant id>`` or ``k:<key id>``) in the windows containing
-    ``now``. Derived from ``tenant_counter_keys`` so the layout has one owner, the data plane."""
-    marker = "\x00"
-    names = tenant_counter_keys(marker, now)
-    return {kind: names[kind].replace(f":t:{marker}:", f":{scope}:") for kind in KINDS}
 
 
 # --- effective limits and where they come from --------------------------------------------------------
@@ -183,24 +175,8 @@ def _meters(values: dict[str, int | Decimal | None], used: dict[str, int], sourc
 
 
 def _read_counters(scopes: list[str], now: float) -> dict[str, dict[str, int]]:
-    """Every counter of every scope in one round trip: one MGET for the windows, one ZCOUNT per scope for the
-    requests in flight (slots whose expiry is still ahead, as the admission script counts them)."""
-    if not scopes:
-        return {}
-    names = {scope: counter_keys(scope, now) for scope in scopes}
-    plain = [kind for kind in KINDS if kind != "concurrent"]
-    now_ms = int(now * 1000)
-    pipe = get_redis().pipeline(transaction=False)
-    pipe.mget([names[scope][kind] for scope in scopes for kind in plain])
-    for scope in scopes:
-        pipe.zcount(names[scope]["concurrent"], f"({now_ms}", "+inf")
-    values, *in_flight = pipe.execute()
-    counts = {}
-    for index, scope in enumerate(scopes):
-        row = values[index * len(plain):(index + 1) * len(plain)]
-        counts[scope] = {kind: max(int(raw or 0), 0) for kind, raw in zip(plain, row, strict=True)}
-        counts[scope]["concurrent"] = int(in_flight[index])
-    return counts
+    """Every counter of every scope in one round trip, as the limiter itself reads them."""
+    return read_usage(get_redis(), scopes, now)
 
 
 # --- the report ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from billing.models import BudgetAlert, CostGuardAction, ModelPrice, Plan, TenantQuota, UsageEvent
-from inference.gateway.limits import tenant_counter_keys
+from inference.gateway.limits import periods
 from tenants.models import Tenant
 
 
@@ -97,8 +97,8 @@ def tenant_usage_totals(*, tenant: Tenant, days: int = 30) -> dict:
 
 def budget_banner(*, tenant: Tenant) -> list[BudgetAlert]:
     """The highest threshold reached by each budget in its current period, for the console banner."""
-    keys = tenant_counter_keys(str(tenant.pk), timezone.now().timestamp())
-    current = BudgetAlert.objects.filter(tenant=tenant, period__in=[keys["day"], keys["month"]]).order_by(
+    windows = periods(timezone.now().timestamp())
+    current = BudgetAlert.objects.filter(tenant=tenant, period__in=[windows.day, windows.month]).order_by(
         "budget", "-threshold"
     )
     seen, shown = set(), []

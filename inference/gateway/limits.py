@@ -1,12 +1,16 @@
-"""Admission control: every limit of a tenant and of its key checked and reserved in one atomic Redis script.
+"""Admission control: every limit of a tenant and of its key checked and reserved atomically in Redis.
 
-Per request, one round trip: the script drops expired concurrency slots, checks requests per minute, tokens
-per minute, concurrent requests, tokens per day, tokens per month and spend per month for the tenant and (when
-the key has limits of its own) the key, and only if all pass, counts the request and reserves
-``estimated prompt tokens + max_tokens`` and the spend they would cost. When the request ends, settlement
-replaces the reservation with the true counts from upstream usage and frees the slot (batched, off the
-request path). Slots carry an expiry that the worker renews while the request runs, so the slots of a worker
-that died come back on their own within ``INFERENCE_LIMITS_SLOT_TTL_S``.
+One Lua script admits a request: for the tenant and (when the key has limits of its own) the key, it checks
+requests per minute, tokens per minute, concurrent requests, tokens per day, tokens per month and spend per
+month, and only if all pass, counts the request and reserves ``estimated prompt tokens + max_tokens`` and the
+spend they would cost. When the request ends, settlement replaces the reservation with the true counts from
+upstream usage and frees its concurrency slot. Slots carry an expiry that the worker renews while the request
+runs, so the slots of a worker that died come back on their own within ``INFERENCE_LIMITS_SLOT_TTL_S``.
+
+Cheap by construction: a scope's counters live in one hash (fields tagged with their window, so a new window
+starts from zero without a key per window), only limited kinds are checked, and requests that arrive in the
+same event-loop turn share one script call (each still admitted atomically, one after the other, inside it);
+settlements are batched the same way off the request path.
 
 Windows: requests and tokens per calendar minute, tokens per day and everything monthly per Australia/Sydney
 day and month. With Redis unreachable, ``INFERENCE_LIMITS_ON_REDIS_ERROR`` chooses: ``closed`` answers 503;
@@ -37,64 +41,90 @@ logger = logging.getLogger("wattle.limits")
 KINDS = ("rpm", "tpm", "concurrent", "day_tokens", "month_tokens", "month_spend")
 _SYDNEY = ZoneInfo("Australia/Sydney")
 _NONE = -1
+_HASH_TTL_MS = 40 * 86_400_000  # a scope's hash outlives its month by a few days, then goes if unused
 
+# ARGV: now_ms, slot_ttl_ms, minute, day, month, hash_ttl_ms, then per request: scope count, slot, tokens, spend,
+# and per scope: hash key, concurrency key, limits ("rpm,tpm,concurrent,day,month,spend", -1 = none).
+# Returns five numbers per request: {1, tenant rpm used, tenant tpm used, key rpm used, key tpm used} when
+# admitted, {0, scope index, kind index, used, 0} when refused.
 _ADMIT = """
 local now = tonumber(ARGV[1])
-local slot = ARGV[2]
-local slot_expiry = tonumber(ARGV[3])
-local tokens = tonumber(ARGV[4])
-local spend = tonumber(ARGV[5])
-local scopes = tonumber(ARGV[6])
-local ttl = {tonumber(ARGV[7]), tonumber(ARGV[7]), 0, tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[9])}
-local cost = {1, tokens, 1, tokens, tokens, spend}
-local used = {}
-for s = 0, scopes - 1 do
-  for k = 1, 6 do
-    local i = s * 6 + k
-    local limit = tonumber(ARGV[9 + i])
-    local current
-    if k == 3 then
-      redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-      current = redis.call('ZCARD', KEYS[i])
-    else
-      current = tonumber(redis.call('GET', KEYS[i]) or '0')
+local slot_ttl = tonumber(ARGV[2])
+local minute, day, month = ARGV[3], ARGV[4], ARGV[5]
+local hash_ttl = tonumber(ARGV[6])
+local out = {}
+local i = 7
+while i <= #ARGV do
+  local nscopes, slot = tonumber(ARGV[i]), ARGV[i + 1]
+  local tokens, spend = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  i = i + 4
+  local scopes, refused = {}, nil
+  for s = 1, nscopes do
+    local hk, ck = ARGV[i], ARGV[i + 1]
+    local lim = {}
+    for v in string.gmatch(ARGV[i + 2], '[^,]+') do lim[#lim + 1] = tonumber(v) end
+    i = i + 3
+    local h = redis.call('HMGET', hk, 'm', 'rpm', 'tpm', 'd', 'dtok', 'mo', 'mtok', 'msp')
+    local rpm, tpm, dtok, mtok, msp = 0, 0, 0, 0, 0
+    if h[1] == minute then rpm = tonumber(h[2]) or 0; tpm = tonumber(h[3]) or 0 end
+    if h[4] == day then dtok = tonumber(h[5]) or 0 end
+    if h[6] == month then mtok = tonumber(h[7]) or 0; msp = tonumber(h[8]) or 0 end
+    local conc = 0
+    if lim[3] >= 0 then
+      redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
+      conc = redis.call('ZCARD', ck)
     end
-    used[i] = current
-    if limit >= 0 and current + cost[k] > limit then
-      return {0, s, k, current}
+    if not refused then
+      local used = {rpm, tpm, conc, dtok, mtok, msp}
+      local cost = {1, tokens, 1, tokens, tokens, spend}
+      for k = 1, 6 do
+        if lim[k] >= 0 and used[k] + cost[k] > lim[k] then
+          refused = {0, s - 1, k, used[k], 0}
+          break
+        end
+      end
     end
+    scopes[s] = {hk, ck, lim[3], rpm, tpm, dtok, mtok, msp}
+  end
+  if refused then
+    for _, v in ipairs(refused) do out[#out + 1] = v end
+  else
+    for s = 1, nscopes do
+      local sc = scopes[s]
+      redis.call('HSET', sc[1], 'm', minute, 'rpm', sc[4] + 1, 'tpm', sc[5] + tokens, 'd', day,
+                 'dtok', sc[6] + tokens, 'mo', month, 'mtok', sc[7] + tokens, 'msp', sc[8] + spend)
+      redis.call('PEXPIRE', sc[1], hash_ttl)
+      if sc[3] >= 0 then
+        redis.call('ZADD', sc[2], now + slot_ttl, slot)
+        redis.call('PEXPIRE', sc[2], slot_ttl + 1000)
+      end
+    end
+    local t, k = scopes[1], scopes[2]
+    out[#out + 1] = 1
+    out[#out + 1] = t[4]
+    out[#out + 1] = t[5]
+    out[#out + 1] = k and k[4] or 0
+    out[#out + 1] = k and k[5] or 0
   end
 end
-for s = 0, scopes - 1 do
-  for k = 1, 6 do
-    local i = s * 6 + k
-    if k == 3 then
-      redis.call('ZADD', KEYS[i], slot_expiry, slot)
-      redis.call('PEXPIRE', KEYS[i], slot_expiry - now + 1000)
-    elseif cost[k] ~= 0 then
-      redis.call('INCRBY', KEYS[i], cost[k])
-      redis.call('PEXPIRE', KEYS[i], ttl[k])
-    end
-  end
-end
-return {1, used[1], used[2], used[7] or 0, used[8] or 0}
+return out
 """
 
+# ARGV, eight per settlement: hash key, concurrency key, slot, minute, day, month, token delta, spend delta.
+# A delta lands only in the window the request was admitted in (a new window starts from zero anyway).
 _SETTLE = """
-local slot = ARGV[1]
-local token_delta = tonumber(ARGV[2])
-local spend_delta = tonumber(ARGV[3])
-local scopes = tonumber(ARGV[4])
-for s = 0, scopes - 1 do
-  local base = s * 6
-  redis.call('ZREM', KEYS[base + 3], slot)
-  if token_delta ~= 0 then
-    for _, k in ipairs({2, 4, 5}) do
-      if redis.call('EXISTS', KEYS[base + k]) == 1 then redis.call('INCRBY', KEYS[base + k], token_delta) end
+for i = 1, #ARGV, 8 do
+  local hk = ARGV[i]
+  redis.call('ZREM', ARGV[i + 1], ARGV[i + 2])
+  local td, sd = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
+  if td ~= 0 or sd ~= 0 then
+    local h = redis.call('HMGET', hk, 'm', 'd', 'mo')
+    if td ~= 0 then
+      if h[1] == ARGV[i + 3] then redis.call('HINCRBY', hk, 'tpm', td) end
+      if h[2] == ARGV[i + 4] then redis.call('HINCRBY', hk, 'dtok', td) end
+      if h[3] == ARGV[i + 5] then redis.call('HINCRBY', hk, 'mtok', td) end
     end
-  end
-  if spend_delta ~= 0 and redis.call('EXISTS', KEYS[base + 6]) == 1 then
-    redis.call('INCRBY', KEYS[base + 6], spend_delta)
+    if sd ~= 0 and h[3] == ARGV[i + 5] then redis.call('HINCRBY', hk, 'msp', sd) end
   end
 end
 return 1
@@ -103,7 +133,7 @@ return 1
 
 @dataclass(slots=True)
 class Windows:
-    minute: int
+    minute: str
     day: str
     month: str
     minute_reset_s: float
@@ -115,39 +145,63 @@ class _Calendar:
     """Window ids for "now", recomputing the Sydney day and month only when one ends."""
 
     def __init__(self) -> None:
-        self._day_end = 0.0
+        self._day_start = self._day_end = 0.0
         self._day = self._month = ""
         self._month_end = 0.0
 
     def now(self, now: float) -> Windows:
-        if now >= self._day_end:
+        if not self._day_start <= now < self._day_end:
             local = datetime.fromtimestamp(now, _SYDNEY)
+            start = datetime.combine(local.date(), datetime.min.time(), _SYDNEY)
             midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), _SYDNEY)
             first = (local.replace(day=1) + timedelta(days=32)).replace(day=1)
             next_month = datetime.combine(first.date(), datetime.min.time(), _SYDNEY)
             self._day, self._month = local.strftime("%Y%m%d"), local.strftime("%Y%m")
-            self._day_end, self._month_end = midnight.timestamp(), next_month.timestamp()
+            self._day_start, self._day_end = start.timestamp(), midnight.timestamp()
+            self._month_end = next_month.timestamp()
         minute = int(now // 60)
         return Windows(
-            minute, self._day, self._month, (minute + 1) * 60 - now, self._day_end - now, self._month_end - now
+            str(minute), self._day, self._month, (minute + 1) * 60 - now, self._day_end - now, self._month_end - now
         )
 
 
-def tenant_counter_keys(tenant_id: str, now: float) -> dict[str, str]:
-    """The Redis counters of a tenant's budgets for the windows containing ``now`` (read by the control plane
-    for alerts and consoles; the same names the admission script writes)."""
-    windows = _Calendar().now(now)
-    base = f"{redis_key('rl')}:t:{tenant_id}"
-    return {
-        "rpm": f"{base}:rpm:{windows.minute}",
-        "tpm": f"{base}:tpm:{windows.minute}",
-        "concurrent": f"{base}:conc",
-        "day_tokens": f"{base}:day:{windows.day}",
-        "month_tokens": f"{base}:mtok:{windows.month}",
-        "month_spend": f"{base}:mspend:{windows.month}",
-        "day": windows.day,
-        "month": windows.month,
-    }
+def scope_keys(scope: str) -> tuple[str, str]:
+    """The counters hash and the concurrency set of a scope (``t:<tenant id>`` or ``k:<key id>``)."""
+    base = f"{redis_key('rl')}:{scope}"
+    return base, f"{base}:conc"
+
+
+def periods(now: float) -> Windows:
+    """The windows containing ``now`` (ids and time to their ends), as the limiter sees them."""
+    return _Calendar().now(now)
+
+
+def read_usage(client, scopes: list[str], now: float) -> dict[str, dict[str, int]]:
+    """What the limiter has counted for each scope in the windows containing ``now``, in one round trip
+    (control plane: consoles, alerts). Token counters hold reservations while requests run."""
+    if not scopes:
+        return {}
+    windows = periods(now)
+    now_ms = int(now * 1000)
+    pipe = client.pipeline(transaction=False)
+    for scope in scopes:
+        hash_key, conc_key = scope_keys(scope)
+        pipe.hmget(hash_key, "m", "rpm", "tpm", "d", "dtok", "mo", "mtok", "msp")
+        pipe.zcount(conc_key, f"({now_ms}", "+inf")
+    replies = pipe.execute()
+    usage = {}
+    for index, scope in enumerate(scopes):
+        m, rpm, tpm, d, dtok, mo, mtok, msp = (v.decode() if isinstance(v, bytes) else v for v in replies[2 * index])
+        this_minute, today, this_month = m == windows.minute, d == windows.day, mo == windows.month
+        usage[scope] = {
+            "rpm": int(rpm or 0) if this_minute else 0,
+            "tpm": max(0, int(tpm or 0)) if this_minute else 0,
+            "concurrent": int(replies[2 * index + 1]),
+            "day_tokens": max(0, int(dtok or 0)) if today else 0,
+            "month_tokens": max(0, int(mtok or 0)) if this_month else 0,
+            "month_spend": max(0, int(msp or 0)) if this_month else 0,
+        }
+    return usage
 
 
 def _duration(seconds: float) -> str:
@@ -167,24 +221,29 @@ def _when(now: float, seconds: float) -> str:
     return moment.strftime("%-d %b %Y %H:%M %Z")
 
 
+def _limits_arg(scope: dict) -> str:
+    return ",".join(str(scope.get(kind, _NONE)) for kind in KINDS)
+
+
 @dataclass(slots=True)
 class Admission:
-    keys: list[str]
-    scopes: int
+    scopes: list[tuple[str, str, bool]]  # (hash key, concurrency key, counts concurrency) per scope
+    windows: Windows
     slot: str
     tokens: int
     spend: int
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     local: bool = False  # admitted against per-worker counters while Redis was away
+    local_names: tuple[str, ...] = ()
 
 
 _REFUSALS = {
-    1: ("requests per minute", "rate_limit_exceeded", "requests"),
-    2: ("tokens per minute", "rate_limit_exceeded", "tokens"),
-    3: ("concurrent requests", "rate_limit_exceeded", "requests"),
-    4: ("daily token budget", "insufficient_quota", "tokens"),
-    5: ("monthly token budget", "insufficient_quota", "tokens"),
-    6: ("monthly spend cap", "insufficient_quota", "spend"),
+    1: ("requests per minute", "rate_limit_exceeded"),
+    2: ("tokens per minute", "rate_limit_exceeded"),
+    3: ("concurrent requests", "rate_limit_exceeded"),
+    4: ("daily token budget", "insufficient_quota"),
+    5: ("monthly token budget", "insufficient_quota"),
+    6: ("monthly spend cap", "insufficient_quota"),
 }
 
 
@@ -195,37 +254,29 @@ class Limiter:
         self._admit = redis.register_script(_ADMIT)
         self._settle = redis.register_script(_SETTLE)
         self._calendar = _Calendar()
-        self._prefix = redis_key("rl")
-        self._pending: list[tuple[list[str], list]] = []
+        self._queue: list[tuple[list, asyncio.Future]] = []
+        self._flush_scheduled = False
+        self._pending: list[list] = []
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self._failing_since: float | None = None
         self._local: dict[str, int] = {}
         self._local_slots: dict[str, set[str]] = {}
         self._active: dict[str, Admission] = {}  # slot -> admission, for renewing long requests' slots
-        self._renew_task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._settle_loop())
-        self._renew_task = asyncio.create_task(self._renew_loop())
+        self._tasks = [asyncio.create_task(self._settle_loop()), asyncio.create_task(self._renew_loop())]
 
     async def stop(self) -> None:
-        for task in (self._task, self._renew_task):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         with contextlib.suppress(Exception):
             await self._flush_settlements()
 
     # --- admission ---------------------------------------------------------------------------------
-    def _keys(self, scope: str, windows: Windows) -> list[str]:
-        base = f"{self._prefix}:{scope}"
-        return [
-            f"{base}:rpm:{windows.minute}", f"{base}:tpm:{windows.minute}", f"{base}:conc",
-            f"{base}:day:{windows.day}", f"{base}:mtok:{windows.month}", f"{base}:mspend:{windows.month}",
-        ]
-
     async def admit(self, record, *, tokens: int, spend: int, slot: str | None = None) -> Admission | None:
         """Reserve ``tokens`` and ``spend`` (micro-AUD) for a request, or raise the 429 the client should see.
 
@@ -235,29 +286,57 @@ class Limiter:
             return None
         now = self._clock()
         windows = self._calendar.now(now)
-        scopes = [tenant_limits] + ([key_limits] if key_limits else [])
-        keys = self._keys(f"t:{record.tenant}", windows)
-        if key_limits:
-            keys += self._keys(f"k:{record.key_id}", windows)
+        limits = [tenant_limits] + ([key_limits] if key_limits else [])
+        names = [f"t:{record.tenant}"] + ([f"k:{record.key_id}"] if key_limits else [])
         slot = slot or secrets.token_hex(8)
-        limits = [scope.get(kind, _NONE) for scope in scopes for kind in KINDS]
-        now_ms = int(now * 1000)
-        args = [
-            now_ms, slot, now_ms + int(settings.INFERENCE_LIMITS_SLOT_TTL_S * 1000), tokens, spend, len(scopes),
-            120_000, 2 * 86_400_000, 40 * 86_400_000, *limits,
-        ]
+        scopes = []
+        item = [len(limits), slot, tokens, spend]
+        for name, scope_limits in zip(names, limits, strict=True):
+            hash_key, conc_key = scope_keys(name)
+            scopes.append((hash_key, conc_key, "concurrent" in scope_limits))
+            item += [hash_key, conc_key, _limits_arg(scope_limits)]
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(([now, windows], item, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
         try:
-            result = await self._admit(keys=keys, args=args)
+            result = await future
         except (RedisError, OSError) as exc:
-            return self._admit_without_redis(record, scopes, tokens, spend, windows, slot, exc)
+            return self._admit_without_redis(names, limits, tokens, spend, windows, slot, exc)
         self._failing_since = None
         if result[0] == 0:
-            raise self._refusal(scopes[int(result[1])], int(result[2]), windows)
-        admission = Admission(keys=keys, scopes=len(scopes), slot=slot, tokens=tokens, spend=spend)
+            raise self._refusal(limits[int(result[1])], int(result[2]), windows)
+        admission = Admission(scopes=scopes, windows=windows, slot=slot, tokens=tokens, spend=spend)
         self._active[slot] = admission
-        admission.headers = self._headers(scopes, windows, rpm_used=[int(result[1]), int(result[3])],
+        admission.headers = self._headers(limits, windows, rpm_used=[int(result[1]), int(result[3])],
                                           tpm_used=[int(result[2]), int(result[4])], tokens=tokens)
         return admission
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._queue = self._queue, []
+        task = asyncio.create_task(self._run_admissions(batch))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_admissions(self, batch) -> None:
+        """Admit every request queued in this loop turn with one script call (in arrival order)."""
+        now, windows = batch[0][0]
+        args = [int(now * 1000), int(settings.INFERENCE_LIMITS_SLOT_TTL_S * 1000), windows.minute, windows.day,
+                windows.month, _HASH_TTL_MS]
+        for _when_windows, item, _future in batch:
+            args += item
+        try:
+            results = await self._admit(args=args)
+        except Exception as exc:
+            for _ww, _item, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for index, (_ww, _item, future) in enumerate(batch):
+            if not future.done():
+                future.set_result(results[5 * index : 5 * index + 5])
 
     @staticmethod
     def _tightest(scopes: list[dict], kind: str, used: list[int]) -> tuple[int, int] | None:
@@ -290,7 +369,7 @@ class Limiter:
         return headers
 
     def _refusal(self, scope: dict, kind: int, windows: Windows) -> GatewayError:
-        label, code, _unit = _REFUSALS[kind]
+        label, code = _REFUSALS[kind]
         limit = scope.get(KINDS[kind - 1])
         if kind in (1, 2):
             retry = windows.minute_reset_s
@@ -303,10 +382,7 @@ class Limiter:
         retry_after = str(max(1, math.ceil(retry)))
         reset = {"x-ratelimit-reset-requests" if kind in (1, 3) else "x-ratelimit-reset-tokens": _duration(retry)}
         if code == "rate_limit_exceeded":
-            shown = f"{limit:,}" if kind != 6 else f"A${limit / 1_000_000:,.2f}"
-            message = (
-                f"Rate limit reached for {label}: limit {shown}. Please try again in {_duration(retry)}."
-            )
+            message = f"Rate limit reached for {label}: limit {limit:,}. Please try again in {_duration(retry)}."
             return GatewayError(429, message, type="requests" if kind in (1, 3) else "tokens", code=code,
                                 headers={"retry-after": retry_after, **reset})
         amount = f"A${limit / 1_000_000:,.2f}" if kind == 6 else f"{limit:,} tokens"
@@ -318,7 +394,7 @@ class Limiter:
                             headers={"retry-after": retry_after, **reset})
 
     # --- Redis outage ------------------------------------------------------------------------------
-    def _admit_without_redis(self, record, scopes, tokens, spend, windows, slot, exc) -> Admission:
+    def _admit_without_redis(self, names, limits, tokens, spend, windows, slot, exc) -> Admission:
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
@@ -333,15 +409,14 @@ class Limiter:
                 code="service_unavailable", headers={"retry-after": "2"},
             ) from exc
         fraction = settings.INFERENCE_LIMITS_LOCAL_FRACTION
-        names = [f"t:{record.tenant}"] + ([f"k:{record.key_id}"] if len(scopes) > 1 else [])
         window_ids = (windows.minute, windows.minute, None, windows.day, windows.month, windows.month)
         costs = (1, tokens, 1, tokens, tokens, spend)
-        local_keys = []
-        for name, scope in zip(names, scopes, strict=True):
+        counters = []
+        for name, scope in zip(names, limits, strict=True):
             for index, kind in enumerate(KINDS):
                 limit = scope.get(kind)
                 counter = f"{name}:{kind}:{window_ids[index]}"
-                local_keys.append(counter)
+                counters.append(counter)
                 if limit is None:
                     continue
                 used = len(self._local_slots.get(name, ())) if kind == "concurrent" else self._local.get(counter, 0)
@@ -349,56 +424,56 @@ class Limiter:
                     raise self._refusal(scope, index + 1, windows)
         for name in names:
             self._local_slots.setdefault(name, set()).add(slot)
-        for counter, cost in zip(local_keys, costs * len(names), strict=True):
+        for counter, cost in zip(counters, costs * len(names), strict=True):
             self._local[counter] = self._local.get(counter, 0) + cost
         if len(self._local) > 50_000:
             self._local.clear()
-        return Admission(keys=names, scopes=len(scopes), slot=slot, tokens=tokens, spend=spend, local=True)
+        return Admission(scopes=[], windows=windows, slot=slot, tokens=tokens, spend=spend, local=True,
+                         local_names=tuple(names))
 
     # --- settlement --------------------------------------------------------------------------------
     def settle(self, admission: Admission, *, tokens: int, spend: int) -> None:
         """Replace the reservation with the true counts and free the slot (batched, never blocks)."""
         if admission.local:
-            for name in admission.keys:
+            for name in admission.local_names:
                 self._local_slots.get(name, set()).discard(admission.slot)
             return
         self._active.pop(admission.slot, None)
-        self._pending.append(
-            (admission.keys, [admission.slot, tokens - admission.tokens, spend - admission.spend, admission.scopes])
-        )
+        windows = admission.windows
+        token_delta, spend_delta = tokens - admission.tokens, spend - admission.spend
+        for hash_key, conc_key, _counted in admission.scopes:
+            self._pending.append([hash_key, conc_key, admission.slot, windows.minute, windows.day, windows.month,
+                                  token_delta, spend_delta])
         self._wake.set()
 
     async def _flush_settlements(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:500], self._pending[500:]
-            pipe = self._redis.pipeline(transaction=False)
-            for keys, args in batch:
-                await self._settle(keys=keys, args=args, client=pipe)
+            args = [value for item in batch for value in item]
             try:
-                await pipe.execute()
+                await self._settle(args=args)
             except (RedisError, OSError):
                 # Slots expire by themselves; token counts stay conservative (the reservation is kept).
                 logger.warning("limits: %d settlements dropped while Redis is unavailable", len(batch))
-
-    async def _renew_loop(self) -> None:
-        """Push the expiry of every running request's slot forward, a few times per TTL."""
-        ttl_ms = int(settings.INFERENCE_LIMITS_SLOT_TTL_S * 1000)
-        while True:
-            await asyncio.sleep(settings.INFERENCE_LIMITS_SLOT_TTL_S / 3)
-            if not self._active:
-                continue
-            expiry = int(self._clock() * 1000) + ttl_ms
-            pipe = self._redis.pipeline(transaction=False)
-            for admission in list(self._active.values()):
-                for scope in range(admission.scopes):
-                    concurrency_key = admission.keys[scope * 6 + 2]
-                    pipe.zadd(concurrency_key, {admission.slot: expiry}, xx=True)
-                    pipe.pexpire(concurrency_key, ttl_ms + 1000)
-            with contextlib.suppress(RedisError, OSError):
-                await pipe.execute()
 
     async def _settle_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             await self._flush_settlements()
+
+    async def _renew_loop(self) -> None:
+        """Push the expiry of every running request's slot forward, a few times per TTL."""
+        ttl_ms = int(settings.INFERENCE_LIMITS_SLOT_TTL_S * 1000)
+        while True:
+            await asyncio.sleep(settings.INFERENCE_LIMITS_SLOT_TTL_S / 3)
+            counted = [(a.slot, conc) for a in list(self._active.values()) for _h, conc, on in a.scopes if on]
+            if not counted:
+                continue
+            expiry = int(self._clock() * 1000) + ttl_ms
+            pipe = self._redis.pipeline(transaction=False)
+            for slot, conc_key in counted:
+                pipe.zadd(conc_key, {slot: expiry}, xx=True)
+                pipe.pexpire(conc_key, ttl_ms + 1000)
+            with contextlib.suppress(RedisError, OSError):
+                await pipe.execute()

@@ -14,24 +14,37 @@ from billing import services
 from billing.budget_alerts import budget_alerts_check
 from billing.models import BudgetAlert
 from billing.selectors import budget_banner
-from inference.gateway.limits import tenant_counter_keys
-from portal.redis import get_redis
 
 NOW = datetime(2026, 11, 11, 10, 0, tzinfo=ZoneInfo("Australia/Sydney")).timestamp()
 
 
-def use(tenant, budget: str, value: int, now: float = NOW) -> None:
-    get_redis().set(tenant_counter_keys(str(tenant.pk), now)[budget], value)
+@pytest.fixture
+def use(issue_key, limiter_at):
+    """use(tenant, budget, total, now) -> drive real admissions until the limiter has counted ``total``."""
+    keys, counted = {}, {}
+
+    def drive(tenant, budget: str, total: int, now: float = NOW) -> None:
+        key = keys.setdefault(tenant.pk, issue_key(tenant))
+        already = counted.get((tenant.pk, budget, now), 0)
+        amount = total - already
+        if budget == "month_spend":
+            limiter_at(now).admit(key, tokens=0, spend=amount)
+        else:
+            limiter_at(now).admit(key, tokens=amount)
+        counted[(tenant.pk, budget, now)] = total
+
+    return drive
 
 
 @pytest.fixture
-def budgeted(acme):
-    services.tenant_quota_set(tenant=acme, monthly_token_budget=1000, monthly_spend_cap_aud=Decimal("10.00"))
+def budgeted(acme, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        services.tenant_quota_set(tenant=acme, monthly_token_budget=1000, monthly_spend_cap_aud=Decimal("10.00"))
     return acme
 
 
 @pytest.mark.django_db
-def test_thresholds_are_announced_once_each(budgeted, alice):
+def test_thresholds_are_announced_once_each(budgeted, alice, use):
     use(budgeted, "month_tokens", 400)
     assert budget_alerts_check(now=NOW) == []
     use(budgeted, "month_tokens", 550)
@@ -46,7 +59,7 @@ def test_thresholds_are_announced_once_each(budgeted, alice):
 
 
 @pytest.mark.django_db
-def test_alerts_are_emailed_to_billing_contacts(budgeted, alice, member_of, django_capture_on_commit_callbacks):
+def test_alerts_are_emailed_to_billing_contacts(budgeted, alice, member_of, django_capture_on_commit_callbacks, use):
     member_of(budgeted, "billing", email="accounts@acme.example")
     member_of(budgeted, "developer", email="dev@acme.example")
     use(budgeted, "month_tokens", 1000)
@@ -61,7 +74,7 @@ def test_alerts_are_emailed_to_billing_contacts(budgeted, alice, member_of, djan
 
 
 @pytest.mark.django_db
-def test_spend_alerts_speak_in_dollars(budgeted, django_capture_on_commit_callbacks):
+def test_spend_alerts_speak_in_dollars(budgeted, django_capture_on_commit_callbacks, use):
     use(budgeted, "month_spend", 8_500_000)  # A$8.50 of A$10.00
     with django_capture_on_commit_callbacks(execute=True):
         alerts = budget_alerts_check(now=NOW)
@@ -70,7 +83,7 @@ def test_spend_alerts_speak_in_dollars(budgeted, django_capture_on_commit_callba
 
 
 @pytest.mark.django_db
-def test_a_new_period_announces_again(budgeted):
+def test_a_new_period_announces_again(budgeted, use):
     use(budgeted, "month_tokens", 600)
     budget_alerts_check(now=NOW)
     december = datetime(2026, 12, 2, 9, 0, tzinfo=ZoneInfo("Australia/Sydney")).timestamp()
@@ -79,14 +92,14 @@ def test_a_new_period_announces_again(budgeted):
 
 
 @pytest.mark.django_db
-def test_tenants_without_budgets_and_other_tenants_are_untouched(budgeted, bluegum):
+def test_tenants_without_budgets_and_other_tenants_are_untouched(budgeted, bluegum, use):
     use(bluegum, "month_tokens", 10**9)
     use(budgeted, "month_tokens", 100)
     assert budget_alerts_check(now=NOW) == []
 
 
 @pytest.mark.django_db
-def test_banner_shows_the_highest_threshold_of_the_current_period(budgeted, settings):
+def test_banner_shows_the_highest_threshold_of_the_current_period(budgeted, settings, use):
     import time
 
     now = time.time()

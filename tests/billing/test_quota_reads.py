@@ -14,14 +14,12 @@ from billing.models import BudgetAlert, Plan
 from billing.quota_reads import (
     _resolve,
     budget_notices,
-    counter_keys,
     near_limits,
     quota_report,
     tenant_limits_explained,
     windows_at,
 )
 from inference.gateway.errors import GatewayError
-from inference.gateway.limits import tenant_counter_keys
 from portal.redis import get_redis
 from tenants.models import ApiKey, Tenant
 
@@ -112,13 +110,6 @@ def test_a_key_asking_for_more_than_its_organisation_shows_the_organisations(acm
     [line] = [line for line in quota_report(tenant=acme, api_keys=[api_key], now=NOW).keys[0].lines
               if line.meter.kind == "rpm"]
     assert (line.own, line.meter.limit, line.meter.source, line.organisation.limit) == (50, 10, "capped", 10)
-
-
-def test_counter_names_are_the_limiters(acme):
-    names = counter_keys(f"t:{acme.pk}", NOW)
-    published = tenant_counter_keys(str(acme.pk), NOW)
-    assert all(names[kind] == published[kind] for kind in names)
-    assert counter_keys("k:abc", NOW)["rpm"] == published["rpm"].replace(f":t:{acme.pk}:", ":k:abc:")
 
 
 def test_a_report_costs_one_redis_round_trip(acme, starter, issue_key, monkeypatch):

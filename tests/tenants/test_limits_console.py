@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from audit.models import AuditEntry
 from billing import services as billing_services
 from billing.models import BudgetAlert, Plan
-from inference.gateway.limits import tenant_counter_keys
+from inference.gateway.limits import periods
 from portal.redis import get_redis
 from tenants import keys
 from tenants.models import ApiKey, Role
@@ -102,7 +102,7 @@ def test_limits_link_is_in_the_console_navigation_for_the_roles_that_may_see_it(
 def test_budget_banner_is_on_every_console_page(owner_client, client, acme, bluegum, starter, member_of):
     from django.utils import timezone
 
-    period = tenant_counter_keys(str(acme.pk), timezone.now().timestamp())["month"]
+    period = periods(timezone.now().timestamp()).month
     BudgetAlert.objects.create(tenant=acme, budget="month_tokens", period=period, threshold=50, used=500_000,
                                limit=1_000_000)
     BudgetAlert.objects.create(tenant=acme, budget="month_tokens", period=period, threshold=80, used=800_000,
@@ -130,7 +130,7 @@ def test_budget_banner_is_on_every_console_page(owner_client, client, acme, blue
 def test_an_exhausted_budget_is_an_alert(owner_client, acme):
     from django.utils import timezone
 
-    day = tenant_counter_keys(str(acme.pk), timezone.now().timestamp())["day"]
+    day = periods(timezone.now().timestamp()).day
     BudgetAlert.objects.create(tenant=acme, budget="day_tokens", period=day, threshold=100, used=10_000,
                                limit=10_000)
     page = owner_client.get(f"/t/{acme.slug}/").content.decode()
