@@ -139,11 +139,12 @@ def usage_ingest(*, max_batches: int | None = None, block_ms: int | None = None)
         for _entry_id, fields in pending:
             if not fields:
                 continue  # already deleted from the stream: only its acknowledgement was missing
-            try:
-                rows.append(_to_values(orjson.loads(fields[b"e"])))
-            except (KeyError, ValueError, TypeError) as exc:
-                # A malformed event can't be billed; keep it out of the table but say so loudly.
-                logger.error("dropping malformed usage event: %s", exc.__class__.__name__)
+            for line in fields.get(b"e", b"").split(b"\n"):  # an entry carries one or more events
+                try:
+                    rows.append(_to_values(orjson.loads(line)))
+                except (KeyError, ValueError, TypeError) as exc:
+                    # A malformed event can't be billed; keep it out of the table but say so loudly.
+                    logger.error("dropping malformed usage event: %s", exc.__class__.__name__)
         _store(rows)
         ids = [entry_id for entry_id, _ in pending]
         pipe = client.pipeline(transaction=False)

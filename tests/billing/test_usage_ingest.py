@@ -89,3 +89,11 @@ def test_the_group_is_recreated_after_redis_lost_the_stream(acme):
     push(event(acme, request_id="req_after_restart"))
     usage_ingest()
     assert UsageEvent.objects.filter(request_id="req_after_restart").exists()
+
+
+@pytest.mark.django_db
+def test_an_entry_may_carry_many_events(acme):
+    burst = b"\n".join(orjson.dumps(event(acme, request_id=f"req_burst_{n}")) for n in range(3))
+    get_redis().xadd(settings.INFERENCE_USAGE_STREAM, {"e": burst + b"\n{broken"})
+    usage_ingest()
+    assert sorted(UsageEvent.objects.values_list("request_id", flat=True)) == [f"req_burst_{n}" for n in range(3)]
