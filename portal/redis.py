@@ -70,3 +70,16 @@ def new_async_redis(url: str | None = None) -> aredis.Redis:
 
     return fakeredis.FakeAsyncRedis(server=_shared_fake_server())
 
+
+
+def new_hot_redis(url: str | None = None):
+    """The data plane's per-request commands: a pipelined connection to Redis (``portal.fastredis``), or the
+    in-process stand-in through redis-py when there is no Redis."""
+    from portal.fastredis import FastRedis, RedisPyCommands
+
+    url = url or settings.REDIS_URL
+    if url:
+        return FastRedis(url)
+    import fakeredis
+
+    return RedisPyCommands(fakeredis.FakeAsyncRedis(server=_shared_fake_server()))

@@ -27,7 +27,7 @@ from inference.gateway.errors import GatewayError
 from inference.gateway.limits import Admission, Limiter
 from inference.gateway.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 from inference.gateway.usage import UsageEmitter
-from portal.redis import new_async_redis
+from portal.redis import new_async_redis, new_hot_redis
 
 logger = logging.getLogger("wattle.gateway")
 
@@ -108,6 +108,7 @@ class Gateway:
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self.redis = None
+        self.hot = None  # per-request Redis commands (portal.fastredis)
         self.session: aiohttp.ClientSession | None = None  # probes and hooks; requests use ``upstream``
         self.upstream: UpstreamClient | None = None
         self.auth: KeyAuthenticator | None = None
@@ -145,9 +146,10 @@ class Gateway:
                 skip_auto_headers=("User-Agent",),
             )
             self.auth = KeyAuthenticator(self.redis)
-            self.usage = UsageEmitter(self.redis)
+            self.hot = new_hot_redis()
+            self.usage = UsageEmitter(self.redis, hot=self.hot)
             await self.usage.start()
-            self.limiter = Limiter(self.redis)
+            self.limiter = Limiter(self.hot)
             await self.limiter.start()
             self.access_log = AccessLog()
             await self.access_log.start()
@@ -169,6 +171,7 @@ class Gateway:
         await self.limiter.stop()
         await self.usage.stop()
         await self.access_log.stop()
+        await self.hot.aclose()
         await self.upstream.close()
         await self.session.close()
         await self.redis.aclose()

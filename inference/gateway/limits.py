@@ -34,6 +34,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from inference.gateway.errors import GatewayError
+from portal.fastredis import FastRedis, RedisPyCommands
 from portal.redis import key as redis_key
 
 logger = logging.getLogger("wattle.limits")
@@ -41,6 +42,7 @@ logger = logging.getLogger("wattle.limits")
 KINDS = ("rpm", "tpm", "concurrent", "day_tokens", "month_tokens", "month_spend")
 _SYDNEY = ZoneInfo("Australia/Sydney")
 _NONE = -1
+_SETTLE_GATHER_S = 0.002
 _HASH_TTL_MS = 40 * 86_400_000  # a scope's hash outlives its month by a few days, then goes if unused
 
 # ARGV: now_ms, slot_ttl_ms, minute, day, month, hash_ttl_ms, then per request: scope count, slot, tokens, spend,
@@ -247,12 +249,23 @@ _REFUSALS = {
 }
 
 
+# ARGV: the slots' new expiry, the sets' time to live (ms), then pairs of concurrency key and slot: push the
+# expiry of running requests' slots forward.
+_RENEW = """
+for i = 3, #ARGV, 2 do
+  redis.call('ZADD', ARGV[i], 'XX', ARGV[1], ARGV[i + 1])
+  redis.call('PEXPIRE', ARGV[i], ARGV[2])
+end
+return 1
+"""
+
+
 class Limiter:
     def __init__(self, redis, *, clock=time.time) -> None:
+        """``redis``: the data plane's hot-command client (``portal.redis.new_hot_redis``) or a redis-py
+        client, which is wrapped."""
         self._clock = clock  # wall-clock seconds; windows follow it
-        self._redis = redis
-        self._admit = redis.register_script(_ADMIT)
-        self._settle = redis.register_script(_SETTLE)
+        self._redis = redis if isinstance(redis, FastRedis | RedisPyCommands) else RedisPyCommands(redis)
         self._calendar = _Calendar()
         self._queue: list[tuple[list, asyncio.Future]] = []
         self._flush_scheduled = False
@@ -328,7 +341,7 @@ class Limiter:
         for _when_windows, item, _future in batch:
             args += item
         try:
-            results = await self._admit(args=args)
+            results = await self._redis.evalsha(_ADMIT, [], args)
         except Exception as exc:
             for _ww, _item, future in batch:
                 if not future.done():
@@ -451,7 +464,7 @@ class Limiter:
             batch, self._pending = self._pending[:500], self._pending[500:]
             args = [value for item in batch for value in item]
             try:
-                await self._settle(args=args)
+                await self._redis.evalsha(_SETTLE, [], args)
             except (RedisError, OSError):
                 # Slots expire by themselves; token counts stay conservative (the reservation is kept).
                 logger.warning("limits: %d settlements dropped while Redis is unavailable", len(batch))
@@ -459,6 +472,9 @@ class Limiter:
     async def _settle_loop(self) -> None:
         while True:
             await self._wake.wait()
+            # Let a few milliseconds of settlements gather: one call carries them all, and the work lands
+            # while requests wait on their replicas rather than in front of the next request.
+            await asyncio.sleep(_SETTLE_GATHER_S)
             self._wake.clear()
             await self._flush_settlements()
 
@@ -470,10 +486,8 @@ class Limiter:
             counted = [(a.slot, conc) for a in list(self._active.values()) for _h, conc, on in a.scopes if on]
             if not counted:
                 continue
-            expiry = int(self._clock() * 1000) + ttl_ms
-            pipe = self._redis.pipeline(transaction=False)
+            args = [int(self._clock() * 1000) + ttl_ms, ttl_ms + 1000]
             for slot, conc_key in counted:
-                pipe.zadd(conc_key, {slot: expiry}, xx=True)
-                pipe.pexpire(conc_key, ttl_ms + 1000)
+                args += [conc_key, slot]
             with contextlib.suppress(RedisError, OSError):
-                await pipe.execute()
+                await self._redis.evalsha(_RENEW, [], args)

@@ -27,11 +27,13 @@ import orjson
 from django.conf import settings
 from redis.exceptions import ResponseError
 
+from portal.fastredis import RedisPyCommands
 from portal.redis import key as redis_key
 
 logger = logging.getLogger("wattle.usage")
 
 _BATCH = 1000
+_GATHER_S = 0.005
 _PER_ENTRY = 200  # events per stream entry (JSON lines: orjson never writes a raw newline)
 _SPOOL_AFTER_S = 1.0  # how long events may wait in memory for Redis before they go to disk
 _STALE_REPLAY_S = 60.0  # a ".replaying" file this old was left by a worker that died mid-replay
@@ -47,8 +49,11 @@ def _stream_id(raw: bytes | str) -> tuple[int, int]:
 
 
 class UsageEmitter:
-    def __init__(self, redis) -> None:
+    def __init__(self, redis, hot=None) -> None:
+        """``redis``: a redis-py client (bookkeeping); ``hot``: the per-request command client for XADDs
+        (``portal.redis.new_hot_redis``; defaults to ``redis`` itself)."""
         self._redis = redis
+        self._hot = hot if hot is not None else RedisPyCommands(redis)
         self._stream = settings.INFERENCE_USAGE_STREAM
         self._spool_dir = Path(settings.INFERENCE_USAGE_SPOOL_DIR)
         self._buffer: list[bytes] = []
@@ -102,10 +107,7 @@ class UsageEmitter:
         entries = [b"\n".join(lines[i : i + _PER_ENTRY]) for i in range(0, len(lines), _PER_ENTRY)]
         for start in range(0, len(entries), _BATCH):
             batch = entries[start : start + _BATCH]
-            pipe = self._redis.pipeline(transaction=False)
-            for data in batch:
-                pipe.xadd(self._stream, {"e": data})
-            ids = await pipe.execute()
+            ids = await asyncio.gather(*(self._hot.execute("XADD", self._stream, "*", "e", d) for d in batch))
             self._unconfirmed.extend(zip(map(_stream_id, ids), batch, strict=True))
         while len(self._unconfirmed) > _MAX_UNCONFIRMED:
             self._unconfirmed.popleft()
@@ -227,6 +229,9 @@ class UsageEmitter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _CONFIRM_EVERY_S)
                 continue
+            if not self._stopping:
+                # Gather a few milliseconds of events into one write (they are billing records, not replies).
+                await asyncio.sleep(_GATHER_S)
             try:
                 await self.flush()
                 delay = 0.05
