@@ -78,6 +78,59 @@ def _check_sampling(request, *, max_tokens: int | None) -> None:
         raise errors.bad_request(exc.message, param=exc.param) from None
 
 
+_NUMBER = (int, float)
+# The fields of an everyday chat request and the exact types they arrive as. A body with only these, so typed,
+# passes vLLM's request model by construction, so the model (a few microseconds) is skipped for it; anything
+# else — another field, a value pydantic would coerce or refuse — goes through the full vLLM rules.
+_PLAIN_CHAT_FIELDS = {
+    "model": str, "messages": list, "max_tokens": int, "max_completion_tokens": int, "temperature": _NUMBER,
+    "top_p": _NUMBER, "stream": bool, "seed": int, "n": int, "user": str, "presence_penalty": _NUMBER,
+    "frequency_penalty": _NUMBER, "stop": (str, list), "stream_options": dict,
+}
+_INT64 = 2**63
+
+
+def _plain_chat(payload: dict) -> bool:
+    for name, value in payload.items():
+        kind = _PLAIN_CHAT_FIELDS.get(name)
+        if kind is None:
+            return False
+        if value is None:
+            if name in ("messages", "stream_options"):
+                return False
+            continue
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+            return False
+    stop = payload.get("stop")
+    if isinstance(stop, list) and not all(isinstance(item, str) for item in stop):
+        return False
+    seed = payload.get("seed")
+    if seed is not None and not -_INT64 <= seed < _INT64:
+        return False
+    options = payload.get("stream_options")
+    if options is None:
+        return True
+    return (
+        payload.get("stream") is True
+        and set(options) <= {"include_usage", "continuous_usage_stats"}
+        and all(isinstance(v, bool) for v in options.values())
+    )
+
+
+class _PlainChat:
+    """The few attributes of vLLM's request model that the checks below read, for a plain body."""
+
+    __slots__ = ("frequency_penalty", "n", "presence_penalty", "stream", "temperature", "top_p")
+
+    def __init__(self, payload: dict) -> None:
+        self.n = payload.get("n", 1)
+        self.temperature = payload.get("temperature")
+        self.top_p = payload.get("top_p")
+        self.presence_penalty = payload.get("presence_penalty")
+        self.frequency_penalty = payload.get("frequency_penalty")
+        self.stream = payload.get("stream") or False
+
+
 def mistral_tool_call_id(original: str) -> str:
     """A stable 9-character alphanumeric id for any tool-call id (Mistral's tokenizers accept no other)."""
     number = int.from_bytes(hashlib.sha256(original.encode()).digest()[:8], "big")
@@ -207,7 +260,7 @@ def _stream_flag(payload: dict, request) -> tuple[bool, bool]:
 def prepare_chat(payload: dict) -> Prepared:
     changed = _translate_mistral_fields(payload)
     size, rewritten = _prepare_messages(payload)
-    request = _validate(vllm.ChatCompletionRequest, payload)
+    request = _PlainChat(payload) if _plain_chat(payload) else _validate(vllm.ChatCompletionRequest, payload)
     max_tokens = _max_tokens_of(payload)
     _check_sampling(request, max_tokens=max_tokens)
     tools_size = len(orjson.dumps(payload["tools"])) if payload.get("tools") else 0

@@ -182,3 +182,32 @@ def test_tool_call_id_mapping_is_stable_and_alphanumeric():
     assert first == validation.mistral_tool_call_id("call_1")
     assert first != validation.mistral_tool_call_id("call_2")
     assert len(first) == 9 and first.isalnum()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        chat(max_tokens=16, temperature=0.7, stream=True, stream_options={"include_usage": True}),
+        chat(seed=3, stop=["\n"], n=2, user="agent-7", presence_penalty=0.5),
+        chat(top_p=1, frequency_penalty=0),
+    ],
+)
+def test_everyday_bodies_take_the_fast_path_and_agree_with_vllms_rules(payload):
+    from inference.vllm import requests as vllm_requests
+
+    assert validation._plain_chat(payload)
+    vllm_requests.ChatCompletionRequest.model_validate(payload)  # what the fast path skips would accept it too
+    validation.prepare_chat(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        chat(max_tokens=True), chat(stream="true"), chat(stop=[1, 2]), chat(seed=2**64),
+        chat(stream_options={"include_usage": True}), chat(stream=True, stream_options={"other": 1}),
+        chat(logprobs=True, top_logprobs=2), chat(tools=[{"type": "function", "function": {"name": "f"}}]),
+        chat(temperature="hot"),
+    ],
+)
+def test_anything_else_gets_the_full_rules(payload):
+    assert not validation._plain_chat(payload)
