@@ -473,6 +473,21 @@ class Gateway:
         t_up = time.perf_counter()
         try:
             async for chunk in response.iter_chunks():
+                if (
+                    not buffer
+                    and chunk.endswith(b"\n\n")
+                    and b'"choices":[]' not in chunk
+                    and b"data: [DONE]" not in chunk
+                    and b'data: {"error"' not in chunk
+                ):
+                    # The common case: whole content events only. Relay the bytes as they came.
+                    if ctx.ttft_s is None:
+                        ctx.ttft_s = time.perf_counter() - ctx.started
+                    content_events += chunk.count(b"\n\n")
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if ctx.client_disconnected:
+                        break
+                    continue
                 buffer += chunk
                 if b"\n\n" not in buffer:
                     continue
