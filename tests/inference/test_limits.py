@@ -188,3 +188,35 @@ async def test_redis_down_fail_open_uses_a_local_share_for_a_bounded_time(settin
 @pytest.mark.parametrize(("seconds", "text"), [(0.2, "1s"), (59, "59s"), (60, "1m0s"), (3725, "1h2m5s")])
 def test_reset_durations_use_openais_format(seconds, text):
     assert _duration(seconds) == text
+
+
+@pytest.fixture
+def own_redis():
+    from tests.services import private_redis
+
+    with private_redis() as server:
+        yield server
+
+
+@pytest.mark.parametrize("policy", ["closed", "open"])
+async def test_stopping_redis_applies_the_outage_policy_and_recovers(own_redis, settings, policy):
+    from portal.redis import new_hot_redis
+
+    settings.INFERENCE_LIMITS_ON_REDIS_ERROR = policy
+    settings.INFERENCE_LIMITS_LOCAL_FRACTION = 0.5
+    limiter = Limiter(new_hot_redis(own_redis.url))
+    rec = record({"rpm": 4})
+    assert (await limiter.admit(rec, tokens=1, spend=0)).local is False
+    own_redis.stop()
+    if policy == "closed":
+        with pytest.raises(GatewayError) as caught:
+            await limiter.admit(rec, tokens=1, spend=0)
+        assert caught.value.status == 503 and caught.value.code == "service_unavailable"
+    else:
+        admitted = [await limiter.admit(rec, tokens=1, spend=0) for _ in range(2)]  # half of 4, locally
+        assert all(a.local for a in admitted)
+        error = await refused(limiter, rec)
+        assert error.code == "rate_limit_exceeded"
+    own_redis.start()
+    back = await limiter.admit(rec, tokens=1, spend=0)
+    assert back is not None and back.local is False  # Redis again decides, as soon as it answers
