@@ -45,16 +45,39 @@ def near_budget(acme, django_capture_on_commit_callbacks):
     """Acme on a plan, 90% through its monthly tokens: the budget banner shows and the rows are highlighted."""
     from billing.models import BudgetAlert, Plan
     from billing.services import plan_save
-    from inference.gateway.limits import tenant_counter_keys
-    from portal.redis import get_redis
+    from inference.gateway.limits import periods
 
     with django_capture_on_commit_callbacks(execute=True):
         plan_save(plan=Plan(slug="starter", name="Starter", is_default=True, rpm_limit=60, tpm_limit=10_000,
                             monthly_token_budget=1_000_000))
-    names = tenant_counter_keys(str(acme.pk), time.time())
-    get_redis().set(names["month_tokens"], 900_000)
-    BudgetAlert.objects.create(tenant=acme, budget="month_tokens", period=names["month"], threshold=80,
-                               used=850_000, limit=1_000_000)
+    _count_tokens(acme, 900_000)
+    BudgetAlert.objects.create(tenant=acme, budget="month_tokens", period=periods(time.time()).month,
+                               threshold=80, used=850_000, limit=1_000_000)
+
+
+def _count_tokens(tenant, tokens: int) -> None:
+    """Have the data plane's limiter count ``tokens`` for the tenant this month (a real admission). In a
+    thread: Playwright keeps an event loop on this one."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from inference.gateway.auth import KeyRecord
+    from inference.gateway.limits import Limiter
+    from portal.redis import new_async_redis
+
+    record = KeyRecord(key_id="a11yseed0000", tenant=str(tenant.pk), tenant_status="active", hash="",
+                       scopes=frozenset({"inference"}), models=frozenset(), expires=None, revoked=False,
+                       tenant_limits={"month_tokens": 1_000_000})
+
+    async def admit() -> None:
+        client = new_async_redis()
+        try:
+            await Limiter(client).admit(record, tokens=tokens, spend=0)
+        finally:
+            await client.aclose()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, admit()).result()
 
 
 def _urls(acme) -> list[str]:
