@@ -8,8 +8,8 @@ from django.utils import timezone
 
 
 class LimitFields(models.Model):
-    """The six kinds of limit, shared by plans and tenant overrides. Empty means "no limit" on a plan and
-    "the plan decides" on an override."""
+    """The six kinds of limit, shared by plans, tenant overrides and API keys. Empty means "no limit" on a
+    plan and "the plan (or the organisation) decides" on an override or a key."""
 
     rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
     tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from billing.models import LimitFields
+
 
 class Tenant(models.Model):
     """A paying organisation: a CCaaS vendor or a contact centre."""
@@ -69,7 +71,7 @@ class Membership(models.Model):
         return f"{self.user} @ {self.tenant} ({self.role})"
 
 
-class ApiKey(models.Model):
+class ApiKey(LimitFields):
     """An API key. Only an HMAC of the secret is stored; the full key is shown once, at creation.
 
     Rotation keeps the previous secret's hash until ``previous_secret_expires_at`` so callers can switch over
@@ -93,15 +95,6 @@ class ApiKey(models.Model):
     allowed_models = models.JSONField(default=list, blank=True, help_text="Empty: every model.")
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
-    # Per-key limits. Empty means "the tenant's plan decides"; enforcement lives with the quota policy.
-    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
-    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
-    max_concurrent = models.PositiveIntegerField("concurrent requests", null=True, blank=True)
-    daily_token_limit = models.PositiveBigIntegerField("tokens per day", null=True, blank=True)
-    monthly_token_budget = models.PositiveBigIntegerField("tokens per month", null=True, blank=True)
-    monthly_spend_cap_aud = models.DecimalField(
-        "monthly spend cap (AUD)", max_digits=12, decimal_places=2, null=True, blank=True
-    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -131,6 +131,23 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
     pytest.fail(f"condition not met within {timeout}s")
 
 
+def ingested(expected: int, timeout: float = 10.0) -> list:
+    """Ingest usage as the worker would until ``expected`` events are stored, and check there are no more.
+    (The gateway emits an event just after its response completes: a client can finish a moment earlier.)"""
+    from billing.models import UsageEvent
+    from billing.services import usage_ingest
+
+    def done():
+        usage_ingest()
+        return UsageEvent.objects.count() >= expected
+
+    wait_for(done, timeout=timeout)
+    time.sleep(0.1)
+    usage_ingest()
+    assert UsageEvent.objects.count() == expected
+    return list(UsageEvent.objects.order_by("created_at"))
+
+
 @pytest.fixture
 def gateway_ready(portal_server, backend):
     """The portal is up and its data plane sees the backend as healthy."""

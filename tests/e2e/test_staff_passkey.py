@@ -7,7 +7,7 @@ import pytest
 from allauth.mfa.models import Authenticator
 
 from audit.models import AuditEntry
-from tests.conftest import PASSWORD, make_user
+from tests.conftest import PASSWORD, make_user, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -44,8 +44,9 @@ def test_staff_registers_a_passkey_and_must_use_it_for_the_staff_console(page, p
     page.get_by_role("button", name="Confirm").click()
     page.get_by_label("Name").fill("Laptop passkey")
     page.get_by_role("button", name="Add").click()
-    page.wait_for_url("**/2fa/**")
-    passkey = Authenticator.objects.get(user=staff, type=Authenticator.Type.WEBAUTHN)
+    # The add page's own URL is under /2fa/ too: wait until the browser has left it.
+    page.wait_for_url(lambda url: "/webauthn/add/" not in url)
+    passkey = wait_for(lambda: Authenticator.objects.filter(user=staff, type=Authenticator.Type.WEBAUTHN).first())
     assert passkey.wrap().name == "Laptop passkey"
     credentials = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator_id})["credentials"]
     assert len(credentials) == 1

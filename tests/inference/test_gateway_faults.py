@@ -17,29 +17,15 @@ import httpx
 import openai
 import pytest
 
-from billing.models import UsageEvent
-from billing.services import usage_ingest
 from inference.models import Backend
 from inference.services import backends_publish
-from tests.conftest import wait_for
+from tests.conftest import ingested, wait_for
 from tests.fakes.vllm import run_simulator
 from tests.services import portal_processes, private_postgres, private_redis
 
 MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def ingested(expected: int) -> list[UsageEvent]:
-    def done():
-        usage_ingest()
-        return UsageEvent.objects.count() >= expected
-
-    wait_for(done, timeout=10)
-    time.sleep(0.1)
-    usage_ingest()
-    assert UsageEvent.objects.count() == expected
-    return list(UsageEvent.objects.order_by("created_at"))
 
 
 def chat(server, key: str, *, stream: bool = False, max_tokens: int = 8, timeout: float = 30):

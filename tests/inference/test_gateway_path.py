@@ -12,26 +12,11 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from billing.models import UsageEvent
-from billing.services import usage_ingest
-from tests.conftest import wait_for
+from tests.conftest import ingested, wait_for
 
 MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def flush_usage(expected: int) -> None:
-    """Ingest as the worker would until ``expected`` events are in the database (the gateway emits an event
-    just after the response completes, so a client can finish a moment before its event exists)."""
-
-    def ingested():
-        usage_ingest()
-        return UsageEvent.objects.count() >= expected
-
-    wait_for(ingested, timeout=5)
-    time.sleep(0.05)
-    usage_ingest()
-    assert UsageEvent.objects.count() == expected
 
 
 def client_for(server, key: str) -> openai.OpenAI:
@@ -45,7 +30,7 @@ def test_chat_json_relays_and_records_one_usage_event(gateway_ready, acme, issue
     )
     assert reply.choices[0].message.content
     assert reply.usage.prompt_tokens == 9  # Mistral v3 tokenizer, as vLLM counts it
-    flush_usage(1)
+    ingested(1)
     event = UsageEvent.objects.get()
     assert event.tenant_id == acme.pk
     assert event.key_id == key.split("_")[1]
@@ -63,7 +48,7 @@ def test_streaming_relays_chunks_and_bills_from_upstream_usage(gateway_ready, ac
     assert text
     # The client did not ask for usage, so the usage chunk we forced upstream is stripped...
     assert all(c.usage is None for c in chunks)
-    flush_usage(1)
+    ingested(1)
     event = UsageEvent.objects.get()
     # ...but the event is billed from it.
     assert event.stream is True and event.prompt_tokens == 9 and event.completion_tokens > 0
@@ -78,7 +63,7 @@ def test_streaming_with_include_usage_keeps_the_usage_chunk(gateway_ready, acme,
     )
     chunks = list(stream)
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
-    flush_usage(1)
+    ingested(1)
     assert UsageEvent.objects.get().completion_tokens == 8
 
 
@@ -122,7 +107,7 @@ def test_response_headers_carry_request_id_and_overhead(gateway_ready, acme, iss
     assert response.status_code == 200
     assert response.headers["x-request-id"].startswith("req_")
     assert float(response.headers["x-wattle-overhead-ms"]) >= 0
-    flush_usage(1)
+    ingested(1)
     assert UsageEvent.objects.get().request_id == response.headers["x-request-id"]
 
 
@@ -157,7 +142,7 @@ def test_wrong_key_is_401_and_the_key_is_not_echoed(gateway_ready, acme, issue_k
     assert forged not in error["message"]
     _assert_openai_error(_post(gateway_ready, key="sk-not-even-ours"), 401, "invalid_api_key")
     time.sleep(0.3)
-    flush_usage(0)  # nothing to bill to anyone
+    ingested(0)  # nothing to bill to anyone
 
 
 def test_malformed_json_is_400(gateway_ready, acme, issue_key):
@@ -166,7 +151,7 @@ def test_malformed_json_is_400(gateway_ready, acme, issue_key):
     _assert_openai_error(_post(gateway_ready, key=key, body=b"[1, 2]"), 400, "invalid_json")
     error = _assert_openai_error(_post(gateway_ready, key=key, body=b'{"messages": []}'), 400)
     assert error["param"] == "model"
-    flush_usage(3)
+    ingested(3)
     assert set(UsageEvent.objects.values_list("status", flat=True)) == {400}
 
 
@@ -257,7 +242,7 @@ def test_many_concurrent_requests_each_produce_exactly_one_event(gateway_ready, 
 
     responses = async_to_sync(fire)(40)
     assert [r.status_code for r in responses] == [200] * 40
-    flush_usage(40)
+    ingested(40)
     assert set(UsageEvent.objects.values_list("request_id", flat=True)) == {
         r.headers["x-request-id"] for r in responses
     }

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 import openai
 import pytest
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
 
-from billing.models import UsageEvent
-from billing.services import usage_ingest
-from tests.conftest import wait_for
+from tests.conftest import ingested
 
 MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 EMBED = "intfloat/e5-mistral-7b-instruct"
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def ingested(expected: int) -> list[UsageEvent]:
-    def done():
-        usage_ingest()
-        return UsageEvent.objects.count() >= expected
-
-    wait_for(done, timeout=5)
-    time.sleep(0.05)
-    usage_ingest()
-    assert UsageEvent.objects.count() == expected
-    return list(UsageEvent.objects.order_by("created_at"))
 
 
 @pytest.fixture
