@@ -11,6 +11,7 @@ export PORT SIMULATOR_PORT
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@test -f .env || printf '# Local development defaults for manage.py (git-ignored; the environment wins).\nDEBUG=true\n' > .env
 
 $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt

@@ -104,6 +104,7 @@ def test_check_deploy_passes_with_a_production_environment():
         env={
             "PATH": os.environ["PATH"],
             "WATTLE_VAR_DIR": str(ROOT / "var" / "test"),
+            "DEBUG": "false",
             "SECRET_KEY": "a-long-production-secret-key-with-enough-entropy-0123456789-abcdefghij",
             "API_KEY_PEPPER": "a-separate-pepper-0123456789",
             "ALLOWED_HOSTS": "api.wattle.example",
@@ -121,6 +122,7 @@ def test_check_deploy_refuses_a_backend_outside_australia():
         env={
             "PATH": os.environ["PATH"],
             "WATTLE_VAR_DIR": str(ROOT / "var" / "test"),
+            "DEBUG": "false",
             "SECRET_KEY": "a-long-production-secret-key-with-enough-entropy-0123456789-abcdefghij",
             "ALLOWED_HOSTS": "api.wattle.example",
             "INFERENCE_BACKENDS": '[{"name": "us", "url": "http://us:8000", "region": "us-east-1"}]',
