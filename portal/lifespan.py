@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -12,6 +13,16 @@ from inference.gateway.app import gateway
 from inference.tasks import publish_snapshots
 
 logger = logging.getLogger("wattle.lifespan")
+
+
+def tune_gc() -> None:
+    """Keep the garbage collector off the request path. Everything loaded at start-up (Django, the apps,
+    the tokenizer) stays for the life of the process: freezing it means full collections no longer scan it.
+    Requests allocate many short-lived containers that reference counting frees; a larger first generation
+    runs the collector less often and promotes fewer of them."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 class Lifespan:
@@ -37,6 +48,7 @@ class Lifespan:
                     await gateway.startup()
                     if settings.USAGE_INGEST_IN_PROCESS:
                         self._start_ingest()
+                    tune_gc()
                 except Exception as exc:
                     logger.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})

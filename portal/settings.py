@@ -429,6 +429,11 @@ if INFERENCE_LIMITS_ON_REDIS_ERROR not in ("open", "closed"):
 INFERENCE_LIMITS_LOCAL_FRACTION = env_float("INFERENCE_LIMITS_LOCAL_FRACTION", 0.25)
 INFERENCE_LIMITS_FAIL_OPEN_MAX_S = env_float("INFERENCE_LIMITS_FAIL_OPEN_MAX_S", 300.0)
 INFERENCE_LIMITS_SLOT_TTL_S = env_float("INFERENCE_LIMITS_SLOT_TTL_S", 600.0)
+# Send the request to its replica while the limits check is in flight (nothing reaches the client before it
+# passes; a refused request is cancelled upstream). A key refused once waits for the check for
+# INFERENCE_LIMITS_PARALLEL_BACKOFF_S, so an over-limit client can't keep replicas busy.
+INFERENCE_LIMITS_PARALLEL = env_bool("INFERENCE_LIMITS_PARALLEL", True)
+INFERENCE_LIMITS_PARALLEL_BACKOFF_S = env_float("INFERENCE_LIMITS_PARALLEL_BACKOFF_S", 30.0)
 # Tokens reserved for the reply when a request sets no max_tokens (settled to the true count afterwards).
 INFERENCE_DEFAULT_COMPLETION_RESERVE = env_int("INFERENCE_DEFAULT_COMPLETION_RESERVE", 1024)
 # One JSON line per /v1 request: "stderr", a file path, or "off" (inference/gateway/accesslog.py).

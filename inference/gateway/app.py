@@ -24,7 +24,7 @@ from inference.gateway.accesslog import AccessLog
 from inference.gateway.auth import KeyAuthenticator, KeyRecord
 from inference.gateway.backends import BackendPool, BackendState
 from inference.gateway.errors import GatewayError
-from inference.gateway.limits import Admission, Limiter
+from inference.gateway.limits import Admission, Limiter, PendingAdmission
 from inference.gateway.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 from inference.gateway.usage import UsageEmitter
 from portal.redis import new_async_redis, new_hot_redis
@@ -55,8 +55,8 @@ class RequestContext:
     """What one request accumulates for its usage event, metrics and access-log line."""
 
     __slots__ = (
-        "admission", "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code", "key",
-        "model", "prompt_tokens", "request_id", "started", "started_wall", "status", "stream", "traceparent",
+        "admission", "admitting", "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code",
+        "key", "model", "prompt_tokens", "request_id", "started", "started_wall", "status", "stream", "traceparent",
         "ttft_s", "upstream_s",
     )
 
@@ -78,6 +78,7 @@ class RequestContext:
         self.upstream_s = 0.0  # time spent waiting on the backend
         self.traceparent = ""
         self.admission: Admission | None = None
+        self.admitting: PendingAdmission | None = None  # the limits check, while it runs beside the upstream call
 
     def overhead_s(self) -> float:
         return max(0.0, time.perf_counter() - self.started - self.upstream_s)
@@ -119,6 +120,15 @@ class Gateway:
         self._registry = None
         self._id_prefix = ""
         self._ids = itertools.count(1)
+        self._refused_at: dict[str, float] = {}  # key id -> when the limits last refused it (monotonic)
+        self._load_settings()
+
+    def _load_settings(self) -> None:
+        """Settings read per request, copied once: attribute lookups on Django's lazy settings add up."""
+        self._max_body_bytes = settings.INFERENCE_MAX_BODY_BYTES
+        self._completion_reserve = settings.INFERENCE_DEFAULT_COMPLETION_RESERVE
+        self._limits_parallel = settings.INFERENCE_LIMITS_PARALLEL
+        self._parallel_backoff_s = settings.INFERENCE_LIMITS_PARALLEL_BACKOFF_S
 
     def next_request_id(self) -> str:
         """Unique across workers and restarts: a random per-process prefix and a counter (no syscall)."""
@@ -134,6 +144,7 @@ class Gateway:
             if self._started:
                 return
             self._id_prefix = secrets.token_hex(4)  # drawn in the worker process itself, after any fork
+            self._load_settings()
             self.redis = new_async_redis()
             self.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30),
@@ -220,9 +231,8 @@ class Gateway:
             headers += ctx.response_headers()
         await self._send_json(send, error.status, error.body(), headers)
 
-    @staticmethod
-    async def _read_body(receive, headers: dict[bytes, bytes]) -> bytes:
-        limit = settings.INFERENCE_MAX_BODY_BYTES
+    async def _read_body(self, receive, headers: dict[bytes, bytes]) -> bytes:
+        limit = self._max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise GatewayError(413, f"Request body is larger than {limit} bytes.", code="request_too_large")
@@ -299,7 +309,9 @@ class Gateway:
             prepared = validation.PREPARERS[endpoint](payload)
             max_model_len = self.pool.max_model_len(model)
             await validation.check_context_length(endpoint, model, prepared, max_model_len)
-            ctx.admission = await self._admit(ctx, prepared, max_model_len)
+            self._begin_admission(ctx, prepared, max_model_len)
+            if ctx.admitting is not None and not self._admit_in_parallel(ctx):
+                await self._finish_admission(ctx)
             ctx.stream = prepared.stream
             forward_usage = False
             if ctx.stream:
@@ -314,7 +326,12 @@ class Gateway:
             if ctx.stream or prepared.changed:
                 body = orjson.dumps(payload)
             ctx.traceparent = _traceparent(headers.get(b"traceparent"), ctx.request_id)
-            await self._forward(scope, receive, send, ctx, body, forward_usage)
+            try:
+                await self._forward(scope, receive, send, ctx, body, forward_usage)
+            except GatewayError:
+                # Refused by the limits check that ran beside it? Then that is the answer, whatever else failed.
+                await self._finish_admission(ctx)
+                raise
         except GatewayError as error:
             await self._send_error(send, error, ctx)
         except ClientGone:
@@ -328,18 +345,46 @@ class Gateway:
             ctx.status = 500
             ctx.error_code = "internal_error"
         finally:
+            if ctx.admitting is not None:
+                # Ended before the check was looked at (client gone, internal error): conclude it, so that an
+                # admission it made is settled and its slot freed.
+                with contextlib.suppress(Exception):
+                    await self._finish_admission(ctx)
             self._settle(ctx)
 
-    async def _admit(self, ctx: RequestContext, prepared, max_model_len: int) -> Admission | None:
-        """Reserve the most this request can cost: its prompt (an upper bound) and every token it may generate."""
+    def _begin_admission(self, ctx: RequestContext, prepared, max_model_len: int) -> None:
+        """Queue the reservation of the most this request can cost: its prompt (an upper bound) and every token
+        it may generate. ``ctx.admitting`` stays None when nothing is limited."""
         completion = prepared.max_tokens
         if completion is None:
-            completion = min(settings.INFERENCE_DEFAULT_COMPLETION_RESERVE,
-                             max(0, max_model_len - prepared.prompt_tokens_upper))
+            completion = min(self._completion_reserve, max(0, max_model_len - prepared.prompt_tokens_upper))
         completion *= prepared.n
         prompt = min(prepared.prompt_tokens_upper, max_model_len)
         spend = self.pool.cost_micro_aud(ctx.model, prompt, completion)
-        return await self.limiter.admit(ctx.key, tokens=prompt + completion, spend=spend, slot=ctx.request_id)
+        ctx.admitting = self.limiter.begin(ctx.key, tokens=prompt + completion, spend=spend, slot=ctx.request_id)
+
+    def _admit_in_parallel(self, ctx: RequestContext) -> bool:
+        """Whether to call the replica while the limits check runs: yes, unless parallel checks are off, Redis
+        is failing, or this key was refused lately (its next request is likely refused too, and would only
+        start work upstream that gets cancelled)."""
+        if not self._limits_parallel or self.limiter.failing:
+            return False
+        refused = self._refused_at.get(ctx.key.key_id)
+        return refused is None or time.monotonic() - refused > self._parallel_backoff_s
+
+    async def _finish_admission(self, ctx: RequestContext) -> None:
+        """Wait for the limits check begun for this request; raise its 429 (or 503) if it refused."""
+        pending, ctx.admitting = ctx.admitting, None
+        if pending is None:
+            return
+        try:
+            ctx.admission = await self.limiter.finish(pending)
+        except GatewayError as refusal:
+            if refusal.status == 429:
+                if len(self._refused_at) > 10_000:
+                    self._refused_at.clear()
+                self._refused_at[ctx.key.key_id] = time.monotonic()
+            raise
 
     async def _choose(self, ctx: RequestContext, tried: set[str]) -> BackendState:
         candidates = self.pool.candidates(ctx.model, exclude=tried)
@@ -391,6 +436,12 @@ class Gateway:
                             backend.record_failure(f"HTTP {response.status}")
                             self.pool.probe_soon(backend)
                             continue
+                        if ctx.admitting is not None:
+                            try:
+                                await self._finish_admission(ctx)
+                            except GatewayError:
+                                response.close()  # refused: the replica aborts what it started
+                                raise
                         ctx.backend = backend.name
                         if response.status != 200:
                             await self._relay_upstream_error(ctx, response)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from portal.redis import key as redis_key
 
@@ -63,7 +66,7 @@ class BackendState:
             and self.healthy
             and self.open_until <= now
             and self.outstanding < self.max_concurrency
-            and self.region in settings.ALLOWED_DATA_REGIONS
+            and self.region in _allowed_regions()
         )
 
     def record_success(self) -> None:
@@ -77,6 +80,17 @@ class BackendState:
         self.last_error = reason
         if self.consecutive_failures >= _BREAKER_THRESHOLD:
             self.open_until = time.monotonic() + min(30.0, 2.0 ** (self.consecutive_failures - _BREAKER_THRESHOLD))
+
+
+@functools.cache
+def _allowed_regions() -> frozenset[str]:
+    return frozenset(settings.ALLOWED_DATA_REGIONS)
+
+
+@receiver(setting_changed)
+def _regions_changed(*, setting: str, **_kwargs) -> None:
+    if setting == "ALLOWED_DATA_REGIONS":
+        _allowed_regions.cache_clear()
 
 
 def _parse_queue_waiting(text: str) -> float:

@@ -239,6 +239,20 @@ class Admission:
     local_names: tuple[str, ...] = ()
 
 
+@dataclass(slots=True)
+class PendingAdmission:
+    """An admission queued for this loop turn's script call: what ``Limiter.finish`` needs to conclude it."""
+
+    future: asyncio.Future
+    names: list[str]
+    limits: list[dict]
+    scopes: list[tuple[str, str, bool]]
+    windows: Windows
+    slot: str
+    tokens: int
+    spend: int
+
+
 _REFUSALS = {
     1: ("requests per minute", "rate_limit_exceeded"),
     2: ("tokens per minute", "rate_limit_exceeded"),
@@ -277,8 +291,11 @@ class Limiter:
         self._local_slots: dict[str, set[str]] = {}
         self._active: dict[str, Admission] = {}  # slot -> admission, for renewing long requests' slots
         self._background: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slot_ttl_ms = int(settings.INFERENCE_LIMITS_SLOT_TTL_S * 1000)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._tasks = [asyncio.create_task(self._settle_loop()), asyncio.create_task(self._renew_loop())]
 
     async def stop(self) -> None:
@@ -294,6 +311,12 @@ class Limiter:
         """Reserve ``tokens`` and ``spend`` (micro-AUD) for a request, or raise the 429 the client should see.
 
         Returns None when neither the tenant nor the key has any limit (nothing to count)."""
+        pending = self.begin(record, tokens=tokens, spend=spend, slot=slot)
+        return None if pending is None else await self.finish(pending)
+
+    def begin(self, record, *, tokens: int, spend: int, slot: str | None = None) -> PendingAdmission | None:
+        """Queue the admission without waiting for it (it goes out with this loop turn's script call), so the
+        caller can start other work first; ``finish`` gives the outcome. None when nothing is limited."""
         tenant_limits, key_limits = record.tenant_limits, record.key_limits
         if not tenant_limits and not key_limits:
             return None
@@ -308,23 +331,38 @@ class Limiter:
             hash_key, conc_key = scope_keys(name)
             scopes.append((hash_key, conc_key, "concurrent" in scope_limits))
             item += [hash_key, conc_key, _limits_arg(scope_limits)]
-        future = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None or not loop.is_running():  # not started in this loop (tests drive it bare)
+            loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._queue.append(([now, windows], item, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
+            loop.call_soon(self._start_flush)
+        return PendingAdmission(future, names, limits, scopes, windows, slot, tokens, spend)
+
+    async def finish(self, pending: PendingAdmission) -> Admission:
+        """The admission ``begin`` queued, or the 429 (503 with Redis away and the policy closed) it ended in."""
         try:
-            result = await future
+            result = await pending.future
         except (RedisError, OSError) as exc:
-            return self._admit_without_redis(names, limits, tokens, spend, windows, slot, exc)
+            return self._admit_without_redis(pending.names, pending.limits, pending.tokens, pending.spend,
+                                             pending.windows, pending.slot, exc)
         self._failing_since = None
+        limits, windows = pending.limits, pending.windows
         if result[0] == 0:
             raise self._refusal(limits[int(result[1])], int(result[2]), windows)
-        admission = Admission(scopes=scopes, windows=windows, slot=slot, tokens=tokens, spend=spend)
-        self._active[slot] = admission
+        admission = Admission(scopes=pending.scopes, windows=windows, slot=pending.slot, tokens=pending.tokens,
+                              spend=pending.spend)
+        self._active[pending.slot] = admission
         admission.headers = self._headers(limits, windows, rpm_used=[int(result[1]), int(result[3])],
-                                          tpm_used=[int(result[2]), int(result[4])], tokens=tokens)
+                                          tpm_used=[int(result[2]), int(result[4])], tokens=pending.tokens)
         return admission
+
+    @property
+    def failing(self) -> bool:
+        """Redis did not answer the last admission (local counters or 503 until it does)."""
+        return self._failing_since is not None
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False
@@ -336,7 +374,7 @@ class Limiter:
     async def _run_admissions(self, batch) -> None:
         """Admit every request queued in this loop turn with one script call (in arrival order)."""
         now, windows = batch[0][0]
-        args = [int(now * 1000), int(settings.INFERENCE_LIMITS_SLOT_TTL_S * 1000), windows.minute, windows.day,
+        args = [int(now * 1000), self._slot_ttl_ms, windows.minute, windows.day,
                 windows.month, _HASH_TTL_MS]
         for _when_windows, item, _future in batch:
             args += item

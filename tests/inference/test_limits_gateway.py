@@ -145,3 +145,76 @@ def test_limit_changes_are_audited(acme, plan, alice):
     entry = AuditEntry.objects.get(action="tenant.limits.update")
     assert entry.actor == alice and entry.tenant == acme
     assert entry.data["before"]["tpm_limit"] is None and entry.data["after"]["tpm_limit"] == 400_000
+
+
+# --- the limits check runs beside the upstream call -----------------------------------------------------
+def _seen(simulator) -> tuple[int, int]:
+    counters = simulator.state()["counters"]
+    return counters["requests_seen"], counters["client_disconnects"]
+
+
+@pytest.fixture
+def slow_stream(simulator):
+    simulator.control(tpot_ms=50.0)
+    yield
+    simulator.control(tpot_ms=0.0)
+
+
+def test_refused_request_is_cancelled_upstream_billed_nothing_and_the_key_then_waits(
+    gateway_ready, simulator, acme, issue_key, plan, slow_stream, django_capture_on_commit_callbacks
+):
+    key = issue_key(acme)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.tenant_quota_set(tenant=acme, rpm_limit=1)
+    wait_for(lambda: post(gateway_ready, key, max_tokens=1).headers.get("x-ratelimit-limit-requests") == "1",
+             timeout=3)  # this minute's one request is used up by the time the limit shows
+    seen, disconnects = _seen(simulator)
+
+    # The first refusal: the request went to the replica while the check ran, and was cancelled there.
+    refused = post(gateway_ready, key, stream=True, max_tokens=20)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "data:" not in refused.text  # nothing of the replica's answer reached the client
+    wait_for(lambda: _seen(simulator) == (seen + 1, disconnects + 1), timeout=5)
+
+    # Refused lately: this key's requests now wait for the check, so the replica never sees them.
+    again = post(gateway_ready, key, stream=True, max_tokens=20)
+    assert again.status_code == 429
+    assert _seen(simulator)[0] == seen + 1
+
+    def refusals_recorded():
+        usage_ingest()
+        return UsageEvent.objects.filter(status=429).count() >= 2
+
+    wait_for(refusals_recorded, timeout=5)
+    for event in UsageEvent.objects.filter(status=429):
+        assert (event.prompt_tokens, event.completion_tokens, event.backend) == (0, 0, "")
+
+
+def test_with_parallel_checks_off_a_refused_request_never_reaches_the_replica(
+    gateway_ready, simulator, acme, issue_key, plan, django_capture_on_commit_callbacks
+):
+    from inference.gateway.app import gateway
+
+    key = issue_key(acme)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.tenant_quota_set(tenant=acme, monthly_token_budget=1)
+    gateway._limits_parallel = False
+    try:
+        wait_for(lambda: post(gateway_ready, key).status_code == 429, timeout=5)
+        seen = _seen(simulator)[0]
+        assert post(gateway_ready, key).status_code == 429
+        assert _seen(simulator)[0] == seen
+    finally:
+        gateway._limits_parallel = True
+
+
+def test_an_admitted_request_answers_with_its_limit_headers_when_checked_in_parallel(
+    gateway_ready, acme, issue_key, plan
+):
+    key = issue_key(acme)
+    client = openai.OpenAI(base_url=f"{gateway_ready.base_url}/v1", api_key=key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, stream=True,
+    )
+    assert raw.headers["x-ratelimit-limit-requests"] == "100"
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices)
