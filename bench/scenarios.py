@@ -265,6 +265,12 @@ def judge_open_streams(scenario: Scenario, workers: int, pairs: list[Pair]) -> V
 
 # --- the scenarios -----------------------------------------------------------------------------------
 NO_DELAY = {"ttft_ms": 0.0, "tpot_ms": 0.0}
+# Many clients start one after another over the warm-up, as independent callers would, not all in the same
+# millisecond: identical requests paced by the model (P4) would otherwise arrive in bursts of N for the whole
+# run, every request waiting behind the other N-1 at both the gateway and the simulator. Measured from the end
+# of the warm-up, when every client is running.
+STAGGERED = Timing(4.0, 1.0, ramp_s=1.0)
+STAGGERED_QUICK = Timing(1.5, 0.5, ramp_s=0.5)
 
 SCENARIOS: dict[str, Scenario] = {
     s.key: s
@@ -277,24 +283,24 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "P2", "JSON, 16 tokens, no delay, concurrency 64", ">= 40% of direct req/s, 0 errors",
             concurrency=64, max_tokens=16, stream=False, include_usage=False, simulator=NO_DELAY,
-            timing=Timing(4.0, 1.0), quick=Timing(1.5, 0.5), judge=judge_throughput,
+            timing=STAGGERED, quick=STAGGERED_QUICK, judge=judge_throughput,
         ),
         Scenario(
             "P3", "stream, 16 tokens, no delay, concurrency 64", ">= 40% req/s; TTFT added p50 <= 2 ms",
             concurrency=64, max_tokens=16, stream=True, include_usage=True, simulator=NO_DELAY,
-            timing=Timing(4.0, 1.0), quick=Timing(1.5, 0.5), judge=judge_throughput,
+            timing=STAGGERED, quick=STAGGERED_QUICK, judge=judge_throughput,
         ),
         Scenario(
             "P4/64", "stream, 64 tokens at 2 ms/token, concurrency 64", "e2e p50 <= 1.05x; TTFT added <= 3 ms",
             concurrency=64, max_tokens=64, stream=True, include_usage=False,
             simulator={"ttft_ms": 0.0, "tpot_ms": 2.0},
-            timing=Timing(4.0, 1.0), quick=Timing(2.0, 0.5), judge=judge_stream_latency,
+            timing=STAGGERED, quick=Timing(2.0, 0.5, ramp_s=0.5), judge=judge_stream_latency,
         ),
         Scenario(
             "P4/256", "stream, 64 tokens at 2 ms/token, concurrency 256", "e2e p50 <= 1.05x; TTFT added <= 3 ms",
             concurrency=256, max_tokens=64, stream=True, include_usage=False,
             simulator={"ttft_ms": 0.0, "tpot_ms": 2.0},
-            timing=Timing(4.0, 1.0), quick=Timing(2.0, 0.5), judge=judge_stream_latency,
+            timing=STAGGERED, quick=Timing(2.0, 0.5, ramp_s=0.5), judge=judge_stream_latency,
         ),
         # Every client opens one slow stream (32 tokens at 400 ms: ~13 s) within the first 3 s, so all 2,000 are
         # open at once for several seconds while the worker's RSS is sampled. Slow tokens keep the relay's chunk

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -45,7 +46,9 @@ class _Protocol(asyncio.Protocol):
         self._owner = owner
         self._reader = hiredis.Reader(replyError=ResponseError)
         self.transport: asyncio.Transport | None = None
-        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        # (future, on_reply): on_reply, when given, sees a successful reply at once, in this callback, a loop
+        # turn before the future's awaiter would.
+        self.waiters: collections.deque[tuple[asyncio.Future, Callable | None]] = collections.deque()
         self.closed = False
 
     def connection_made(self, transport) -> None:
@@ -59,20 +62,22 @@ class _Protocol(asyncio.Protocol):
                 return
             if not self.waiters:
                 continue  # a reply nobody waits for (its caller was cancelled): the order is still kept
-            waiter = self.waiters.popleft()
+            waiter, on_reply = self.waiters.popleft()
             if waiter.done():
                 continue
             if isinstance(reply, ResponseError):
                 message = str(reply)
                 waiter.set_exception(NoScriptError(message) if message.startswith("NOSCRIPT") else reply)
             else:
+                if on_reply is not None:
+                    on_reply(reply)
                 waiter.set_result(reply)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         error = RedisConnectionError(f"Redis connection lost: {exc or 'closed by server'}")
         while self.waiters:
-            waiter = self.waiters.popleft()
+            waiter, _on_reply = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
         self._owner._lost(self)
@@ -127,9 +132,9 @@ class FastRedis:
         if self._protocol is protocol:
             self._protocol = None
 
-    async def _send(self, protocol: _Protocol, args: tuple):
+    async def _send(self, protocol: _Protocol, args: tuple, on_reply: Callable | None = None):
         waiter = asyncio.get_running_loop().create_future()
-        protocol.waiters.append(waiter)
+        protocol.waiters.append((waiter, on_reply))
         protocol.transport.write(_encode(args))
         try:
             async with asyncio.timeout(self._reply_timeout):
@@ -139,19 +144,21 @@ class FastRedis:
             protocol.transport.abort()
             raise RedisTimeoutError("Redis did not answer in time") from exc
 
-    async def execute(self, *args):
-        return await self._send(await self._ready(), args)
+    async def execute(self, *args, on_reply: Callable | None = None):
+        return await self._send(await self._ready(), args, on_reply)
 
-    async def evalsha(self, script: str, keys: list, args: list):
-        """Run a Lua script by its digest, loading it first if this Redis doesn't know it (after a restart)."""
+    async def evalsha(self, script: str, keys: list, args: list, *, on_reply: Callable | None = None):
+        """Run a Lua script by its digest, loading it first if this Redis doesn't know it (after a restart).
+
+        ``on_reply(reply)`` is called as the reply is read, before this coroutine resumes."""
         sha = self._scripts.get(script)
         if sha is None:
             sha = self._scripts[script] = hashlib.sha1(script.encode()).hexdigest().encode()  # noqa: S324
         try:
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args, on_reply=on_reply)
         except NoScriptError:
             await self.execute("SCRIPT", "LOAD", script)
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args, on_reply=on_reply)
 
     async def aclose(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
@@ -169,11 +176,14 @@ class RedisPyCommands:
     async def execute(self, *args):
         return await self._client.execute_command(*args)
 
-    async def evalsha(self, script: str, keys: list, args: list):
+    async def evalsha(self, script: str, keys: list, args: list, *, on_reply: Callable | None = None):
         registered = self._scripts.get(script)
         if registered is None:
             registered = self._scripts[script] = self._client.register_script(script)
-        return await registered(keys=keys, args=args)
+        reply = await registered(keys=keys, args=args)
+        if on_reply is not None:
+            on_reply(reply)
+        return reply
 
     async def aclose(self) -> None:
         """The redis-py client belongs to its owner."""

@@ -337,8 +337,11 @@ class Limiter:
         future = loop.create_future()
         self._queue.append(([now, windows], item, future))
         if not self._flush_scheduled:
+            # The task's first step runs on the next loop turn, after every request of this turn queued its own.
             self._flush_scheduled = True
-            loop.call_soon(self._start_flush)
+            task = loop.create_task(self._run_admissions())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return PendingAdmission(future, names, limits, scopes, windows, slot, tokens, spend)
 
     async def finish(self, pending: PendingAdmission) -> Admission:
@@ -364,30 +367,30 @@ class Limiter:
         """Redis did not answer the last admission (local counters or 503 until it does)."""
         return self._failing_since is not None
 
-    def _start_flush(self) -> None:
+    async def _run_admissions(self) -> None:
+        """Admit every request queued in the last loop turn with one script call (in arrival order)."""
         self._flush_scheduled = False
         batch, self._queue = self._queue, []
-        task = asyncio.create_task(self._run_admissions(batch))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _run_admissions(self, batch) -> None:
-        """Admit every request queued in this loop turn with one script call (in arrival order)."""
+        if not batch:
+            return
         now, windows = batch[0][0]
         args = [int(now * 1000), self._slot_ttl_ms, windows.minute, windows.day,
                 windows.month, _HASH_TTL_MS]
         for _when_windows, item, _future in batch:
             args += item
+
+        def answer(results) -> None:
+            # Called as Redis's reply is read: the requests wake a loop turn sooner than through this task.
+            for index, (_ww, _item, future) in enumerate(batch):
+                if not future.done():
+                    future.set_result(results[5 * index : 5 * index + 5])
+
         try:
-            results = await self._redis.evalsha(_ADMIT, [], args)
+            answer(await self._redis.evalsha(_ADMIT, [], args, on_reply=answer))
         except Exception as exc:
             for _ww, _item, future in batch:
                 if not future.done():
                     future.set_exception(exc)
-            return
-        for index, (_ww, _item, future) in enumerate(batch):
-            if not future.done():
-                future.set_result(results[5 * index : 5 * index + 5])
 
     @staticmethod
     def _tightest(scopes: list[dict], kind: str, used: list[int]) -> tuple[int, int] | None:

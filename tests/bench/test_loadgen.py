@@ -210,3 +210,26 @@ def test_percentile_is_nearest_rank():
     assert percentile(values, 50) == 50.0
     assert percentile(values, 99) == 99.0
     assert percentile([7.0], 99) == 7.0
+
+
+def test_paced_and_throughput_scenarios_stagger_their_clients_over_the_warm_up():
+    from bench.scenarios import SCENARIOS
+
+    for key in ("P2", "P3", "P4/64", "P4/256"):
+        scenario = SCENARIOS[key]
+        for timing in (scenario.timing, scenario.quick):
+            # Every client is running before the measured window opens.
+            assert 0 < timing.ramp_s <= timing.warmup_s, key
+    assert SCENARIOS["P1"].concurrency == 1
+
+
+async def test_staggered_clients_start_one_after_another(sim):
+    sim.control(tpot_ms=20.0)
+    try:
+        # 4 clients over 0.6 s: the first requests start ~0.15 s apart, so the early window sees fewer sent.
+        staggered = await run_load(spec(sim.base_url, warmup_s=0.0, duration_s=0.3, ramp_s=0.6,
+                                        body={"max_tokens": 2}))
+        together = await run_load(spec(sim.base_url, warmup_s=0.0, duration_s=0.3, body={"max_tokens": 2}))
+    finally:
+        sim.control(tpot_ms=0.0)
+    assert together.sent > staggered.sent >= 2

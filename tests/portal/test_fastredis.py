@@ -54,6 +54,21 @@ async def test_scripts_are_loaded_again_after_redis_forgot_them(server):
     await client.aclose()
 
 
+async def test_on_reply_sees_the_reply_before_the_caller_resumes_and_not_errors(server):
+    client = FastRedis(server.url)
+    seen = []
+    script = "return tonumber(ARGV[1]) + 1"
+    await client.execute("SCRIPT", "FLUSH")
+    # Loaded on the way (NOSCRIPT first): the callback still sees only the one successful reply.
+    reply = await client.evalsha(script, [], [1], on_reply=lambda r: seen.append(("cb", r)))
+    seen.append(("resumed", reply))
+    assert seen == [("cb", 2), ("resumed", 2)]
+    with pytest.raises(ResponseError):
+        await client.execute("INCR", "fr:not-a-number-yet", "extra", on_reply=seen.append)
+    assert len(seen) == 2
+    await client.aclose()
+
+
 async def test_reconnects_after_a_restart_and_fails_fast_while_down(server):
     client = FastRedis(server.url)
     assert await client.execute("PING") == b"PONG"
