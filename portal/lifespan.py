@@ -15,11 +15,18 @@ from inference.tasks import publish_snapshots
 logger = logging.getLogger("wattle.lifespan")
 
 
+_gc_tuned = False
+
+
 def tune_gc() -> None:
     """Keep the garbage collector off the request path. Everything loaded at start-up (Django, the apps,
     the tokenizer) stays for the life of the process: freezing it means full collections no longer scan it.
     Requests allocate many short-lived containers that reference counting frees; a larger first generation
     runs the collector less often and promotes fewer of them."""
+    global _gc_tuned
+    if _gc_tuned:  # once per process: a second freeze would also pin whatever garbage came since
+        return
+    _gc_tuned = True
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)

@@ -41,3 +41,17 @@ def test_readyz_reports_an_unreachable_redis(client, db, settings, backend):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["redis"].startswith("error")
+
+
+def test_web_process_freezes_its_start_up_objects_for_the_garbage_collector():
+    import subprocess
+    import sys
+
+    code = (
+        "import django, gc; django.setup()\n"
+        "from portal.lifespan import tune_gc\n"
+        "tune_gc(); frozen = gc.get_freeze_count(); tune_gc()\n"
+        "print(frozen > 10_000, gc.get_threshold()[0], gc.get_freeze_count() == frozen)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["True", "10000", "True"]
