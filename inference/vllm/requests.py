@@ -50,6 +50,25 @@ class ToolParam(OpenAIBaseModel):
     function: FunctionDefinition
 
 
+def _check_prompt_logprobs(data: dict, other: str) -> None:
+    """vLLM's checks on ``prompt_logprobs`` and the endpoint's other logprobs count (``other``): both integers,
+    prompt log-probabilities not while streaming, and -1 or more."""
+    for name in ("prompt_logprobs", other):
+        value = data.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise VLLMValidationError(f"`{name}` must be an integer.", parameter=name)
+    prompt_logprobs = data.get("prompt_logprobs")
+    if prompt_logprobs is not None:
+        if data.get("stream") and (prompt_logprobs > 0 or prompt_logprobs == -1):
+            raise VLLMValidationError(
+                "`prompt_logprobs` are not available when `stream=True`.", parameter="prompt_logprobs"
+            )
+        if prompt_logprobs < 0 and prompt_logprobs != -1:
+            raise VLLMValidationError(
+                "`prompt_logprobs` must be a positive value or -1.", parameter="prompt_logprobs"
+            )
+
+
 def _check_stream_options(data: Any) -> Any:
     if isinstance(data, dict) and data.get("stream_options") and not data.get("stream"):
         raise VLLMValidationError("Stream options can only be defined when `stream=True`.", parameter="stream_options")
@@ -131,20 +150,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
     def check_logprobs(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        for name in ("prompt_logprobs", "top_logprobs"):
-            value = data.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise VLLMValidationError(f"`{name}` must be an integer.", parameter=name)
-        prompt_logprobs = data.get("prompt_logprobs")
-        if prompt_logprobs is not None:
-            if data.get("stream") and (prompt_logprobs > 0 or prompt_logprobs == -1):
-                raise VLLMValidationError(
-                    "`prompt_logprobs` are not available when `stream=True`.", parameter="prompt_logprobs"
-                )
-            if prompt_logprobs < 0 and prompt_logprobs != -1:
-                raise VLLMValidationError(
-                    "`prompt_logprobs` must be a positive value or -1.", parameter="prompt_logprobs"
-                )
+        _check_prompt_logprobs(data, "top_logprobs")
         top_logprobs = data.get("top_logprobs")
         if top_logprobs is not None:
             if top_logprobs < 0 and top_logprobs != -1:
@@ -279,20 +285,7 @@ class CompletionRequest(OpenAIBaseModel):
     def check_logprobs(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        for name in ("prompt_logprobs", "logprobs"):
-            value = data.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise VLLMValidationError(f"`{name}` must be an integer.", parameter=name)
-        prompt_logprobs = data.get("prompt_logprobs")
-        if prompt_logprobs is not None:
-            if data.get("stream") and (prompt_logprobs > 0 or prompt_logprobs == -1):
-                raise VLLMValidationError(
-                    "`prompt_logprobs` are not available when `stream=True`.", parameter="prompt_logprobs"
-                )
-            if prompt_logprobs < 0 and prompt_logprobs != -1:
-                raise VLLMValidationError(
-                    "`prompt_logprobs` must be a positive value or -1.", parameter="prompt_logprobs"
-                )
+        _check_prompt_logprobs(data, "logprobs")
         logprobs = data.get("logprobs")
         if logprobs is not None and logprobs < 0 and logprobs != -1:
             raise VLLMValidationError("`logprobs` must be a positive value or -1.", parameter="logprobs")

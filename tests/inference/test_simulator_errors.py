@@ -178,6 +178,24 @@ def test_vllm_validators_answer_400_bad_request_with_their_param(sim, body, para
     assert f"'ctx': {{'error': VLLMValidationError({text!r})}}" in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("body", "param", "text"),
+    [
+        ({"prompt_logprobs": 1, "stream": True}, "prompt_logprobs",
+         "`prompt_logprobs` are not available when `stream=True`."),
+        ({"prompt_logprobs": -2}, "prompt_logprobs", "`prompt_logprobs` must be a positive value or -1."),
+        ({"logprobs": True}, "logprobs", "`logprobs` must be an integer."),
+        ({"logprobs": -3}, "logprobs", "`logprobs` must be a positive value or -1."),
+    ],
+)  # fmt: skip
+def test_completions_share_the_logprobs_rules(sim, body, param, text):
+    response = raw_request(sim.url("/v1/completions"), json_body={"model": MODEL, "prompt": "Hi", **body},
+                           headers=AUTH)
+    error = error_of(response, 400)
+    assert error["param"] == param
+    assert text in error["message"]
+
+
 def test_continue_final_message_with_generation_prompt_is_refused(sim):
     # vLLM's validator reads the raw body, so only an explicit add_generation_prompt conflicts.
     assert chat(sim, continue_final_message=True).status == 200
