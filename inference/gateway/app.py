@@ -104,6 +104,14 @@ def _traceparent(incoming: bytes | None, request_id: str) -> str:
     return f"00-{request_id[4:].ljust(32, '0')[:32]}-{span}-01"
 
 
+def _abandon(upstream: asyncio.Future) -> None:
+    """Done-callback of an upstream call nobody will read: close its response, or consume its error."""
+    if upstream.cancelled():
+        return
+    if upstream.exception() is None:
+        upstream.result().close()
+
+
 class Gateway:
     def __init__(self) -> None:
         self._started = False
@@ -416,11 +424,7 @@ class Gateway:
                 try:
                     t_up = time.perf_counter()
                     try:
-                        response = await self.upstream.post(
-                            backend.url, upstream_url_path, body,
-                            headers={"X-Request-Id": ctx.request_id, "traceparent": ctx.traceparent},
-                            authorization=backend.authorization,
-                        )
+                        response = await self._post(ctx, backend, upstream_url_path, body)
                     except UpstreamTimeout:
                         ctx.upstream_s += time.perf_counter() - t_up
                         backend.record_failure("timeout")
@@ -436,12 +440,6 @@ class Gateway:
                             backend.record_failure(f"HTTP {response.status}")
                             self.pool.probe_soon(backend)
                             continue
-                        if ctx.admitting is not None:
-                            try:
-                                await self._finish_admission(ctx)
-                            except GatewayError:
-                                response.close()  # refused: the replica aborts what it started
-                                raise
                         ctx.backend = backend.name
                         if response.status != 200:
                             await self._relay_upstream_error(ctx, response)
@@ -456,6 +454,28 @@ class Gateway:
                     backend.outstanding -= 1
         finally:
             pending.dec()
+
+    async def _post(self, ctx: RequestContext, backend: BackendState, path: str, body: bytes):
+        """Send the request upstream. While the limits check begun for it is still out, the two run side by
+        side, and the check is always concluded first: a refusal cancels the upstream call at once, whatever
+        its state (still connecting, sent, or answered), so a refused request costs the replica at most the
+        time the check took, and nothing of the replica's answer reaches the client."""
+        call = self.upstream.post(
+            backend.url, path, body, headers={"X-Request-Id": ctx.request_id, "traceparent": ctx.traceparent},
+            authorization=backend.authorization,
+        )
+        if ctx.admitting is None:
+            return await call
+        upstream = asyncio.ensure_future(call)
+        try:
+            await self._finish_admission(ctx)
+        except BaseException:
+            # Cancelling the call closes its connection, and vLLM aborts a request whose connection closes; a
+            # call that already has its answer is hung up on the same way.
+            upstream.cancel()
+            upstream.add_done_callback(_abandon)
+            raise
+        return await upstream
 
     async def _relay_json(self, send, ctx: RequestContext, response, backend: BackendState) -> None:
         t_up = time.perf_counter()

@@ -315,6 +315,9 @@ class UpstreamClient:
                 return await conn.request(head, body)
             except UpstreamTimeout:
                 raise
+            except asyncio.CancelledError:
+                conn.abort()  # the request may be on the replica already: hanging up makes vLLM abort it
+                raise
             except UpstreamError:
                 conn.abort()
                 # A replica that closed an idle connection answers the next write at once with a reset; a

@@ -218,3 +218,78 @@ def test_an_admitted_request_answers_with_its_limit_headers_when_checked_in_para
     )
     assert raw.headers["x-ratelimit-limit-requests"] == "100"
     assert "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices)
+
+
+# --- a refused request never runs on the replica ----------------------------------------------------------
+def _finished(simulator) -> dict[str, float]:
+    """vLLM's own counters, scraped from the simulator: requests finished by reason, and tokens generated."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with httpx.Client(timeout=10) as client:
+        text = client.get(simulator.url("/metrics")).text
+    out = {"generated": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vllm:request_success_total":
+                reason = sample.labels["finished_reason"]
+                out[reason] = out.get(reason, 0.0) + sample.value
+            elif sample.name == "vllm:generation_tokens_total":
+                out["generated"] += sample.value
+    return out
+
+
+def _burst(server, key, count: int, **body) -> list[httpx.Response]:
+    """``count`` requests sent at once (one connection each), answered in any order."""
+    import asyncio
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=count)) as client:
+            return await asyncio.gather(*(
+                client.post(f"{server.base_url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                            json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], **body})
+                for _ in range(count)
+            ))
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def paced_tokens(simulator):
+    simulator.control(tpot_ms=4.0)
+    yield
+    simulator.control(tpot_ms=0.0)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_refused_requests_are_aborted_on_the_replica_not_generated(
+    gateway_ready, simulator, acme, issue_key, plan, paced_tokens, stream, django_capture_on_commit_callbacks
+):
+    from inference.gateway.app import gateway
+
+    key = issue_key(acme)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.tenant_quota_set(tenant=acme, max_concurrent=1)
+    wait_for(lambda: post(gateway_ready, key, max_tokens=1).status_code == 200, timeout=3)
+    gateway._refused_at.clear()  # nothing refused lately: every request is checked beside its upstream call
+    seen_before, before = _seen(simulator)[0], _finished(simulator)
+
+    answers = _burst(gateway_ready, key, 8, max_tokens=40, stream=stream)
+
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] + [429] * 7
+    assert all("data:" not in a.text for a in answers if a.status_code == 429)
+    # Refused requests may reach the replica (their check runs beside the upstream call) or not (the check
+    # answered first); either way none of them may run there.
+    reached = _seen(simulator)[0] - seen_before
+    assert 1 <= reached <= 8
+
+    def settled():
+        after = _finished(simulator)
+        return after.get("abort", 0) - before.get("abort", 0) == reached - 1
+    wait_for(settled, timeout=5)
+    after = _finished(simulator)
+    completed = sum(after.get(r, 0) - before.get(r, 0) for r in ("stop", "length"))
+    assert completed == 1  # only the admitted request ran to its end
+    # The admitted request generated its 40 tokens; each refused one at most the token in flight when it was
+    # cancelled (4 ms per token, and the check answers in well under that).
+    assert after["generated"] - before["generated"] <= 40 + (reached - 1)
