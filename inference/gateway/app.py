@@ -56,8 +56,8 @@ class RequestContext:
 
     __slots__ = (
         "admission", "admitting", "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code",
-        "key", "model", "prompt_tokens", "request_id", "started", "started_wall", "status", "stream", "traceparent",
-        "ttft_s", "upstream_s",
+        "key", "model", "n", "payload", "prompt_tokens", "prompt_upper", "request_id", "started", "started_wall",
+        "status", "stream", "traceparent", "ttft_s", "upstream_s",
     )
 
     def __init__(self, endpoint: str, request_id: str) -> None:
@@ -77,6 +77,9 @@ class RequestContext:
         self.ttft_s: float | None = None
         self.upstream_s = 0.0  # time spent waiting on the backend
         self.traceparent = ""
+        self.payload: dict | None = None  # the body as sent upstream, to count a dropped stream's prompt
+        self.n = 1  # choices asked for
+        self.prompt_upper = 0  # the estimate reserved for the prompt (never below the true count)
         self.admission: Admission | None = None
         self.admitting: PendingAdmission | None = None  # the limits check, while it runs beside the upstream call
 
@@ -321,6 +324,7 @@ class Gateway:
             if ctx.admitting is not None and not self._admit_in_parallel(ctx):
                 await self._finish_admission(ctx)
             ctx.stream = prepared.stream
+            ctx.payload, ctx.n, ctx.prompt_upper = payload, prepared.n, prepared.prompt_tokens_upper
             forward_usage = False
             if ctx.stream:
                 options = dict(payload.get("stream_options") or {})
@@ -606,11 +610,23 @@ class Gateway:
         else:
             backend.record_success()
         if not saw_usage:
-            # No usage from upstream (disconnect or failure): bill what was generated. vLLM streams one token
-            # per event by default, after one role event per choice.
-            ctx.completion_tokens = max(0, content_events - 1)
+            await self._bill_without_usage(ctx, content_events)
         if not ctx.client_disconnected:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _bill_without_usage(self, ctx: RequestContext, events: int) -> None:
+        """A stream that ended before upstream's usage chunk (the client hung up, or the replica failed) is
+        billed for what the replica did: the whole prompt, whose prefill ran, counted exactly with the model's
+        own tokenizer (only here, off the everyday path), and one token per content event (vLLM streams one
+        token per event by default; chat streams open with one role event per choice, which carries none)."""
+        role_events = ctx.n if ctx.endpoint == "chat.completions" else 0
+        ctx.completion_tokens = max(0, events - role_events)
+        try:
+            ctx.prompt_tokens = await validation.billed_prompt_tokens(ctx.endpoint, ctx.model, ctx.payload)
+        except Exception:
+            # Never lose the usage event over a counting failure: bill the conservative estimate instead.
+            logger.exception("counting a dropped stream's prompt failed", extra={"request_id": ctx.request_id})
+            ctx.prompt_tokens = ctx.prompt_upper
 
     @staticmethod
     def _take_usage(ctx: RequestContext, raw: bytes) -> None:

@@ -353,3 +353,20 @@ async def check_context_length(endpoint: str, model: str, prepared: Prepared, ma
             code="context_length_exceeded",
         )
     return exact
+
+
+def _billed_prompt_tokens(endpoint: str, model: str, payload: dict) -> int:
+    if endpoint == "chat.completions":
+        return tokens.count_chat_prompt_tokens(model, payload["messages"], payload.get("tools"))
+    prompt = payload.get("prompt") if endpoint == "completions" else payload.get("input")
+    bos = payload.get("add_special_tokens", True) is not False
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int)):
+        prompt = [prompt]
+    # vLLM bills every prompt of a batch once, whatever ``n`` is.
+    return sum(tokens.count_text_tokens(model, p, bos=bos) if isinstance(p, str) else len(p) for p in prompt or ())
+
+
+async def billed_prompt_tokens(endpoint: str, model: str, payload: dict) -> int:
+    """The prompt tokens vLLM counts for this request (as sent upstream), with the model's own tokenizer; in a
+    thread, since a long prompt takes milliseconds. For a stream that ended before upstream said."""
+    return await asyncio.to_thread(_billed_prompt_tokens, endpoint, model, payload)
