@@ -27,6 +27,7 @@ from inference.gateway.errors import GatewayError
 from inference.gateway.limits import Admission, Limiter, PendingAdmission
 from inference.gateway.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 from inference.gateway.usage import UsageEmitter
+from inference.lru import LRU
 from portal.redis import new_async_redis, new_hot_redis
 
 logger = logging.getLogger("wattle.gateway")
@@ -131,7 +132,9 @@ class Gateway:
         self._registry = None
         self._id_prefix = ""
         self._ids = itertools.count(1)
-        self._refused_at: dict[str, float] = {}  # key id -> when the limits last refused it (monotonic)
+        # key id -> when the limits last refused it (monotonic). Bounded, evicting the least recently seen key: a
+        # key forgotten here is only checked beside its upstream call again, and cancelled there if refused.
+        self._refused_at: LRU[str, float] = LRU(10_000)
         self._load_settings()
 
     def _load_settings(self) -> None:
@@ -393,9 +396,7 @@ class Gateway:
             ctx.admission = await self.limiter.finish(pending)
         except GatewayError as refusal:
             if refusal.status == 429:
-                if len(self._refused_at) > 10_000:
-                    self._refused_at.clear()
-                self._refused_at[ctx.key.key_id] = time.monotonic()
+                self._refused_at.put(ctx.key.key_id, time.monotonic())
             raise
 
     async def _choose(self, ctx: RequestContext, tried: set[str]) -> BackendState:

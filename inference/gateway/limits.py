@@ -287,7 +287,8 @@ class Limiter:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._failing_since: float | None = None
-        self._local: dict[str, int] = {}
+        self._local: dict[tuple[str, str], int] = {}  # with Redis away: (scope, kind) -> used this window
+        self._local_windows: tuple[str, str, str] = ("", "", "")  # the (minute, day, month) they count
         self._local_slots: dict[str, set[str]] = {}
         self._active: dict[str, Admission] = {}  # slot -> admission, for renewing long requests' slots
         self._background: set[asyncio.Task] = set()
@@ -463,34 +464,47 @@ class Limiter:
                 code="service_unavailable", headers={"retry-after": "2"},
             ) from exc
         fraction = settings.INFERENCE_LIMITS_LOCAL_FRACTION
-        window_ids = (windows.minute, windows.minute, None, windows.day, windows.month, windows.month)
+        counters = self._local_counters(windows)
         costs = (1, tokens, 1, tokens, tokens, spend)
-        counters = []
         for name, scope in zip(names, limits, strict=True):
             for index, kind in enumerate(KINDS):
                 limit = scope.get(kind)
-                counter = f"{name}:{kind}:{window_ids[index]}"
-                counters.append(counter)
                 if limit is None:
                     continue
-                used = len(self._local_slots.get(name, ())) if kind == "concurrent" else self._local.get(counter, 0)
+                used = len(self._local_slots.get(name, ())) if kind == "concurrent" else counters.get((name, kind), 0)
                 if used + costs[index] > max(1, int(limit * fraction)):
                     raise self._refusal(scope, index + 1, windows)
         for name in names:
             self._local_slots.setdefault(name, set()).add(slot)
-        for counter, cost in zip(counters, costs * len(names), strict=True):
-            self._local[counter] = self._local.get(counter, 0) + cost
-        if len(self._local) > 50_000:
-            self._local.clear()
+            for kind, cost in zip(KINDS, costs, strict=True):
+                if kind != "concurrent":
+                    counters[(name, kind)] = counters.get((name, kind), 0) + cost
         return Admission(scopes=[], windows=windows, slot=slot, tokens=tokens, spend=spend, local=True,
                          local_names=tuple(names))
+
+    def _local_counters(self, windows: Windows) -> dict[tuple[str, str], int]:
+        """The per-worker counters of the windows containing now, keyed by (scope, kind). A counter is dropped
+        only when its window has ended (a new minute, day or month starts from zero anyway), never to make
+        room: memory is bounded by the scopes seen in the current windows."""
+        current = (windows.minute, windows.day, windows.month)
+        if self._local_windows != current:
+            _minute, day, month = self._local_windows
+            still_open = {"day_tokens": windows.day == day, "month_tokens": windows.month == month,
+                          "month_spend": windows.month == month}
+            self._local = {counter: used for counter, used in self._local.items() if still_open.get(counter[1])}
+            self._local_windows = current
+        return self._local
 
     # --- settlement --------------------------------------------------------------------------------
     def settle(self, admission: Admission, *, tokens: int, spend: int) -> None:
         """Replace the reservation with the true counts and free the slot (batched, never blocks)."""
         if admission.local:
             for name in admission.local_names:
-                self._local_slots.get(name, set()).discard(admission.slot)
+                slots = self._local_slots.get(name)
+                if slots is not None:
+                    slots.discard(admission.slot)
+                    if not slots:
+                        del self._local_slots[name]
             return
         self._active.pop(admission.slot, None)
         windows = admission.windows

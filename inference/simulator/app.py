@@ -15,7 +15,6 @@ import hmac
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ import orjson
 from aiohttp import web
 
 from inference import tokens
+from inference.lru import LRU
 from inference.vllm.errors import (
     ENGINE_DEAD_MESSAGE,
     UNAUTHORIZED_BODY,
@@ -67,23 +67,6 @@ JSON = "application/json"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 Task = Literal["generate", "embed"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class _LRU:
-    def __init__(self, maxsize: int) -> None:
-        self._maxsize = maxsize
-        self._items: OrderedDict[Any, int] = OrderedDict()
-
-    def get(self, key: Any) -> int | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: Any, value: int) -> None:
-        self._items[key] = value
-        if len(self._items) > self._maxsize:
-            self._items.popitem(last=False)
 
 
 def _digest(data: bytes) -> bytes:
@@ -131,7 +114,7 @@ class Simulator:
             )
         self.bank = ReplyBank()
         self.echoes = EchoCache()
-        self._prompt_tokens = _LRU(8192)
+        self._prompt_tokens: LRU[bytes, int] = LRU(8192)
         self._fingerprints = {
             name: f"vllm-{VLLM_VERSION}-{hashlib.sha256(f'{name}|{config.max_model_len}'.encode()).hexdigest()[:8]}"
             for name in config.all_model_names

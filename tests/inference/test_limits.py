@@ -220,3 +220,24 @@ async def test_stopping_redis_applies_the_outage_policy_and_recovers(own_redis, 
     own_redis.start()
     back = await limiter.admit(rec, tokens=1, spend=0)
     assert back is not None and back.local is False  # Redis again decides, as soon as it answers
+
+
+async def test_redis_down_local_counters_are_never_reset_to_make_room(settings):
+    """With Redis away, a flood of other scopes must not wipe a tenant's local count mid-window."""
+    settings.INFERENCE_LIMITS_ON_REDIS_ERROR = "open"
+    settings.INFERENCE_LIMITS_LOCAL_FRACTION = 0.5
+    client = new_async_redis("redis://127.0.0.1:1/0")
+    clock = Clock()
+    limiter = Limiter(client, clock=clock)
+    busy = record({"day_tokens": 200}, tenant_id="busy")
+    first = await limiter.admit(busy, tokens=100, spend=0)  # the local share of the day (100 tokens) is used up
+    limiter.settle(first, tokens=100, spend=0)
+    for n in range(10_000):  # more counters than the table kept before it was emptied to make room
+        admission = await limiter.admit(record({"rpm": 10}, tenant_id=f"t-{n}"), tokens=1, spend=0)
+        limiter.settle(admission, tokens=1, spend=0)
+    error = await refused(limiter, busy)
+    assert "daily token budget" in error.message
+    clock.now += 60  # a new minute: per-minute counters start again, the day's count stands
+    assert "daily token budget" in (await refused(limiter, busy)).message
+    assert not limiter._local_slots  # settled requests leave no empty slot sets behind
+    await client.aclose()
