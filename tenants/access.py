@@ -23,7 +23,7 @@ from django.http import Http404, HttpRequest
 from django.urls import reverse
 
 from tenants.models import ApiKey, Membership, Tenant
-from tenants.permissions import API_KEY, MFA_REQUIRED_ROLES, SUPPORT, Action, actions_for, can
+from tenants.permissions import API_KEY, MFA_REQUIRED_ROLES, SUPPORT, Action, actions_for, can, key_actions
 
 SESSION_TENANT = "wattle_tenant"
 SESSION_ACT_AS = "wattle_act_as"
@@ -59,6 +59,10 @@ class TenantAccess:
     def require(self, action: Action | str) -> None:
         if not self.can(action):
             raise PermissionDenied(f"Your role ({self.role}) does not allow {action}.")
+
+    def key_actions(self, api_key: ApiKey) -> frozenset[str]:
+        """The key actions this caller may take on ``api_key`` (its scopes decide too, not only the role)."""
+        return key_actions(self.role, api_key.scopes)
 
 
 # --- MFA rules --------------------------------------------------------------------------------------

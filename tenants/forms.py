@@ -183,11 +183,13 @@ class ApiKeyForm(LimitFieldsForm):
         label="Expires on (optional)", required=False, widget=forms.DateInput(attrs={"type": "date"}),
         help_text="The key stops working at the start of this day (Sydney time).",
     )
-    def __init__(self, *args, allow_management: bool, **kwargs) -> None:
+    def __init__(self, *args, grantable: frozenset[str], **kwargs) -> None:
+        """``grantable``: the scopes the creator's role may give (``permissions.grantable_scopes``)."""
         super().__init__(*args, **kwargs)
-        if not allow_management:
-            self.fields["scopes"].choices = [(ApiKey.Scope.INFERENCE, ApiKey.Scope.INFERENCE.label)]
+        choices = [(scope, label) for scope, label in ApiKey.Scope.choices if scope in grantable]
+        if len(choices) < len(ApiKey.Scope.choices):
             self.fields["scopes"].help_text = "Only owners and admins can grant management scopes."
+        self.fields["scopes"].choices = choices
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()

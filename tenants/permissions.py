@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from tenants.models import Role
+from tenants.models import ApiKey, Role
 
 # Not membership roles. SUPPORT: what platform staff may do inside a tenant during an audited "act as"
 # session. API_KEY: what a key with management scopes may do (its scopes narrow it further by method).
@@ -30,7 +30,7 @@ class Action(StrEnum):
     KEYS_CREATE = "keys.create"
     KEYS_ROTATE = "keys.rotate"
     KEYS_REVOKE = "keys.revoke"
-    KEYS_GRANT_MANAGEMENT = "keys.grant_management"
+    KEYS_MANAGEMENT_SCOPES = "keys.management_scopes"
     KEYS_LIMITS = "keys.limits"
     USAGE_VIEW = "usage.view"
     LIMITS_VIEW = "limits.view"
@@ -55,9 +55,11 @@ MATRIX: dict[Action, frozenset[str]] = {
     Action.KEYS_ROTATE: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, API_KEY}),
     # Support staff may revoke a leaked key during an incident; it never creates or sees a secret.
     Action.KEYS_REVOKE: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, SUPPORT, API_KEY}),
-    # Management scopes reach members and invitations, so only the roles that manage those may grant them
-    # (otherwise a developer could mint a key that invites an admin).
-    Action.KEYS_GRANT_MANAGEMENT: frozenset({Role.OWNER, Role.ADMIN}),
+    # Management scopes reach members and invitations, so only the roles that manage those may give them to a
+    # key, or rotate (and so obtain), change or revoke a key that has them: otherwise a developer could mint or
+    # take over a key that invites an admin. Support may still revoke a leaked one (revoking is its only key
+    # action); a management key may not, so one leaked key cannot take over or switch off the others.
+    Action.KEYS_MANAGEMENT_SCOPES: frozenset({Role.OWNER, Role.ADMIN, SUPPORT}),
     # A key's own limits can only narrow the organisation's (the service refuses more), so the roles that run
     # the organisation set them; a management key may too, as it may when creating a key.
     Action.KEYS_LIMITS: frozenset({Role.OWNER, Role.ADMIN, API_KEY}),
@@ -83,6 +85,36 @@ def can(role: str | None, action: Action | str) -> bool:
 def actions_for(role: str | None) -> frozenset[str]:
     """Every action a role may take, e.g. for templates: ``{% if "keys.create" in perms_tenant %}``."""
     return frozenset(str(action) for action, roles in MATRIX.items() if role in roles)
+
+
+# What a role needs, beyond the key action itself, to act on a key holding each scope. Every scope a key can
+# hold is listed, so a scope added to ``ApiKey.Scope`` but not here is refused to everyone until it is.
+SCOPE_ACTIONS: dict[str, Action | None] = {
+    ApiKey.Scope.INFERENCE: None,
+    ApiKey.Scope.MANAGEMENT_READ: Action.KEYS_MANAGEMENT_SCOPES,
+    ApiKey.Scope.MANAGEMENT_WRITE: Action.KEYS_MANAGEMENT_SCOPES,
+}
+
+# The actions that create or change a key (``may_manage_key`` governs them).
+KEY_ACTIONS = (Action.KEYS_CREATE, Action.KEYS_ROTATE, Action.KEYS_LIMITS, Action.KEYS_REVOKE)
+
+
+def grantable_scopes(role: str | None) -> frozenset[str]:
+    """The scopes a role may put on a key, and so the only scopes of the keys it may rotate, change or revoke."""
+    return frozenset(scope for scope, needs in SCOPE_ACTIONS.items() if needs is None or can(role, needs))
+
+
+def may_manage_key(role: str | None, action: Action | str, scopes) -> bool:
+    """May ``role`` take the key ``action`` (create, rotate, change limits, revoke) on a key with ``scopes``?
+
+    Only if the matrix allows the action and the role may grant every one of the key's scopes: a member never
+    obtains (by creating or rotating), reshapes or switches off a key more powerful than their role."""
+    return can(role, action) and set(scopes) <= grantable_scopes(role)
+
+
+def key_actions(role: str | None, scopes) -> frozenset[str]:
+    """The key actions ``role`` may take on a key with ``scopes``, e.g. for its buttons in templates."""
+    return frozenset(str(action) for action in KEY_ACTIONS if may_manage_key(role, action, scopes))
 
 
 def assignable_roles(role: str | None) -> list[str]:

@@ -3,7 +3,8 @@
 Each service is keyword-only, runs in one transaction, writes its audit entry in that transaction, and
 defers side effects (publishing key records to Redis for the data plane, sending email) until after commit.
 Permission to *attempt* an action is decided by ``tenants.permissions`` in the caller; the rules that depend
-on the objects themselves (the last owner, who may touch an owner) are enforced here.
+on the objects themselves (the last owner, who may touch an owner, which keys a role may touch) are enforced
+here, so the console and the management API cannot differ.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from audit.services import record
 from billing import limits as billing_limits
 from tenants import emails, keys, snapshot
 from tenants.models import ApiKey, Invitation, Membership, PolicyAcceptance, Role, Tenant
-from tenants.permissions import Action, can
+from tenants.permissions import Action, can, grantable_scopes, may_manage_key
 
 
 def _audit(*, action: str, actor=None, tenant: Tenant | None = None, target=None, request=None,
@@ -319,6 +320,28 @@ class IssuedKey:
     plaintext: str  # shown to the user once, never stored
 
 
+_KEY_VERBS = {Action.KEYS_CREATE: "create", Action.KEYS_ROTATE: "rotate", Action.KEYS_LIMITS: "change",
+              Action.KEYS_REVOKE: "revoke"}
+
+
+def _check_key_action(*, actor_role: str | None, action: Action, scopes: list[str]) -> None:
+    """Refuse a key action the caller's role may not take on a key with these scopes (``tenants.permissions.
+    may_manage_key``), whichever door it came through.
+
+    ``actor_role`` is the caller's role in the tenant: a ``Role``, ``permissions.SUPPORT`` or
+    ``permissions.API_KEY``. ``None`` is platform code acting outside any tenant role (management commands,
+    the staff console), which the matrix does not bind."""
+    if actor_role is None or may_manage_key(actor_role, action, scopes):
+        return
+    beyond = [scope for scope in scopes if scope not in grantable_scopes(actor_role)]
+    if not can(actor_role, action) or not beyond:
+        raise PermissionDenied(f"Your role ({actor_role}) does not allow {action}.")
+    raise PermissionDenied(
+        f"Your role ({actor_role}) can't {_KEY_VERBS[action]} a key with the {', '.join(beyond)} "
+        f"scope{'s' if len(beyond) > 1 else ''}: only owners and admins can."
+    )
+
+
 def _validate_scopes(scopes: list[str]) -> list[str]:
     unknown = [s for s in scopes if s not in ApiKey.Scope.values]
     if unknown or not scopes:
@@ -336,9 +359,11 @@ def api_key_create(
     allowed_models: list[str] | None = None,
     expires_at: datetime | None = None,
     limits: dict[str, int | Decimal | None] | None = None,
+    actor_role: str | None = None,
     request=None,
 ) -> IssuedKey:
     scopes = _validate_scopes(scopes if scopes is not None else [ApiKey.Scope.INFERENCE])
+    _check_key_action(actor_role=actor_role, action=Action.KEYS_CREATE, scopes=scopes)
     limits = limits or {}
     _check_key_limits(tenant=tenant, limits=limits, within_tenant=True)
     if expires_at is not None and expires_at <= timezone.now():
@@ -402,14 +427,15 @@ def _plain(value):
 
 
 @transaction.atomic
-def api_key_set_limits(*, api_key: ApiKey, limits: dict[str, int | Decimal | None], actor=None, request=None,
-                       within_tenant: bool = True) -> ApiKey:
+def api_key_set_limits(*, api_key: ApiKey, limits: dict[str, int | Decimal | None], actor=None,
+                       actor_role: str | None = None, request=None, within_tenant: bool = True) -> ApiKey:
     """Set some of a key's own limits (``None`` clears one: the organisation's limit applies).
 
     Tenant admins are held to their organisation's effective limits (``within_tenant``); platform staff may set
     any value, which the data plane still caps at the organisation's. Only changed values are checked, so an
     organisation limit lowered later does not block editing the key's other limits. Live within a second."""
     api_key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
+    _check_key_action(actor_role=actor_role, action=Action.KEYS_LIMITS, scopes=api_key.scopes)
     if api_key.revoked_at is not None:
         raise ValidationError("A revoked key's limits can't be changed.")
     unknown = set(limits) - set(ApiKey.LIMIT_FIELDS)
@@ -431,8 +457,9 @@ def api_key_set_limits(*, api_key: ApiKey, limits: dict[str, int | Decimal | Non
 
 
 @transaction.atomic
-def api_key_revoke(*, api_key: ApiKey, actor=None, request=None) -> ApiKey:
+def api_key_revoke(*, api_key: ApiKey, actor=None, actor_role: str | None = None, request=None) -> ApiKey:
     api_key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
+    _check_key_action(actor_role=actor_role, action=Action.KEYS_REVOKE, scopes=api_key.scopes)
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
@@ -446,12 +473,14 @@ MAX_ROTATION_GRACE = timedelta(days=30)
 
 
 @transaction.atomic
-def api_key_rotate(*, api_key: ApiKey, grace: timedelta, actor=None, request=None) -> IssuedKey:
+def api_key_rotate(*, api_key: ApiKey, grace: timedelta, actor=None, actor_role: str | None = None,
+                   request=None) -> IssuedKey:
     """Give the key a new secret. The old secret keeps working for ``grace`` (zero: it stops now), then stops;
     the key id, scopes and limits stay the same."""
     if grace < timedelta(0) or grace > MAX_ROTATION_GRACE:
         raise ValidationError({"grace_seconds": "The grace period must be between 0 and 30 days."})
     api_key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
+    _check_key_action(actor_role=actor_role, action=Action.KEYS_ROTATE, scopes=api_key.scopes)
     if api_key.status != "active":
         raise ValidationError(f"A {api_key.status} key cannot be rotated.")
     now = timezone.now()

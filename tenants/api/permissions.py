@@ -8,7 +8,7 @@ from rest_framework.permissions import BasePermission
 
 from tenants.access import resolve_tenant
 from tenants.models import ApiKey
-from tenants.permissions import Action, required_scope
+from tenants.permissions import required_scope
 
 
 class InsufficientScope(exceptions.PermissionDenied):
@@ -48,8 +48,3 @@ class TenantMatrixPermission(BasePermission):
                 not did_recently_reauthenticate(request._request):
             raise ReauthenticationRequired()
         return True
-
-
-def require(request, action: Action) -> None:
-    if not request.tenant_access.can(action):
-        raise exceptions.PermissionDenied(f"Your role ({request.tenant_access.role}) does not allow {action}.")

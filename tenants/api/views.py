@@ -14,7 +14,6 @@ from billing.quota_reads import quota_report
 from billing.selectors import usage_summary, usage_window
 from tenants import selectors, services
 from tenants.api import serializers as s
-from tenants.api.permissions import require
 from tenants.models import ApiKey
 from tenants.permissions import Action
 
@@ -210,12 +209,10 @@ class ApiKeyListView(ManagementView):
         serializer = s.ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        if set(data["scopes"]) - {ApiKey.Scope.INFERENCE}:
-            require(request, Action.KEYS_GRANT_MANAGEMENT)
         issued = _service_errors(lambda: services.api_key_create(
             tenant=self.access.tenant, name=data["name"], created_by=_actor(request), scopes=data["scopes"],
             allowed_models=data["allowed_models"], expires_at=data.get("expires_at"),
-            limits=dict(data.get("limits") or {}), request=request._request))
+            limits=dict(data.get("limits") or {}), actor_role=self.access.role, request=request._request))
         issued.api_key.last_used_at = None
         body = s.ApiKeyWithSecretSerializer(issued.api_key, context={"secret": issued.plaintext}).data
         response = Response(body, status=status.HTTP_201_CREATED)
@@ -245,7 +242,8 @@ class ApiKeyDetailView(ManagementView):
         serializer.is_valid(raise_exception=True)
         try:
             updated = services.api_key_set_limits(api_key=api_key, limits=dict(serializer.validated_data["limits"]),
-                                                  actor=_actor(request), request=request._request)
+                                                  actor=_actor(request), actor_role=self.access.role,
+                                                  request=request._request)
         except DjangoValidationError as exc:
             # Field errors read as the request named them: ``limits.rpm_limit``.
             detail = {"limits": exc.message_dict} if hasattr(exc, "message_dict") else exc.messages
@@ -257,7 +255,8 @@ class ApiKeyDetailView(ManagementView):
                    responses={200: s.ApiKeySerializer, **_errors(404, *COMMON)})
     def delete(self, request, key_id):
         api_key = self.api_key(key_id)
-        revoked = services.api_key_revoke(api_key=api_key, actor=_actor(request), request=request._request)
+        revoked = _service_errors(lambda: services.api_key_revoke(
+            api_key=api_key, actor=_actor(request), actor_role=self.access.role, request=request._request))
         revoked.last_used_at = api_key.last_used_at
         return Response(s.ApiKeySerializer(revoked).data)
 
@@ -275,7 +274,8 @@ class ApiKeyRotateView(ManagementView):
         serializer = s.ApiKeyRotateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         issued = _service_errors(lambda: services.api_key_rotate(
-            api_key=api_key, grace=serializer.grace(), actor=_actor(request), request=request._request))
+            api_key=api_key, grace=serializer.grace(), actor=_actor(request), actor_role=self.access.role,
+            request=request._request))
         selectors.with_last_used(tenant=self.access.tenant, api_keys=[issued.api_key])
         response = Response(s.ApiKeyWithSecretSerializer(issued.api_key, context={"secret": issued.plaintext}).data)
         response["Cache-Control"] = "no-store"

@@ -20,7 +20,7 @@ from billing.selectors import usage_recent, usage_summary, usage_window
 from tenants import forms, selectors, services
 from tenants.adapters import SESSION_INVITATION
 from tenants.models import ApiKey, Membership
-from tenants.permissions import Action, assignable_roles
+from tenants.permissions import Action, assignable_roles, grantable_scopes
 from tenants.views.common import back, flash_errors, form_errors, tenant_view
 
 EXAMPLE_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
@@ -231,16 +231,15 @@ def _render_secret(request, access, issued, *, rotated: bool = False):
 @tenant_view(Action.KEYS_CREATE)
 @reauthentication_required(allow_get=True)
 def key_create(request, access):
-    allow_management = access.can(Action.KEYS_GRANT_MANAGEMENT)
     form = forms.ApiKeyForm(request.POST if request.method == "POST" else None,
-                          allow_management=allow_management)
+                            grantable=grantable_scopes(access.role))
     form.explain_empty(billing_limits.tenant_limits(access.tenant), whose=ORGANISATION)
     if request.method == "POST" and form.is_valid():
         try:
             issued = services.api_key_create(
                 tenant=access.tenant, name=form.cleaned_data["name"], created_by=request.user,
                 scopes=form.cleaned_data["scopes"], allowed_models=form.cleaned_data["allowed_models"],
-                expires_at=form.expires_at(), limits=form.limits(), request=request,
+                expires_at=form.expires_at(), limits=form.limits(), actor_role=access.role, request=request,
             )
         except ValidationError as exc:
             form_errors(form, exc)
@@ -253,7 +252,7 @@ def key_create(request, access):
 def _key_detail(request, access, api_key, *, limits_form=None, status: int = 200):
     selectors.with_last_used(tenant=access.tenant, api_keys=[api_key])
     report = quota_report(tenant=access.tenant, api_keys=[api_key])
-    if limits_form is None and access.can(Action.KEYS_LIMITS):
+    if limits_form is None and Action.KEYS_LIMITS in access.key_actions(api_key):
         limits_form = forms.KeyLimitsForm(initial={n: getattr(api_key, n) for n in ApiKey.LIMIT_FIELDS})
     if limits_form is not None:
         limits_form.explain_empty(report.limits.values, whose=ORGANISATION)
@@ -276,7 +275,8 @@ def key_limits(request, access, key_id: str):
     form = forms.KeyLimitsForm(request.POST)
     if form.is_valid():
         try:
-            services.api_key_set_limits(api_key=api_key, limits=form.limits(), actor=request.user, request=request)
+            services.api_key_set_limits(api_key=api_key, limits=form.limits(), actor=request.user,
+                                        actor_role=access.role, request=request)
         except ValidationError as exc:
             form_errors(form, exc)
         else:
@@ -289,7 +289,7 @@ def key_limits(request, access, key_id: str):
 @tenant_view(Action.KEYS_REVOKE)
 def key_revoke(request, access, key_id: str):
     api_key = selectors.api_key_get(tenant=access.tenant, key_id=key_id)
-    api_key = services.api_key_revoke(api_key=api_key, actor=request.user, request=request)
+    api_key = services.api_key_revoke(api_key=api_key, actor=request.user, actor_role=access.role, request=request)
     messages.success(request, f"Key {api_key.prefix} ({api_key.name}) is revoked. It stops working within a second.")
     if request.htmx:
         selectors.with_last_used(tenant=access.tenant, api_keys=[api_key])
@@ -302,11 +302,13 @@ def key_revoke(request, access, key_id: str):
 @reauthentication_required(allow_get=True)
 def key_rotate(request, access, key_id: str):
     api_key = selectors.api_key_get(tenant=access.tenant, key_id=key_id)
+    if Action.KEYS_ROTATE not in access.key_actions(api_key):
+        raise PermissionDenied(f"Your role ({access.role}) can't rotate a key with these scopes.")
     form = forms.RotateKeyForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
         try:
             issued = services.api_key_rotate(api_key=api_key, grace=form.grace_period(), actor=request.user,
-                                             request=request)
+                                             actor_role=access.role, request=request)
         except ValidationError as exc:
             flash_errors(request, exc)
             return redirect("tenant_key_detail", access.tenant.slug, api_key.key_id)
