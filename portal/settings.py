@@ -149,6 +149,7 @@ CELERY_BEAT_SCHEDULE = {
     "probe-backends": {"task": "inference.tasks.probe_backends", "schedule": 15.0},
     "budget-alerts": {"task": "billing.tasks.check_budget_alerts", "schedule": 60.0},
     "cost-guard": {"task": "billing.tasks.check_cost_guard", "schedule": 300.0},
+    "close-support-sessions": {"task": "tenants.tasks.close_expired_support_sessions", "schedule": 60.0},
 }
 
 # --- Auth -------------------------------------------------------------------------------------------

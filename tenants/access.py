@@ -21,8 +21,10 @@ from allauth.mfa.utils import is_mfa_enabled
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 
-from tenants.models import ApiKey, Membership, Tenant
+from tenants import services
+from tenants.models import ApiKey, Membership, SupportSession, Tenant
 from tenants.permissions import API_KEY, MFA_REQUIRED_ROLES, SUPPORT, Action, actions_for, can, key_actions
 
 SESSION_TENANT = "wattle_tenant"
@@ -89,13 +91,26 @@ def role_mfa_satisfied(user, role: str) -> bool:
 
 # --- act as ----------------------------------------------------------------------------------------
 def active_act_as(request: HttpRequest) -> dict | None:
-    """The staff member's current "act as" grant, if any and not expired."""
+    """The staff member's current "act as" grant, if its ``SupportSession`` is open and not expired.
+
+    An expired one is closed here (its end audited) when the staff member's next request notices it; the
+    periodic job closes the ones nobody comes back to. Either way, once."""
     if not getattr(request, "user", None) or not request.user.is_authenticated or not request.user.is_staff:
         return None
     grant = request.session.get(SESSION_ACT_AS)
     if not grant:
         return None
-    if grant.get("expires", 0) <= time.time() or grant.get("staff") != str(request.user.pk):
+    if grant.get("staff") != str(request.user.pk):
+        request.session.pop(SESSION_ACT_AS, None)
+        return None
+    session_id = grant.get("session")
+    expires_at = (SupportSession.objects.filter(pk=session_id, staff=request.user, ended_at__isnull=True)
+                  .values_list("expires_at", flat=True).first() if session_id else None)
+    if expires_at is None:  # ended elsewhere (or a grant from before sessions were recorded)
+        request.session.pop(SESSION_ACT_AS, None)
+        return None
+    if expires_at <= timezone.now() or grant.get("expires", 0) <= time.time():
+        services.act_as_end(session_id=session_id, end=SupportSession.End.EXPIRED, request=request)
         request.session.pop(SESSION_ACT_AS, None)
         return None
     return grant

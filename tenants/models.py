@@ -9,7 +9,23 @@ from django.utils import timezone
 from billing.models import LimitFields
 
 
-class Tenant(models.Model):
+class Touched(models.Model):
+    """``updated_at`` moves on every save, a save of a few fields included (Django's ``auto_now`` alone skips
+    a field left out of ``update_fields``): the snapshot reconciliation republishes what changed since its last
+    run (``tenants.snapshot.reconcile``), so a change that kept the old time could stay unpublished for good."""
+
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, update_fields=None, **kwargs):
+        if update_fields is not None:
+            update_fields = {*update_fields, "updated_at"}
+        super().save(*args, update_fields=update_fields, **kwargs)
+
+
+class Tenant(Touched):
     """A paying organisation: a CCaaS vendor or a contact centre."""
 
     class Status(models.TextChoices):
@@ -71,7 +87,7 @@ class Membership(models.Model):
         return f"{self.user} @ {self.tenant} ({self.role})"
 
 
-class ApiKey(LimitFields):
+class ApiKey(LimitFields, Touched):
     """An API key. Only an HMAC of the secret is stored; the full key is shown once, at creation.
 
     Rotation keeps the previous secret's hash until ``previous_secret_expires_at`` so callers can switch over
@@ -193,3 +209,35 @@ class PolicyAcceptance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} accepted terms {self.terms_version} / privacy {self.privacy_version}"
+
+
+class SupportSession(models.Model):
+    """A platform staff member's "act as" session on a tenant (time-boxed, with a reason).
+
+    The staff member's browser session only points at this row; the row says whether the session is open. So
+    however it ends (ended by the staff member, replaced by another, or noticed expired on the next request or
+    by the periodic job, whichever is first), the row is closed, and its end audited, exactly once."""
+
+    class End(models.TextChoices):
+        ENDED = "ended", "Ended by the staff member"
+        REPLACED = "replaced", "Replaced by another session"
+        EXPIRED = "expired", "Expired"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    staff = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="support_sessions")
+    reason = models.CharField(max_length=500)
+    started_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end = models.CharField(max_length=16, choices=End.choices, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["expires_at"], condition=models.Q(ended_at__isnull=True),
+                         name="support_session_open"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.staff} as {self.tenant} ({self.started_at:%Y-%m-%d %H:%M})"

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -27,7 +26,7 @@ from django.utils.text import slugify
 from audit.services import record
 from billing import limits as billing_limits
 from tenants import emails, keys, snapshot
-from tenants.models import ApiKey, Invitation, Membership, PolicyAcceptance, Role, Tenant
+from tenants.models import ApiKey, Invitation, Membership, PolicyAcceptance, Role, SupportSession, Tenant
 from tenants.permissions import Action, can, grantable_scopes, may_manage_key
 
 
@@ -504,22 +503,53 @@ def api_key_rotate(*, api_key: ApiKey, grace: timedelta, actor=None, actor_role:
 @transaction.atomic
 def act_as_start(*, staff_user, tenant: Tenant, reason: str, request=None) -> dict:
     """Open an explicit, time-boxed support session on a tenant. Returns the grant the caller keeps in the
-    staff member's session; ``tenants.access`` honours it until it expires."""
+    staff member's session; ``tenants.access`` honours it while its ``SupportSession`` is open and unexpired."""
     if not staff_user.is_staff:
         raise PermissionDenied("Only platform staff can act as a tenant.")
     reason = reason.strip()
     if not reason:
         raise ValidationError({"reason": "Say why you need to act as this tenant."})
-    started = time.time()
-    expires = started + settings.STAFF_ACT_AS_MINUTES * 60
+    started = timezone.now()
+    session = SupportSession.objects.create(
+        staff=staff_user, tenant=tenant, reason=reason[:500], started_at=started,
+        expires_at=started + timedelta(minutes=settings.STAFF_ACT_AS_MINUTES),
+    )
     _audit(action="staff.act_as.start", actor=staff_user, tenant=tenant, target=tenant, request=request,
-           data={"reason": reason, "expires_at": datetime.fromtimestamp(expires, tz=UTC).isoformat()})
-    return {"tenant": str(tenant.pk), "slug": tenant.slug, "name": tenant.name, "staff": str(staff_user.pk),
-            "started": started, "expires": expires, "reason": reason}
+           data={"reason": reason, "session": str(session.pk), "expires_at": session.expires_at.isoformat()})
+    return {"session": str(session.pk), "tenant": str(tenant.pk), "slug": tenant.slug, "name": tenant.name,
+            "staff": str(staff_user.pk), "started": started.timestamp(), "expires": session.expires_at.timestamp(),
+            "reason": reason}
 
 
 @transaction.atomic
-def act_as_end(*, staff_user, grant: dict, request=None) -> None:
-    tenant = Tenant.objects.filter(pk=grant.get("tenant")).first()
-    _audit(action="staff.act_as.end", actor=staff_user, tenant=tenant, target=tenant, request=request,
-           data={"duration_s": round(time.time() - grant.get("started", time.time()))})
+def act_as_end(*, session_id: str | None, end: str = SupportSession.End.ENDED, request=None) -> bool:
+    """Close a support session and audit its end, once: the row is locked and closed only if still open, so the
+    staff member ending it, the next request noticing it expired and the periodic job can race harmlessly.
+    Returns whether this call closed it. An expired session's duration is its full length, not the time until
+    someone noticed."""
+    if end not in SupportSession.End.values:
+        raise ValueError(f"unknown end {end!r}")
+    session = (SupportSession.objects.select_for_update().select_related("tenant", "staff")
+               .filter(pk=session_id, ended_at__isnull=True).first() if session_id else None)
+    if session is None:
+        return False
+    now = timezone.now()
+    if end != SupportSession.End.EXPIRED and session.expires_at <= now:
+        end = SupportSession.End.EXPIRED  # it had already run out: say so, whoever closes it
+    session.ended_at = now
+    session.end = end
+    session.save(update_fields=["ended_at", "end"])
+    last = min(now, session.expires_at)
+    # From the job there is no request: the entry names the staff member, with no network address.
+    _audit(action="staff.act_as.end", actor=session.staff, tenant=session.tenant, target=session.tenant,
+           request=request, data={"session": str(session.pk), "end": end,
+                                  "duration_s": round((last - session.started_at).total_seconds())})
+    return True
+
+
+def act_as_close_expired() -> int:
+    """Close every support session that has run out (the periodic job): each gets its end entry even if the
+    staff member never comes back. One transaction per session, so one failure does not hold up the rest."""
+    expired = SupportSession.objects.filter(ended_at__isnull=True, expires_at__lte=timezone.now())
+    return sum(act_as_end(session_id=str(pk), end=SupportSession.End.EXPIRED)
+               for pk in expired.values_list("pk", flat=True))

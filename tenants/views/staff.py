@@ -17,7 +17,7 @@ from billing.selectors import tenant_quota, tenant_usage_totals
 from billing.services import tenant_quota_set
 from tenants import forms, selectors, services
 from tenants.access import SESSION_ACT_AS, SESSION_TENANT, active_act_as
-from tenants.models import ApiKey, Tenant
+from tenants.models import ApiKey, SupportSession, Tenant
 from tenants.views.common import form_errors, staff_view
 
 
@@ -144,7 +144,7 @@ def act_as_start(request, slug: str):
                       status=400)
     current = active_act_as(request)
     if current is not None:
-        services.act_as_end(staff_user=request.user, grant=current, request=request)
+        services.act_as_end(session_id=current["session"], end=SupportSession.End.REPLACED, request=request)
     grant = services.act_as_start(staff_user=request.user, tenant=tenant, reason=form.cleaned_data["reason"],
                                   request=request)
     request.session[SESSION_ACT_AS] = grant
@@ -158,7 +158,7 @@ def act_as_start(request, slug: str):
 def act_as_end(request):
     grant = active_act_as(request)
     if grant is not None:
-        services.act_as_end(staff_user=request.user, grant=grant, request=request)
+        services.act_as_end(session_id=grant["session"], request=request)
         messages.success(request, f"You are no longer acting as {grant['name']}.")
     request.session.pop(SESSION_ACT_AS, None)
     request.session.pop(SESSION_TENANT, None)
