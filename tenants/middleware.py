@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from django.http import HttpResponseRedirect
 
+from portal.redirects import safe_next_url
 from tenants.access import MfaRequired, staff_mfa_state
 
 STAFF_PREFIX = "/staff/"
@@ -34,12 +35,13 @@ class AccessGateMiddleware:
                 state = staff_mfa_state(request)
                 if state is not None:
                     error = MfaRequired(staff=True, kind=state)
-                    return _redirect(request, error.redirect_url(request.get_full_path()))
+                    return _redirect(request, error.redirect_url(safe_next_url(request, request.get_full_path(), "/")))
         return self.get_response(request)
 
     def process_exception(self, request, exception):
         if isinstance(exception, MfaRequired):
-            next_url = request.get_full_path() if request.method == "GET" else request.headers.get("Referer", "/")
-            request.session["wattle_mfa_next"] = next_url if next_url.startswith("/") else "/"
+            # Back to this page afterwards (for a POST, the page the form was on).
+            next_url = request.get_full_path() if request.method == "GET" else request.headers.get("Referer")
+            request.session["wattle_mfa_next"] = safe_next_url(request, next_url, "/")
             return _redirect(request, exception.redirect_url(request.session["wattle_mfa_next"]))
         return None

@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 from django.http import Http404
 from django.shortcuts import redirect
 
+from portal.redirects import safe_next_url
 from tenants.access import require_staff_mfa, resolve_tenant
 from tenants.permissions import Action
 
@@ -73,7 +74,4 @@ def form_errors(form, exc: ValidationError) -> None:
 
 def back(request, default: str):
     """Redirect to a same-site ``next`` if the form gave one, else ``default``."""
-    target = request.POST.get("next") or ""
-    if target.startswith("/") and not target.startswith("//"):
-        return redirect(target)
-    return redirect(default)
+    return redirect(safe_next_url(request, request.POST.get("next"), default))

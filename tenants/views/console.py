@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from billing import limits as billing_limits
 from billing.quota_reads import quota_report
 from billing.selectors import usage_recent, usage_summary, usage_window
+from portal.redirects import safe_next_url
 from tenants import forms, selectors, services
 from tenants.adapters import SESSION_INVITATION
 from tenants.models import ApiKey, Membership
@@ -373,9 +374,8 @@ def tenant_settings(request, access):
 @require_GET
 @login_required
 def mfa_required(request):
-    next_url = request.GET.get("next") or request.session.get("wattle_mfa_next") or ""
-    if not (next_url.startswith("/") and not next_url.startswith("//")):
-        next_url = ""
+    next_url = (safe_next_url(request, request.GET.get("next"))
+                or safe_next_url(request, request.session.get("wattle_mfa_next")))
     return render(request, "tenants/mfa_required.html", {
         "next_url": next_url,
         "mfa_enabled": is_mfa_enabled(request.user),
