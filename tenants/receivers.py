@@ -9,6 +9,8 @@ from allauth.account import signals as account_signals
 from allauth.account.internal.flows.login import get_authentication_records
 from allauth.mfa import signals as mfa_signals
 from django.contrib.auth.signals import user_logged_out, user_login_failed
+from django.core.exceptions import ValidationError
+from django.core.validators import EmailValidator
 from django.dispatch import receiver
 
 from audit.services import record
@@ -21,11 +23,29 @@ def on_login(sender, request, user, **kwargs) -> None:
     record(action="auth.login", actor=user, target=user, request=request, data={"methods": methods})
 
 
+MAX_EMAIL_LENGTH = 254  # RFC 5321's limit on a usable address
+_is_email = EmailValidator()
+
+
+def attempted_email(credentials: dict) -> str | None:
+    """The address a failed sign-in tried, if what was typed is one. Anything else may be a password typed
+    into the wrong box (Django masks only the password field), so it is not kept."""
+    typed = credentials.get("email") or credentials.get("username") or credentials.get("login")
+    if not isinstance(typed, str) or len(typed) > MAX_EMAIL_LENGTH:
+        return None
+    try:
+        _is_email(typed)
+    except ValidationError:
+        return None
+    return typed
+
+
 @receiver(user_login_failed, dispatch_uid="wattle_audit_login_failed")
 def on_login_failed(sender, credentials, request=None, **kwargs) -> None:
-    # Django has already masked the password; the identifier typed is what an investigation needs.
-    attempted = str(credentials.get("email") or credentials.get("username") or "")[:254]
-    record(action="auth.login_failed", request=request, data={"email": attempted})
+    # The address tried is what an investigation needs; what was typed otherwise is nobody's business.
+    email = attempted_email(credentials)
+    record(action="auth.login_failed", request=request,
+           data={"email": email} if email is not None else {"identifier": "invalid"})
 
 
 @receiver(user_logged_out, dispatch_uid="wattle_audit_logout")
