@@ -7,12 +7,7 @@ from typing import Any
 from django.db import models
 
 from audit.models import AuditEntry
-
-
-def _client_ip(request) -> str | None:
-    if request is None:
-        return None
-    return request.META.get("REMOTE_ADDR") or None
+from core.proxies import request_client_ip
 
 
 def record(
@@ -35,6 +30,6 @@ def record(
         tenant=tenant,
         target_type=target._meta.label_lower if target is not None else "",
         target_id=str(target.pk) if target is not None else "",
-        ip=_client_ip(request),
+        ip=request_client_ip(request),
         data=data or {},
     )

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from core.proxies import UVICORN_ARGS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/wattle_bench"
@@ -196,7 +198,7 @@ def gateway_command(server: str, port: int, workers: int) -> list[str]:
     return [
         PYTHON, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
         "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-        "--log-level", "warning",
+        "--log-level", "warning", *UVICORN_ARGS,
     ]
 
 

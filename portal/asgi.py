@@ -1,6 +1,7 @@
 """ASGI entry point: `/v1/*` goes to the lean data-plane app, WebSockets to Channels, the rest to Django.
 
-Run with uvicorn: ``uvicorn portal.asgi:application --workers N --loop uvloop --http httptools``.
+Run with uvicorn: ``uvicorn portal.asgi:application --workers N --loop uvloop --http httptools
+--no-proxy-headers`` (the client address behind proxies is TRUSTED_PROXIES' to decide, core/proxies.py).
 """
 
 from __future__ import annotations

@@ -3,8 +3,36 @@ from __future__ import annotations
 import secrets
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 
+from core.proxies import parse_trusted_proxies
 from portal.logging import current_request_id
+
+
+class ClientAddressMiddleware:
+    """Resolve the client's address once, before anything reads it: ``REMOTE_ADDR`` becomes the address the
+    trusted proxies vouch for (``TRUSTED_PROXIES``, core/proxies.py), so allauth's login throttle, DRF's
+    throttles and the audit trail all see the same one. The connection's own peer stays in ``WATTLE_PEER_ADDR``
+    for the internal-caller rule, which resolves from the raw inputs itself."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        meta = request.META
+        peer = meta.get("REMOTE_ADDR")
+        meta["WATTLE_PEER_ADDR"] = peer
+        address, _vouched = parse_trusted_proxies(settings.TRUSTED_PROXIES).resolve(
+            peer, meta.get("HTTP_X_FORWARDED_FOR")
+        )
+        if address is not None:
+            meta["REMOTE_ADDR"] = str(address)
+        return self.get_response(request)  # a coroutine in async mode, awaited by the caller
 
 
 class RequestIdMiddleware:

@@ -15,6 +15,7 @@ from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
+from core.proxies import parse_trusted_proxies
 from portal.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -62,6 +63,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "portal.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "portal.middleware.ClientAddressMiddleware",  # first: everything after reads the resolved client address
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -229,7 +231,15 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-if env_bool("TRUST_X_FORWARDED_PROTO", False):
+# The proxies in front of Wattle (core/proxies.py): a hop count ("1": one load balancer) or addresses/networks
+# ("10.0.0.0/8,192.168.1.7"). Only they may say who the client is (X-Forwarded-For), for the login throttle,
+# the audit trail and the internal-caller rule of /metrics and /readyz. Unset: the header is ignored.
+TRUSTED_PROXIES = env_str("TRUSTED_PROXIES", "") or ""
+try:
+    parse_trusted_proxies(TRUSTED_PROXIES)
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+if env_bool("TRUST_X_FORWARDED_PROTO", bool(TRUSTED_PROXIES)):
     # Only behind a proxy (AWS ALB) that sets the header itself.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
@@ -298,6 +308,9 @@ SPECTACULAR_SETTINGS = {
         "Manage your Wattle organisation: members, invitations, API keys and usage. Authenticate with an API "
         "key that has the `management:read` (GET) or `management:write` (other methods) scope, or with a "
         "console session. Errors share one shape: `{\"error\": {\"message\", \"type\", \"code\", \"param\"}}`."
+    # Throttles key anonymous callers by REMOTE_ADDR, already resolved through TRUSTED_PROXIES; without this DRF
+    # would read X-Forwarded-For itself, whoever wrote it.
+    "NUM_PROXIES": 0,
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,

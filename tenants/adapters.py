@@ -7,9 +7,11 @@ from allauth.account.adapter import DefaultAccountAdapter
 from allauth.mfa.adapter import DefaultMFAAdapter
 from allauth.mfa.models import Authenticator
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.urls import reverse
 
+from core.proxies import request_client_ip
 from tenants import services
 from tenants.models import Membership
 from tenants.permissions import MFA_REQUIRED_ROLES
@@ -30,6 +32,14 @@ def pending_invitation(request):
 
 
 class AccountAdapter(DefaultAccountAdapter):
+    def get_client_ip(self, request) -> str:
+        """The address the login throttle counts and user sessions show: the one ``TRUSTED_PROXIES`` vouches for
+        (resolved by ``ClientAddressMiddleware``), never allauth's own reading of X-Forwarded-For."""
+        ip = request_client_ip(request)
+        if not ip:
+            raise PermissionDenied("Unable to determine client IP address")
+        return ip
+
     def save_user(self, request, user, form, commit=True):
         """Create the user and, in the same transaction, their organisation (with the recorded acceptance of
         terms and privacy policy). People who sign up from an invitation join that tenant instead."""

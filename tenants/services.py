@@ -25,6 +25,7 @@ from django.utils.text import slugify
 
 from audit.services import record
 from billing import limits as billing_limits
+from core.proxies import request_client_ip
 from tenants import emails, keys, snapshot
 from tenants.models import ApiKey, Invitation, Membership, PolicyAcceptance, Role, SupportSession, Tenant
 from tenants.permissions import Action, can, grantable_scopes, may_manage_key
@@ -41,12 +42,6 @@ def _audit(*, action: str, actor=None, tenant: Tenant | None = None, target=None
         if getattr(request, "wattle_acting_as", False):
             data["acting_as_staff"] = True
     record(action=action, actor=actor, tenant=tenant, target=target, request=request, data=data)
-
-
-def _client_ip(request) -> str | None:
-    if request is None:
-        return None
-    return request.META.get("REMOTE_ADDR") or None
 
 
 # --- tenants ---------------------------------------------------------------------------------------
@@ -101,7 +96,7 @@ def policy_acceptance_record(*, user, tenant: Tenant | None, terms_version: str,
                              request=None) -> PolicyAcceptance:
     acceptance = PolicyAcceptance.objects.create(
         user=user, tenant=tenant, terms_version=terms_version, privacy_version=privacy_version,
-        ip=_client_ip(request),
+        ip=request_client_ip(request),
     )
     _audit(action="policy.accept", actor=user, tenant=tenant, target=acceptance, request=request,
            data={"terms_version": terms_version, "privacy_version": privacy_version})

@@ -37,6 +37,7 @@ def run_portal(app=None) -> Iterator[RunningServer]:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, loop="asyncio", http="httptools", lifespan="on",
         log_level="warning", access_log=False, timeout_graceful_shutdown=3,
+        proxy_headers=False,  # as every Wattle command line (core.proxies.UVICORN_ARGS): TRUSTED_PROXIES decides
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"portal-{port}", daemon=True)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.proxies import UVICORN_ARGS
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,7 +214,7 @@ def portal_processes(*, database_url: str, redis_url: str, backends: str, extra_
         subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
              "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
-             "--workers", str(workers)],
+             "--workers", str(workers), *UVICORN_ARGS],
             cwd=ROOT, env=env,
         ),
         subprocess.Popen([*manage, "ingest_usage"], cwd=ROOT, env=env),

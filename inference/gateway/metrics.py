@@ -8,12 +8,13 @@ are built when scraped, and backend gauges are read from the pool then. With ``P
 from __future__ import annotations
 
 import bisect
-import ipaddress
 import os
 
 from django.conf import settings
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from core.proxies import InternalCallers, internal_callers_for
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -229,26 +230,22 @@ def render(registry) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def _networks():
-    return [ipaddress.ip_network(n, strict=False) for n in settings.METRICS_ALLOWED_NETWORKS]
+def internal_callers() -> InternalCallers:
+    """The internal-caller rule from the settings (cached per value: tests and operators may change them)."""
+    return internal_callers_for(
+        settings.METRICS_TOKEN or "", tuple(settings.METRICS_ALLOWED_NETWORKS), settings.TRUSTED_PROXIES
+    )
 
 
 def scrape_allowed(scope, headers: dict[bytes, bytes]) -> bool:
-    """A bearer token (``METRICS_TOKEN``), or a direct caller from an internal network with no proxy in between."""
-    token = settings.METRICS_TOKEN
-    if token:
-        presented = headers.get(b"authorization", b"").decode("latin-1")
-        import hmac
-
-        if hmac.compare_digest(presented, f"Bearer {token}"):
-            return True
-    if b"x-forwarded-for" in headers or b"forwarded" in headers:
-        return False  # it came through the load balancer: public traffic, whatever the peer address says
+    """A bearer token (``METRICS_TOKEN``), or a caller from an internal network: its own address, or the one
+    the trusted proxies vouch for (``TRUSTED_PROXIES``). Forwarding headers no trusted proxy wrote mean public
+    traffic came through a proxy we don't know, whatever the peer address says."""
     client = scope.get("client")
-    if not client:
-        return False
-    try:
-        address = ipaddress.ip_address(client[0])
-    except ValueError:
-        return False
-    return any(address in network for network in _networks())
+    forwarded_for = headers.get(b"x-forwarded-for")
+    return internal_callers().allowed(
+        peer=client[0] if client else None,
+        forwarded_for=forwarded_for.decode("latin-1") if forwarded_for is not None else None,
+        forwarded=b"forwarded" in headers,
+        authorization=headers.get(b"authorization", b""),
+    )

@@ -17,6 +17,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from core.proxies import UVICORN_ARGS
+
 
 def _wait_for(url: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
@@ -29,6 +31,14 @@ def _wait_for(url: str, timeout: float) -> bool:
             pass
         time.sleep(0.2)
     return False
+
+
+def portal_command(port: int) -> list[str]:
+    """The portal's uvicorn command line. Its own forwarded-header handling is off: TRUSTED_PROXIES decides."""
+    return [
+        sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", *UVICORN_ARGS,
+    ]
 
 
 class Command(BaseCommand):
@@ -79,10 +89,7 @@ class Command(BaseCommand):
                      "--concurrency", "2"]
                 ))
                 procs.append(subprocess.Popen([sys.executable, "manage.py", "ingest_usage"]))
-            procs.append(subprocess.Popen([
-                sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1",
-                "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-            ]))
+            procs.append(subprocess.Popen(portal_command(port)))
             if not _wait_for(f"http://127.0.0.1:{port}/healthz", 60):
                 self.stderr.write(f"The portal did not start on port {port}.")
                 return
