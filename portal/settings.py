@@ -297,6 +297,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "portal.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Throttles key anonymous callers by REMOTE_ADDR, already resolved through TRUSTED_PROXIES; without this DRF
+    # would read X-Forwarded-For itself, whoever wrote it.
+    "NUM_PROXIES": 0,
     "PAGE_SIZE": 50,
 }
 # Requests per principal (API key or console user) to /api/v1/, counted in the cache (Redis when configured).
@@ -308,9 +311,6 @@ SPECTACULAR_SETTINGS = {
         "Manage your Wattle organisation: members, invitations, API keys and usage. Authenticate with an API "
         "key that has the `management:read` (GET) or `management:write` (other methods) scope, or with a "
         "console session. Errors share one shape: `{\"error\": {\"message\", \"type\", \"code\", \"param\"}}`."
-    # Throttles key anonymous callers by REMOTE_ADDR, already resolved through TRUSTED_PROXIES; without this DRF
-    # would read X-Forwarded-For itself, whoever wrote it.
-    "NUM_PROXIES": 0,
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
