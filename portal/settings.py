@@ -61,9 +61,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "portal.middleware.ClientAddressMiddleware",  # first: everything after reads the resolved client address
     "portal.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "portal.middleware.ClientAddressMiddleware",  # first: everything after reads the resolved client address
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
