@@ -12,6 +12,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from inference.gateway.metrics import internal_callers
 from inference.models import Backend
 from portal.redis import new_async_redis
 
@@ -52,10 +53,7 @@ async def _probe_backends() -> dict[str, bool]:
     return {name: ok for (name, _url), ok in zip(backends, results, strict=True)}
 
 
-@never_cache
-@require_GET
-async def readyz(request):
-    """Readiness: the database, Redis and at least one inference backend answer. The body says which."""
+async def _readiness() -> tuple[bool, dict]:
     started = time.perf_counter()
     checks: dict[str, object] = {}
     try:
@@ -75,10 +73,66 @@ async def readyz(request):
         checks["backends_error"] = exc.__class__.__name__
     checks["backends"] = {name: "ok" if ok else "unhealthy" for name, ok in backends.items()}
     ready = checks["database"] == "ok" and checks["redis"] == "ok" and any(backends.values())
+    return ready, {"checks": checks, "took_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+class ReadinessCache:
+    """The last readiness result, kept ``READYZ_CACHE_S``: probes and load balancers call /readyz often, and
+    each check queries the database and Redis and probes every backend. Callers that come while a check runs
+    wait for that one (per event loop, i.e. per worker) instead of starting their own."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._result: tuple[bool, dict] | None = None
+        self._checked_at = 0.0
+        self._task: asyncio.Task | None = None
+
+    def clear(self) -> None:
+        self._result, self._task = None, None
+
+    async def current(self) -> tuple[bool, dict, float]:
+        """(ready, details, age in seconds)."""
+        if self._result is not None and time.monotonic() - self._checked_at < self.ttl_s:
+            return (*self._result, time.monotonic() - self._checked_at)
+        loop = asyncio.get_running_loop()
+        task = self._task
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = self._task = loop.create_task(self._check())
+        ready, details = await asyncio.shield(task)
+        return ready, details, time.monotonic() - self._checked_at
+
+    async def _check(self) -> tuple[bool, dict]:
+        result = await _readiness()
+        self._result, self._checked_at = result, time.monotonic()
+        return result
+
+
+READYZ_CACHE_S = 1.0
+readiness = ReadinessCache(READYZ_CACHE_S)
+
+
+def _internal_caller(request) -> bool:
+    """The rule of /metrics (inference.gateway.metrics.internal_callers), from the connection's own peer."""
+    meta = request.META
+    return internal_callers().allowed(
+        peer=meta.get("WATTLE_PEER_ADDR", meta.get("REMOTE_ADDR")),
+        forwarded_for=meta.get("HTTP_X_FORWARDED_FOR"),
+        forwarded="HTTP_FORWARDED" in meta,
+        authorization=meta.get("HTTP_AUTHORIZATION", "").encode("utf-8", "replace"),
+    )
+
+
+@never_cache
+@require_GET
+async def readyz(request):
+    """Readiness: the database, Redis and at least one inference backend answer. Internal callers (as for
+    /metrics: an internal network or METRICS_TOKEN) are told which; everyone else gets the verdict only."""
+    ready, details, age_s = await readiness.current()
+    status = 200 if ready else 503
+    if not _internal_caller(request):
+        return JsonResponse({"status": "ok" if ready else "unavailable"}, status=status)
     return JsonResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks,
-         "took_ms": round((time.perf_counter() - started) * 1000, 1)},
-        status=200 if ready else 503,
+        {"status": "ready" if ready else "not ready", **details, "age_ms": round(age_s * 1000, 1)}, status=status
     )
 
 

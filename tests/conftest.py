@@ -260,8 +260,11 @@ def _clear_cache() -> None:
     from django.conf import settings
     from django.core.cache import cache
 
+    from portal.views import readiness
+
     if not settings.REDIS_URL:
         cache.clear()
+    readiness.clear()  # /readyz keeps its last result a second: a test must not see the previous one's
 
 
 # --- The data plane's limiter, driven directly -----------------------------------------------------

@@ -33,7 +33,7 @@ from portal.redis import new_async_redis, new_hot_redis
 logger = logging.getLogger("wattle.gateway")
 
 _JSON = b"application/json"
-_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+_SSE_CONTENT_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
 _DONE = b"data: [DONE]\n\n"
 _GENERATION_ENDPOINTS = {
     "/v1/chat/completions": "chat.completions",
@@ -46,6 +46,21 @@ _STREAM_FAILED_FRAME = (
     b'data: {"error": {"message": "The model backend failed while streaming.", "type": "server_error", '
     b'"param": null, "code": 502}}\n\n'
 )
+
+
+def security_headers() -> list[tuple[bytes, bytes]]:
+    """What Django's SecurityMiddleware gives the console, for the answers that bypass Django (/v1, /metrics):
+    HSTS outside DEBUG (Django's SECURE_HSTS_* values), nosniff, and no-store (answers are per key: no cache or
+    proxy may keep one). Built once per process and appended to every answer."""
+    headers = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
+    if not settings.DEBUG and settings.SECURE_HSTS_SECONDS:
+        hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
+        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+            hsts += "; includeSubDomains"
+        if settings.SECURE_HSTS_PRELOAD:
+            hsts += "; preload"
+        headers.insert(0, (b"strict-transport-security", hsts.encode()))
+    return headers
 
 
 class ClientGone(Exception):
@@ -143,6 +158,8 @@ class Gateway:
         self._completion_reserve = settings.INFERENCE_DEFAULT_COMPLETION_RESERVE
         self._limits_parallel = settings.INFERENCE_LIMITS_PARALLEL
         self._parallel_backoff_s = settings.INFERENCE_LIMITS_PARALLEL_BACKOFF_S
+        self._security_headers = security_headers()
+        self._sse_headers = [_SSE_CONTENT_TYPE, *self._security_headers]
 
     def next_request_id(self) -> str:
         """Unique across workers and restarts: a random per-process prefix and a counter (no syscall)."""
@@ -225,7 +242,7 @@ class Gateway:
             return
         body, content_type = metrics.render(self._registry)
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", content_type.encode())]})
+                    "headers": [(b"content-type", content_type.encode()), *self._security_headers]})
         await send({"type": "http.response.body", "body": body})
 
     # --- helpers -----------------------------------------------------------------------------------
@@ -233,7 +250,10 @@ class Gateway:
         await send({
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *headers],
+            "headers": [
+                (b"content-type", _JSON), (b"content-length", str(len(body)).encode()), *self._security_headers,
+                *headers,
+            ],
         })
         await send({"type": "http.response.body", "body": body})
 
@@ -533,7 +553,8 @@ class Gateway:
         self, receive, send, ctx: RequestContext, response, forward_usage: bool, backend: BackendState
     ) -> None:
         ctx.status = 200
-        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + ctx.response_headers()})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": self._sse_headers + ctx.response_headers()})
         metrics.OPEN_STREAMS.inc()
 
         async def watch_disconnect() -> None:
