@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 
+from core.backend_urls import check_backend_url
 from inference.models import Backend
 
 
@@ -43,6 +44,10 @@ class BackendForm(forms.ModelForm):
         url = self.cleaned_data["base_url"].rstrip("/")
         if url.endswith("/v1"):
             raise forms.ValidationError("Give the replica's base URL without /v1.")
+        try:
+            check_backend_url(url, resolve=True)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
         return url
 
     def clean_weight(self) -> int:

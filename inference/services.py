@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import transaction
 
 from audit.services import record
+from core.backend_urls import check_backend_url
 from inference.gateway.backends import BACKENDS_KEY
 from inference.models import Backend
 from portal.redis import get_redis, key
@@ -20,8 +21,18 @@ logger = logging.getLogger("wattle.inference")
 HEALTH_KEY = "backend_health"
 
 
+def _publishable(backend: Backend) -> bool:
+    try:
+        check_backend_url(backend.base_url, resolve=False)
+    except ValueError as exc:
+        # Only a row written around backend_save gets here; the data plane must never call it.
+        logger.error("backend %s left out of the published pool: %s", backend.name, exc)
+        return False
+    return True
+
+
 def backends_publish() -> list[dict]:
-    """Write the enabled backends to Redis for every data-plane worker."""
+    """Write the backends to Redis for every data-plane worker (never one at a link-local address)."""
     items = [
         {
             "name": b.name,
@@ -35,6 +46,7 @@ def backends_publish() -> list[dict]:
             "draining": b.draining,
         }
         for b in Backend.objects.all()
+        if _publishable(b)
     ]
     get_redis().set(key(BACKENDS_KEY), orjson.dumps(items))
     return items
@@ -42,7 +54,10 @@ def backends_publish() -> list[dict]:
 
 @transaction.atomic
 def backends_seed_from_settings(*, actor=None) -> list[Backend]:
-    """Create or update a Backend for each entry of ``INFERENCE_BACKENDS`` (idempotent)."""
+    """Create or update a Backend for each entry of ``INFERENCE_BACKENDS`` (idempotent). Raises ValueError,
+    saving none, if one points at a link-local or metadata address (host names are looked up here)."""
+    for item in settings.INFERENCE_BACKENDS:
+        check_backend_url(item["url"], resolve=True)
     seeded = []
     for item in settings.INFERENCE_BACKENDS:
         backend, created = Backend.objects.update_or_create(
@@ -134,9 +149,11 @@ BACKEND_FIELDS = ("base_url", "served_models", "region", "weight", "max_concurre
 
 @transaction.atomic
 def backend_save(*, backend: Backend, actor=None, request=None, new_api_key: str | None = None) -> Backend:
-    """Create or change a backend (staff). The API key is replaced only when a new one is given."""
+    """Create or change a backend (staff). The API key is replaced only when a new one is given. Raises
+    ValueError for a region outside Australia or a URL at a link-local or metadata address."""
     if backend.region not in settings.ALLOWED_DATA_REGIONS:
         raise ValueError(f"region {backend.region} is outside {settings.ALLOWED_DATA_REGIONS}")
+    check_backend_url(backend.base_url, resolve=True)
     created = backend.pk is None
     if new_api_key:
         backend.api_key = new_api_key

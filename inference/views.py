@@ -18,15 +18,24 @@ def _with_health(backends):
     return backends
 
 
+def _save(request, form: BackendForm) -> bool:
+    """Save through the service; a refusal it makes that the form couldn't foresee (a host name that resolves
+    elsewhere a moment later) becomes a form error, not a 500."""
+    try:
+        services.backend_save(backend=form.save(commit=False), actor=request.user, request=request,
+                              new_api_key=form.cleaned_data["new_api_key"])
+    except ValueError as exc:
+        form.add_error("base_url", str(exc))
+        return False
+    return True
+
+
 @require_http_methods(["GET", "POST"])
 @staff_view
 def backend_list(request):
     form = BackendForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        backend = form.save(commit=False)
-        services.backend_save(backend=backend, actor=request.user, request=request,
-                              new_api_key=form.cleaned_data["new_api_key"])
-        messages.success(request, f"Backend {backend.name} added.")
+    if request.method == "POST" and form.is_valid() and _save(request, form):
+        messages.success(request, f"Backend {form.instance.name} added.")
         return redirect("staff_backend_list")
     context = {"backends": _with_health(list(Backend.objects.all())), "form": form}
     return render(request, "inference/staff/backend_list.html", context, status=400 if form.errors else 200)
@@ -37,9 +46,7 @@ def backend_list(request):
 def backend_edit(request, name: str):
     backend = get_object_or_404(Backend, name=name)
     form = BackendForm(request.POST or None, instance=backend)
-    if request.method == "POST" and form.is_valid():
-        services.backend_save(backend=form.save(commit=False), actor=request.user, request=request,
-                              new_api_key=form.cleaned_data["new_api_key"])
+    if request.method == "POST" and form.is_valid() and _save(request, form):
         messages.success(request, f"Backend {backend.name} saved.")
         return redirect("staff_backend_list")
     context = {"backend": _with_health([backend])[0], "form": form}

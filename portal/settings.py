@@ -15,6 +15,7 @@ from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
+from core.backend_urls import check_backend_url
 from core.proxies import parse_trusted_proxies
 from portal.env import env_bool, env_float, env_int, env_list, env_str
 
@@ -397,6 +398,11 @@ def _parse_backends(raw: str | None, default_url: str) -> list[dict]:
         item["url"] = item["url"].rstrip("/")
         if not item["url"].startswith(("http://", "https://")):
             raise ImproperlyConfigured(f"INFERENCE_BACKENDS url {item['url']!r} must start with http(s)://")
+        try:
+            # Literal addresses only: no DNS lookups while settings load (seeding the rows looks names up).
+            check_backend_url(item["url"], resolve=False)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"INFERENCE_BACKENDS: {exc}") from None
     for n, item in enumerate(items, start=1):
         item.setdefault("name", f"backend-{n}")
     return items
