@@ -115,6 +115,7 @@ class Simulator:
         self.bank = ReplyBank()
         self.echoes = EchoCache()
         self._prompt_tokens: LRU[bytes, int] = LRU(8192)
+        self._prefix_cache: LRU[bytes, bool] = LRU(8192)  # digests of (model, cache_salt, prompt) seen
         self._fingerprints = {
             name: f"vllm-{VLLM_VERSION}-{hashlib.sha256(f'{name}|{config.max_model_len}'.encode()).hexdigest()[:8]}"
             for name in config.all_model_names
@@ -282,6 +283,20 @@ class Simulator:
             self._prompt_tokens.put(key, count)
         return count
 
+    def _look_up_prefix(self, model: str, cache_salt: str | None, prompt: bytes, prompt_tokens: int) -> None:
+        """vLLM's automatic prefix caching, for whole prompts: a prompt seen before under the same ``cache_salt``
+        is a hit. vLLM mixes the salt into the hash of a prompt's first block, so requests with different salts
+        never share cached blocks (no salt is a salt of its own): that is what keeps one tenant from timing
+        another's prompts. Counted in tokens, as vLLM's prefix_cache_queries and prefix_cache_hits are."""
+        salt = b"-" if cache_salt is None else b"s" + cache_salt.encode()
+        key = _digest(b"\x00".join((model.encode(), salt, prompt)))
+        counters = self.engine.counters
+        counters.prefix_cache_queries += prompt_tokens
+        if self._prefix_cache.get(key) is not None:
+            counters.prefix_cache_hits += prompt_tokens
+        else:
+            self._prefix_cache.put(key, True)
+
     def _sources(self, model: str, echo_text: str | None, key: bytes, n: int) -> list[TokenizedText]:
         if echo_text is not None and echo_text.startswith(ECHO_PREFIX):
             return [self.echoes.get(model, echo_text)] * n
@@ -305,9 +320,11 @@ class Simulator:
         check_sampling(
             n=n, max_tokens=requested, temperature=req.temperature, top_p=req.top_p,
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+            min_tokens=req.min_tokens,
         )  # fmt: skip
         max_tokens = self._max_tokens(prompt_tokens, requested)
         self._maybe_inject_error()
+        self._look_up_prefix(model, req.cache_salt, fingerprint, prompt_tokens)
 
         stop = _stop_list(req.stop)
         sources = self._sources(model, _last_user_text(req.messages), request_key(fingerprint, req.seed), n)
@@ -358,6 +375,7 @@ class Simulator:
         check_sampling(
             n=req.n, max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
             presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+            min_tokens=req.min_tokens,
         )  # fmt: skip
         budgets = [self._max_tokens(count, req.max_tokens) for count in counts]
         self._maybe_inject_error()
@@ -367,7 +385,9 @@ class Simulator:
         per_choice_prompt: list[int] = []
         for prompt, count, budget in zip(prompts, counts, budgets, strict=True):
             text = prompt if isinstance(prompt, str) else tokens.decode_tokens(model, prompt)
-            key = request_key(orjson.dumps(prompt), req.seed)
+            prompt_json = orjson.dumps(prompt)
+            self._look_up_prefix(model, req.cache_salt, prompt_json, count)
+            key = request_key(prompt_json, req.seed)
             for source in self._sources(model, text, key, req.n):
                 outputs.append(finish(source, max_tokens=budget, stop=stop))
                 per_choice_prompt.append(count)

@@ -75,6 +75,9 @@ class Counters:
     injected_errors: int = 0
     injected_aborts: int = 0
     client_disconnects: int = 0
+    # Prompt tokens looked up in the prefix cache, and those found (vLLM's prefix_cache_queries/hits).
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
 
     def seen(self, endpoint: str) -> None:
         self.requests_seen += 1
@@ -120,6 +123,8 @@ class Engine:
                 "injected_errors": self.counters.injected_errors,
                 "injected_aborts": self.counters.injected_aborts,
                 "client_disconnects": self.counters.client_disconnects,
+                "prefix_cache_queries": self.counters.prefix_cache_queries,
+                "prefix_cache_hits": self.counters.prefix_cache_hits,
                 "running": sum(s.running for s in self.schedulers.values()),
                 "waiting": sum(s.waiting for s in self.schedulers.values()),
             },

@@ -69,6 +69,15 @@ def _check_prompt_logprobs(data: dict, other: str) -> None:
             )
 
 
+def _check_cache_salt(data: Any) -> Any:
+    salt = data.get("cache_salt") if isinstance(data, dict) else None
+    if salt is not None and (not isinstance(salt, str) or not salt):
+        raise VLLMValidationError(
+            "Parameter 'cache_salt' must be a non-empty string if provided.", parameter="cache_salt"
+        )
+    return data
+
+
 def _check_stream_options(data: Any) -> Any:
     if isinstance(data, dict) and data.get("stream_options") and not data.get("stream"):
         raise VLLMValidationError("Stream options can only be defined when `stream=True`.", parameter="stream_options")
@@ -134,6 +143,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
     continue_final_message: bool = False
     structured_outputs: dict[str, Any] | None = None
     request_id: str | None = None
+    cache_salt: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -236,6 +246,11 @@ class ChatCompletionRequest(OpenAIBaseModel):
             raise VLLMValidationError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def check_cache_salt_support(cls, data: Any) -> Any:
+        return _check_cache_salt(data)
+
 
 class CompletionRequest(OpenAIBaseModel):
     model: str | None = None
@@ -262,6 +277,7 @@ class CompletionRequest(OpenAIBaseModel):
     response_format: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None
     request_id: str | None = None
+    cache_salt: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -307,6 +323,11 @@ class CompletionRequest(OpenAIBaseModel):
                 "Either prompt or prompt_embeds must be provided and non-empty.", parameter="prompt"
             )
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def check_cache_salt_support(cls, data: Any) -> Any:
+        return _check_cache_salt(data)
 
 
 class EmbeddingRequest(OpenAIBaseModel):
@@ -367,7 +388,7 @@ def parse(model: type[M], body: Any) -> M:
 
 def check_sampling(
     *, n: int, max_tokens: int | None, temperature: float | None, top_p: float | None,
-    presence_penalty: float | None, frequency_penalty: float | None,
+    presence_penalty: float | None, frequency_penalty: float | None, min_tokens: int = 0,
 ) -> None:  # fmt: skip
     """The subset of ``SamplingParams._verify_args`` that clients plausibly trip over."""
     if n < 1:
@@ -384,3 +405,9 @@ def check_sampling(
         raise ApiError.bad_request(f"top_p must be in (0, 1], got {top_p}.", "top_p")
     if max_tokens is not None and max_tokens < 1:
         raise ApiError.bad_request(f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
+    if min_tokens < 0:
+        raise ApiError.bad_request(f"min_tokens must be greater than or equal to 0, got {min_tokens}.", "min_tokens")
+    if max_tokens is not None and min_tokens > max_tokens:
+        raise ApiError.bad_request(
+            f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {min_tokens}.", "min_tokens"
+        )
