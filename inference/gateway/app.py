@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import logging
+import re
 import secrets
 import time
 
@@ -112,14 +114,27 @@ class RequestContext:
         return headers
 
 
+# W3C Trace Context: version, trace id, parent id, flags, in lowercase hex; a later version may add fields.
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?")
+_TRACEPARENT_MAX_BYTES = 256
+
+
 def _traceparent(incoming: bytes | None, request_id: str) -> str:
     """Continue the caller's W3C trace, or start one whose trace id is our request id. Our span id is the
-    request id's unique tail (no random draw per request)."""
+    request id's unique tail (no random draw per request). A header that isn't a valid traceparent is dropped,
+    so what we log and forward is always one of ours in shape and length."""
     span = request_id[-16:]
-    if incoming:
-        parts = incoming.decode("latin-1").strip().split("-")
-        if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
-            return f"00-{parts[1]}-{span}-{parts[3][:2]}"
+    if incoming and len(incoming) <= _TRACEPARENT_MAX_BYTES:
+        match = _TRACEPARENT.fullmatch(incoming.strip())
+        if match is not None:
+            version, trace_id, parent_id, flags, rest = match.groups()
+            if (
+                version != b"ff"
+                and (version != b"00" or rest is None)
+                and trace_id != b"0" * 32
+                and parent_id != b"0" * 16
+            ):
+                return f"00-{trace_id.decode()}-{span}-{flags.decode()}"
     return f"00-{request_id[4:].ljust(32, '0')[:32]}-{span}-01"
 
 
@@ -155,7 +170,9 @@ class Gateway:
     def _load_settings(self) -> None:
         """Settings read per request, copied once: attribute lookups on Django's lazy settings add up."""
         self._max_body_bytes = settings.INFERENCE_MAX_BODY_BYTES
-        self._completion_reserve = settings.INFERENCE_DEFAULT_COMPLETION_RESERVE
+        self._rules = validation.Rules.from_settings()
+        self._cache_salt_key = settings.INFERENCE_CACHE_SALT_SECRET.encode()
+        self._cache_salts: LRU[str, str] = LRU(10_000)  # tenant id -> its salt (derived from the key above)
         self._limits_parallel = settings.INFERENCE_LIMITS_PARALLEL
         self._parallel_backoff_s = settings.INFERENCE_LIMITS_PARALLEL_BACKOFF_S
         self._security_headers = security_headers()
@@ -331,16 +348,17 @@ class Gateway:
             model = payload.get("model")
             if not isinstance(model, str) or not model:
                 raise errors.bad_request("You must provide a model parameter.", param="model")
+            await self.pool.wait_ready()
+            if model not in self.pool.known_models():
+                # Before the name is kept anywhere: an unknown name reaches no log, usage event or metric label.
+                raise errors.model_not_found(model)
             ctx.model = model
             if not ctx.key.allows_model(model):
                 raise GatewayError(
                     403, f"This API key is not allowed to use the model `{model}`.", type="permission_error",
                     param="model", code="model_not_allowed",
                 )
-            await self.pool.wait_ready()
-            if model not in self.pool.known_models():
-                raise errors.model_not_found(model)
-            prepared = validation.PREPARERS[endpoint](payload)
+            prepared = validation.PREPARERS[endpoint](payload, self._rules)
             max_model_len = self.pool.max_model_len(model)
             await validation.check_context_length(endpoint, model, prepared, max_model_len)
             self._begin_admission(ctx, prepared, max_model_len)
@@ -358,8 +376,7 @@ class Gateway:
                 # Always ask upstream for usage: streamed tokens are billed from it.
                 options["include_usage"] = True
                 payload["stream_options"] = options
-            if ctx.stream or prepared.changed:
-                body = orjson.dumps(payload)
+            body = validation.upstream_body(body, prepared, cache_salt=self._cache_salt(ctx.key.tenant))
             ctx.traceparent = _traceparent(headers.get(b"traceparent"), ctx.request_id)
             try:
                 await self._forward(scope, receive, send, ctx, body, forward_usage)
@@ -387,14 +404,22 @@ class Gateway:
                     await self._finish_admission(ctx)
             self._settle(ctx)
 
+    def _cache_salt(self, tenant: str) -> str:
+        """The tenant's ``cache_salt``: vLLM shares cached prompt prefixes only between requests with the same
+        salt, so one tenant can't time another's prompts. Keyed by a server secret, so no one can compute
+        another tenant's; the same on every worker, so a tenant's own prefixes stay cached. Remembered per
+        tenant (an HMAC costs ~1.9 µs, the lookup ~0.07)."""
+        salt = self._cache_salts.get(tenant)
+        if salt is None:
+            salt = hmac.digest(self._cache_salt_key, tenant.encode(), "sha256")[:16].hex()
+            self._cache_salts.put(tenant, salt)
+        return salt
+
     def _begin_admission(self, ctx: RequestContext, prepared, max_model_len: int) -> None:
-        """Queue the reservation of the most this request can cost: its prompt (an upper bound) and every token
-        it may generate. ``ctx.admitting`` stays None when nothing is limited."""
-        completion = prepared.max_tokens
-        if completion is None:
-            completion = min(self._completion_reserve, max(0, max_model_len - prepared.prompt_tokens_upper))
-        completion *= prepared.n
-        prompt = min(prepared.prompt_tokens_upper, max_model_len)
+        """Queue the reservation of the most this request can cost (``validation.reservation``): every prompt
+        and every token its choices may generate, which vLLM is told explicitly. ``ctx.admitting`` stays None
+        when nothing is limited."""
+        prompt, completion = validation.reservation(prepared, max_model_len)
         spend = self.pool.cost_micro_aud(ctx.model, prompt, completion)
         ctx.admitting = self.limiter.begin(ctx.key, tokens=prompt + completion, spend=spend, slot=ctx.request_id)
 

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import orjson
 
+# An error echoes client strings (a model name, a field name, a value) only as a bounded prefix, and no message
+# or param is ever longer than these: what a client sends must not grow what we answer, log or store.
+EXCERPT_CHARS = 64
+_MAX_MESSAGE_CHARS = 2_000
+_MAX_PARAM_CHARS = 128
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """At most ``limit`` characters of a client-supplied value, for an error message."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
 
 class GatewayError(Exception):
     """An error the client should see. ``type`` and ``code`` follow OpenAI's vocabulary."""
@@ -18,12 +30,13 @@ class GatewayError(Exception):
         param: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = excerpt(message, _MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
         self.code = code
-        self.param = param
+        self.param = excerpt(param, _MAX_PARAM_CHARS) if param is not None else None
         self.headers = headers or {}
 
     def body(self) -> bytes:
@@ -53,7 +66,7 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
 def model_not_found(model: str) -> GatewayError:
     return GatewayError(
         404,
-        f"The model `{model}` does not exist or you do not have access to it.",
+        f"The model `{excerpt(model)}` does not exist or you do not have access to it.",
         param="model",
         code="model_not_found",
     )

@@ -170,9 +170,20 @@ def pending(model: str):
     return _PENDING.labels(model)
 
 
+# Label values come from our own vocabulary (endpoints, error codes) or from the pool's known models: the
+# gateway records a model name only once it is known. Anything else is "unknown", so that no client-chosen
+# string can add a time series (a million made-up model names would be a million series).
+_MAX_LABEL_CHARS = 128
+
+
+def _label(value: str) -> str:
+    return value if value and len(value) <= _MAX_LABEL_CHARS else "unknown"
+
+
 def observe_request(*, endpoint: str, model: str, status: int, duration_s: float, ttft_s: float | None,
                     prompt_tokens: int, completion_tokens: int, overhead_s: float, error_code: str) -> None:
-    model = model or "-"
+    model = _label(model)
+    error_code = _label(error_code) if error_code else error_code
     if _STORE is not None:
         _STORE.observe(endpoint, model, status, duration_s, ttft_s, prompt_tokens, completion_tokens, overhead_s,
                        error_code)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 
 from inference import tokens
 from inference.gateway import errors
-from inference.gateway.errors import GatewayError
+from inference.gateway.errors import GatewayError, excerpt
 from inference.vllm import requests as vllm
 from inference.vllm.errors import ApiError, VLLMValidationError
 
@@ -37,15 +38,130 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 # Above this many estimated tokens, exact counting runs in a thread so it never stalls the event loop.
 _COUNT_IN_THREAD_ABOVE = 2_000
 
+# What each endpoint forwards to vLLM: OpenAI's request fields that vLLM honours (or, for the bookkeeping ones,
+# ignores harmlessly), Mistral's names that are translated below, and the vLLM sampling extras Mistral documents
+# or that only shape sampling. Anything else is refused as OpenAI refuses an unknown argument: in particular
+# vLLM's engine controls (`priority`, `cache_salt`, `kv_transfer_params`, `ignore_eos`, `chat_template`,
+# `chat_template_kwargs`, `stream_interval`, `use_beam_search`, `prompt_logprobs`, ...) and OpenAI fields vLLM
+# would silently drop (`functions`, `audio`, `prediction`, the removed `guided_*`). docs/api.md lists them.
+_BOOKKEEPING = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key"})
+_SAMPLING_EXTRAS = frozenset({
+    "top_k", "min_p", "repetition_penalty", "min_tokens", "stop_token_ids", "include_stop_str_in_output",
+    "skip_special_tokens", "spaces_between_special_tokens", "structured_outputs",
+})
+_GENERATION = frozenset({
+    "model", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n", "presence_penalty",
+    "response_format", "seed", "stop", "stream", "stream_options", "temperature", "top_p", "random_seed",
+})
+ALLOWED_FIELDS = {
+    "chat.completions": _GENERATION | _SAMPLING_EXTRAS | _BOOKKEEPING | {
+        "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls",
+        "safe_prompt", "add_generation_prompt", "continue_final_message",
+    },
+    "completions": _GENERATION | _SAMPLING_EXTRAS | {"prompt", "echo", "suffix", "user"},
+    "embeddings": frozenset({"model", "input", "encoding_format", "dimensions", "user", "output_dimension",
+                             "output_dtype"}),
+}
+_MAX_USER_CHARS = 256
+_INT32_MAX = 2**31 - 1
+# OpenAI's range where it documents one, vLLM's otherwise; (low, high, low excluded). Every value must be finite.
+_RANGES = {
+    "temperature": (0.0, 2.0, False),
+    "top_p": (0.0, 1.0, True),
+    "presence_penalty": (-2.0, 2.0, False),
+    "frequency_penalty": (-2.0, 2.0, False),
+    "repetition_penalty": (0.0, 2.0, True),
+    "min_p": (0.0, 1.0, False),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The operator's bounds on a request (settings, copied once per process by the gateway)."""
+
+    max_n: int
+    default_max_tokens: int  # a chat request without max_tokens generates at most this many tokens per choice
+
+    @classmethod
+    def from_settings(cls) -> Rules:
+        from django.conf import settings
+
+        return cls(max_n=settings.INFERENCE_MAX_N, default_max_tokens=settings.INFERENCE_DEFAULT_COMPLETION_RESERVE)
+
 
 @dataclass(slots=True)
 class Prepared:
     payload: dict[str, Any]
     changed: bool  # the body must be re-encoded before it goes upstream
-    prompt_tokens_upper: int  # never below the true prompt token count
-    max_tokens: int | None
+    prompt_tokens_upper: int  # never below the true prompt token count (all prompts of a batch together)
+    max_tokens: int  # the most tokens each choice may generate: exactly what vLLM is told (0 for embeddings)
     n: int
     stream: bool = False
+    prompts: int = 1  # prompts in a batched completion, each generating ``n`` choices
+    longest_upper: int | None = None  # of a batch's prompts (each must fit the context), when there are several
+    max_tokens_field: str | None = None  # the client's field that set ``max_tokens``; None: the default applies
+    # Fields the gateway adds to the body it sends upstream (none of them is in ``payload``).
+    added: dict[str, Any] = field(default_factory=dict)
+
+
+def check_fields(endpoint: str, payload: dict) -> None:
+    """Refuse any field outside the endpoint's allow-list, naming it (as OpenAI does)."""
+    allowed = ALLOWED_FIELDS[endpoint]
+    unknown = [name for name in payload if name not in allowed]
+    if unknown:
+        names = ", ".join(excerpt(name) for name in sorted(unknown)[:5])
+        plural = "s" if len(unknown) > 1 else ""
+        raise errors.bad_request(
+            f"Unrecognized request argument{plural} supplied: {names}", param=excerpt(unknown[0]),
+            code="unrecognized_request_argument",
+        )
+
+
+def _integer(payload: dict, name: str) -> int | None:
+    """A count (tokens, choices) as a JSON integer: "10", 10.0 or true are refused, as OpenAI refuses them, so
+    that what is reserved and what the model is told are the same number."""
+    value = payload.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise errors.bad_request(
+            f"Invalid type for `{name}`: expected an integer, but got {type(value).__name__} instead.", param=name
+        )
+    return value
+
+
+def _check_user(payload: dict) -> None:
+    user = payload.get("user")
+    if user is not None and (not isinstance(user, str) or len(user) > _MAX_USER_CHARS):
+        raise errors.bad_request(f"`user` must be a string of at most {_MAX_USER_CHARS} characters.", param="user")
+
+
+def _check_bounds(request, payload: dict, rules: Rules) -> None:
+    """What the gateway refuses beyond vLLM's own rules: non-finite or out-of-range numbers, too many choices,
+    an unbounded `user`, and token ids that are not token ids."""
+    for name, (low, high, low_excluded) in _RANGES.items():
+        value = getattr(request, name, None) if name in payload else None
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise errors.bad_request(f"Invalid type for `{name}`: expected a number.", param=name)
+        if not math.isfinite(value) or value > high or value < low or (low_excluded and value == low):
+            interval = f"({low:g}, {high:g}]" if low_excluded else f"[{low:g}, {high:g}]"
+            raise errors.bad_request(f"`{name}` must be in {interval}, got {excerpt(value)}.", param=name)
+    n = request.n if request.n is not None else 1
+    if n > rules.max_n:
+        raise errors.bad_request(f"`n` must be at most {rules.max_n}, got {excerpt(n)}.", param="n")
+    top_k = getattr(request, "top_k", None) if "top_k" in payload else None
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not -1 <= top_k <= _INT32_MAX):
+        raise errors.bad_request("`top_k` must be -1 (no limit), 0 or a positive integer.", param="top_k")
+    _check_user(payload)
+    stop_ids = payload.get("stop_token_ids")
+    if stop_ids is not None and not (
+        isinstance(stop_ids, list)
+        and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= _INT32_MAX for i in stop_ids)
+    ):
+        raise errors.bad_request("`stop_token_ids` must be an array of token ids.", param="stop_token_ids")
+    bias = payload.get("logit_bias")
+    if isinstance(bias, dict) and not all(isinstance(k, str) and k.isdigit() and len(k) <= 10 for k in bias):
+        raise errors.bad_request("`logit_bias` keys must be token ids.", param="logit_bias")
 
 
 def _pydantic_error(exc: ValidationError) -> GatewayError:
@@ -55,7 +171,7 @@ def _pydantic_error(exc: ValidationError) -> GatewayError:
         return errors.bad_request(str(inner), param=inner.parameter)
     location = ".".join(str(part) for part in first.get("loc", ()))
     message = first.get("msg", "Invalid value")
-    return errors.bad_request(f"Invalid value for `{location}`: {message}.", param=location or None)
+    return errors.bad_request(f"Invalid value for `{excerpt(location)}`: {message}.", param=location or None)
 
 
 def _validate(model_class, payload: dict) -> Any:
@@ -67,15 +183,16 @@ def _validate(model_class, payload: dict) -> Any:
         raise errors.bad_request(str(exc), param=exc.parameter) from None
 
 
-def _check_sampling(request, *, max_tokens: int | None) -> None:
+def _check_sampling(request, payload: dict, rules: Rules, *, max_tokens: int | None) -> None:
     try:
         vllm.check_sampling(
             n=request.n if request.n is not None else 1, max_tokens=max_tokens, temperature=request.temperature,
             top_p=request.top_p, presence_penalty=request.presence_penalty,
-            frequency_penalty=request.frequency_penalty,
+            frequency_penalty=request.frequency_penalty, min_tokens=_integer(payload, "min_tokens") or 0,
         )
     except ApiError as exc:
         raise errors.bad_request(exc.message, param=exc.param) from None
+    _check_bounds(request, payload, rules)
 
 
 _NUMBER = (int, float)
@@ -151,7 +268,8 @@ def _text_of(content: Any, index: int) -> str:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise errors.bad_request(
-                    f"messages[{index}].content: only text parts are supported by this model, not `{kind}`.",
+                    f"messages[{index}].content: only text parts are supported by this model, not "
+                    f"`{excerpt(kind)}`.",
                     param=f"messages.{index}.content",
                 )
             parts.append(part["text"])
@@ -174,12 +292,19 @@ def _prepare_messages(payload: dict) -> tuple[int, bool]:
         role = message.get("role")
         if role not in _ROLES:
             raise errors.bad_request(
-                f"messages[{index}].role must be one of system, developer, user, assistant, tool; got {role!r}.",
+                f"messages[{index}].role must be one of system, developer, user, assistant, tool; "
+                f"got {excerpt(repr(role))}.",
                 param=f"messages.{index}.role",
             )
         content = message.get("content")
         if content is None and role != "assistant":
             raise errors.bad_request(f"messages[{index}].content is required.", param=f"messages.{index}.content")
+        if role == "assistant" and not content and not message.get("tool_calls"):
+            # Mistral's tokenizers refuse it (vLLM answers 400): say so before anything is reserved.
+            raise errors.bad_request(
+                f"messages[{index}]: an assistant message needs content or tool_calls.",
+                param=f"messages.{index}.content",
+            )
         size += len(_text_of(content, index).encode())
         tool_calls = message.get("tool_calls")
         if tool_calls is not None:
@@ -240,11 +365,26 @@ def _translate_mistral_fields(payload: dict) -> bool:
     return changed
 
 
-def _max_tokens_of(payload: dict) -> int | None:
-    value = payload.get("max_completion_tokens")
-    if value is None:
-        value = payload.get("max_tokens")
-    return value
+def _max_tokens_of(payload: dict) -> tuple[int | None, str | None]:
+    """The client's cap on each choice's tokens, and its field (vLLM reads max_completion_tokens first)."""
+    value = _integer(payload, "max_completion_tokens")
+    if value is not None:
+        return value, "max_completion_tokens"
+    value = _integer(payload, "max_tokens")
+    return value, "max_tokens" if value is not None else None
+
+
+def _explicit_max_tokens(payload: dict, requested: int | None, default: int, added: dict[str, Any]) -> tuple[int, bool]:
+    """The cap each choice generates up to, always told to vLLM: the client's, or ``default`` sent upstream as
+    ``max_tokens``, so no request generates more than it reserved. Returns (cap, whether the payload changed)."""
+    if requested is not None:
+        return requested, False
+    if "max_tokens" in payload or "max_completion_tokens" in payload:  # present as null: rewrite, don't duplicate
+        payload.pop("max_completion_tokens", None)
+        payload["max_tokens"] = default
+        return default, True
+    added["max_tokens"] = default
+    return default, False
 
 
 def _stream_flag(payload: dict, request) -> tuple[bool, bool]:
@@ -257,40 +397,60 @@ def _stream_flag(payload: dict, request) -> tuple[bool, bool]:
     return stream, False
 
 
-def prepare_chat(payload: dict) -> Prepared:
+def prepare_chat(payload: dict, rules: Rules | None = None) -> Prepared:
+    rules = rules or Rules.from_settings()
+    check_fields("chat.completions", payload)
     changed = _translate_mistral_fields(payload)
     size, rewritten = _prepare_messages(payload)
     request = _PlainChat(payload) if _plain_chat(payload) else _validate(vllm.ChatCompletionRequest, payload)
-    max_tokens = _max_tokens_of(payload)
-    _check_sampling(request, max_tokens=max_tokens)
+    _integer(payload, "n")
+    added: dict[str, Any] = {}
+    requested, field_name = _max_tokens_of(payload)
+    max_tokens, capped = _explicit_max_tokens(payload, requested, rules.default_max_tokens, added)
+    _check_sampling(request, payload, rules, max_tokens=max_tokens)
     tools_size = len(orjson.dumps(payload["tools"])) if payload.get("tools") else 0
     # Upper bound: every token covers at least one byte of text, plus each message's control tokens.
     upper = size + tools_size + 4 * len(payload["messages"]) + 2
     stream, normalised = _stream_flag(payload, request)
-    return Prepared(payload, changed or rewritten or normalised, upper, max_tokens, request.n or 1, stream)
-
-
-def prepare_completion(payload: dict) -> Prepared:
-    changed = _translate_mistral_fields(payload)
-    request = _validate(vllm.CompletionRequest, payload)
-    prompt = payload.get("prompt")
-    if isinstance(prompt, str):
-        upper = len(prompt.encode()) + 2
-    elif isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-        upper = max(len(p.encode()) for p in prompt) + 2
-    elif isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
-        upper = max(len(p) for p in prompt)
-    else:
-        upper = len(prompt or ())
-    max_tokens = payload.get("max_tokens")
-    _check_sampling(request, max_tokens=max_tokens)
-    stream, normalised = _stream_flag(payload, request)
     return Prepared(
-        payload, changed or normalised, upper, max_tokens if max_tokens is not None else 16, request.n or 1, stream
+        payload, changed or rewritten or normalised or capped, upper, max_tokens, request.n or 1, stream,
+        added=added, max_tokens_field=field_name,
     )
 
 
-def prepare_embeddings(payload: dict) -> Prepared:
+def _prompts_of(prompt: Any) -> list:
+    """The prompts of a completion request (a batch is a list of strings or of token lists)."""
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int)):
+        return [prompt]
+    return list(prompt or ())
+
+
+def prepare_completion(payload: dict, rules: Rules | None = None) -> Prepared:
+    rules = rules or Rules.from_settings()
+    check_fields("completions", payload)
+    changed = _translate_mistral_fields(payload)
+    request = _validate(vllm.CompletionRequest, payload)
+    prompts = _prompts_of(request.prompt)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise errors.bad_request("`prompt` must not be empty, nor contain an empty prompt.", param="prompt")
+    # Every prompt of a batch is generated from, and billed: reserve them all.
+    uppers = [len(p.encode()) + 2 if isinstance(p, str) else len(p) for p in prompts]
+    _integer(payload, "n")
+    added: dict[str, Any] = {}
+    # vLLM's default for completions is 16 (OpenAI's too); said explicitly all the same.
+    requested = _integer(payload, "max_tokens")
+    max_tokens, capped = _explicit_max_tokens(payload, requested, 16, added)
+    _check_sampling(request, payload, rules, max_tokens=max_tokens)
+    stream, normalised = _stream_flag(payload, request)
+    return Prepared(
+        payload, changed or normalised or capped, sum(uppers), max_tokens, request.n or 1, stream,
+        prompts=len(prompts), longest_upper=max(uppers), added=added,
+        max_tokens_field="max_tokens" if requested is not None else None,
+    )
+
+
+def prepare_embeddings(payload: dict, rules: Rules | None = None) -> Prepared:
+    check_fields("embeddings", payload)
     changed = False
     if "output_dimension" in payload:  # Mistral's name for OpenAI's `dimensions`
         dimension = payload.pop("output_dimension")
@@ -302,6 +462,7 @@ def prepare_embeddings(payload: dict) -> Prepared:
             raise errors.bad_request("Only `float` embeddings are available.", param="output_dtype")
         changed = True
     request = _validate(vllm.EmbeddingRequest, payload)
+    _check_user(payload)
     value = request.input
     if value == [] or value == "":
         raise errors.bad_request("`input` must not be empty.", param="input")
@@ -337,9 +498,26 @@ async def check_context_length(endpoint: str, model: str, prepared: Prepared, ma
 
     Returns the exact prompt token count when it had to count, else None.
     """
-    if prepared.prompt_tokens_upper <= max_model_len:
+    if prepared.max_tokens > max_model_len:
+        name = prepared.max_tokens_field
+        if name is None:  # our default, for a model with a shorter context: said and reserved as the context
+            prepared.max_tokens = max_model_len
+            if "max_tokens" in prepared.added:
+                prepared.added["max_tokens"] = max_model_len
+            else:
+                prepared.payload["max_tokens"] = max_model_len
+        else:
+            # vLLM would quietly shorten it to fit; OpenAI refuses it. Refused, so that an absurd value (10**12,
+            # or beyond int64) never reaches a reservation or a replica.
+            raise errors.bad_request(
+                f"{name} is too large: {prepared.max_tokens}. This model supports at most {max_model_len} "
+                f"completion tokens, whereas you provided {prepared.max_tokens}.",
+                param=name,
+            )
+    longest = prepared.longest_upper if prepared.longest_upper is not None else prepared.prompt_tokens_upper
+    if longest <= max_model_len:
         return None
-    if prepared.prompt_tokens_upper > _COUNT_IN_THREAD_ABOVE:
+    if longest > _COUNT_IN_THREAD_ABOVE:
         exact = await asyncio.to_thread(_exact_prompt_tokens, endpoint, model, prepared.payload)
     else:
         exact = _exact_prompt_tokens(endpoint, model, prepared.payload)
@@ -353,6 +531,49 @@ async def check_context_length(endpoint: str, model: str, prepared: Prepared, ma
             code="context_length_exceeded",
         )
     return exact
+
+
+_SPLICE_BY_VIEW_ABOVE = 32 * 1024
+
+
+def splice_fields(body: bytes, fields: dict[str, Any]) -> bytes:
+    """``body`` (a JSON object none of whose keys is in ``fields``) with ``fields`` added at its start, keeping
+    the client's bytes as they came. Only whitespace can come before the object's ``{``, and the object is never
+    empty (it names a model), so the fields go right after it, followed by a comma. Measured against re-encoding
+    the decoded body: 0.2 against 0.4 µs for a 0.7 kB chat, 0.3 against 2.1 µs for 9 kB of 40 turns, 2.5 against
+    3.1 µs at 100 kB (copied once, through a memoryview, above 32 kB)."""
+    if not fields:
+        return body
+    start = body.index(b"{") + 1
+    fragment = orjson.dumps(fields)[1:-1] + b","
+    if len(body) <= _SPLICE_BY_VIEW_ABOVE:
+        return body[:start] + fragment + body[start:]
+    view = memoryview(body)
+    return b"".join((view[:start], fragment, view[start:]))
+
+
+def upstream_body(body: bytes, prepared: Prepared, *, cache_salt: str) -> bytes:
+    """What goes to vLLM: the client's body with the tenant's prefix-cache salt (a client's own is refused) and
+    the max_tokens that was reserved when the client set none. A body we changed (or a stream, whose
+    stream_options we set) is encoded again; any other keeps the client's bytes, the fields spliced in."""
+    added = prepared.added
+    added["cache_salt"] = cache_salt
+    if prepared.stream or prepared.changed:
+        prepared.payload.update(added)
+        return orjson.dumps(prepared.payload)
+    return splice_fields(body, added)
+
+
+def reservation(prepared: Prepared, max_model_len: int) -> tuple[int, int]:
+    """(prompt, completion) tokens to reserve: the most vLLM can bill for this request.
+
+    vLLM bills every prompt once, whatever ``n`` is (the choices share its prefill), and each choice for the
+    tokens it generates, which never exceed the ``max_tokens`` it was told (``Prepared.max_tokens``, sent
+    explicitly) nor the room the prompt leaves in the context.
+    """
+    prompt = min(prepared.prompt_tokens_upper, max_model_len * prepared.prompts)
+    completion = min(prepared.max_tokens, max_model_len) * prepared.n * prepared.prompts
+    return prompt, completion
 
 
 def _billed_prompt_tokens(endpoint: str, model: str, payload: dict) -> int:
