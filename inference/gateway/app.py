@@ -247,6 +247,9 @@ class Gateway:
                 return
             await self._generate(scope, receive, send, endpoint)
         elif path == "/v1/models" or path.startswith("/v1/models/"):
+            if scope["method"] not in ("GET", "HEAD"):
+                await self._send_error(send, GatewayError(405, f"Use GET for {path}.", code="method_not_allowed"))
+                return
             await self._models(scope, send, path)
         else:
             await self._send_error(send, GatewayError(404, f"Unknown endpoint {path}.", code="unknown_url"))

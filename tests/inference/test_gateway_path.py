@@ -215,6 +215,13 @@ def test_models_lists_only_what_the_key_may_use(gateway_ready, acme, issue_key):
     assert [m.id for m in limited.data] == [MODEL]
 
 
+@pytest.mark.parametrize("method", ["POST", "DELETE", "PUT"])
+def test_models_answers_only_get(gateway_ready, acme, issue_key, method):
+    response = httpx.request(method, f"{gateway_ready.base_url}/v1/models",
+                             headers={"Authorization": f"Bearer {issue_key(acme)}"}, timeout=10)
+    _assert_openai_error(response, 405, "method_not_allowed")
+
+
 def test_key_snapshot_is_rebuilt_after_redis_loses_it(gateway_ready, acme, issue_key):
     """Redis restarted empty: the data plane republishes keys from the database and keeps serving."""
     from portal.redis import get_redis
