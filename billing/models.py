@@ -31,6 +31,7 @@ class Plan(LimitFields):
     name = models.CharField(max_length=100)
     is_default = models.BooleanField(default=False, help_text="New tenants start on this plan.")
     created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)  # the snapshot reconciliation republishes what changed
 
     class Meta:
         ordering = ["name"]
@@ -64,7 +65,7 @@ class TenantQuota(LimitFields):
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    updated_at = models.DateTimeField(auto_now=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
     def __str__(self) -> str:
         return f"quota of {self.tenant}"

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import orjson
 import redis
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 
 from audit.services import record
@@ -224,20 +225,25 @@ def tenant_quota_set(*, tenant, actor=None, request=None, plan=_UNCHANGED, **lim
     after["plan"] = quota.plan.slug if quota.plan else None
     record(action="tenant.limits.update", actor=actor, tenant=tenant, target=quota, request=request,
            data={"before": before, "after": after})
-    transaction.on_commit(lambda: _republish_tenant(tenant))
+    transaction.on_commit(lambda: _republish_tenant(tenant), robust=True)  # a failure: snapshot.reconcile heals it
     return quota
 
 
 @transaction.atomic
 def plan_save(*, plan: Plan, actor=None, request=None) -> Plan:
-    """Create or change a plan; every tenant on it gets the new limits within a second."""
+    """Create or change a plan; every tenant on it gets the new limits within a second.
+
+    The default plan stays the default until another plan takes its place: tenants without a plan of their own
+    (every new one) are on it, and without one they would have no limit at all."""
     created = plan.pk is None
+    if not plan.is_default and not created and Plan.objects.filter(pk=plan.pk, is_default=True).exists():
+        raise ValidationError({"is_default": "This is the default plan: make another plan the default instead."})
     if plan.is_default:
         Plan.objects.exclude(pk=plan.pk).filter(is_default=True).update(is_default=False)
     plan.save()
     record(action="plan.create" if created else "plan.update", actor=actor, target=plan, request=request,
            data={"slug": plan.slug, **{name: _plain(getattr(plan, name)) for name in LIMIT_FIELDS}})
-    transaction.on_commit(_republish_all_keys)
+    transaction.on_commit(_republish_all_keys, robust=True)  # a failure: snapshot.reconcile heals it
     return plan
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from billing.services import usage_ingest
+from inference.gateway.limits import COUNTERS_REBUILD_TASK
 
 
 @shared_task(ignore_result=True)
@@ -23,3 +24,12 @@ def check_cost_guard() -> bool:
     from billing.cost_guard import cost_guard_check
 
     return cost_guard_check() is not None
+
+
+@shared_task(name=COUNTERS_REBUILD_TASK, ignore_result=True)
+def rebuild_limit_counters(now: float | None = None) -> int | None:
+    """Rebuild the limiter's day and month counters from usage events if Redis lost them (cheap otherwise:
+    one EXISTS). Beat runs it every few seconds; a limiter that starts without the marker asks for it."""
+    from billing.limit_counters import limit_counters_ensure
+
+    return limit_counters_ensure(now=now)

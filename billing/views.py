@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -61,9 +62,13 @@ def plan_edit(request, plan_slug: str):
     plan = get_object_or_404(Plan, slug=plan_slug)
     form = PlanForm(request.POST if request.method == "POST" else None, plan=plan)
     if request.method == "POST" and form.is_valid():
-        services.plan_save(plan=form.apply(), actor=request.user, request=request)
-        messages.success(request, f"Plan {plan.name} saved. Its tenants get the new limits within a second.")
-        return redirect("staff_plans")
+        try:
+            services.plan_save(plan=form.apply(), actor=request.user, request=request)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"Plan {plan.name} saved. Its tenants get the new limits within a second.")
+            return redirect("staff_plans")
     return render(request, "billing/staff/plan_edit.html", {"plan": plan, "form": form},
                   status=400 if form.errors else 200)
 

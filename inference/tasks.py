@@ -7,7 +7,6 @@ import logging
 from celery import shared_task
 
 from inference import services
-from portal.redis import get_redis, key
 from tenants import snapshot
 
 logger = logging.getLogger("wattle.inference")
@@ -15,10 +14,10 @@ logger = logging.getLogger("wattle.inference")
 
 @shared_task(ignore_result=True)
 def publish_snapshots() -> None:
-    """Republish the backend list, and the key snapshot if Redis lost it (restart without persistence)."""
+    """Republish the backend list, and the key records changed since the last run (every one if Redis lost
+    the snapshot): a publish that failed after its commit heals here (``tenants.snapshot.reconcile``)."""
     services.backends_publish()
-    if not get_redis().exists(key(snapshot.SNAPSHOT_READY)):
-        snapshot.rebuild()
+    snapshot.reconcile()
 
 
 @shared_task(ignore_result=True)

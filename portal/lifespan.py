@@ -1,4 +1,5 @@
-"""Start-up and shutdown of a web process: the data plane's clients, and (embedded mode) usage ingest."""
+"""Start-up and shutdown of a web process: the data plane's clients, and (embedded mode) usage ingest and the
+jobs that repair what Redis holds."""
 
 from __future__ import annotations
 
@@ -32,16 +33,36 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
+def redis_repair_loop(*, stop: threading.Event, interval: float) -> None:
+    """Embedded mode has no Celery beat: run the jobs that repair Redis (republish key records changed since
+    the last run, rebuild the limit counters if Redis lost them) now and every ``interval`` until ``stop``."""
+    from django.db import close_old_connections
+
+    from billing.tasks import rebuild_limit_counters
+
+    while True:
+        for job in (publish_snapshots, rebuild_limit_counters):
+            try:
+                job()
+            except Exception:
+                logger.exception("%s failed; it runs again in %ss", job.name, interval)
+            finally:
+                close_old_connections()
+        if stop.wait(interval):
+            return
+
+
 class Lifespan:
     def __init__(self) -> None:
-        self._stop_ingest = threading.Event()
+        self._stop = threading.Event()
         self._ingest_thread: threading.Thread | None = None
+        self._repair_thread: threading.Thread | None = None
 
     def _start_ingest(self) -> None:
         from billing.services import usage_ingest_loop
 
         self._ingest_thread = threading.Thread(
-            target=usage_ingest_loop, kwargs={"stop": self._stop_ingest}, name="usage-ingest", daemon=True
+            target=usage_ingest_loop, kwargs={"stop": self._stop}, name="usage-ingest", daemon=True
         )
         self._ingest_thread.start()
 
@@ -55,6 +76,12 @@ class Lifespan:
                     await gateway.startup()
                     if settings.USAGE_INGEST_IN_PROCESS:
                         self._start_ingest()
+                    if settings.REDIS_REPAIR_IN_PROCESS:
+                        self._repair_thread = threading.Thread(
+                            target=redis_repair_loop, name="redis-repair", daemon=True,
+                            kwargs={"stop": self._stop, "interval": settings.REDIS_REPAIR_INTERVAL_S},
+                        )
+                        self._repair_thread.start()
                     tune_gc()
                 except Exception as exc:
                     logger.exception("start-up failed")
@@ -63,8 +90,9 @@ class Lifespan:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await gateway.shutdown()  # flushes buffered usage events to the stream first
-                if self._ingest_thread is not None:
-                    self._stop_ingest.set()
-                    self._ingest_thread.join(timeout=10)
+                self._stop.set()
+                for thread in (self._ingest_thread, self._repair_thread):
+                    if thread is not None:
+                        thread.join(timeout=10)
                 await send({"type": "lifespan.shutdown.complete"})
                 return

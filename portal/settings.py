@@ -146,8 +146,17 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "Australia/Sydney"
+# Jobs that repair what the data plane reads from Redis: key records whose publish after commit failed (the
+# snapshot reconciliation republishes what changed since its last run, a missed publish heals within two runs)
+# and the limit counters after Redis lost its data. Embedded mode has no beat: the web process runs them itself.
+REDIS_REPAIR_INTERVAL_S = env_float("REDIS_REPAIR_INTERVAL_S", 10.0)
+REDIS_REPAIR_IN_PROCESS = env_bool("REDIS_REPAIR_IN_PROCESS", not REDIS_URL)
+# A change committed this long after its updated_at (a slow transaction, clock skew between servers) is still
+# republished by the reconciliation.
+SNAPSHOT_RECONCILE_OVERLAP_S = env_float("SNAPSHOT_RECONCILE_OVERLAP_S", 60.0)
 CELERY_BEAT_SCHEDULE = {
-    "publish-snapshots": {"task": "inference.tasks.publish_snapshots", "schedule": 15.0},
+    "publish-snapshots": {"task": "inference.tasks.publish_snapshots", "schedule": REDIS_REPAIR_INTERVAL_S},
+    "rebuild-limit-counters": {"task": "billing.tasks.rebuild_limit_counters", "schedule": REDIS_REPAIR_INTERVAL_S},
     "ingest-usage": {"task": "billing.tasks.ingest_usage", "schedule": 2.0},
     "probe-backends": {"task": "inference.tasks.probe_backends", "schedule": 15.0},
     "budget-alerts": {"task": "billing.tasks.check_budget_alerts", "schedule": 60.0},

@@ -133,7 +133,7 @@ def tenant_set_status(*, tenant: Tenant, status: str, reason: str = "", actor=No
     tenant.save(update_fields=["status", "status_reason"])
     _audit(action=f"tenant.status.{status}", actor=actor, tenant=tenant, target=tenant, request=request,
            data={"from": previous, "to": status, "reason": reason})
-    transaction.on_commit(lambda: snapshot.publish_tenant(tenant))
+    transaction.on_commit(lambda: snapshot.publish_tenant(tenant), robust=True)  # a failure: reconcile heals it
     return tenant
 
 
@@ -381,7 +381,7 @@ def api_key_create(
            data={"key_id": key_id, "name": name, "scopes": api_key.scopes,
                  "models": api_key.allowed_models,
                  "expires_at": expires_at.isoformat() if expires_at else None})
-    transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]))
+    transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]), robust=True)  # see snapshot.reconcile
     return IssuedKey(api_key=api_key, plaintext=keys.format_key(key_id, secret))
 
 
@@ -446,7 +446,7 @@ def api_key_set_limits(*, api_key: ApiKey, limits: dict[str, int | Decimal | Non
     _audit(action="api_key.limits.update", actor=actor, tenant=api_key.tenant, target=api_key, request=request,
            data={"key_id": api_key.key_id, "before": {n: _plain(before[n]) for n in changed},
                  "after": {n: _plain(v) for n, v in changed.items()}})
-    transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]))
+    transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]), robust=True)  # see snapshot.reconcile
     return api_key
 
 
@@ -459,7 +459,7 @@ def api_key_revoke(*, api_key: ApiKey, actor=None, actor_role: str | None = None
         api_key.save(update_fields=["revoked_at"])
         _audit(action="api_key.revoke", actor=actor, tenant=api_key.tenant, target=api_key, request=request,
                data={"key_id": api_key.key_id})
-    transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]))
+    transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]), robust=True)  # see snapshot.reconcile
     return api_key
 
 
@@ -490,7 +490,7 @@ def api_key_rotate(*, api_key: ApiKey, grace: timedelta, actor=None, actor_role:
     api_key.save(update_fields=["secret_hash", "previous_secret_hash", "previous_secret_expires_at", "rotated_at"])
     _audit(action="api_key.rotate", actor=actor, tenant=api_key.tenant, target=api_key, request=request,
            data={"key_id": api_key.key_id, "grace_seconds": int(grace.total_seconds())})
-    transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]))
+    transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]), robust=True)  # see snapshot.reconcile
     return IssuedKey(api_key=api_key, plaintext=keys.format_key(api_key.key_id, secret))
 
 

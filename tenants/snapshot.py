@@ -6,13 +6,22 @@ in-process cache), so every change here must be published after the database com
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime, timedelta
+
 import orjson
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
 
 from billing import limits
 from portal.redis import get_redis, key
 from tenants.models import ApiKey, Tenant
 
+logger = logging.getLogger("wattle.snapshot")
+
 SNAPSHOT_READY = "snapshot:ready"
+RECONCILED_UNTIL = "snapshot:reconciled"
 
 
 def api_key_record_key(key_id: str) -> str:
@@ -67,6 +76,38 @@ def rebuild() -> int:
         publish_api_keys(api_keys[start : start + 2000])
     get_redis().set(key(SNAPSHOT_READY), "1")
     return len(api_keys)
+
+
+def reconcile(*, now: datetime | None = None) -> int:
+    """Republish every key whose record may have changed since the last run: its own row, its tenant's, the
+    tenant's quota or plan (``updated_at``), or the default plan its tenant follows. Publishing after commit can
+    fail (Redis away for a moment) and nothing retries it; this job, every ``REDIS_REPAIR_INTERVAL_S``, makes
+    such a change (a revoked key that still works) good within two runs. Runs look back
+    ``SNAPSHOT_RECONCILE_OVERLAP_S`` before the last one, for changes committed after their ``updated_at``.
+    Without a watermark or a complete snapshot (first run, or Redis lost its data) every key is published.
+    Returns how many."""
+    client = get_redis()
+    now = now or timezone.now()
+    raw = client.get(key(RECONCILED_UNTIL))
+    if raw is None or not client.exists(key(SNAPSHOT_READY)):
+        count = rebuild()
+    else:
+        since = datetime.fromisoformat(raw.decode()) - timedelta(seconds=settings.SNAPSHOT_RECONCILE_OVERLAP_S)
+        tenants = Q(updated_at__gte=since) | Q(quota__updated_at__gte=since) | Q(quota__plan__updated_at__gte=since)
+        default = limits.default_plan()
+        if default is not None and default.updated_at >= since:
+            tenants |= Q(quota__isnull=True) | Q(quota__plan__isnull=True)
+        tenant_ids = Tenant.objects.filter(tenants).values("pk")
+        changed = list(
+            ApiKey.objects.filter(Q(updated_at__gte=since) | Q(tenant_id__in=tenant_ids)).select_related("tenant")
+        )
+        for start in range(0, len(changed), 2000):
+            publish_api_keys(changed[start : start + 2000])
+        count = len(changed)
+    client.set(key(RECONCILED_UNTIL), now.isoformat())
+    if count:
+        logger.info("snapshot: republished %d key records changed since the last reconciliation", count)
+    return count
 
 
 def rebuild_from_worker_thread() -> int:

@@ -42,6 +42,43 @@ def _isolated_redis() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _seeded_plans(request) -> None:
+    """The plans billing's migrations seed (Trial, the default, and Internal) exist in every test that uses
+    the database, as in every installation: a transactional test empties the tables, migration rows included,
+    so they are put back with the migration's own function."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None and not {"db", "transactional_db"} & set(request.fixturenames):
+        return
+    import importlib
+
+    from django.apps import apps
+
+    request.getfixturevalue("_django_db_helper")
+    importlib.import_module("billing.migrations.0006_seed_trial_and_internal_plans").seed(apps, None)
+
+
+@pytest.fixture
+def internal_plan(db):
+    """Internal: every limit far above what a test sends (the `make run` demo's plan)."""
+    from billing.models import Plan
+
+    return Plan.objects.get(slug="internal")
+
+
+@pytest.fixture
+def unthrottled(internal_plan, django_capture_on_commit_callbacks):
+    """unthrottled(tenant): put ``tenant`` on the Internal plan, for tests that send more than a Trial allows."""
+    from billing.services import tenant_quota_set
+
+    def lift(tenant):
+        with django_capture_on_commit_callbacks(execute=True):
+            tenant_quota_set(tenant=tenant, plan=internal_plan)
+        return tenant
+
+    return lift
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
     # PBKDF2's deliberate slowness protects stored passwords; tests only need it to be correct.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -424,7 +424,8 @@ class Gateway:
         when nothing is limited."""
         prompt, completion = validation.reservation(prepared, max_model_len)
         spend = self.pool.cost_micro_aud(ctx.model, prompt, completion)
-        ctx.admitting = self.limiter.begin(ctx.key, tokens=prompt + completion, spend=spend, slot=ctx.request_id)
+        ctx.admitting = self.limiter.begin(ctx.key, tokens=prompt + completion, spend=spend, slot=ctx.request_id,
+                                            started=ctx.started_wall)
 
     def _admit_in_parallel(self, ctx: RequestContext) -> bool:
         """Whether to call the replica while the limits check runs: yes, unless parallel checks are off, Redis

@@ -46,9 +46,12 @@ _SETTLE_GATHER_S = 0.002
 _HASH_TTL_MS = 40 * 86_400_000  # a scope's hash outlives its month by a few days, then goes if unused
 
 # ARGV: now_ms, slot_ttl_ms, minute, day, month, hash_ttl_ms, then per request: scope count, slot, tokens, spend,
-# and per scope: hash key, concurrency key, limits ("rpm,tpm,concurrent,day,month,spend", -1 = none).
+# started_ms, and per scope: hash key, concurrency key, limits ("rpm,tpm,concurrent,day,month,spend", -1 = none).
 # Returns five numbers per request: {1, tenant rpm used, tenant tpm used, key rpm used, key tpm used} when
 # admitted, {0, scope index, kind index, used, 0} when refused.
+# 'ms' and 'ds' say since when a hash counts its month and its day: the earliest start (the usage event's
+# ``created``) of the requests it counted in that window. What started before comes from PostgreSQL when Redis
+# has lost its data (``billing.limit_counters``); a hash without them counts from before they existed.
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local slot_ttl = tonumber(ARGV[2])
@@ -59,14 +62,15 @@ local i = 7
 while i <= #ARGV do
   local nscopes, slot = tonumber(ARGV[i]), ARGV[i + 1]
   local tokens, spend = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  i = i + 4
+  local started = ARGV[i + 4]
+  i = i + 5
   local scopes, refused = {}, nil
   for s = 1, nscopes do
     local hk, ck = ARGV[i], ARGV[i + 1]
     local lim = {}
     for v in string.gmatch(ARGV[i + 2], '[^,]+') do lim[#lim + 1] = tonumber(v) end
     i = i + 3
-    local h = redis.call('HMGET', hk, 'm', 'rpm', 'tpm', 'd', 'dtok', 'mo', 'mtok', 'msp')
+    local h = redis.call('HMGET', hk, 'm', 'rpm', 'tpm', 'd', 'dtok', 'mo', 'mtok', 'msp', 'ms', 'ds')
     local rpm, tpm, dtok, mtok, msp = 0, 0, 0, 0, 0
     if h[1] == minute then rpm = tonumber(h[2]) or 0; tpm = tonumber(h[3]) or 0 end
     if h[4] == day then dtok = tonumber(h[5]) or 0 end
@@ -86,7 +90,10 @@ while i <= #ARGV do
         end
       end
     end
-    scopes[s] = {hk, ck, lim[3], rpm, tpm, dtok, mtok, msp}
+    local ms, ds = false, false
+    if h[6] ~= month then ms = started elseif h[9] and tonumber(started) < tonumber(h[9]) then ms = started end
+    if h[4] ~= day then ds = started elseif h[10] and tonumber(started) < tonumber(h[10]) then ds = started end
+    scopes[s] = {hk, ck, lim[3], rpm, tpm, dtok, mtok, msp, ms, ds}
   end
   if refused then
     for _, v in ipairs(refused) do out[#out + 1] = v end
@@ -95,6 +102,8 @@ while i <= #ARGV do
       local sc = scopes[s]
       redis.call('HSET', sc[1], 'm', minute, 'rpm', sc[4] + 1, 'tpm', sc[5] + tokens, 'd', day,
                  'dtok', sc[6] + tokens, 'mo', month, 'mtok', sc[7] + tokens, 'msp', sc[8] + spend)
+      if sc[9] then redis.call('HSET', sc[1], 'ms', sc[9]) end
+      if sc[10] then redis.call('HSET', sc[1], 'ds', sc[10]) end
       redis.call('PEXPIRE', sc[1], hash_ttl)
       if sc[3] >= 0 then
         redis.call('ZADD', sc[2], now + slot_ttl, slot)
@@ -112,21 +121,26 @@ end
 return out
 """
 
-# ARGV, eight per settlement: hash key, concurrency key, slot, minute, day, month, token delta, spend delta.
-# A delta lands only in the window the request was admitted in (a new window starts from zero anyway).
+# ARGV, nine per settlement: hash key, concurrency key, slot, minute, day, month, token delta, spend delta,
+# started_ms. A delta lands only in the window the request was admitted in (a new window starts from zero
+# anyway), and only in a hash that holds its reservation: one that began counting after the request started
+# (Redis lost its data meanwhile) never had it, and the usage event brings the true count to a rebuild.
 _SETTLE = """
-for i = 1, #ARGV, 8 do
+for i = 1, #ARGV, 9 do
   local hk = ARGV[i]
   redis.call('ZREM', ARGV[i + 1], ARGV[i + 2])
   local td, sd = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
   if td ~= 0 or sd ~= 0 then
-    local h = redis.call('HMGET', hk, 'm', 'd', 'mo')
+    local h = redis.call('HMGET', hk, 'm', 'd', 'mo', 'ds', 'ms')
+    local started = tonumber(ARGV[i + 8])
+    local in_day = h[2] == ARGV[i + 4] and (not h[4] or started >= tonumber(h[4]))
+    local in_month = h[3] == ARGV[i + 5] and (not h[5] or started >= tonumber(h[5]))
     if td ~= 0 then
       if h[1] == ARGV[i + 3] then redis.call('HINCRBY', hk, 'tpm', td) end
-      if h[2] == ARGV[i + 4] then redis.call('HINCRBY', hk, 'dtok', td) end
-      if h[3] == ARGV[i + 5] then redis.call('HINCRBY', hk, 'mtok', td) end
+      if in_day then redis.call('HINCRBY', hk, 'dtok', td) end
+      if in_month then redis.call('HINCRBY', hk, 'mtok', td) end
     end
-    if sd ~= 0 and h[3] == ARGV[i + 5] then redis.call('HINCRBY', hk, 'msp', sd) end
+    if sd ~= 0 and in_month then redis.call('HINCRBY', hk, 'msp', sd) end
   end
 end
 return 1
@@ -206,6 +220,189 @@ def read_usage(client, scopes: list[str], now: float) -> dict[str, dict[str, int
     return usage
 
 
+# --- rebuilding the day and month counters after Redis lost its data (control plane) --------------------------
+COUNTERS_REBUILD_TASK = "billing.tasks.rebuild_limit_counters"
+_REBUILD_GUARD_S = 300
+
+# What a rebuild must do for one window of one hash: 'done' (rebuilt since the data was lost), 'fresh' (nothing
+# counted in this window: start it from the database), 'trust' (counting since before 'ms'/'ds' existed), or
+# the hash's since-time in ms (add what the database has from the window's start until then).
+_STATE_LUA = """
+local function state(tag, since, done, window)
+  if done == window then return 'done' end
+  if tag ~= window then return 'fresh' end
+  if not since then return 'trust' end
+  return since
+end
+"""
+
+# ARGV: month, day, then hash keys. Returns the month's and the day's state of each hash.
+_COUNTER_STATES = _STATE_LUA + """
+local out = {}
+for i = 3, #ARGV do
+  local h = redis.call('HMGET', ARGV[i], 'mo', 'ms', 'mr', 'd', 'ds', 'dr')
+  out[#out + 1] = state(h[1], h[2], h[3], ARGV[1])
+  out[#out + 1] = state(h[4], h[5], h[6], ARGV[2])
+end
+return out
+"""
+
+# ARGV: month, day, fresh_since_ms, hash_ttl_ms, guard key, guard token, then six per hash: key, the month's
+# state the totals were computed for, month tokens, month spend, the day's state, day tokens. A hash whose
+# state changed since (a request arrived) is left alone and answers 0, to be computed again; 1 when done.
+# Answers {-1} without touching anything if the guard is gone: Redis lost its data again during the rebuild.
+_REBUILD = _STATE_LUA + """
+if redis.call('GET', ARGV[5]) ~= ARGV[6] then return {-1} end
+local month, day, fresh, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local out = {}
+for i = 7, #ARGV, 6 do
+  local hk = ARGV[i]
+  local h = redis.call('HMGET', hk, 'mo', 'ms', 'mr', 'd', 'ds', 'dr')
+  local mstate, dstate = state(h[1], h[2], h[3], month), state(h[4], h[5], h[6], day)
+  if mstate ~= ARGV[i + 1] or dstate ~= ARGV[i + 4] then
+    out[#out + 1] = 0
+  else
+    if mstate == 'fresh' then
+      redis.call('HSET', hk, 'mo', month, 'mtok', ARGV[i + 2], 'msp', ARGV[i + 3], 'ms', fresh, 'mr', month)
+    elseif mstate ~= 'done' then
+      redis.call('HINCRBY', hk, 'mtok', ARGV[i + 2])
+      redis.call('HINCRBY', hk, 'msp', ARGV[i + 3])
+      redis.call('HSET', hk, 'mr', month)
+    end
+    if dstate == 'fresh' then
+      redis.call('HSET', hk, 'd', day, 'dtok', ARGV[i + 5], 'ds', fresh, 'dr', day)
+    elseif dstate ~= 'done' then
+      redis.call('HINCRBY', hk, 'dtok', ARGV[i + 5])
+      redis.call('HSET', hk, 'dr', day)
+    end
+    redis.call('PEXPIRE', hk, ttl)
+    out[#out + 1] = 1
+  end
+end
+return out
+"""
+
+# ARGV: guard key, guard token, marker key, marker ttl ms. The marker is set only by the rebuild that holds the
+# guard: if Redis lost its data while it ran, the guard went with it and the counters stay untrusted.
+_REBUILD_FINISH = """
+if redis.call('GET', ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('SET', ARGV[3], '1', 'PX', ARGV[4])
+redis.call('DEL', ARGV[1])
+return 1
+"""
+
+
+def counters_marker_key(month: str) -> str:
+    """Present while the month's and the day's counters are whole: set by a rebuild from the database, gone
+    with everything else when Redis loses its data (so its absence means "rebuild before trusting them")."""
+    return redis_key("limits", "rebuilt", month)
+
+
+def _counters_guard_key(month: str) -> str:
+    return redis_key("limits", "rebuilding", month)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterWindows:
+    """The windows a rebuild fills and where they start (epoch seconds, Sydney calendar)."""
+
+    day: str
+    month: str
+    day_start: float
+    month_start: float
+
+
+def counter_windows(now: float) -> CounterWindows:
+    local = datetime.fromtimestamp(now, _SYDNEY)
+    day_start = datetime.combine(local.date(), datetime.min.time(), _SYDNEY)
+    return CounterWindows(day=local.strftime("%Y%m%d"), month=local.strftime("%Y%m"),
+                          day_start=day_start.timestamp(), month_start=day_start.replace(day=1).timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class CounterState:
+    """What a rebuild must add to one scope's hash, per window: 'done', 'fresh', 'trust' or a since-time."""
+
+    month: str
+    day: str
+
+    @staticmethod
+    def cutoff(state: str, fresh_since: float) -> float | None:
+        """Usage events that started before this time (epoch seconds) are missing from the hash; None: none."""
+        if state == "fresh":
+            return fresh_since
+        if state in ("done", "trust"):
+            return None
+        return int(state) / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class CounterTotals:
+    scope: str
+    state: CounterState
+    month_tokens: int
+    month_spend: int  # micro-AUD
+    day_tokens: int
+
+
+def counters_rebuild_begin(client, windows: CounterWindows) -> str | None:
+    """Take the month's rebuild guard; None if another rebuild holds it."""
+    token = secrets.token_hex(8)
+    if not client.set(_counters_guard_key(windows.month), token, nx=True, ex=_REBUILD_GUARD_S):
+        return None
+    return token
+
+
+def counters_states(client, scopes: list[str], windows: CounterWindows) -> dict[str, CounterState]:
+    states: dict[str, CounterState] = {}
+    for start in range(0, len(scopes), 1000):
+        chunk = scopes[start : start + 1000]
+        reply = client.eval(_COUNTER_STATES, 0, windows.month, windows.day, *(scope_keys(s)[0] for s in chunk))
+        for index, scope in enumerate(chunk):
+            month, day = (v.decode() if isinstance(v, bytes) else str(v) for v in reply[2 * index : 2 * index + 2])
+            states[scope] = CounterState(month=month, day=day)
+    return states
+
+
+def counters_rebuild_apply(client, totals: list[CounterTotals], windows: CounterWindows, *, fresh_since: float,
+                           token: str) -> list[str] | None:
+    """Add the database's totals to the hashes whose state is still what they were computed for. Returns the
+    scopes to compute again (a request changed their state meanwhile), or None if Redis lost its data again."""
+    retry = []
+    for start in range(0, len(totals), 500):
+        chunk = totals[start : start + 500]
+        args = [windows.month, windows.day, int(fresh_since * 1000), _HASH_TTL_MS, _counters_guard_key(windows.month),
+                token]
+        for item in chunk:
+            args += [scope_keys(item.scope)[0], item.state.month, item.month_tokens, item.month_spend, item.state.day,
+                     item.day_tokens]
+        reply = client.eval(_REBUILD, 0, *args)
+        if reply and int(reply[0]) == -1:
+            return None
+        retry += [item.scope for item, done in zip(chunk, reply, strict=True) if int(done) == 0]
+    return retry
+
+
+def counters_rebuild_finish(client, windows: CounterWindows, token: str, *, complete: bool) -> bool:
+    """Mark the counters whole (``complete``) or just give the guard back; False if the guard was lost."""
+    guard = _counters_guard_key(windows.month)
+    if not complete:
+        client.eval("if redis.call('GET', ARGV[1]) == ARGV[2] then redis.call('DEL', ARGV[1]) end return 1", 0,
+                    guard, token)
+        return False
+    return bool(client.eval(_REBUILD_FINISH, 0, guard, token, counters_marker_key(windows.month), _HASH_TTL_MS))
+
+
+def request_counters_rebuild() -> None:
+    """Ask the control plane (a Celery worker) to rebuild the counters from the database: the data plane never
+    reads it. Embedded mode has no worker; its web process runs the rebuild itself (``portal.lifespan``)."""
+    from portal.celery import app
+
+    if app.conf.task_always_eager:
+        return
+    app.send_task(COUNTERS_REBUILD_TASK)
+
+
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: "1s", "6m0s", "1h2m3s"."""
     seconds = max(0, math.ceil(seconds))
@@ -237,6 +434,7 @@ class Admission:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     local: bool = False  # admitted against per-worker counters while Redis was away
     local_names: tuple[str, ...] = ()
+    started_ms: int = 0  # when the request started (its usage event's ``created``), for settlement
 
 
 @dataclass(slots=True)
@@ -251,6 +449,7 @@ class PendingAdmission:
     slot: str
     tokens: int
     spend: int
+    started_ms: int
 
 
 _REFUSALS = {
@@ -298,6 +497,24 @@ class Limiter:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._tasks = [asyncio.create_task(self._settle_loop()), asyncio.create_task(self._renew_loop())]
+        self.counters_checked = asyncio.create_task(self._check_counters())
+        self._tasks.append(self.counters_checked)
+
+    async def _check_counters(self) -> bool:
+        """At start-up: are this month's day and month counters whole? If Redis lost its data (no marker), ask
+        the control plane to rebuild them from the usage rows. Admissions go on meanwhile, counting from what
+        Redis has; the rebuild adds the rest without counting anything twice."""
+        month = self._calendar.now(self._clock()).month
+        try:
+            if await self._redis.execute("EXISTS", counters_marker_key(month)):
+                return True
+            logger.warning("limits: this month's counters have not been rebuilt since Redis lost its data; "
+                           "asking the control plane to rebuild them")
+            await asyncio.to_thread(request_counters_rebuild)
+        except Exception:
+            # Redis (or the broker) away: the periodic rebuild job still checks, every few seconds.
+            logger.warning("limits: could not check the counters marker", exc_info=True)
+        return False
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -308,16 +525,21 @@ class Limiter:
             await self._flush_settlements()
 
     # --- admission ---------------------------------------------------------------------------------
-    async def admit(self, record, *, tokens: int, spend: int, slot: str | None = None) -> Admission | None:
+    async def admit(self, record, *, tokens: int, spend: int, slot: str | None = None,
+                    started: float | None = None) -> Admission | None:
         """Reserve ``tokens`` and ``spend`` (micro-AUD) for a request, or raise the 429 the client should see.
 
         Returns None when neither the tenant nor the key has any limit (nothing to count)."""
-        pending = self.begin(record, tokens=tokens, spend=spend, slot=slot)
+        pending = self.begin(record, tokens=tokens, spend=spend, slot=slot, started=started)
         return None if pending is None else await self.finish(pending)
 
-    def begin(self, record, *, tokens: int, spend: int, slot: str | None = None) -> PendingAdmission | None:
+    def begin(self, record, *, tokens: int, spend: int, slot: str | None = None,
+              started: float | None = None) -> PendingAdmission | None:
         """Queue the admission without waiting for it (it goes out with this loop turn's script call), so the
-        caller can start other work first; ``finish`` gives the outcome. None when nothing is limited."""
+        caller can start other work first; ``finish`` gives the outcome. None when nothing is limited.
+
+        ``started``: when the request started, the ``created`` of its usage event (default: now). A rebuild of
+        the counters from usage events relies on it to count every request once."""
         tenant_limits, key_limits = record.tenant_limits, record.key_limits
         if not tenant_limits and not key_limits:
             return None
@@ -326,8 +548,9 @@ class Limiter:
         limits = [tenant_limits] + ([key_limits] if key_limits else [])
         names = [f"t:{record.tenant}"] + ([f"k:{record.key_id}"] if key_limits else [])
         slot = slot or secrets.token_hex(8)
+        started_ms = math.floor((now if started is None else started) * 1000)
         scopes = []
-        item = [len(limits), slot, tokens, spend]
+        item = [len(limits), slot, tokens, spend, started_ms]
         for name, scope_limits in zip(names, limits, strict=True):
             hash_key, conc_key = scope_keys(name)
             scopes.append((hash_key, conc_key, "concurrent" in scope_limits))
@@ -343,7 +566,7 @@ class Limiter:
             task = loop.create_task(self._run_admissions())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        return PendingAdmission(future, names, limits, scopes, windows, slot, tokens, spend)
+        return PendingAdmission(future, names, limits, scopes, windows, slot, tokens, spend, started_ms)
 
     async def finish(self, pending: PendingAdmission) -> Admission:
         """The admission ``begin`` queued, or the 429 (503 with Redis away and the policy closed) it ended in."""
@@ -357,7 +580,7 @@ class Limiter:
         if result[0] == 0:
             raise self._refusal(limits[int(result[1])], int(result[2]), windows)
         admission = Admission(scopes=pending.scopes, windows=windows, slot=pending.slot, tokens=pending.tokens,
-                              spend=pending.spend)
+                              spend=pending.spend, started_ms=pending.started_ms)
         self._active[pending.slot] = admission
         admission.headers = self._headers(limits, windows, rpm_used=[int(result[1]), int(result[3])],
                                           tpm_used=[int(result[2]), int(result[4])], tokens=pending.tokens)
@@ -511,7 +734,7 @@ class Limiter:
         token_delta, spend_delta = tokens - admission.tokens, spend - admission.spend
         for hash_key, conc_key, _counted in admission.scopes:
             self._pending.append([hash_key, conc_key, admission.slot, windows.minute, windows.day, windows.month,
-                                  token_delta, spend_delta])
+                                  token_delta, spend_delta, admission.started_ms])
         self._wake.set()
 
     async def _flush_settlements(self) -> None:

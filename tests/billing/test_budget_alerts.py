@@ -37,10 +37,26 @@ def use(issue_key, limiter_at):
 
 
 @pytest.fixture
-def budgeted(acme, django_capture_on_commit_callbacks):
+def budgeted(acme, internal_plan, django_capture_on_commit_callbacks):
+    """Acme with a small monthly budget and spend cap; its other limits (Internal's) never get in the way."""
     with django_capture_on_commit_callbacks(execute=True):
-        services.tenant_quota_set(tenant=acme, monthly_token_budget=1000, monthly_spend_cap_aud=Decimal("10.00"))
+        services.tenant_quota_set(tenant=acme, plan=internal_plan, monthly_token_budget=1000,
+                                  monthly_spend_cap_aud=Decimal("10.00"))
     return acme
+
+
+@pytest.fixture
+def without_limits(django_capture_on_commit_callbacks):
+    """without_limits(tenant): put ``tenant`` on a plan without any limit, as staff may choose explicitly."""
+    from billing.models import Plan
+
+    def lift(tenant):
+        with django_capture_on_commit_callbacks(execute=True):
+            plan = services.plan_save(plan=Plan(slug="unlimited", name="Unlimited"))
+            services.tenant_quota_set(tenant=tenant, plan=plan)
+        return tenant
+
+    return lift
 
 
 @pytest.mark.django_db
@@ -92,7 +108,8 @@ def test_a_new_period_announces_again(budgeted, use):
 
 
 @pytest.mark.django_db
-def test_tenants_without_budgets_and_other_tenants_are_untouched(budgeted, bluegum, use):
+def test_tenants_without_budgets_and_other_tenants_are_untouched(budgeted, bluegum, without_limits, use):
+    without_limits(bluegum)
     use(bluegum, "month_tokens", 10**9)
     use(budgeted, "month_tokens", 100)
     assert budget_alerts_check(now=NOW) == []

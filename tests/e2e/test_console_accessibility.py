@@ -148,9 +148,10 @@ def staff_session(portal_server, staff):
 
 @pytest.mark.parametrize("fixture", ["page", "phone_page"])
 def test_staff_pages_pass_the_accessibility_check(request, fixture, portal_server, staff_session, acme, issue_key,
-                                                  near_budget):
+                                                  near_budget, unthrottled):
     from billing.models import CostGuardAction
 
+    unthrottled(acme)  # the key's own limit is above the Trial plan's
     issue_key(acme, name="IVR production", limits={"rpm_limit": 30})
     CostGuardAction.objects.create(tenant=acme, kind="throttle", reason="Acme Contact spent A$30.00 in the last hour "
                                    "against a baseline of A$1.00 an hour", last_hour_aud=30, baseline_hour_aud=1)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import orjson
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from inference import services, tasks
 from inference.models import Backend
@@ -16,11 +18,22 @@ from portal.redis import get_redis, key
 from tenants.snapshot import SNAPSHOT_READY, api_key_record_key
 
 
+def _changed_an_hour_ago() -> None:
+    from billing.models import Plan, TenantQuota
+    from tenants.models import ApiKey, Tenant
+
+    hour_ago = timezone.now() - timedelta(hours=1)
+    for model in (ApiKey, Tenant, TenantQuota, Plan):
+        model.objects.update(updated_at=hour_ago)
+
+
 @pytest.mark.django_db
-def test_publish_snapshots_rebuilds_keys_only_when_redis_lost_them(acme, issue_key):
+def test_publish_snapshots_rebuilds_unchanged_keys_only_when_redis_lost_them(acme, issue_key):
     raw = issue_key(acme)
     key_id = raw.split("_")[1]
     client = get_redis()
+    _changed_an_hour_ago()
+    tasks.publish_snapshots()  # the first run publishes everything and starts the reconciliation's watermark
     client.delete(api_key_record_key(key_id))
     tasks.publish_snapshots()
     assert client.get(api_key_record_key(key_id)) is None  # the snapshot was complete: left alone

@@ -25,15 +25,17 @@ MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 MAX_TOKENS = 20
 CLIENTS = 64
 
+# Each tenant on the Internal plan (limits far above this load) with one limit lowered: only that one decides.
 SETUP = """
 import json
 from billing import services
+from billing.models import Plan
 from tenants.services import api_key_create, tenant_create
 keys = {}
 for name, limits in [("Rate Co", {"tpm_limit": 3000}), ("Budget Co", {"monthly_token_budget": 2000}),
                      ("Slots Co", {"max_concurrent": 4})]:
     tenant = tenant_create(name=name)
-    services.tenant_quota_set(tenant=tenant, **limits)
+    services.tenant_quota_set(tenant=tenant, plan=Plan.objects.get(slug="internal"), **limits)
     keys[name] = api_key_create(tenant=tenant, name="load").plaintext
 print(json.dumps(keys))
 """

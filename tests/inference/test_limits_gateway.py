@@ -295,3 +295,16 @@ def test_refused_requests_are_aborted_on_the_replica_not_generated(
     # The admitted request generated its 40 tokens; each refused one at most the token in flight when it was
     # cancelled (4 ms per token, and the check answers in well under that).
     assert after["generated"] - before["generated"] <= 40 + (reached - 1)
+
+
+# --- a new organisation: on the Trial plan, so every answer carries the headers --------------------------
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_new_organisations_answers_carry_the_trial_plans_rate_limit_headers(gateway_ready, acme, issue_key, stream):
+    key = issue_key(acme)
+    response = post(gateway_ready, key, stream=stream)
+    assert response.status_code == 200
+    headers = response.headers
+    assert (headers["x-ratelimit-limit-requests"], headers["x-ratelimit-remaining-requests"]) == ("20", "19")
+    assert headers["x-ratelimit-limit-tokens"] == "20000"
+    assert 0 < int(headers["x-ratelimit-remaining-tokens"]) < 20_000
+    assert headers["x-ratelimit-reset-requests"].endswith("s") and headers["x-ratelimit-reset-tokens"].endswith("s")

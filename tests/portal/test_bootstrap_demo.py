@@ -50,3 +50,19 @@ def test_bootstrap_demo_refuses_to_run_in_production(settings):
     settings.DEBUG = False
     with pytest.raises(CommandError):
         call_command("bootstrap_demo")
+
+
+@pytest.mark.django_db
+def test_bootstrap_demo_puts_the_demo_tenant_on_the_internal_plan_and_says_so(debug_var_dir):
+    from audit.models import AuditEntry
+    from billing import limits
+
+    assert _run()["plan"] == "Internal"
+    out = StringIO()
+    call_command("bootstrap_demo", stdout=out)
+    assert "on the Internal plan (1,000,000 requests and 1,000,000,000 tokens a minute)" in out.getvalue()
+    tenant = Tenant.objects.get(name="Demo Contact Centre")
+    effective = limits.tenant_limits(tenant)
+    assert (effective["rpm_limit"], effective["tpm_limit"]) == (1_000_000, 10**9)  # explicit, not the default
+    assert AuditEntry.objects.filter(action="tenant.limits.update", tenant=tenant).count() == 1  # once
+

@@ -27,7 +27,9 @@ def _record(key_id: str) -> dict:
     return orjson.loads(get_redis().get(api_key_record_key(key_id)))
 
 
-def test_key_is_created_with_every_field_and_shown_once(owner_client, acme, django_capture_on_commit_callbacks):
+def test_key_is_created_with_every_field_and_shown_once(owner_client, acme, unthrottled,
+                                                        django_capture_on_commit_callbacks):
+    unthrottled(acme)  # limits above the Trial plan's, which a key may not exceed
     tomorrow_plus = (timezone.localdate() + timedelta(days=30)).isoformat()
     with django_capture_on_commit_callbacks(execute=True):
         response = owner_client.post(f"/t/{acme.slug}/keys/new/", {

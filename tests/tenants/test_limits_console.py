@@ -86,9 +86,10 @@ def test_limits_page_refreshes_only_its_live_part(owner_client, acme, starter, f
     assert "Requests per minute" in partial
 
 
-def test_limits_page_says_when_there_is_no_limit(owner_client, acme):
+def test_a_new_organisation_is_on_the_trial_plan_and_the_page_says_where_there_is_no_limit(owner_client, acme):
     page = owner_client.get(f"/t/{acme.slug}/limits/").content.decode()
-    assert "No limit" in page and "Your plan: <strong>none</strong>" in page
+    assert "Your plan: <strong>Trial</strong> (the default plan)" in page
+    assert "No limit" in page  # the Trial plan has no daily limit
 
 
 def test_limits_link_is_in_the_console_navigation_for_the_roles_that_may_see_it(client, acme, member_of):

@@ -38,7 +38,9 @@ def _error(response, status: int, code: str | None = None) -> dict:
     return error
 
 
-def test_create_key_returns_the_secret_once(api_client, acme, management_key, django_capture_on_commit_callbacks):
+def test_create_key_returns_the_secret_once(api_client, acme, management_key, unthrottled,
+                                           django_capture_on_commit_callbacks):
+    unthrottled(acme)  # the key's limits are above the Trial plan's
     key = management_key(acme)
     with django_capture_on_commit_callbacks(execute=True):
         response = api_client.post("/api/v1/keys", {

@@ -33,8 +33,10 @@ def test_tenant_list_searches_and_filters(staff_client, acme, bluegum):
     assert staff_client.get("/staff/?status=bogus").status_code == 400
 
 
-def test_tenant_detail_shows_members_keys_usage_limits_and_history(staff_client, acme):
+def test_tenant_detail_shows_members_keys_usage_limits_and_history(staff_client, acme, unthrottled):
     from tenants.services import api_key_create
+
+    unthrottled(acme)  # the key's limits are above the Trial plan's
 
     api_key_create(tenant=acme, name="ivr", limits={"rpm_limit": 120, "tpm_limit": 400000})
     page = staff_client.get(f"/staff/tenants/{acme.slug}/").content.decode()

@@ -1,4 +1,8 @@
-"""Create (idempotently) what `make run` needs: a demo tenant, a staff admin and an API key.
+"""Create (idempotently) what `make run` needs: a demo tenant on the Internal plan, a staff admin and an API key.
+
+The demo tenant is put explicitly on the Internal plan (seeded by billing's migrations): limits far above a
+local load test, so the printed curl and `make bench` are never throttled while every answer still carries the
+rate-limit headers.
 
 Development only. The plaintext demo key and admin password are kept in var/ (git-ignored) so a second run
 prints the same credentials instead of piling up new ones.
@@ -14,12 +18,15 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from billing.models import Plan, TenantQuota
+from billing.services import tenant_quota_set
 from inference.services import backends_seed_from_settings
 from tenants import keys, services, snapshot
 from tenants.models import ApiKey, Membership, Role, Tenant
 
 DEMO_TENANT = "Demo Contact Centre"
 DEMO_ADMIN_EMAIL = "admin@wattle.local"
+DEMO_PLAN = "internal"
 
 
 class Command(BaseCommand):
@@ -56,6 +63,11 @@ class Command(BaseCommand):
         if tenant is None:
             tenant = services.tenant_create(name=DEMO_TENANT, owner=admin, billing_email=DEMO_ADMIN_EMAIL, state="NSW")
         Membership.objects.get_or_create(tenant=tenant, user=admin, defaults={"role": Role.OWNER})
+        plan = Plan.objects.filter(slug=DEMO_PLAN).first()
+        if plan is None:
+            raise CommandError(f"The {DEMO_PLAN!r} plan is missing: run `manage.py migrate`, which seeds it.")
+        if not TenantQuota.objects.filter(tenant=tenant, plan=plan).exists():
+            tenant_quota_set(tenant=tenant, plan=plan, actor=admin)
 
         api_key = None
         plaintext = saved.get("api_key")
@@ -73,7 +85,12 @@ class Command(BaseCommand):
         creds_file.write_text(json.dumps(creds))
         creds_file.chmod(0o600)
         if options["json"]:
-            self.stdout.write(json.dumps(creds))
+            self.stdout.write(json.dumps({**creds, "plan": plan.name}))
         else:
             self.stdout.write(f"Admin login: {DEMO_ADMIN_EMAIL} / {password}")
             self.stdout.write(f"Demo API key: {plaintext}")
+            self.stdout.write(f"Demo tenant: {DEMO_TENANT}, on the {plan.name} plan ({_describe(plan)})")
+
+
+def _describe(plan: Plan) -> str:
+    return f"{plan.rpm_limit:,} requests and {plan.tpm_limit:,} tokens a minute" if plan.rpm_limit else "no rate limits"

@@ -98,6 +98,8 @@ class Command(BaseCommand):
             self.stdout.write(f"Console login: {base}/accounts/login/")
             self.stdout.write(f"Admin login: {creds['admin_email']} / {creds['admin_password']}")
             self.stdout.write(f"Demo API key: {creds['api_key']}")
+            self.stdout.write(f"Demo tenant's plan: {creds['plan']} (limits far above a local load test; every answer "
+                              "carries the x-ratelimit-* headers)")
             self.stdout.write("Stream a completion:")
             self.stdout.write(
                 f"  curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {creds['api_key']}' "
