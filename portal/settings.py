@@ -467,6 +467,8 @@ INFERENCE_LIMITS_PARALLEL_BACKOFF_S = env_float("INFERENCE_LIMITS_PARALLEL_BACKO
 # A chat request without max_tokens generates at most this many tokens per choice: the gateway tells vLLM so
 # (max_tokens upstream) and reserves exactly that, so no request uses more than it reserved.
 INFERENCE_DEFAULT_COMPLETION_RESERVE = env_int("INFERENCE_DEFAULT_COMPLETION_RESERVE", 1024)
+# The most choices (`n`) one request may ask for; above it, 400.
+INFERENCE_MAX_N = env_int("INFERENCE_MAX_N", 8)
 # One JSON line per /v1 request: "stderr", a file path, or "off" (inference/gateway/accesslog.py).
 INFERENCE_ACCESS_LOG = env_str("INFERENCE_ACCESS_LOG", "stderr")
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
@@ -476,8 +478,6 @@ METRICS_ALLOWED_NETWORKS = env_list(
 # Embedded mode has no Celery worker: the web process drains the usage stream itself.
 USAGE_INGEST_IN_PROCESS = env_bool("USAGE_INGEST_IN_PROCESS", not REDIS_URL)
 USAGE_INGEST_BATCH = env_int("USAGE_INGEST_BATCH", 5000)
-# The most choices (`n`) one request may ask for; above it, 400.
-INFERENCE_MAX_N = env_int("INFERENCE_MAX_N", 8)
 USAGE_INGEST_GROUP = "ingest"
 # An event a crashed ingester read but never stored is taken over by another after this long.
 USAGE_INGEST_CLAIM_IDLE_MS = env_int("USAGE_INGEST_CLAIM_IDLE_MS", 60_000)
@@ -487,9 +487,9 @@ INFERENCE_PUBLISH_ON_START = env_bool("INFERENCE_PUBLISH_ON_START", True)
 # API keys are stored as HMAC-SHA256(pepper, secret). Keep the pepper apart from SECRET_KEY in production
 # so rotating one doesn't invalidate the other.
 API_KEY_PEPPER = env_str("API_KEY_PEPPER") or ("pepper:" + SECRET_KEY)
-
-WATTLE_SITE_NAME = "Wattle"
-PRIVACY_POLICY_VERSION = "2026-11-01"
 # Keys the per-tenant `cache_salt` sent to vLLM (HMAC of the tenant id), which keeps one tenant's cached prompt
 # prefixes invisible to another's timing. Changing it only makes the prefix cache cold once.
 INFERENCE_CACHE_SALT_SECRET = env_str("INFERENCE_CACHE_SALT_SECRET") or ("cache-salt:" + SECRET_KEY)
+
+WATTLE_SITE_NAME = "Wattle"
+PRIVACY_POLICY_VERSION = "2026-11-01"
