@@ -524,7 +524,7 @@ def act_as_end(*, session_id: str | None, end: str = SupportSession.End.ENDED, r
     someone noticed."""
     if end not in SupportSession.End.values:
         raise ValueError(f"unknown end {end!r}")
-    session = (SupportSession.objects.select_for_update().select_related("tenant", "staff")
+    session = (SupportSession.objects.select_for_update(of=("self",)).select_related("tenant", "staff")
                .filter(pk=session_id, ended_at__isnull=True).first() if session_id else None)
     if session is None:
         return False

@@ -11,10 +11,11 @@ from urllib.parse import quote
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from billing import services
+from inference import tokens
 from inference.gateway import validation
 from tests.conftest import wait_for
 
@@ -173,8 +174,9 @@ def test_any_models_path_gets_a_2xx_or_an_openai_shaped_4xx(gateway_ready, roomy
 
 # --- reservations cover what vLLM bills ----------------------------------------------------------------------
 ECHO_TEXT = st.integers(min_value=0, max_value=300).map(lambda n: "/echo " + "word " * n)
-# Conversations ending with a user turn, as vLLM renders them for a reply. (vLLM continues a final assistant
-# message instead; the simulator bills that with mistral-common's refusal fallback, an over-estimate.)
+# Conversations ending with a user turn, as vLLM renders them for a reply, that Mistral's tokenizer accepts (the
+# test assumes that below). vLLM refuses the others with a 400 (its Mistral path renders with mistral-common);
+# the simulator instead bills them with a JSON-based over-estimate, which is no measure of a reservation.
 CHAT_SHAPES = st.fixed_dictionaries(
     {"model": st.just(MODEL),
      "messages": st.tuples(st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]),
@@ -201,13 +203,18 @@ def billed_usage(client: httpx.Client, path: str, body: bytes, stream: bool) -> 
     return orjson.loads(usage_event.removeprefix("data: "))["usage"]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(derandomize=True, max_examples=150, deadline=None)
 @given(shape=st.one_of(st.tuples(st.just("chat.completions"), CHAT_SHAPES),
                        st.tuples(st.just("completions"), COMPLETION_SHAPES)))
 def test_no_request_can_use_more_tokens_than_it_reserved(simulator, shape):
     """Prepared as the gateway prepares it (a small default cap, so requests without max_tokens would run past
     it), sent to the simulator as the gateway sends it, billed by the simulator as vLLM bills."""
     endpoint, request = shape
+    if endpoint == "chat.completions":
+        try:
+            tokens.encode_chat_prompt(MODEL, request["messages"])
+        except Exception:  # mistral-common raises many types for a conversation it refuses
+            assume(False)
     if request.get("stream"):
         request["stream_options"] = {"include_usage": True}  # what the gateway always asks upstream for
     body = orjson.dumps(request)
