@@ -138,14 +138,6 @@ def _traceparent(incoming: bytes | None, request_id: str) -> str:
     return f"00-{request_id[4:].ljust(32, '0')[:32]}-{span}-01"
 
 
-def _abandon(upstream: asyncio.Future) -> None:
-    """Done-callback of an upstream call nobody will read: close its response, or consume its error."""
-    if upstream.cancelled():
-        return
-    if upstream.exception() is None:
-        upstream.result().close()
-
-
 class Gateway:
     def __init__(self) -> None:
         self._started = False
@@ -511,25 +503,21 @@ class Gateway:
 
     async def _post(self, ctx: RequestContext, backend: BackendState, path: str, body: bytes):
         """Send the request upstream. While the limits check begun for it is still out, the two run side by
-        side, and the check is always concluded first: a refusal cancels the upstream call at once, whatever
-        its state (still connecting, sent, or answered), so a refused request costs the replica at most the
-        time the check took, and nothing of the replica's answer reaches the client."""
-        call = self.upstream.post(
+        side (on a pooled connection the request is written before the check is awaited), and the check is
+        always concluded first: a refusal hangs up on the replica at once, whatever the request's state (sent,
+        or already answered), so a refused request costs the replica at most the time the check took, and
+        nothing of the replica's answer reaches the client."""
+        exchange = self.upstream.begin(
             backend.url, path, body, headers={"X-Request-Id": ctx.request_id, "traceparent": ctx.traceparent},
             authorization=backend.authorization,
         )
-        if ctx.admitting is None:
-            return await call
-        upstream = asyncio.ensure_future(call)
-        try:
-            await self._finish_admission(ctx)
-        except BaseException:
-            # Cancelling the call closes its connection, and vLLM aborts a request whose connection closes; a
-            # call that already has its answer is hung up on the same way.
-            upstream.cancel()
-            upstream.add_done_callback(_abandon)
-            raise
-        return await upstream
+        if ctx.admitting is not None:
+            try:
+                await self._finish_admission(ctx)
+            except BaseException:
+                exchange.cancel()
+                raise
+        return await exchange.response()
 
     async def _relay_json(self, send, ctx: RequestContext, response, backend: BackendState) -> None:
         t_up = time.perf_counter()

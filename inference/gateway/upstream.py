@@ -185,7 +185,8 @@ class _Connection(asyncio.Protocol):
             self._watchdog.cancel()
             self._watchdog = None
 
-    async def request(self, head: bytes, body: bytes) -> Response:
+    def send(self, head: bytes, body: bytes) -> None:
+        """Write the request (synchronously: the replica starts on it at once); ``headers`` waits for the answer."""
         self.used = True
         self._parser = httptools.HttpResponseParser(self)
         self.response = Response(self)
@@ -195,8 +196,20 @@ class _Connection(asyncio.Protocol):
         self.transport.write(head + body if len(body) < 16_384 else head)
         if len(body) >= 16_384:
             self.transport.write(body)
+
+    async def headers(self) -> Response:
         await self._headers_future
         return self.response
+
+    def hang_up(self) -> None:
+        """Abandon the request sent on this connection: vLLM aborts a request whose connection closes."""
+        future = self._headers_future
+        if future is not None:
+            if not future.done():
+                future.cancel()  # nobody will wait for it
+            elif not future.cancelled():
+                future.exception()  # a failure nobody will read: mark it seen
+        self.abort()
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None:
@@ -267,6 +280,53 @@ class _HostPool:
             self.idle.pop().abort()
 
 
+class Exchange:
+    """One POST to a replica, begun but not yet answered."""
+
+    __slots__ = ("_body", "_conn", "_head", "_pool", "_sent")
+
+    def __init__(self, pool: _HostPool, head: bytes, body: bytes) -> None:
+        self._pool, self._head, self._body = pool, head, body
+        self._conn: _Connection | None = None
+        self._sent = 0.0
+
+    def send_on(self, conn: _Connection) -> None:
+        self._conn, self._sent = conn, time.monotonic()
+        conn.send(self._head, self._body)
+
+    async def response(self) -> Response:
+        """The answer's status and headers. A pooled connection the replica had closed while idle fails at once
+        with a reset and is retried once on a new connection; nothing else is retried."""
+        conn = self._conn
+        if conn is not None:
+            try:
+                return await conn.headers()
+            except UpstreamTimeout:
+                raise
+            except asyncio.CancelledError:
+                conn.hang_up()  # the request may be on the replica already: hanging up makes vLLM abort it
+                raise
+            except UpstreamError:
+                conn.abort()
+                # A replica that closed an idle connection answers the next write at once with a reset; a
+                # failure later than that may mean it was already generating, and a retry would run it twice.
+                if time.monotonic() - self._sent > _STALE_FAILURE_S:
+                    raise
+        conn = await self._pool.connect()
+        self._conn = conn
+        try:
+            conn.send(self._head, self._body)
+            return await conn.headers()
+        except BaseException:
+            conn.abort()
+            raise
+
+    def cancel(self) -> None:
+        """Abandon the request, whatever its state: a replica that has it aborts it when the connection closes."""
+        if self._conn is not None:
+            self._conn.hang_up()
+
+
 class UpstreamClient:
     """Connection pools per replica, shared by every request of one worker (one event loop)."""
 
@@ -299,37 +359,26 @@ class UpstreamClient:
             self._heads[(base_url, path)] = cached
         return cached
 
-    async def post(self, base_url: str, path: str, body: bytes, *, headers: dict[str, str],
-                   authorization: str = "") -> Response:
-        """Send a POST and return once the status and headers arrived (the body follows through the
-        response). Raises UpstreamError when the replica can't be reached or drops the connection first."""
+    def begin(self, base_url: str, path: str, body: bytes, *, headers: dict[str, str],
+              authorization: str = "") -> Exchange:
+        """Start a POST: on a pooled connection the request is written before this returns, so the replica works
+        on it while the caller does something else; ``Exchange.response()`` then waits for the answer."""
         pool = self._pool(base_url)
         extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         head = self._head(base_url, path, pool, authorization) + (
             f"{extra}Content-Length: {len(body)}\r\n\r\n".encode("latin-1")
         )
+        exchange = Exchange(pool, head, body)
         conn = pool.take_idle()
         if conn is not None:
-            sent = time.monotonic()
-            try:
-                return await conn.request(head, body)
-            except UpstreamTimeout:
-                raise
-            except asyncio.CancelledError:
-                conn.abort()  # the request may be on the replica already: hanging up makes vLLM abort it
-                raise
-            except UpstreamError:
-                conn.abort()
-                # A replica that closed an idle connection answers the next write at once with a reset; a
-                # failure later than that may mean it was already generating, and a retry would run it twice.
-                if time.monotonic() - sent > _STALE_FAILURE_S:
-                    raise
-        conn = await pool.connect()
-        try:
-            return await conn.request(head, body)
-        except BaseException:
-            conn.abort()
-            raise
+            exchange.send_on(conn)
+        return exchange
+
+    async def post(self, base_url: str, path: str, body: bytes, *, headers: dict[str, str],
+                   authorization: str = "") -> Response:
+        """Send a POST and return once the status and headers arrived (the body follows through the
+        response). Raises UpstreamError when the replica can't be reached or drops the connection first."""
+        return await self.begin(base_url, path, body, headers=headers, authorization=authorization).response()
 
     async def close(self) -> None:
         for pool in self._pools.values():
