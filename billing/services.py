@@ -255,7 +255,7 @@ def model_price_set(*, model: str, input_per_1k_aud, output_per_1k_aud, actor=No
     record(action="price.update", actor=actor, target=price, request=request,
            data={"model": model, "input_per_1k_aud": str(input_per_1k_aud),
                  "output_per_1k_aud": str(output_per_1k_aud)})
-    transaction.on_commit(prices_publish)
+    transaction.on_commit(prices_publish, robust=True)  # a failed publish is repaired by the periodic job
     return price
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from billing.services import usage_ingest
+from billing.services import prices_publish, usage_ingest
 from inference.gateway.limits import COUNTERS_REBUILD_TASK
 
 
@@ -33,3 +33,11 @@ def rebuild_limit_counters(now: float | None = None) -> int | None:
     from billing.limit_counters import limit_counters_ensure
 
     return limit_counters_ensure(now=now)
+
+
+@shared_task(ignore_result=True)
+def publish_prices() -> int:
+    """Republish model prices for the data plane: a publish that failed after its commit, or prices Redis lost
+    with the rest of its data, would otherwise leave every spend counter at zero (the gateway prices usage
+    from them). One small read and one write; beat runs it with the other repairs."""
+    return len(prices_publish())

@@ -35,13 +35,14 @@ def tune_gc() -> None:
 
 def redis_repair_loop(*, stop: threading.Event, interval: float) -> None:
     """Embedded mode has no Celery beat: run the jobs that repair Redis (republish key records changed since
-    the last run, rebuild the limit counters if Redis lost them) now and every ``interval`` until ``stop``."""
+    the last run and the model prices, rebuild the limit counters if Redis lost them) now and every
+    ``interval`` until ``stop``."""
     from django.db import close_old_connections
 
-    from billing.tasks import rebuild_limit_counters
+    from billing.tasks import publish_prices, rebuild_limit_counters
 
     while True:
-        for job in (publish_snapshots, rebuild_limit_counters):
+        for job in (publish_snapshots, publish_prices, rebuild_limit_counters):
             try:
                 job()
             except Exception:

@@ -156,6 +156,7 @@ REDIS_REPAIR_IN_PROCESS = env_bool("REDIS_REPAIR_IN_PROCESS", not REDIS_URL)
 SNAPSHOT_RECONCILE_OVERLAP_S = env_float("SNAPSHOT_RECONCILE_OVERLAP_S", 60.0)
 CELERY_BEAT_SCHEDULE = {
     "publish-snapshots": {"task": "inference.tasks.publish_snapshots", "schedule": REDIS_REPAIR_INTERVAL_S},
+    "publish-prices": {"task": "billing.tasks.publish_prices", "schedule": REDIS_REPAIR_INTERVAL_S},
     "rebuild-limit-counters": {"task": "billing.tasks.rebuild_limit_counters", "schedule": REDIS_REPAIR_INTERVAL_S},
     "ingest-usage": {"task": "billing.tasks.ingest_usage", "schedule": 2.0},
     "probe-backends": {"task": "inference.tasks.probe_backends", "schedule": 15.0},

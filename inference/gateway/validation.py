@@ -467,14 +467,15 @@ def prepare_embeddings(payload: dict, rules: Rules | None = None) -> Prepared:
     if value == [] or value == "":
         raise errors.bad_request("`input` must not be empty.", param="input")
     if isinstance(value, str):
-        upper = len(value.encode()) + 2
+        uppers = [len(value.encode()) + 2]
     elif value and isinstance(value[0], str):
-        upper = sum(len(v.encode()) + 2 for v in value)
+        uppers = [len(v.encode()) + 2 for v in value]
     elif value and isinstance(value[0], list):
-        upper = sum(len(v) for v in value)
+        uppers = [len(v) for v in value]
     else:
-        upper = len(value)
-    return Prepared(payload, changed, upper, 0, 1)
+        uppers = [len(value)]
+    # A batch is billed for every input, and each must fit the context: reserve them all, check the longest.
+    return Prepared(payload, changed, sum(uppers), 0, 1, prompts=len(uppers), longest_upper=max(uppers))
 
 
 PREPARERS = {"chat.completions": prepare_chat, "completions": prepare_completion, "embeddings": prepare_embeddings}

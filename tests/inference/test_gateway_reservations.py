@@ -93,3 +93,19 @@ def test_n_above_the_cap_is_a_400(gateway_ready, acme, issue_key):
     ok = post(gateway_ready, key, messages=[{"role": "user", "content": "Hi"}], n=settings.INFERENCE_MAX_N,
               max_tokens=2)
     assert ok.status_code == 200 and len(ok.json()["choices"]) == settings.INFERENCE_MAX_N
+
+
+@pytest.mark.parametrize("kind", ["token_ids", "strings"])
+def test_a_batch_of_embeddings_reserves_every_input(gateway_ready, acme, issue_key, kind,
+                                                    django_capture_on_commit_callbacks):
+    """Each input fits the context, together they are many contexts' worth: all of it is reserved."""
+    key = limited_key(gateway_ready, acme, issue_key, django_capture_on_commit_callbacks)
+    from inference.gateway.app import gateway
+
+    context = gateway.pool.max_model_len("intfloat/e5-mistral-7b-instruct")
+    inputs = [[1] * (context - 10)] * 20 if kind == "token_ids" else ["word " * 2000] * 20
+    response = post(gateway_ready, key, "/v1/embeddings", model="intfloat/e5-mistral-7b-instruct", input=inputs)
+    assert response.status_code == 200, response.text
+    usage = response.json()["usage"]
+    assert usage["prompt_tokens"] > (10 * context if kind == "token_ids" else 20 * 2000)
+    assert reserved(response) >= usage["prompt_tokens"]
