@@ -6,10 +6,10 @@ the secret is only ever stored as HMAC-SHA256 under a server-side pepper.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import string
+from collections.abc import Callable
 
 from django.conf import settings
 
@@ -45,7 +45,18 @@ def parse_key(raw: str) -> tuple[str, str] | None:
 
 
 def hash_secret(secret: str) -> str:
-    return hmac.new(settings.API_KEY_PEPPER.encode(), secret.encode(), hashlib.sha256).hexdigest()
+    return secret_hasher()(secret)
+
+
+def secret_hasher() -> Callable[[str], str]:
+    """``hash_secret`` with the pepper read once, for the data plane's per-request check (the one-shot C HMAC,
+    without a settings lookup per call)."""
+    pepper = settings.API_KEY_PEPPER.encode()
+
+    def hashed(secret: str) -> str:
+        return hmac.digest(pepper, secret.encode(), "sha256").hex()
+
+    return hashed
 
 
 def secret_matches(secret: str, stored_hash: str) -> bool:
