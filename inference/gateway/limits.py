@@ -508,8 +508,10 @@ class Limiter:
         try:
             if await self._redis.execute("EXISTS", counters_marker_key(month)):
                 return True
-            logger.warning("limits: this month's counters have not been rebuilt since Redis lost its data; "
-                           "asking the control plane to rebuild them")
+            # Expected on a new or emptied Redis (every embedded start); after a loss in production it is the
+            # sign that the counters are being repaired.
+            logger.info("limits: this month's counters are not marked whole (new or emptied Redis); asking the "
+                        "control plane to rebuild them from the usage records")
             await asyncio.to_thread(request_counters_rebuild)
         except Exception:
             # Redis (or the broker) away: the periodic rebuild job still checks, every few seconds.
