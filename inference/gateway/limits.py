@@ -565,10 +565,17 @@ class Limiter:
         if not self._flush_scheduled:
             # The task's first step runs on the next loop turn, after every request of this turn queued its own.
             self._flush_scheduled = True
-            task = loop.create_task(self._run_admissions())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            if self._pending:
+                # Settlements waiting for their gather go first, in the same write (FastRedis sends a turn's
+                # commands together): the slots they free count for this batch, at no extra system call.
+                self._spawn(loop, self._flush_settlements())
+            self._spawn(loop, self._run_admissions())
         return PendingAdmission(future, names, limits, scopes, windows, slot, tokens, spend, started_ms)
+
+    def _spawn(self, loop: asyncio.AbstractEventLoop, work) -> None:
+        task = loop.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def finish(self, pending: PendingAdmission) -> Admission:
         """The admission ``begin`` queued, or the 429 (503 with Redis away and the policy closed) it ended in."""

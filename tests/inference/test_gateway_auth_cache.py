@@ -49,3 +49,45 @@ async def test_no_cache_is_keyed_by_or_holds_the_secret(authenticator, acme, iss
             assert secret not in value and secret not in map(str, value.values()), name
     cached = [repr(entry) for entry in authenticator._cache._items.values()]
     assert cached and not any(secret in entry for entry in cached)
+
+
+async def test_a_remembered_secret_lets_no_other_secret_through(authenticator, acme, issue_key):
+    """A busy key's secret is HMAC'd once per record fetch and then recognised by its fingerprint; any other
+    secret for the same key id still gets the full check, and fails it."""
+    key = await _issue(acme, issue_key)
+    key_id = key.split("_")[1]
+    hashed = []
+    real_hash = authenticator._hash_secret
+    authenticator._hash_secret = lambda secret: hashed.append(1) or real_hash(secret)
+    for _ in range(3):
+        await authenticator.authenticate(f"Bearer {key}".encode())
+    assert len(hashed) == 1  # the first request verified it; the next two matched its fingerprint
+    for forged in (key[:-1] + ("A" if key[-1] != "A" else "B"), f"wtl_{key_id}_{'x' * 43}"):
+        with pytest.raises(errors.GatewayError) as refused:
+            await authenticator.authenticate(f"Bearer {forged}".encode())
+        assert refused.value.status == 401
+    assert len(hashed) == 3
+    await authenticator.authenticate(f"Bearer {key}".encode())
+    assert len(hashed) == 3  # the real secret is still remembered after the forgeries
+
+
+async def test_a_rotated_secret_is_checked_again_when_the_record_changes(authenticator, acme, issue_key):
+    """The remembered fingerprint belongs to one fetched record: the record that replaces it (a rotation, say)
+    starts with none, so the old secret gets the full check against the new hash."""
+    from datetime import timedelta
+
+    from asgiref.sync import sync_to_async
+
+    from tenants import services
+    from tenants.models import ApiKey
+
+    key = await _issue(acme, issue_key)
+    await authenticator.authenticate(f"Bearer {key}".encode())
+    await authenticator.authenticate(f"Bearer {key}".encode())  # now remembered
+    api_key = await ApiKey.objects.aget(key_id=key.split("_")[1])
+    rotated = await sync_to_async(services.api_key_rotate)(api_key=api_key, grace=timedelta(0), actor_role="owner")
+    authenticator._ttl = 0.0  # the next request re-reads the record, as it would half a second later
+    with pytest.raises(errors.GatewayError) as refused:
+        await authenticator.authenticate(f"Bearer {key}".encode())
+    assert refused.value.status == 401
+    assert (await authenticator.authenticate(f"Bearer {rotated.plaintext}".encode())).key_id == api_key.key_id

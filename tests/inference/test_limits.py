@@ -107,6 +107,26 @@ async def test_concurrent_requests_free_on_settle_and_expire_when_abandoned(limi
     assert await limiter.admit(rec, tokens=1, spend=0) is not None
 
 
+async def test_a_settlement_goes_out_with_the_next_admission(own_redis):
+    """A client with one concurrent request that sends its next as soon as the last one ends is admitted at
+    once: the waiting settlement rides ahead of the admission in the same write, rather than after its gather."""
+    from portal.redis import new_hot_redis
+
+    hot = new_hot_redis(own_redis.url)  # the gateway's own connection: commands keep their order
+    limiter = Limiter(hot)
+    await limiter.start()
+    rec = record({"concurrent": 1})
+    try:
+        await settle_now(limiter, await limiter.admit(rec, tokens=1, spend=0), tokens=1)  # both scripts loaded
+        for _ in range(20):
+            admission = await limiter.admit(rec, tokens=1, spend=0)
+            limiter.settle(admission, tokens=1, spend=0)  # no flush: the next admission carries it
+        assert await limiter.admit(rec, tokens=1, spend=0) is not None
+    finally:
+        await limiter.stop()
+        await hot.aclose()
+
+
 async def test_daily_tokens_reset_at_sydney_midnight(limiter):
     rec = record({"day_tokens": 50})
     await limiter.admit(rec, tokens=50, spend=0)

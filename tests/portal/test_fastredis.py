@@ -97,3 +97,23 @@ async def test_database_and_password_come_from_the_url(server):
         await authed.execute("CONFIG", "SET", "requirepass", "")
         for c in (admin, client, plain, wrong, authed):
             await c.aclose()
+
+
+async def test_commands_issued_in_one_loop_turn_leave_in_one_write(server):
+    """The server counts the read events it handled: fifty commands queued in one turn are one of them."""
+    import redis
+
+    observer = redis.Redis.from_url(server.url)
+    client = FastRedis(server.url)
+    await client.execute("PING")  # connected
+
+    def reads() -> int:
+        return observer.info("stats")["total_reads_processed"]
+
+    before = reads()
+    results = await asyncio.gather(*(client.execute("INCR", "fr:turn") for _ in range(50)))
+    after = reads()
+    assert results == list(range(1, 51))
+    assert after - before == 2  # our one write, and the observer's own INFO
+    await client.aclose()
+    observer.close()
