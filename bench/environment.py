@@ -308,7 +308,7 @@ class BenchEnvironment:
 
     def _delete_prefixed_keys(self) -> None:
         with contextlib.suppress(Exception):
-            from portal.redis import get_redis
+            from core.redis import get_redis
 
             client = get_redis()
             doomed = list(client.scan_iter(match=f"{KEY_PREFIX}*", count=1000))

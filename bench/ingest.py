@@ -65,7 +65,7 @@ def run_round(events: int, *, tenant_id: str, key_id: str) -> IngestRound:
 
     from billing.models import UsageEvent
     from billing.services import INGEST_GROUP, usage_ingest
-    from portal.redis import get_redis
+    from core.redis import get_redis
 
     client = get_redis()
     stream = settings.INFERENCE_USAGE_STREAM

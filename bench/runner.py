@@ -83,7 +83,7 @@ def run_loadgen(spec: LoadSpec, *, tick: Callable[[], None] | None = None, inter
 def redis_commandstats() -> dict[str, int]:
     """Calls per command so far, plus ``(reads)``: socket reads Redis processed, about one per round trip
     (a pipeline arrives in one read)."""
-    from portal.redis import get_redis
+    from core.redis import get_redis
 
     client = get_redis()
     stats = client.info("commandstats")
@@ -192,7 +192,7 @@ class BenchRun:
 
         from billing.models import UsageEvent
         from billing.services import usage_ingest
-        from portal.redis import get_redis
+        from core.redis import get_redis
 
         client = get_redis()
         stream = settings.INFERENCE_USAGE_STREAM

@@ -17,8 +17,8 @@ from django.db import IntegrityError, transaction
 from audit.services import record
 from billing import limits
 from billing.models import BudgetAlert
+from core.redis import get_redis
 from inference.gateway.limits import periods, read_usage
-from portal.redis import get_redis
 from tenants.models import Membership, Role, Tenant
 
 logger = logging.getLogger("wattle.billing")

@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo
 
 from billing import limits
 from billing.models import BudgetAlert, Plan, TenantQuota
+from core.redis import get_redis
 from inference.gateway.limits import read_usage
-from portal.redis import get_redis
 from tenants.models import ApiKey, Tenant
 
 SYDNEY = ZoneInfo("Australia/Sydney")

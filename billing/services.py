@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from audit.services import record
 from billing.limits import LIMIT_FIELDS
 from billing.models import ModelPrice, Plan, TenantQuota, UsageEvent
-from portal.redis import get_redis
+from core.redis import get_redis
 from tenants.models import Tenant
 
 logger = logging.getLogger("wattle.usage")
@@ -183,7 +183,7 @@ PRICES_KEY = "prices"  # the data plane reads it (inference.gateway.backends.PRI
 
 def prices_publish() -> dict[str, list[float]]:
     """Publish model prices for the data plane, in micro-AUD per token (input, output)."""
-    from portal.redis import key
+    from core.redis import key
 
     prices = {
         p.model: [float(p.input_per_1k_aud) * 1000, float(p.output_per_1k_aud) * 1000]

@@ -27,7 +27,7 @@ def backends_in_allowed_regions(app_configs, **kwargs):
 
 @register(Tags.security, deploy=True)
 def api_key_pepper_is_separate(app_configs, **kwargs):
-    from portal.env import env_str
+    from core.env import env_str
 
     if not env_str("API_KEY_PEPPER"):
         return [

@@ -13,9 +13,9 @@ from django.db import transaction
 
 from audit.services import record
 from core.backend_urls import check_backend_url
+from core.redis import get_redis, key
 from inference.gateway.backends import BACKENDS_KEY
 from inference.models import Backend
-from portal.redis import get_redis, key
 
 logger = logging.getLogger("wattle.inference")
 HEALTH_KEY = "backend_health"

@@ -16,8 +16,8 @@ from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from core.backend_urls import check_backend_url
+from core.env import env_bool, env_float, env_int, env_list, env_str
 from core.proxies import parse_trusted_proxies
-from portal.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("WATTLE_VAR_DIR", str(BASE_DIR / "var")))
@@ -113,7 +113,7 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache, channels, Celery -----------------------------------------------------------------
-# No REDIS_URL means "embedded": portal.redis hands out fakeredis clients that share one in-process server,
+# No REDIS_URL means "embedded": core.redis hands out fakeredis clients that share one in-process server,
 # so the same Redis commands and Lua scripts run in both shapes.
 REDIS_URL = env_str("REDIS_URL") or None
 REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "wattle:")

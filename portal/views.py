@@ -12,9 +12,9 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from core.redis import new_async_redis
 from inference.gateway.metrics import internal_callers
 from inference.models import Backend
-from portal.redis import new_async_redis
 
 
 @never_cache

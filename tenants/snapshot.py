@@ -15,7 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing import limits
-from portal.redis import get_redis, key
+from core.redis import get_redis, key
 from tenants.models import ApiKey, Tenant
 
 logger = logging.getLogger("wattle.snapshot")

@@ -14,7 +14,7 @@ import pytest
 from allauth.account.models import EmailAddress
 from django.contrib.auth import get_user_model
 
-from portal.redis import get_redis
+from core.redis import get_redis
 from tests.servers import RunningServer, run_portal
 
 PASSWORD = "correct-horse-battery-staple"
@@ -34,7 +34,7 @@ def _clear_redis_prefix() -> None:
 def _isolated_redis() -> None:
     """Each test starts with none of the test prefix's keys (real Redis or the stand-in), and with the key
     snapshot marked complete so the data plane trusts it (tests of the recovery path delete the marker)."""
-    from portal.redis import key
+    from core.redis import key
     from tenants.snapshot import SNAPSHOT_READY
 
     _clear_redis_prefix()
@@ -323,8 +323,8 @@ class LimiterDriver:
     def _run(self, work):
         import asyncio
 
+        from core.redis import new_async_redis
         from inference.gateway.limits import Limiter
-        from portal.redis import new_async_redis
 
         async def main():
             client = new_async_redis()

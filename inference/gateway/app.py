@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 from django.conf import settings
 
+from core.redis import new_async_redis, new_hot_redis
 from inference.gateway import errors, metrics, validation
 from inference.gateway.accesslog import AccessLog
 from inference.gateway.auth import KeyAuthenticator, KeyRecord
@@ -30,7 +31,6 @@ from inference.gateway.limits import Admission, Limiter, PendingAdmission
 from inference.gateway.upstream import UpstreamClient, UpstreamError, UpstreamTimeout
 from inference.gateway.usage import UsageEmitter
 from inference.lru import LRU
-from portal.redis import new_async_redis, new_hot_redis
 
 logger = logging.getLogger("wattle.gateway")
 
@@ -143,7 +143,7 @@ class Gateway:
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self.redis = None
-        self.hot = None  # per-request Redis commands (portal.fastredis)
+        self.hot = None  # per-request Redis commands (core.fastredis)
         self.session: aiohttp.ClientSession | None = None  # probes and hooks; requests use ``upstream``
         self.upstream: UpstreamClient | None = None
         self.auth: KeyAuthenticator | None = None

@@ -20,9 +20,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from core.redis import key as redis_key
 from inference.gateway import errors
 from inference.lru import LRU
-from portal.redis import key as redis_key
 from tenants import keys
 from tenants.snapshot import SNAPSHOT_READY, api_key_record_key
 

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from portal.redis import key as redis_key
+from core.redis import key as redis_key
 
 logger = logging.getLogger("wattle.backends")
 

@@ -33,9 +33,9 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from core.fastredis import FastRedis, RedisPyCommands
+from core.redis import key as redis_key
 from inference.gateway.errors import GatewayError
-from portal.fastredis import FastRedis, RedisPyCommands
-from portal.redis import key as redis_key
 
 logger = logging.getLogger("wattle.limits")
 
@@ -475,7 +475,7 @@ return 1
 
 class Limiter:
     def __init__(self, redis, *, clock=time.time) -> None:
-        """``redis``: the data plane's hot-command client (``portal.redis.new_hot_redis``) or a redis-py
+        """``redis``: the data plane's hot-command client (``core.redis.new_hot_redis``) or a redis-py
         client, which is wrapped."""
         self._clock = clock  # wall-clock seconds; windows follow it
         self._redis = redis if isinstance(redis, FastRedis | RedisPyCommands) else RedisPyCommands(redis)

@@ -27,8 +27,8 @@ import orjson
 from django.conf import settings
 from redis.exceptions import ResponseError
 
-from portal.fastredis import RedisPyCommands
-from portal.redis import key as redis_key
+from core.fastredis import RedisPyCommands
+from core.redis import key as redis_key
 
 logger = logging.getLogger("wattle.usage")
 
@@ -51,7 +51,7 @@ def _stream_id(raw: bytes | str) -> tuple[int, int]:
 class UsageEmitter:
     def __init__(self, redis, hot=None) -> None:
         """``redis``: a redis-py client (bookkeeping); ``hot``: the per-request command client for XADDs
-        (``portal.redis.new_hot_redis``; defaults to ``redis`` itself)."""
+        (``core.redis.new_hot_redis``; defaults to ``redis`` itself)."""
         self._redis = redis
         self._hot = hot if hot is not None else RedisPyCommands(redis)
         self._stream = settings.INFERENCE_USAGE_STREAM

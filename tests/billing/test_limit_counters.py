@@ -46,12 +46,12 @@ def redis_server():
 def real_redis(redis_server, settings, monkeypatch):
     """The control plane and the limiter on a real redis-server of the test's own (flushing it disturbs
     nobody), under a prefix of its own."""
-    import portal.redis
+    import core.redis
 
     settings.REDIS_URL = redis_server.url
     settings.REDIS_KEY_PREFIX = "wattle-counters-test:"
-    monkeypatch.setattr(portal.redis, "_sync_client", None)
-    client = portal.redis.get_redis()
+    monkeypatch.setattr(core.redis, "_sync_client", None)
+    client = core.redis.get_redis()
     client.flushall()
     yield client
     client.flushall()
@@ -74,7 +74,7 @@ class Served:
         return self._record
 
     async def _limiter(self, now: float, work):
-        from portal.redis import new_hot_redis
+        from core.redis import new_hot_redis
 
         hot = new_hot_redis(self.redis_server.url)
         try:
@@ -205,7 +205,7 @@ def celery_with_workers():
 
 
 def test_a_limiter_starting_without_the_marker_asks_the_control_plane_for_a_rebuild(celery_with_workers):
-    from portal.redis import get_redis, key, new_async_redis
+    from core.redis import get_redis, key, new_async_redis
 
     app = celery_with_workers
 
@@ -236,8 +236,8 @@ def test_a_limiter_starting_without_the_marker_asks_the_control_plane_for_a_rebu
 
 @pytest.mark.django_db(transaction=True)
 def test_the_rebuild_runs_every_few_seconds_under_beat_and_in_the_embedded_web_process(acme, settings):
+    from core.redis import get_redis, key
     from portal.lifespan import redis_repair_loop
-    from portal.redis import get_redis, key
 
     schedule = settings.CELERY_BEAT_SCHEDULE
     [entry] = [e for e in schedule.values() if e["task"] == COUNTERS_REBUILD_TASK]

@@ -11,7 +11,7 @@ import pytest
 
 from billing import services
 from billing.services import PRICES_KEY
-from portal.redis import get_redis, key
+from core.redis import get_redis, key
 
 MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 

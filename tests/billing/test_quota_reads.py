@@ -19,8 +19,8 @@ from billing.quota_reads import (
     tenant_limits_explained,
     windows_at,
 )
+from core.redis import get_redis
 from inference.gateway.errors import GatewayError
-from portal.redis import get_redis
 from tenants.models import ApiKey, Tenant
 
 pytestmark = pytest.mark.django_db

@@ -18,8 +18,8 @@ from audit.models import AuditEntry
 from billing import limits, services
 from billing.cost_guard import cost_guard_check
 from billing.models import CostGuardAction, ModelPrice, Plan, TenantQuota, UsageEvent
-from portal.redis import get_redis
-from portal.redis import key as redis_key
+from core.redis import get_redis
+from core.redis import key as redis_key
 from tenants import keys
 from tenants.models import ApiKey, Tenant
 from tenants.snapshot import api_key_record_key

@@ -11,7 +11,7 @@ from django.conf import settings
 
 from billing.models import UsageEvent
 from billing.services import INGEST_GROUP, usage_ingest
-from portal.redis import get_redis
+from core.redis import get_redis
 
 
 def event(tenant, **fields) -> dict:

@@ -61,9 +61,9 @@ def _count_tokens(tenant, tokens: int) -> None:
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
+    from core.redis import new_async_redis
     from inference.gateway.auth import KeyRecord
     from inference.gateway.limits import Limiter
-    from portal.redis import new_async_redis
 
     record = KeyRecord(key_id="a11yseed0000", tenant=str(tenant.pk), tenant_status="active", hash="",
                        scopes=frozenset({"inference"}), models=frozenset(), expires=None, revoked=False,

@@ -7,8 +7,8 @@ import pytest
 from django.test import Client
 
 from audit.models import AuditEntry
+from core.redis import get_redis, key
 from inference.models import Backend
-from portal.redis import get_redis, key
 from tests.conftest import add_totp, sign_in
 
 

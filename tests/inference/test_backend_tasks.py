@@ -12,9 +12,9 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from core.redis import get_redis, key
 from inference import services, tasks
 from inference.models import Backend
-from portal.redis import get_redis, key
 from tenants.snapshot import SNAPSHOT_READY, api_key_record_key
 
 

@@ -11,9 +11,9 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from audit.models import AuditEntry
+from core.redis import get_redis, key
 from inference.models import Backend
 from inference.services import backend_save, backends_publish, backends_seed_from_settings
-from portal.redis import get_redis, key
 
 pytestmark = pytest.mark.django_db
 

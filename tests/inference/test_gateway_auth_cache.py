@@ -6,9 +6,9 @@ import gc
 
 import pytest
 
+from core.redis import new_async_redis
 from inference.gateway import errors
 from inference.gateway.auth import KeyAuthenticator
-from portal.redis import new_async_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -224,8 +224,8 @@ def test_models_answers_only_get(gateway_ready, acme, issue_key, method):
 
 def test_key_snapshot_is_rebuilt_after_redis_loses_it(gateway_ready, acme, issue_key):
     """Redis restarted empty: the data plane republishes keys from the database and keeps serving."""
-    from portal.redis import get_redis
-    from portal.redis import key as redis_key
+    from core.redis import get_redis
+    from core.redis import key as redis_key
 
     key = issue_key(acme)
     client = get_redis()

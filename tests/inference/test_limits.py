@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from core.redis import new_async_redis
 from inference.gateway.auth import KeyRecord
 from inference.gateway.errors import GatewayError
 from inference.gateway.limits import Limiter, _duration
-from portal.redis import new_async_redis
 
 SYDNEY = ZoneInfo("Australia/Sydney")
 # 10:00:05 on Wednesday 11 November 2026, Sydney time: early in a minute, mid-day, mid-month.
@@ -110,7 +110,7 @@ async def test_concurrent_requests_free_on_settle_and_expire_when_abandoned(limi
 async def test_a_settlement_goes_out_with_the_next_admission(own_redis):
     """A client with one concurrent request that sends its next as soon as the last one ends is admitted at
     once: the waiting settlement rides ahead of the admission in the same write, rather than after its gather."""
-    from portal.redis import new_hot_redis
+    from core.redis import new_hot_redis
 
     hot = new_hot_redis(own_redis.url)  # the gateway's own connection: commands keep their order
     limiter = Limiter(hot)
@@ -220,7 +220,7 @@ def own_redis():
 
 @pytest.mark.parametrize("policy", ["closed", "open"])
 async def test_stopping_redis_applies_the_outage_policy_and_recovers(own_redis, settings, policy):
-    from portal.redis import new_hot_redis
+    from core.redis import new_hot_redis
 
     settings.INFERENCE_LIMITS_ON_REDIS_ERROR = policy
     settings.INFERENCE_LIMITS_LOCAL_FRACTION = 0.5

@@ -11,8 +11,8 @@ from django.conf import settings
 
 from billing.models import UsageEvent
 from billing.services import usage_ingest
+from core.redis import get_redis, new_async_redis
 from inference.gateway.usage import UsageEmitter
-from portal.redis import get_redis, new_async_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,7 +8,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from portal.fastredis import FastRedis
+from core.fastredis import FastRedis
 from tests.services import private_redis
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from portal import env
+from core import env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,9 +89,9 @@ def test_inference_backends_rejects_bad_values(raw):
 def test_env_helpers_fail_loudly(monkeypatch):
     monkeypatch.setenv("X_BOOL", "maybe")
     monkeypatch.setenv("X_INT", "ten")
-    with pytest.raises(ImproperlyConfigured, match="X_BOOL"):
+    with pytest.raises(env.ImproperlyConfigured, match="X_BOOL"):
         env.env_bool("X_BOOL")
-    with pytest.raises(ImproperlyConfigured, match="X_INT"):
+    with pytest.raises(env.ImproperlyConfigured, match="X_INT"):
         env.env_int("X_INT", 1)
     monkeypatch.setenv("X_LIST", "a, b,,c")
     assert env.env_list("X_LIST") == ["a", "b", "c"]

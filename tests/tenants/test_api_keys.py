@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from billing.models import UsageEvent
+from core.redis import get_redis
 from inference.gateway.auth import KeyRecord
-from portal.redis import get_redis
 from tenants import keys
 from tenants.models import ApiKey
 from tenants.services import api_key_rotate

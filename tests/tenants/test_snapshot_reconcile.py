@@ -13,8 +13,8 @@ import pytest
 import redis
 from django.utils import timezone
 
+from core.redis import get_redis
 from inference import tasks
-from portal.redis import get_redis
 from tenants import keys, snapshot
 from tenants.models import ApiKey, Tenant
 from tenants.services import api_key_revoke, tenant_set_status
@@ -57,10 +57,10 @@ class NextWriteFails:
 @pytest.fixture
 def flaky_redis(monkeypatch):
     """flaky_redis.armed = True: the control plane's next write to Redis fails once."""
-    import portal.redis
+    import core.redis
 
     flaky = NextWriteFails(get_redis())
-    monkeypatch.setattr(portal.redis, "_sync_client", flaky)
+    monkeypatch.setattr(core.redis, "_sync_client", flaky)
     return flaky
 
 

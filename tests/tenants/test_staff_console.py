@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from audit.models import AuditEntry
-from portal.redis import get_redis
+from core.redis import get_redis
 from tenants import keys
 from tenants.access import SESSION_ACT_AS
 from tenants.models import ApiKey, Tenant

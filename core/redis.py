@@ -1,18 +1,53 @@
-"""Redis clients for the control plane (sync) and the data plane (async).
+"""Redis clients for the control plane (sync) and the data plane (async), built by one factory.
 
-With ``REDIS_URL`` set these are real redis-py clients. Without it they are fakeredis clients sharing one
-in-process server, so the embedded default runs exactly the same commands and Lua scripts as production.
+With ``REDIS_URL`` set these are real redis-py clients (and, for the data plane's per-request commands,
+``core.fastredis``). Without it they are fakeredis clients sharing one in-process server, so the embedded
+default runs exactly the same commands and Lua scripts as production.
+
+Django-free: the project hands its settings object over once at start-up (``configure``; ``portal.apps`` does),
+and ``REDIS_URL`` and ``REDIS_KEY_PREFIX`` are read from it on every call, so a test that changes them is seen.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from typing import Protocol
 
 import redis
 import redis.asyncio as aredis
-from django.conf import settings
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+
+from core.fastredis import FastRedis, HotCommands, RedisPyCommands
+
+
+class RedisSettings(Protocol):
+    REDIS_URL: str | None
+    REDIS_KEY_PREFIX: str
+
+
+class _FromEnvironment:
+    """Until ``configure`` is called (a script outside the project): the environment's values."""
+
+    @property
+    def REDIS_URL(self) -> str | None:
+        return os.environ.get("REDIS_URL") or None
+
+    @property
+    def REDIS_KEY_PREFIX(self) -> str:
+        return os.environ.get("REDIS_KEY_PREFIX", "wattle:")
+
+
+settings: RedisSettings = _FromEnvironment()
+
+
+def configure(source: RedisSettings) -> None:
+    """Read ``REDIS_URL`` and ``REDIS_KEY_PREFIX`` from ``source`` from now on (the project's settings)."""
+    global settings, _sync_client
+    settings = source
+    _sync_client = None
+
 
 _lock = threading.Lock()
 _sync_client: redis.Redis | None = None
@@ -72,11 +107,9 @@ def new_async_redis(url: str | None = None) -> aredis.Redis:
 
 
 
-def new_hot_redis(url: str | None = None):
-    """The data plane's per-request commands: a pipelined connection to Redis (``portal.fastredis``), or the
-    in-process stand-in through redis-py when there is no Redis."""
-    from portal.fastredis import FastRedis, RedisPyCommands
-
+def new_hot_redis(url: str | None = None) -> HotCommands:
+    """The data plane's per-request commands: a pipelined connection to Redis (``core.fastredis``), or the
+    in-process stand-in through redis-py, behind the same protocol, when there is no Redis."""
     url = url or settings.REDIS_URL
     if url:
         return FastRedis(url)

@@ -18,12 +18,23 @@ import asyncio
 import collections
 import hashlib
 from collections.abc import Callable
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+class HotCommands(Protocol):
+    """What the data plane's per-request code needs of Redis: a command, a script by digest, closing."""
+
+    async def execute(self, *args): ...
+
+    async def evalsha(self, script: str, keys: list, args: list, *, on_reply: Callable | None = None): ...
+
+    async def aclose(self) -> None: ...
 
 
 def _encode(args: tuple) -> bytes:

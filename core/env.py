@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from django.core.exceptions import ImproperlyConfigured
+
+class ImproperlyConfigured(ValueError):
+    """A setting read from the environment has a value we can't use (named for Django's, which it stands for
+    outside Django)."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
