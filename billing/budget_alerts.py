@@ -17,18 +17,15 @@ from django.db import IntegrityError, transaction
 from audit.services import record
 from billing import limits
 from billing.models import BudgetAlert
+from core import quotas
+from core.counters import read_usage
+from core.quotas import windows_at
 from core.redis import get_redis
-from inference.gateway.limits import periods, read_usage
 from tenants.models import Membership, Role, Tenant
 
 logger = logging.getLogger("wattle.billing")
 
 THRESHOLDS = (50, 80, 100)
-_BUDGETS = {
-    "day_tokens": "daily_token_limit",
-    "month_tokens": "monthly_token_budget",
-    "month_spend": "monthly_spend_cap_aud",
-}
 
 
 def billing_contacts(tenant: Tenant) -> list[str]:
@@ -39,8 +36,8 @@ def billing_contacts(tenant: Tenant) -> list[str]:
 
 
 def _describe(budget: str, value: int) -> str:
-    if budget == "month_spend":
-        return f"A${value / 1_000_000:,.2f}"
+    if quotas.BY_NAME[budget].money:
+        return quotas.format_aud(quotas.micro_to_aud(value))
     return f"{value:,} tokens"
 
 
@@ -82,20 +79,19 @@ def budget_alerts_check(*, now: float | None = None) -> list[BudgetAlert]:
     client = get_redis()
     for tenant in Tenant.objects.filter(status=Tenant.Status.ACTIVE):
         effective = limits.tenant_limits(tenant)
-        budgets = {
-            budget: effective[field] for budget, field in _BUDGETS.items() if effective.get(field) is not None
-        }
+        budgets = {kind: effective[kind.field] for kind in quotas.BUDGETS if effective.get(kind.field) is not None}
         if not budgets:
             continue
         scope = f"t:{tenant.pk}"
         values = read_usage(client, [scope], now)[scope]
-        windows = periods(now)
-        for budget, limit_value in budgets.items():
-            limit = limits.aud_to_micro(limit_value) if budget == "month_spend" else int(limit_value)
+        windows = windows_at(now)
+        for kind, limit_value in budgets.items():
+            budget = kind.name
+            limit = quotas.aud_to_micro(limit_value) if kind.money else int(limit_value)
             used = int(values[budget] or 0)
             if limit <= 0:
                 continue
-            period = windows.day if budget == "day_tokens" else windows.month
+            period = windows.id_of(kind.window)
             for threshold in THRESHOLDS:
                 if used * 100 >= limit * threshold:
                     alert = _raise(tenant=tenant, budget=budget, period=period, threshold=threshold, used=used,

@@ -33,8 +33,7 @@ from django.db.models import Q, Sum
 from billing.limits import LIMIT_FIELDS
 from billing.models import ModelPrice, UsageEvent
 from billing.services import usage_ingest
-from core.redis import get_redis
-from inference.gateway.limits import (
+from core.counters import (
     CounterState,
     CounterTotals,
     CounterWindows,
@@ -45,6 +44,7 @@ from inference.gateway.limits import (
     counters_rebuild_finish,
     counters_states,
 )
+from core.redis import get_redis
 from tenants.models import ApiKey
 
 logger = logging.getLogger("wattle.limits")

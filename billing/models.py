@@ -6,22 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-
-class LimitFields(models.Model):
-    """The six kinds of limit, shared by plans, tenant overrides and API keys. Empty means "no limit" on a
-    plan and "the plan (or the organisation) decides" on an override or a key."""
-
-    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True)
-    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
-    max_concurrent = models.PositiveIntegerField("concurrent requests", null=True, blank=True)
-    daily_token_limit = models.PositiveBigIntegerField("tokens per day", null=True, blank=True)
-    monthly_token_budget = models.PositiveBigIntegerField("tokens per month", null=True, blank=True)
-    monthly_spend_cap_aud = models.DecimalField(
-        "monthly spend cap (AUD)", max_digits=12, decimal_places=2, null=True, blank=True
-    )
-
-    class Meta:
-        abstract = True
+from tenants.limit_fields import LimitFields
 
 
 class Plan(LimitFields):

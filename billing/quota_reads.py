@@ -11,71 +11,28 @@ its organisation's limits and is not counted separately (``KeyQuota.counted`` is
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
+from decimal import Decimal
 
 from billing import limits
 from billing.models import BudgetAlert, Plan, TenantQuota
+from core import quotas
+from core.counters import read_usage
 from core.redis import get_redis
-from inference.gateway.limits import read_usage
 from tenants.models import ApiKey, Tenant
 
-SYDNEY = ZoneInfo("Australia/Sydney")
-KINDS = ("rpm", "tpm", "concurrent", "day_tokens", "month_tokens", "month_spend")
-FIELD_OF = {kind: name for name, kind in limits.SHORT_NAMES.items()}
-LABELS = {
-    "rpm": "Requests per minute",
-    "tpm": "Tokens per minute",
-    "concurrent": "Concurrent requests",
-    "day_tokens": "Tokens per day",
-    "month_tokens": "Tokens per month",
-    "month_spend": "Spend per month",
-}
+KINDS = quotas.NAMES
+FIELD_OF = {kind.name: kind.field for kind in quotas.KINDS}
+LABELS = {kind.name: kind.label for kind in quotas.KINDS}
 # Budgets and per-minute rates a tenant can be "near"; concurrency comes and goes too fast to be worth a list.
 WATCHED = ("rpm", "tpm", "day_tokens", "month_tokens", "month_spend")
-CENT = Decimal("0.01")
 
 
 # --- windows -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Windows:
-    """The windows containing ``now`` and when each ends, in Sydney time (the limiter's calendar)."""
-
-    now: datetime
-    minute_resets_at: datetime
-    day_resets_at: datetime
-    month_resets_at: datetime
-
-    def resets_at(self, kind: str) -> datetime | None:
-        if kind in ("rpm", "tpm"):
-            return self.minute_resets_at
-        if kind == "day_tokens":
-            return self.day_resets_at
-        if kind in ("month_tokens", "month_spend"):
-            return self.month_resets_at
-        return None  # a concurrency slot frees when its request ends
-
-
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=SYDNEY)
-
-
-def _first_of_next_month(day: date) -> date:
-    return (day.replace(day=1) + timedelta(days=32)).replace(day=1)
-
-
-def windows_at(now: float) -> Windows:
-    local = datetime.fromtimestamp(now, SYDNEY)
-    return Windows(
-        now=local,
-        minute_resets_at=datetime.fromtimestamp((math.floor(now / 60) + 1) * 60, SYDNEY),
-        day_resets_at=_midnight(local.date() + timedelta(days=1)),
-        month_resets_at=_midnight(_first_of_next_month(local.date())),
-    )
+Windows = quotas.Windows
+windows_at = quotas.windows_at
 
 
 # --- effective limits and where they come from --------------------------------------------------------
@@ -88,18 +45,9 @@ class TenantLimits:
 
 
 def _resolve(quota: TenantQuota | None, default: Plan | None) -> TenantLimits:
-    """Plan defaults, then staff overrides: the rule of ``billing.limits.tenant_limits``, on rows already
-    fetched (a test keeps the two in step)."""
-    plan = quota.plan if quota is not None and quota.plan is not None else default
-    values, sources = {}, {}
-    for name in limits.LIMIT_FIELDS:
-        override = getattr(quota, name) if quota is not None else None
-        if override is not None:
-            values[name], sources[name] = override, "override"
-        else:
-            value = getattr(plan, name) if plan is not None else None
-            values[name], sources[name] = value, ("plan" if value is not None else "")
-    return TenantLimits(values=values, sources=sources, plan=plan,
+    """Plan defaults, then staff overrides (``core.quotas.resolve``, as every caller), on rows already fetched."""
+    resolved, plan = limits.tenant_limits_resolved(quota, default)
+    return TenantLimits(values=resolved.values, sources=resolved.sources, plan=plan,
                         plan_is_default=quota is None or quota.plan is None)
 
 
@@ -157,8 +105,7 @@ class Meter:
         return "over" if percent >= 100 else "near"
 
 
-def _micro_to_aud(value: int) -> Decimal:
-    return (Decimal(value) / limits.MICRO).quantize(CENT, rounding=ROUND_HALF_UP)
+_micro_to_aud = quotas.micro_to_aud
 
 
 def _meters(values: dict[str, int | Decimal | None], used: dict[str, int], sources: dict[str, str],
@@ -169,7 +116,7 @@ def _meters(values: dict[str, int | Decimal | None], used: dict[str, int], sourc
         meters.append(Meter(
             kind=kind, limit=values.get(FIELD_OF[kind]),
             used=_micro_to_aud(amount) if kind == "month_spend" else amount,
-            source=sources.get(FIELD_OF[kind], ""), resets_at=windows.resets_at(kind),
+            source=sources.get(FIELD_OF[kind], ""), resets_at=windows.resets_at(quotas.BY_NAME[kind]),
         ))
     return meters
 
@@ -236,7 +183,7 @@ def quota_report(*, tenant: Tenant, api_keys: list[ApiKey] | None = None, now: f
     api_keys = list(api_keys or [])
     per_key = {}
     for api_key in api_keys:
-        own = {name: getattr(api_key, name) for name in limits.LIMIT_FIELDS}
+        own = limits.row_limits(api_key)
         capped = limits.key_limits(api_key, explained.values)
         per_key[api_key.key_id] = (own, capped, bool(limits.for_data_plane(capped)))
     scopes = [f"t:{tenant.pk}"] + [f"k:{key_id}" for key_id, (_o, _c, counted) in per_key.items() if counted]
@@ -271,10 +218,10 @@ def near_limits(*, threshold: int = 80, now: float | None = None) -> list[NearLi
     now = now if now is not None else time.time()
     windows = windows_at(now)
     default = limits.default_plan()
-    quotas = {q.tenant_id: q for q in TenantQuota.objects.select_related("plan")}
+    overrides = {q.tenant_id: q for q in TenantQuota.objects.select_related("plan")}
     candidates = []
     for tenant in Tenant.objects.exclude(status=Tenant.Status.CLOSED).order_by("name"):
-        explained = _resolve(quotas.get(tenant.pk), default)
+        explained = _resolve(overrides.get(tenant.pk), default)
         if any(explained.values[FIELD_OF[kind]] for kind in WATCHED):
             candidates.append((tenant, explained))
     counts = _read_counters([f"t:{tenant.pk}" for tenant, _ in candidates], now)
@@ -306,16 +253,19 @@ class BudgetNotice:
 
 def _amounts(budget: str, used: int, limit: int) -> str:
     if budget == BudgetAlert.Budget.MONTH_SPEND:
-        return f"A${_micro_to_aud(used):,.2f} of A${_micro_to_aud(limit):,.2f}"
+        return f"{quotas.format_aud(_micro_to_aud(used))} of {quotas.format_aud(_micro_to_aud(limit))}"
     return f"{used:,} of {limit:,} tokens"
 
 
 def _period_end(alert: BudgetAlert) -> datetime:
+    """When the alert's day or month ends, in Sydney time (``core.quotas``' calendar)."""
     if alert.budget == BudgetAlert.Budget.DAY_TOKENS:
-        day = datetime.strptime(alert.period, "%Y%m%d").date()
-        return _midnight(day + timedelta(days=1))
-    first = datetime.strptime(alert.period, "%Y%m").date()
-    return _midnight(_first_of_next_month(first))
+        start = datetime.strptime(alert.period, "%Y%m%d").replace(tzinfo=quotas.SYDNEY)
+        later = start + timedelta(days=1, hours=3)  # past a daylight-saving change, inside the next day
+        return datetime.fromtimestamp(quotas.window_starts(later.timestamp())[0], quotas.SYDNEY)
+    start = datetime.strptime(alert.period, "%Y%m").replace(tzinfo=quotas.SYDNEY)
+    later = start + timedelta(days=32)
+    return datetime.fromtimestamp(quotas.window_starts(later.timestamp())[1], quotas.SYDNEY)
 
 
 def budget_notices(*, alerts: list[BudgetAlert]) -> list[BudgetNotice]:

@@ -9,7 +9,7 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from billing.models import BudgetAlert, CostGuardAction, ModelPrice, Plan, TenantQuota, UsageEvent
-from inference.gateway.limits import periods
+from core.quotas import windows_at
 from tenants.models import Tenant
 
 
@@ -97,7 +97,7 @@ def tenant_usage_totals(*, tenant: Tenant, days: int = 30) -> dict:
 
 def budget_banner(*, tenant: Tenant) -> list[BudgetAlert]:
     """The highest threshold reached by each budget in its current period, for the console banner."""
-    windows = periods(timezone.now().timestamp())
+    windows = windows_at(timezone.now().timestamp())
     current = BudgetAlert.objects.filter(tenant=tenant, period__in=[windows.day, windows.month]).order_by(
         "budget", "-threshold"
     )

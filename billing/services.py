@@ -16,6 +16,7 @@ from django.db import connection, transaction
 from audit.services import record
 from billing.limits import LIMIT_FIELDS
 from billing.models import ModelPrice, Plan, TenantQuota, UsageEvent
+from core import quotas
 from core.redis import get_redis
 from tenants.models import Tenant
 
@@ -209,9 +210,7 @@ def _republish_all_keys() -> None:
 @transaction.atomic
 def tenant_quota_set(*, tenant, actor=None, request=None, plan=_UNCHANGED, **limits) -> TenantQuota:
     """Set a tenant's plan and/or limit overrides (None clears an override). Audited; live within a second."""
-    unknown = set(limits) - set(LIMIT_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown limits: {sorted(unknown)}")
+    quotas.check_fields(limits)
     quota, _created = TenantQuota.objects.select_for_update().get_or_create(tenant=tenant)
     before = {name: _plain(getattr(quota, name)) for name in LIMIT_FIELDS}
     before["plan"] = quota.plan.slug if quota.plan else None

@@ -3,7 +3,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from billing.services import prices_publish, usage_ingest
-from inference.gateway.limits import COUNTERS_REBUILD_TASK
+from core.jobs import REBUILD_LIMIT_COUNTERS
 
 
 @shared_task(ignore_result=True)
@@ -26,7 +26,7 @@ def check_cost_guard() -> bool:
     return cost_guard_check() is not None
 
 
-@shared_task(name=COUNTERS_REBUILD_TASK, ignore_result=True)
+@shared_task(name=REBUILD_LIMIT_COUNTERS, ignore_result=True)
 def rebuild_limit_counters(now: float | None = None) -> int | None:
     """Rebuild the limiter's day and month counters from usage events if Redis lost them (cheap otherwise:
     one EXISTS). Beat runs it every few seconds; a limiter that starts without the marker asks for it."""

@@ -6,7 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from billing.models import LimitFields
+from core.quotas import FIELDS as LIMIT_FIELDS
+from tenants.limit_fields import LimitFields
 
 
 class Touched(models.Model):
@@ -116,10 +117,7 @@ class ApiKey(LimitFields, Touched):
     )
     created_at = models.DateTimeField(default=timezone.now)
 
-    LIMIT_FIELDS = (
-        "rpm_limit", "tpm_limit", "max_concurrent", "daily_token_limit", "monthly_token_budget",
-        "monthly_spend_cap_aud",
-    )
+    LIMIT_FIELDS = LIMIT_FIELDS
 
     class Meta:
         ordering = ["-created_at"]

@@ -25,6 +25,7 @@ from django.utils.text import slugify
 
 from audit.services import record
 from billing import limits as billing_limits
+from core import quotas
 from core.proxies import request_client_ip
 from tenants import emails, keys, snapshot
 from tenants.models import ApiKey, Invitation, Membership, PolicyAcceptance, Role, SupportSession, Tenant
@@ -393,9 +394,7 @@ def _check_key_limits(*, tenant: Tenant, limits: dict[str, int | Decimal | None]
     """Refuse key limits that are not positive or, with ``within_tenant``, that are above the organisation's
     effective limit: the data plane would quietly apply the organisation's instead, and a limit that does
     not do what it says is worse than a clear "no"."""
-    unknown = set(limits) - set(ApiKey.LIMIT_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown limit fields {sorted(unknown)}")
+    quotas.check_fields(limits)
     ceilings = billing_limits.tenant_limits(tenant) if within_tenant else {}
     errors = {}
     for name, value in limits.items():
@@ -432,9 +431,7 @@ def api_key_set_limits(*, api_key: ApiKey, limits: dict[str, int | Decimal | Non
     _check_key_action(actor_role=actor_role, action=Action.KEYS_LIMITS, scopes=api_key.scopes)
     if api_key.revoked_at is not None:
         raise ValidationError("A revoked key's limits can't be changed.")
-    unknown = set(limits) - set(ApiKey.LIMIT_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown limit fields {sorted(unknown)}")
+    quotas.check_fields(limits)
     before = {name: getattr(api_key, name) for name in ApiKey.LIMIT_FIELDS}
     changed = {name: value for name, value in limits.items() if before[name] != value}
     _check_key_limits(tenant=api_key.tenant, limits=changed, within_tenant=within_tenant)

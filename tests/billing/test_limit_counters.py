@@ -16,14 +16,11 @@ from django.conf import settings
 
 from billing import services
 from billing.tasks import rebuild_limit_counters
+from core.counters import counters_marker_key, read_usage
+from core.jobs import REBUILD_LIMIT_COUNTERS as COUNTERS_REBUILD_TASK
 from inference.gateway.auth import KeyRecord
 from inference.gateway.errors import GatewayError
-from inference.gateway.limits import (
-    COUNTERS_REBUILD_TASK,
-    Limiter,
-    counters_marker_key,
-    read_usage,
-)
+from inference.gateway.limits import Limiter
 from tenants import keys
 from tenants.snapshot import api_key_record_key
 

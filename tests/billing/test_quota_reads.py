@@ -19,6 +19,7 @@ from billing.quota_reads import (
     tenant_limits_explained,
     windows_at,
 )
+from core import quotas
 from core.redis import get_redis
 from inference.gateway.errors import GatewayError
 from tenants.models import ApiKey, Tenant
@@ -71,10 +72,11 @@ def test_windows_end_at_sydney_boundaries(acme, starter, issue_key, limiter_at):
     key = issue_key(acme)
     limiter_at(NOW).admit(key, tokens=100)
     windows = windows_at(NOW)
-    assert windows.minute_resets_at == datetime(2026, 11, 11, 10, 1, tzinfo=SYDNEY)
-    assert windows.day_resets_at == datetime(2026, 11, 12, tzinfo=SYDNEY)
-    assert windows.month_resets_at == datetime(2026, 12, 1, tzinfo=SYDNEY)
-    assert windows.day_resets_at.tzname() == "AEDT"
+    resets = {kind.name: windows.resets_at(kind) for kind in quotas.KINDS}
+    assert resets["rpm"] == resets["tpm"] == datetime(2026, 11, 11, 10, 1, tzinfo=SYDNEY)
+    assert resets["day_tokens"] == datetime(2026, 11, 12, tzinfo=SYDNEY)
+    assert resets["month_tokens"] == resets["month_spend"] == datetime(2026, 12, 1, tzinfo=SYDNEY)
+    assert resets["day_tokens"].tzname() == "AEDT" and resets["concurrent"] is None
     # A minute later the per-minute counters start again; the day and month carry on.
     meters = by_kind(quota_report(tenant=acme, now=NOW + 60).meters)
     assert (meters["rpm"].used, meters["tpm"].used, meters["day_tokens"].used) == (0, 0, 100)

@@ -45,7 +45,7 @@ def near_budget(acme, django_capture_on_commit_callbacks):
     """Acme on a plan, 90% through its monthly tokens: the budget banner shows and the rows are highlighted."""
     from billing.models import BudgetAlert, Plan
     from billing.services import plan_save
-    from inference.gateway.limits import periods
+    from core.quotas import windows_at as periods
 
     with django_capture_on_commit_callbacks(execute=True):
         plan_save(plan=Plan(slug="starter", name="Starter", is_default=True, rpm_limit=60, tpm_limit=10_000,

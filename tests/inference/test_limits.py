@@ -11,10 +11,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from core.quotas import duration as _duration
 from core.redis import new_async_redis
 from inference.gateway.auth import KeyRecord
 from inference.gateway.errors import GatewayError
-from inference.gateway.limits import Limiter, _duration
+from inference.gateway.limits import Limiter
 
 SYDNEY = ZoneInfo("Australia/Sydney")
 # 10:00:05 on Wednesday 11 November 2026, Sydney time: early in a minute, mid-day, mid-month.

@@ -17,8 +17,8 @@ from django.test.utils import CaptureQueriesContext
 from audit.models import AuditEntry
 from billing import services as billing_services
 from billing.models import BudgetAlert, Plan
+from core.quotas import windows_at as periods
 from core.redis import get_redis
-from inference.gateway.limits import periods
 from tenants import keys
 from tenants.models import ApiKey, Role
 from tenants.services import api_key_set_limits
