@@ -27,6 +27,7 @@ from audit.services import record
 from billing import limits
 from billing.models import CostGuardAction, ModelPrice, TenantQuota, UsageEvent
 from billing.services import tenant_quota_set
+from core.quotas import format_aud
 from tenants.models import Tenant
 
 logger = logging.getLogger("wattle.billing")
@@ -146,12 +147,13 @@ def cost_guard_check(*, now: datetime | None = None) -> CostGuardAction | None:
     if tenant.status != Tenant.Status.ACTIVE:
         return None
     if over_platform and not _is_spike(top):
-        reason = (f"platform spend today A${platform_today:,.2f} passed the daily threshold "
-                  f"A${settings.COST_GUARD_PLATFORM_DAILY_AUD:,.2f}; {tenant.name} spent the most in the last hour "
-                  f"(A${top.last_hour:,.2f})")
+        reason = (f"platform spend today {format_aud(platform_today)} passed the daily threshold "
+                  f"{format_aud(settings.COST_GUARD_PLATFORM_DAILY_AUD)}; {tenant.name} spent the most in the last "
+                  "hour "
+                  f"({format_aud(top.last_hour)})")
     else:
-        reason = (f"{tenant.name} spent A${top.last_hour:,.2f} in the last hour against a baseline of "
-                  f"A${top.baseline_hour:,.2f} an hour")
+        reason = (f"{tenant.name} spent {format_aud(top.last_hour)} in the last hour against a baseline of "
+                  f"{format_aud(top.baseline_hour)} an hour")
     logger.warning("cost guard: %s", reason)
     return _act(tenant=tenant, spend=top, reason=reason)
 

@@ -212,7 +212,7 @@ def tenant_quota_set(*, tenant, actor=None, request=None, plan=_UNCHANGED, **lim
     """Set a tenant's plan and/or limit overrides (None clears an override). Audited; live within a second."""
     quotas.check_fields(limits)
     quota, _created = TenantQuota.objects.select_for_update().get_or_create(tenant=tenant)
-    before = {name: _plain(getattr(quota, name)) for name in LIMIT_FIELDS}
+    before = {name: quotas.recorded(getattr(quota, name)) for name in LIMIT_FIELDS}
     before["plan"] = quota.plan.slug if quota.plan else None
     if plan is not _UNCHANGED:
         quota.plan = plan
@@ -220,7 +220,7 @@ def tenant_quota_set(*, tenant, actor=None, request=None, plan=_UNCHANGED, **lim
         setattr(quota, name, value)
     quota.updated_by = actor
     quota.save()
-    after = {name: _plain(getattr(quota, name)) for name in LIMIT_FIELDS}
+    after = {name: quotas.recorded(getattr(quota, name)) for name in LIMIT_FIELDS}
     after["plan"] = quota.plan.slug if quota.plan else None
     record(action="tenant.limits.update", actor=actor, tenant=tenant, target=quota, request=request,
            data={"before": before, "after": after})
@@ -241,7 +241,7 @@ def plan_save(*, plan: Plan, actor=None, request=None) -> Plan:
         Plan.objects.exclude(pk=plan.pk).filter(is_default=True).update(is_default=False)
     plan.save()
     record(action="plan.create" if created else "plan.update", actor=actor, target=plan, request=request,
-           data={"slug": plan.slug, **{name: _plain(getattr(plan, name)) for name in LIMIT_FIELDS}})
+           data={"slug": plan.slug, **{name: quotas.recorded(getattr(plan, name)) for name in LIMIT_FIELDS}})
     transaction.on_commit(_republish_all_keys, robust=True)  # a failure: snapshot.reconcile heals it
     return plan
 
@@ -257,6 +257,3 @@ def model_price_set(*, model: str, input_per_1k_aud, output_per_1k_aud, actor=No
     transaction.on_commit(prices_publish, robust=True)  # a failed publish is repaired by the periodic job
     return price
 
-
-def _plain(value):
-    return str(value) if value is not None and not isinstance(value, int) else value

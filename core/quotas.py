@@ -32,6 +32,8 @@ class LimitKind:
     code: str  # the OpenAI error code of that 429
     window: str  # "minute", "day" or "month"; "" for concurrency (a slot frees when its request ends)
     counts: str  # what one request costs it: "requests" (one), "tokens" (its reservation) or "spend"
+    maximum: int | None  # the largest value a form or the API accepts (money: 12 digits, 2 decimal places)
+    help: str  # what the management API's schema says of its meter
     money: bool = False  # spend: AUD on the control plane, micro-AUD in Redis
     big: bool = False  # counts that outgrow a 32-bit integer field
     budget: bool = False  # budget alerts watch it (50, 80 and 100% within its window)
@@ -40,23 +42,33 @@ class LimitKind:
 # In the order the admission script checks them (``core.counters``): the index is the script's kind number.
 KINDS: tuple[LimitKind, ...] = (
     LimitKind("rpm", "rpm_limit", "requests per minute", "Requests per minute", "requests per minute",
-              "rate_limit_exceeded", "minute", "requests"),
+              "rate_limit_exceeded", "minute", "requests", 10**7,
+              "Requests per calendar minute."),
     LimitKind("tpm", "tpm_limit", "tokens per minute", "Tokens per minute", "tokens per minute",
-              "rate_limit_exceeded", "minute", "tokens"),
+              "rate_limit_exceeded", "minute", "tokens", 10**9,
+              "Tokens (input + output) per calendar minute."),
     LimitKind("concurrent", "max_concurrent", "concurrent requests", "Concurrent requests", "concurrent requests",
-              "rate_limit_exceeded", "", "requests"),
+              "rate_limit_exceeded", "", "requests", 10**5,
+              "Requests in flight at once."),
     LimitKind("day_tokens", "daily_token_limit", "tokens per day", "Tokens per day", "daily token budget",
-              "insufficient_quota", "day", "tokens", big=True, budget=True),
+              "insufficient_quota", "day", "tokens", 10**12,
+              "Tokens per day (Sydney time).", big=True, budget=True),
     LimitKind("month_tokens", "monthly_token_budget", "tokens per month", "Tokens per month",
-              "monthly token budget", "insufficient_quota", "month", "tokens", big=True, budget=True),
+              "monthly token budget", "insufficient_quota", "month", "tokens",
+              10**13, "Tokens per calendar month (Sydney time).", big=True, budget=True),
     LimitKind("month_spend", "monthly_spend_cap_aud", "monthly spend cap (AUD)", "Spend per month",
-              "monthly spend cap", "insufficient_quota", "month", "spend", money=True, budget=True),
+              "monthly spend cap", "insufficient_quota", "month", "spend", None,
+              "Spend per calendar month (Sydney time), AUD.", money=True, budget=True),
 )
 NAMES: tuple[str, ...] = tuple(kind.name for kind in KINDS)
 FIELDS: tuple[str, ...] = tuple(kind.field for kind in KINDS)
 BY_NAME: dict[str, LimitKind] = {kind.name: kind for kind in KINDS}
 BY_FIELD: dict[str, LimitKind] = {kind.field: kind for kind in KINDS}
 BUDGETS: tuple[LimitKind, ...] = tuple(kind for kind in KINDS if kind.budget)
+
+
+def form_label(kind: LimitKind) -> str:
+    return kind.verbose_name[:1].upper() + kind.verbose_name[1:]
 
 
 def cost(kind: LimitKind, *, tokens: int, spend: int) -> int:
@@ -85,6 +97,11 @@ def format_aud(value: Decimal | int | float | None, *, blank: str = "") -> str:
     if value is None:
         return blank
     return f"A${Decimal(value).quantize(CENT, rounding=ROUND_HALF_UP):,}"
+
+
+def recorded(value: Any) -> Any:
+    """A limit as the audit trail records it: amounts as exact strings, counts as numbers, None as null."""
+    return str(value) if isinstance(value, Decimal) else value
 
 
 # --- resolution ------------------------------------------------------------------------------------

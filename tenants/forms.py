@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape, format_html
 
+from core import quotas
 from tenants.models import ApiKey, Role, Tenant
 from tenants.validators import validate_abn
 
@@ -134,18 +135,18 @@ def parse_models(raw: str) -> list[str]:
     return list(dict.fromkeys(models))
 
 
-class LimitFieldsForm(NoSuffixMixin, forms.Form):
-    """The six kinds of limit, for plans, tenant overrides and keys. Empty means "not set here": no limit on a
-    plan, the plan's on a tenant, the organisation's on a key (``explain_empty`` says which, with the value)."""
+def limit_form_field(kind: quotas.LimitKind) -> forms.Field:
+    label = quotas.form_label(kind)
+    if kind.money:
+        return forms.DecimalField(label=label, required=False, min_value=Decimal("0.01"), max_digits=12,
+                                  decimal_places=2)
+    return forms.IntegerField(label=label, required=False, min_value=1, max_value=kind.maximum)
 
-    rpm_limit = forms.IntegerField(label="Requests per minute", required=False, min_value=1, max_value=10**7)
-    tpm_limit = forms.IntegerField(label="Tokens per minute", required=False, min_value=1, max_value=10**9)
-    max_concurrent = forms.IntegerField(label="Concurrent requests", required=False, min_value=1, max_value=10**5)
-    daily_token_limit = forms.IntegerField(label="Tokens per day", required=False, min_value=1, max_value=10**12)
-    monthly_token_budget = forms.IntegerField(label="Tokens per month", required=False, min_value=1,
-                                              max_value=10**13)
-    monthly_spend_cap_aud = forms.DecimalField(label="Monthly spend cap (AUD)", required=False,
-                                               min_value=Decimal("0.01"), max_digits=12, decimal_places=2)
+
+class _LimitFieldsBase(NoSuffixMixin, forms.Form):
+    """The kinds of limit (``core.quotas.KINDS``), for plans, tenant overrides and keys. Empty means "not set
+    here": no limit on a plan, the plan's on a tenant, the organisation's on a key (``explain_empty`` says which,
+    with the value)."""
 
     def limits(self) -> dict:
         return {name: self.cleaned_data.get(name) for name in ApiKey.LIMIT_FIELDS}
@@ -158,9 +159,16 @@ class LimitFieldsForm(NoSuffixMixin, forms.Form):
             if value is None:
                 text = "Empty: no limit"
             else:
-                shown = f"A${value:,.2f}" if name == "monthly_spend_cap_aud" else f"{value:,}"
+                shown = quotas.format_aud(value) if quotas.BY_FIELD[name].money else f"{value:,}"
                 text = f"Empty: {whose} limit ({shown})"
             self.fields[name].help_text = text
+
+
+# Declared through the forms metaclass, a field per kind in the table's order.
+LimitFieldsForm = type(_LimitFieldsBase)(
+    "LimitFieldsForm", (_LimitFieldsBase,), {"__module__": __name__, "__qualname__": "LimitFieldsForm",
+                                             **{kind.field: limit_form_field(kind) for kind in quotas.KINDS}},
+)
 
 
 class KeyLimitsForm(LimitFieldsForm):

@@ -387,7 +387,7 @@ def api_key_create(
 
 
 def _limit_text(name: str, value) -> str:
-    return f"A${value:,.2f}" if name == "monthly_spend_cap_aud" else f"{value:,}"
+    return quotas.format_aud(value) if quotas.BY_FIELD[name].money else f"{value:,}"
 
 
 def _check_key_limits(*, tenant: Tenant, limits: dict[str, int | Decimal | None], within_tenant: bool) -> None:
@@ -415,9 +415,6 @@ def _check_key_limits(*, tenant: Tenant, limits: dict[str, int | Decimal | None]
         raise ValidationError(errors)
 
 
-def _plain(value):
-    return str(value) if isinstance(value, Decimal) else value
-
 
 @transaction.atomic
 def api_key_set_limits(*, api_key: ApiKey, limits: dict[str, int | Decimal | None], actor=None,
@@ -441,8 +438,8 @@ def api_key_set_limits(*, api_key: ApiKey, limits: dict[str, int | Decimal | Non
         setattr(api_key, name, value)
     api_key.save(update_fields=list(changed))
     _audit(action="api_key.limits.update", actor=actor, tenant=api_key.tenant, target=api_key, request=request,
-           data={"key_id": api_key.key_id, "before": {n: _plain(before[n]) for n in changed},
-                 "after": {n: _plain(v) for n, v in changed.items()}})
+           data={"key_id": api_key.key_id, "before": {n: quotas.recorded(before[n]) for n in changed},
+                 "after": {n: quotas.recorded(v) for n, v in changed.items()}})
     transaction.on_commit(lambda: snapshot.publish_api_keys([api_key]), robust=True)  # see snapshot.reconcile
     return api_key
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django import template
 from django.utils import timezone
+
+from core.quotas import format_aud
 
 register = template.Library()
 
@@ -23,7 +23,7 @@ def quota_amount(value, is_money: bool = False) -> str:
     if value is None:
         return "No limit"
     if is_money:
-        return f"A${Decimal(value):,.2f}"
+        return format_aud(value)
     return f"{int(value):,}"
 
 

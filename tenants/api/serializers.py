@@ -9,6 +9,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from core import quotas
 from tenants.forms import parse_models
 from tenants.models import ApiKey, Invitation, Membership, Role, Tenant
 from tenants.services import MAX_ROTATION_GRACE
@@ -97,14 +98,19 @@ class InvitationFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=INVITATION_STATUSES, required=False)
 
 
-class KeyLimitsSerializer(serializers.Serializer):
-    rpm_limit = serializers.IntegerField(min_value=1, max_value=10**7, required=False, allow_null=True)
-    tpm_limit = serializers.IntegerField(min_value=1, max_value=10**9, required=False, allow_null=True)
-    max_concurrent = serializers.IntegerField(min_value=1, max_value=10**5, required=False, allow_null=True)
-    daily_token_limit = serializers.IntegerField(min_value=1, max_value=10**12, required=False, allow_null=True)
-    monthly_token_budget = serializers.IntegerField(min_value=1, max_value=10**13, required=False, allow_null=True)
-    monthly_spend_cap_aud = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=Decimal("0.01"),
-                                                     required=False, allow_null=True)
+def _limit_serializer_field(kind: quotas.LimitKind) -> serializers.Field:
+    if kind.money:
+        return serializers.DecimalField(max_digits=12, decimal_places=2, min_value=Decimal("0.01"), required=False,
+                                        allow_null=True)
+    return serializers.IntegerField(min_value=1, max_value=kind.maximum, required=False, allow_null=True)
+
+
+# A field per kind of ``core.quotas.KINDS``, declared through the serializer metaclass.
+KeyLimitsSerializer = serializers.SerializerMetaclass(
+    "KeyLimitsSerializer", (serializers.Serializer,),
+    {"__module__": __name__, "__qualname__": "KeyLimitsSerializer",
+     **{kind.field: _limit_serializer_field(kind) for kind in quotas.KINDS}},
+)
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -262,13 +268,12 @@ class SpendMeterSerializer(MeterSerializer):
     remaining = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True, help_text="AUD.")
 
 
-class MetersSerializer(serializers.Serializer):
-    rpm = MeterSerializer(help_text="Requests per calendar minute.")
-    tpm = MeterSerializer(help_text="Tokens (input + output) per calendar minute.")
-    concurrent = MeterSerializer(help_text="Requests in flight at once.")
-    day_tokens = MeterSerializer(help_text="Tokens per day (Sydney time).")
-    month_tokens = MeterSerializer(help_text="Tokens per calendar month (Sydney time).")
-    month_spend = SpendMeterSerializer(help_text="Spend per calendar month (Sydney time), AUD.")
+MetersSerializer = serializers.SerializerMetaclass(
+    "MetersSerializer", (serializers.Serializer,),
+    {"__module__": __name__, "__qualname__": "MetersSerializer",
+     **{kind.name: (SpendMeterSerializer if kind.money else MeterSerializer)(help_text=kind.help)
+        for kind in quotas.KINDS}},
+)
 
 
 class PlanBriefSerializer(serializers.Serializer):
