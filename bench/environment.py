@@ -407,7 +407,8 @@ class BenchEnvironment:
         backends_publish()
 
     def _issue_key(self) -> None:
-        from tenants import services, snapshot
+        from billing import snapshot
+        from tenants import services
         from tenants.models import ApiKey, Tenant
 
         tenant = Tenant.objects.filter(name=TENANT_NAME).first()

@@ -7,7 +7,6 @@ import os
 import socket
 from datetime import UTC, datetime
 
-import orjson
 import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -16,7 +15,7 @@ from django.db import connection, transaction
 from audit.services import record
 from billing.limits import LIMIT_FIELDS
 from billing.models import ModelPrice, Plan, TenantQuota, UsageEvent
-from core import quotas
+from core import contract, quotas
 from core.redis import get_redis
 from tenants.models import Tenant
 
@@ -45,24 +44,24 @@ _COLUMNS = (
 )
 
 
-def _to_values(data: dict) -> tuple:
+def _to_values(event: contract.UsageEvent) -> tuple:
     """One event as a row, in ``_COLUMNS`` order (raises on a malformed event)."""
     return (
-        data["request_id"],
-        str(data["tenant"]),
-        data.get("key_id") or "",
-        data.get("endpoint") or "",
-        (data.get("model") or "")[:200],
-        (data.get("backend") or "")[:100],
-        int(data["status"]),
-        (data.get("error_code") or "")[:64],
-        bool(data.get("stream")),
-        bool(data.get("client_disconnected")),
-        int(data.get("prompt_tokens") or 0),
-        int(data.get("completion_tokens") or 0),
-        data.get("ttft_ms"),
-        float(data.get("duration_ms") or 0),
-        datetime.fromtimestamp(data["created"], tz=UTC),
+        event.request_id,
+        str(event.tenant),
+        event.key_id or "",
+        event.endpoint or "",
+        (event.model or "")[:200],
+        (event.backend or "")[:100],
+        int(event.status),
+        (event.error_code or "")[:64],
+        bool(event.stream),
+        bool(event.client_disconnected),
+        int(event.prompt_tokens or 0),
+        int(event.completion_tokens or 0),
+        event.ttft_ms,
+        float(event.duration_ms or 0),
+        datetime.fromtimestamp(event.created, tz=UTC),
     )
 
 
@@ -143,7 +142,7 @@ def usage_ingest(*, max_batches: int | None = None, block_ms: int | None = None)
                 continue  # already deleted from the stream: only its acknowledgement was missing
             for line in fields.get(b"e", b"").split(b"\n"):  # an entry carries one or more events
                 try:
-                    rows.append(_to_values(orjson.loads(line)))
+                    rows.append(_to_values(contract.UsageEvent.decode(line)))
                 except (KeyError, ValueError, TypeError) as exc:
                     # A malformed event can't be billed; keep it out of the table but say so loudly.
                     logger.error("dropping malformed usage event: %s", exc.__class__.__name__)
@@ -179,32 +178,28 @@ def usage_ingest_loop(*, stop, idle_sleep: float = 0.2) -> None:
         close_old_connections()
 
 
-PRICES_KEY = "prices"  # the data plane reads it (inference.gateway.backends.PRICES_KEY)
-
-
-def prices_publish() -> dict[str, list[float]]:
+def prices_publish() -> dict[str, tuple[float, float]]:
     """Publish model prices for the data plane, in micro-AUD per token (input, output)."""
-    from core.redis import key
-
     prices = {
-        p.model: [float(p.input_per_1k_aud) * 1000, float(p.output_per_1k_aud) * 1000]
+        p.model: (float(p.input_per_1k_aud) * 1000, float(p.output_per_1k_aud) * 1000)
         for p in ModelPrice.objects.all()
     }
-    get_redis().set(key(PRICES_KEY), orjson.dumps(prices))
+    get_redis().set(contract.prices_key(), contract.encode_prices(prices))
     return prices
 
 
 # --- Plans, prices and tenant quotas (staff) ---------------------------------------------------------------
 def _republish_tenant(tenant) -> None:
-    from tenants import snapshot
+    from billing import snapshot
 
     snapshot.publish_tenant(tenant)
 
 
-def _republish_all_keys() -> None:
-    from tenants import snapshot
+def _republish_plan(plan_id: int) -> None:
+    """The records of the tenants on the plan, by a worker (a plan can carry thousands of tenants)."""
+    from billing.tasks import publish_plan_tenants
 
-    snapshot.rebuild()
+    publish_plan_tenants.delay(plan_id)
 
 
 @transaction.atomic
@@ -242,7 +237,7 @@ def plan_save(*, plan: Plan, actor=None, request=None) -> Plan:
     plan.save()
     record(action="plan.create" if created else "plan.update", actor=actor, target=plan, request=request,
            data={"slug": plan.slug, **{name: quotas.recorded(getattr(plan, name)) for name in LIMIT_FIELDS}})
-    transaction.on_commit(_republish_all_keys, robust=True)  # a failure: snapshot.reconcile heals it
+    transaction.on_commit(lambda: _republish_plan(plan.pk), robust=True)  # a failure: the reconciliation heals it
     return plan
 
 

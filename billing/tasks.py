@@ -3,7 +3,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from billing.services import prices_publish, usage_ingest
-from core.jobs import REBUILD_LIMIT_COUNTERS
+from core.jobs import REBUILD_LIMIT_COUNTERS, REBUILD_SNAPSHOT
 
 
 @shared_task(ignore_result=True)
@@ -41,3 +41,24 @@ def publish_prices() -> int:
     with the rest of its data, would otherwise leave every spend counter at zero (the gateway prices usage
     from them). One small read and one write; beat runs it with the other repairs."""
     return len(prices_publish())
+
+
+@shared_task(name=REBUILD_SNAPSHOT, ignore_result=True)
+def rebuild_snapshot() -> int:
+    """Publish every tenant and key record again: raised by the data plane when it finds Redis without them."""
+    from billing import snapshot
+
+    return snapshot.rebuild_from_worker()
+
+
+@shared_task(ignore_result=True)
+def publish_plan_tenants(plan_id: int) -> int:
+    """Republish the records of the tenants a plan change touches (those on it, or following it as default)."""
+    from billing import snapshot
+    from billing.models import Plan
+    from tenants.models import Tenant
+
+    plan = Plan.objects.filter(pk=plan_id).first()
+    if plan is None:
+        return 0
+    return snapshot.publish_tenants(Tenant.objects.filter(snapshot.tenants_on_plan(plan)).values("pk"))

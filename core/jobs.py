@@ -10,8 +10,8 @@ import threading
 
 from celery import Celery
 
-# Task names the workers register (``tenants.tasks``, ``billing.tasks``).
-REBUILD_SNAPSHOT = "tenants.tasks.rebuild_snapshot"
+# Task names the workers register (``billing.tasks``).
+REBUILD_SNAPSHOT = "billing.tasks.rebuild_snapshot"
 REBUILD_LIMIT_COUNTERS = "billing.tasks.rebuild_limit_counters"
 
 _lock = threading.Lock()

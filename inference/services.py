@@ -12,13 +12,12 @@ from django.conf import settings
 from django.db import transaction
 
 from audit.services import record
+from core import contract
 from core.backend_urls import check_backend_url
-from core.redis import get_redis, key
-from inference.gateway.backends import BACKENDS_KEY
+from core.redis import get_redis
 from inference.models import Backend
 
 logger = logging.getLogger("wattle.inference")
-HEALTH_KEY = "backend_health"
 
 
 def _publishable(backend: Backend) -> bool:
@@ -31,24 +30,18 @@ def _publishable(backend: Backend) -> bool:
     return True
 
 
-def backends_publish() -> list[dict]:
+def backends_publish() -> list[contract.BackendRecord]:
     """Write the backends to Redis for every data-plane worker (never one at a link-local address)."""
     items = [
-        {
-            "name": b.name,
-            "url": b.base_url.rstrip("/"),
-            "api_key": b.api_key,
-            "models": list(b.served_models or []),
-            "region": b.region,
-            "weight": b.weight,
-            "max_concurrency": b.max_concurrency,
-            "enabled": b.enabled,
-            "draining": b.draining,
-        }
+        contract.BackendRecord(
+            name=b.name, url=b.base_url.rstrip("/"), api_key=b.api_key, models=tuple(b.served_models or ()),
+            region=b.region, weight=b.weight, max_concurrency=b.max_concurrency, enabled=b.enabled,
+            draining=b.draining,
+        )
         for b in Backend.objects.all()
         if _publishable(b)
     ]
-    get_redis().set(key(BACKENDS_KEY), orjson.dumps(items))
+    get_redis().set(contract.backends_key(), contract.encode_backends(items))
     return items
 
 
@@ -111,13 +104,13 @@ def backends_probe() -> dict[str, bool]:
         except (OSError, ValueError, KeyError) as exc:
             health["error"] = exc.__class__.__name__
         results[backend.name] = health["healthy"]
-        pipe.set(key(HEALTH_KEY, backend.name), orjson.dumps(health), ex=300)
+        pipe.set(contract.backend_health_key(backend.name), orjson.dumps(health), ex=300)
     pipe.execute()
     return results
 
 
 def backend_health(name: str) -> dict | None:
-    raw = get_redis().get(key(HEALTH_KEY, name))
+    raw = get_redis().get(contract.backend_health_key(name))
     return orjson.loads(raw) if raw else None
 
 

@@ -6,16 +6,16 @@ import logging
 
 from celery import shared_task
 
+from billing import snapshot
 from inference import services
-from tenants import snapshot
 
 logger = logging.getLogger("wattle.inference")
 
 
 @shared_task(ignore_result=True)
 def publish_snapshots() -> None:
-    """Republish the backend list, and the key records changed since the last run (every one if Redis lost
-    the snapshot): a publish that failed after its commit heals here (``tenants.snapshot.reconcile``)."""
+    """Republish the backend list, and the tenant and key records changed since the last run (every one if
+    Redis lost the snapshot): a publish that failed after its commit heals here (``billing.snapshot``)."""
     services.backends_publish()
     snapshot.reconcile()
 

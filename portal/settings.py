@@ -452,6 +452,7 @@ CELERY_BEAT_SCHEDULE["prewarm-models"] = {
 INFERENCE_DEFAULT_MAX_MODEL_LEN = env_int("INFERENCE_DEFAULT_MAX_MODEL_LEN", 32768)
 # While Redis is unreachable, a worker keeps authenticating keys it saw recently, for at most this long.
 INFERENCE_KEY_STALE_OK_S = env_float("INFERENCE_KEY_STALE_OK_S", 120.0)
+INFERENCE_SNAPSHOT_WAIT_S = env_float("INFERENCE_SNAPSHOT_WAIT_S", 3.0)  # hold a request while Redis is repopulated
 # Limits (see inference/gateway/limits.py). With Redis unreachable: "closed" answers 503; "open" admits against
 # per-worker counters at LOCAL_FRACTION of each limit, for at most FAIL_OPEN_MAX_S.
 INFERENCE_LIMITS_ON_REDIS_ERROR = env_str("INFERENCE_LIMITS_ON_REDIS_ERROR", "closed")

@@ -1,62 +1,19 @@
-"""API key format and hashing, shared by the control plane (which issues keys) and the data plane.
-
-A key reads ``wtl_<key_id>_<secret>``: the key id is public (shown in lists, logged, used to find the record);
-the secret is only ever stored as HMAC-SHA256 under a server-side pepper.
-"""
+"""The key format (``core.keys``) with this deployment's pepper (``API_KEY_PEPPER``), for the control plane."""
 
 from __future__ import annotations
 
 import hmac
-import secrets
-import string
-from collections.abc import Callable
 
 from django.conf import settings
 
-KEY_PREFIX = "wtl_"
-KEY_ID_LENGTH = 12
-_KEY_ID_ALPHABET = string.ascii_lowercase + string.digits
-_SECRET_BYTES = 32
+from core.keys import KEY_ID_LENGTH, KEY_PREFIX, format_key, new_key_id, new_secret, parse_key, secret_hasher
 
-
-def new_key_id() -> str:
-    return "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(KEY_ID_LENGTH))
-
-
-def new_secret() -> str:
-    return secrets.token_urlsafe(_SECRET_BYTES)
-
-
-def format_key(key_id: str, secret: str) -> str:
-    return f"{KEY_PREFIX}{key_id}_{secret}"
-
-
-def parse_key(raw: str) -> tuple[str, str] | None:
-    """Split a presented key into (key_id, secret); None when it isn't shaped like one of ours."""
-    if not raw.startswith(KEY_PREFIX) or len(raw) < len(KEY_PREFIX) + KEY_ID_LENGTH + 2:
-        return None
-    key_id = raw[len(KEY_PREFIX) : len(KEY_PREFIX) + KEY_ID_LENGTH]
-    if raw[len(KEY_PREFIX) + KEY_ID_LENGTH] != "_":
-        return None
-    secret = raw[len(KEY_PREFIX) + KEY_ID_LENGTH + 1 :]
-    if not secret or not all(c in _KEY_ID_ALPHABET for c in key_id):
-        return None
-    return key_id, secret
+__all__ = ["KEY_ID_LENGTH", "KEY_PREFIX", "format_key", "hash_secret", "new_key_id", "new_secret", "parse_key",
+           "secret_matches"]
 
 
 def hash_secret(secret: str) -> str:
-    return secret_hasher()(secret)
-
-
-def secret_hasher() -> Callable[[str], str]:
-    """``hash_secret`` with the pepper read once, for the data plane's per-request check (the one-shot C HMAC,
-    without a settings lookup per call)."""
-    pepper = settings.API_KEY_PEPPER.encode()
-
-    def hashed(secret: str) -> str:
-        return hmac.digest(pepper, secret.encode(), "sha256").hex()
-
-    return hashed
+    return secret_hasher(settings.API_KEY_PEPPER)(secret)
 
 
 def secret_matches(secret: str, stored_hash: str) -> bool:

@@ -13,7 +13,7 @@ from tenants.limit_fields import LimitFields
 class Touched(models.Model):
     """``updated_at`` moves on every save, a save of a few fields included (Django's ``auto_now`` alone skips
     a field left out of ``update_fields``): the snapshot reconciliation republishes what changed since its last
-    run (``tenants.snapshot.reconcile``), so a change that kept the old time could stay unpublished for good."""
+    run (``billing.snapshot.reconcile``), so a change that kept the old time could stay unpublished for good."""
 
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 

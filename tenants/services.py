@@ -27,7 +27,7 @@ from audit.services import record
 from billing import limits as billing_limits
 from core import quotas
 from core.proxies import request_client_ip
-from tenants import emails, keys, snapshot
+from tenants import emails, keys, signals, snapshot
 from tenants.models import ApiKey, Invitation, Membership, PolicyAcceptance, Role, SupportSession, Tenant
 from tenants.permissions import Action, can, grantable_scopes, may_manage_key
 
@@ -65,6 +65,8 @@ def tenant_create(*, name: str, owner=None, billing_email: str = "", abn: str = 
         Membership.objects.create(tenant=tenant, user=owner, role=Role.OWNER)
     _audit(action="tenant.create", actor=owner, tenant=tenant, target=tenant, request=request,
            data={"name": name})
+    # Its record (on the default plan) is published before any key of it can be used.
+    transaction.on_commit(lambda: signals.tenant_changed.send(sender=Tenant, tenant=tenant), robust=True)
     return tenant
 
 
@@ -123,8 +125,8 @@ def tenant_update(*, tenant: Tenant, actor=None, request=None, **changes: str) -
 
 @transaction.atomic
 def tenant_set_status(*, tenant: Tenant, status: str, reason: str = "", actor=None, request=None) -> Tenant:
-    """Suspend, reactivate or close a tenant. Every key of the tenant is republished after commit, so the data
-    plane refuses (or serves) its requests within a second."""
+    """Suspend, reactivate or close a tenant. The tenant's record is republished after commit (by billing, on
+    ``tenant_changed``), so the data plane refuses (or serves) its requests within a second."""
     if status not in Tenant.Status.values:
         raise ValueError(f"unknown status {status!r}")
     tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
@@ -134,7 +136,8 @@ def tenant_set_status(*, tenant: Tenant, status: str, reason: str = "", actor=No
     tenant.save(update_fields=["status", "status_reason"])
     _audit(action=f"tenant.status.{status}", actor=actor, tenant=tenant, target=tenant, request=request,
            data={"from": previous, "to": status, "reason": reason})
-    transaction.on_commit(lambda: snapshot.publish_tenant(tenant), robust=True)  # a failure: reconcile heals it
+    transaction.on_commit(lambda: signals.tenant_changed.send(sender=Tenant, tenant=tenant),
+                          robust=True)  # a failure: the reconciliation heals it
     return tenant
 
 

@@ -34,11 +34,10 @@ def _clear_redis_prefix() -> None:
 def _isolated_redis() -> None:
     """Each test starts with none of the test prefix's keys (real Redis or the stand-in), and with the key
     snapshot marked complete so the data plane trusts it (tests of the recovery path delete the marker)."""
-    from core.redis import key
-    from tenants.snapshot import SNAPSHOT_READY
+    from core.contract import snapshot_ready_key
 
     _clear_redis_prefix()
-    get_redis().set(key(SNAPSHOT_READY), "1")
+    get_redis().set(snapshot_ready_key(), "1")
 
 
 @pytest.fixture(autouse=True)
@@ -76,6 +75,15 @@ def unthrottled(internal_plan, django_capture_on_commit_callbacks):
         return tenant
 
     return lift
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tasks_run_in_the_test() -> None:
+    """Tasks the code queues (``.delay``) run at once, in the test's process: no worker runs beside the suite.
+    Tests of the worker itself start one (``tests.services.portal_processes``)."""
+    from portal.celery import app
+
+    app.conf.task_always_eager = True
 
 
 @pytest.fixture(autouse=True)
@@ -155,6 +163,17 @@ def backend(simulator, db, django_capture_on_commit_callbacks):
 def portal_server() -> Iterator[RunningServer]:
     with run_portal() as server:
         yield server
+
+
+def published_caller(key_id: str, client=None):
+    """What the data plane learns of a key from Redis: its published record joined with its tenant's."""
+    from core import contract
+    from inference.gateway.auth import KeyRecord
+
+    client = client or get_redis()
+    key = contract.KeyRecord.decode(client.get(contract.api_key_record_key(key_id)))
+    tenant = contract.TenantRecord.decode(client.get(contract.tenant_record_key(key.tenant)))
+    return KeyRecord.join(key, tenant)
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
@@ -313,12 +332,9 @@ class LimiterDriver:
         self.now = now
 
     def _record(self, plaintext: str):
-        from inference.gateway.auth import KeyRecord
         from tenants import keys
-        from tenants.snapshot import api_key_record_key
 
-        key_id = keys.parse_key(plaintext)[0]
-        return KeyRecord.from_json(get_redis().get(api_key_record_key(key_id)))
+        return published_caller(keys.parse_key(plaintext)[0])
 
     def _run(self, work):
         import asyncio

@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 from django.conf import settings
 
+from core import contract
 from core.redis import new_async_redis, new_hot_redis
 from inference.gateway import errors, metrics, validation
 from inference.gateway.accesslog import AccessLog
@@ -692,27 +693,26 @@ class Gateway:
             overhead_s=overhead_s, error_code=ctx.error_code,
         )
         # One serialisation serves the usage event (billing) and the access-log line (no prompt or reply text).
-        line = orjson.dumps({
-            "time": ctx.started_wall,
-            "logger": "wattle.access",
-            "request_id": ctx.request_id,
-            "tenant": ctx.key.tenant if ctx.key else None,
-            "key_id": ctx.key.key_id if ctx.key else None,
-            "endpoint": ctx.endpoint,
-            "model": ctx.model,
-            "backend": ctx.backend,
-            "status": ctx.status,
-            "error_code": ctx.error_code,
-            "stream": ctx.stream,
-            "client_disconnected": ctx.client_disconnected,
-            "prompt_tokens": ctx.prompt_tokens,
-            "completion_tokens": ctx.completion_tokens,
-            "ttft_ms": ctx.ttft_s * 1000 if ctx.ttft_s is not None else None,
-            "duration_ms": duration_s * 1000,
-            "overhead_ms": overhead_s * 1000,
-            "traceparent": ctx.traceparent,
-            "created": ctx.started_wall,
-        })
+        line = contract.UsageEvent(
+            request_id=ctx.request_id,
+            tenant=ctx.key.tenant if ctx.key else None,
+            status=ctx.status,
+            created=ctx.started_wall,
+            key_id=ctx.key.key_id if ctx.key else None,
+            endpoint=ctx.endpoint,
+            model=ctx.model,
+            backend=ctx.backend,
+            error_code=ctx.error_code,
+            stream=ctx.stream,
+            client_disconnected=ctx.client_disconnected,
+            prompt_tokens=ctx.prompt_tokens,
+            completion_tokens=ctx.completion_tokens,
+            ttft_ms=ctx.ttft_s * 1000 if ctx.ttft_s is not None else None,
+            duration_ms=duration_s * 1000,
+            time=ctx.started_wall,
+            overhead_ms=overhead_s * 1000,
+            traceparent=ctx.traceparent,
+        ).encode()
         if ctx.key is not None:
             self.usage.emit_bytes(line)
         self.access_log.write(line)

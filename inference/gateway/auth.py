@@ -1,9 +1,14 @@
-"""API-key authentication for the data plane, from the Redis snapshot the control plane publishes.
+"""API-key authentication for the data plane, from the records the control plane publishes in Redis
+(``core.contract``): the key's record and its tenant's, read in one round trip.
 
 Records are cached in-process for ``INFERENCE_KEY_CACHE_TTL_S`` (default 0.5 s), so a revocation or a
 suspension reaches every worker within a second while a busy key costs at most two Redis reads a second.
 During a rotation's grace period the record also carries the previous secret's hash and when it stops working,
 so both secrets are checked from the one record (no extra round trip).
+
+When Redis has lost the records (no snapshot marker of this contract version), the data plane doesn't rebuild
+them itself (it has no database): it raises the rebuild job for a control-plane worker (``core.jobs``) and
+holds the request up to ``INFERENCE_SNAPSHOT_WAIT_S`` for the marker to come back, then answers 503.
 """
 
 from __future__ import annotations
@@ -11,24 +16,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
 
-import orjson
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from core.redis import key as redis_key
+from core import contract, jobs, keys
 from inference.gateway import errors
 from inference.lru import LRU
-from tenants import keys
-from tenants.snapshot import SNAPSHOT_READY, api_key_record_key
+
+logger = logging.getLogger("wattle.auth")
+_SNAPSHOT_POLL_S = 0.05
+_REBUILD_ASK_EVERY_S = 5.0
+
+
+class SnapshotMissing(Exception):
+    """Redis holds no complete snapshot of this contract version: the records are being rebuilt."""
 
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
+    """What the gateway knows of a caller: its key's record joined with its tenant's."""
+
     key_id: str
     tenant: str
     tenant_status: str
@@ -39,26 +51,17 @@ class KeyRecord:
     revoked: bool
     prev_hash: str | None = None
     prev_expires: float | None = None
-    # Effective limits by kind (see billing.limits); empty: nothing to enforce at that scope.
+    # Effective limits by kind (``core.quotas``); empty: nothing to enforce at that scope.
     tenant_limits: dict = field(default_factory=dict)
     key_limits: dict = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, raw: bytes) -> KeyRecord:
-        data = orjson.loads(raw)
+    def join(cls, key: contract.KeyRecord, tenant: contract.TenantRecord) -> KeyRecord:
         return cls(
-            key_id=data["key_id"],
-            tenant=data["tenant"],
-            tenant_status=data["tenant_status"],
-            hash=data["hash"],
-            scopes=frozenset(data.get("scopes") or ()),
-            models=frozenset(data.get("models") or ()),
-            expires=data.get("expires"),
-            revoked=bool(data.get("revoked")),
-            prev_hash=data.get("prev_hash") or None,
-            prev_expires=data.get("prev_expires"),
-            tenant_limits=(data.get("limits") or {}).get("tenant") or {},
-            key_limits=(data.get("limits") or {}).get("key") or {},
+            key_id=key.key_id, tenant=key.tenant, tenant_status=tenant.status, hash=key.hash,
+            scopes=frozenset(key.scopes), models=frozenset(key.models), expires=key.expires, revoked=key.revoked,
+            prev_hash=key.prev_hash, prev_expires=key.prev_expires, tenant_limits=tenant.limits,
+            key_limits=key.limits,
         )
 
     def secret_matches(self, digest: str) -> bool:
@@ -89,9 +92,10 @@ class KeyAuthenticator:
         # evicting the coldest key: a flood of made-up key ids can't flush the busy keys out all at once.
         # ``verified`` is the fingerprint of the secret last found to match this record's current hash.
         self._cache: LRU[str, list] = LRU(settings.INFERENCE_KEY_CACHE_SIZE)
-        self._rebuild_lock = asyncio.Lock()
         self._inflight: dict[str, asyncio.Future] = {}
-        self._hash_secret = keys.secret_hasher()
+        self._hash_secret = keys.secret_hasher(settings.API_KEY_PEPPER)
+        self._snapshot_wait_s = settings.INFERENCE_SNAPSHOT_WAIT_S
+        self._rebuild_asked_at = -_REBUILD_ASK_EVERY_S
         # A fingerprint is a keyed 256-bit BLAKE2s of the secret under a key drawn per process and never stored:
         # as hard to reverse or forge as the peppered HMAC-SHA256, a quarter of its cost (0.8 against 3.2 µs). The
         # cache thus holds no secret, and a busy key's secret is HMAC'd once per record fetch, not per request.
@@ -119,23 +123,67 @@ class KeyAuthenticator:
         return entry
 
     async def _fetch(self, key_id: str) -> KeyRecord | None:
-        raw = await self._redis.get(api_key_record_key(key_id))
-        if raw is None:
-            if not await self._redis.exists(redis_key(SNAPSHOT_READY)):
-                # Redis lost its data (restart without persistence): republish from the database once.
-                await self._rebuild_snapshot()
-                raw = await self._redis.get(api_key_record_key(key_id))
-            if raw is None:
-                return None
-        return KeyRecord.from_json(raw)
+        """The key's record joined with its tenant's: one MGET when the tenant is known from an earlier fetch
+        (keys never change tenant), two GETs for a key this worker hasn't seen."""
+        cached = self._cache.get(key_id)
+        tenant_id = cached[0].tenant if cached is not None and cached[0] is not None else None
+        key_name = contract.api_key_record_key(key_id)
+        if tenant_id is not None:
+            raw_key, raw_tenant = await self._redis.mget(key_name, contract.tenant_record_key(tenant_id))
+        else:
+            raw_key, raw_tenant = await self._redis.get(key_name), None
+        if raw_key is None:
+            await self._check_snapshot()
+            return None
+        try:
+            key = contract.KeyRecord.decode(raw_key)
+            if raw_tenant is None or key.tenant != tenant_id:
+                raw_tenant = await self._redis.get(contract.tenant_record_key(key.tenant))
+            if raw_tenant is None:
+                await self._check_snapshot()
+                raise SnapshotMissing  # a key whose tenant isn't published: the snapshot is incomplete
+            return KeyRecord.join(key, contract.TenantRecord.decode(raw_tenant))
+        except contract.RecordError:
+            # Written by another version of the contract (a rolling deploy): ours is on its way.
+            await self._check_snapshot()
+            raise SnapshotMissing from None
 
-    async def _rebuild_snapshot(self) -> None:
-        async with self._rebuild_lock:
-            if await self._redis.exists(redis_key(SNAPSHOT_READY)):
-                return
-            from tenants import snapshot
+    async def _check_snapshot(self) -> None:
+        """Return if the snapshot is complete (the key really doesn't exist). Otherwise ask a control-plane
+        worker to rebuild it, wait up to ``INFERENCE_SNAPSHOT_WAIT_S`` for it, and raise SnapshotMissing."""
+        ready = contract.snapshot_ready_key()
+        if await self._redis.exists(ready):
+            return
+        now = time.monotonic()
+        if now - self._rebuild_asked_at > _REBUILD_ASK_EVERY_S:
+            self._rebuild_asked_at = now
+            logger.warning("auth: no complete key snapshot in Redis; asking the control plane to rebuild it")
+            try:
+                await asyncio.to_thread(jobs.raise_job, jobs.REBUILD_SNAPSHOT, broker_url=settings.CELERY_BROKER_URL,
+                                        eager=settings.CELERY_TASK_ALWAYS_EAGER)
+            except Exception:
+                logger.warning("auth: could not raise the snapshot rebuild", exc_info=True)
+        deadline = now + self._snapshot_wait_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(_SNAPSHOT_POLL_S)  # a rebuild takes a worker a moment: look again shortly
+            if await self._redis.exists(ready):
+                raise SnapshotMissing  # rebuilt: the caller fetches again
+        raise SnapshotMissing
 
-            await sync_to_async(snapshot.rebuild_from_worker_thread, thread_sensitive=False)()
+    async def _fetch_after_rebuild(self, key_id: str, cached, now: float) -> list:
+        """The snapshot was missing: fetch again if it is back; else a key seen recently keeps working for a
+        bounded time (as with Redis away), and any other gets a 503 to retry."""
+        if await self._redis.exists(contract.snapshot_ready_key()):
+            try:
+                return await self._fetch_once(key_id)
+            except SnapshotMissing:
+                pass
+        if cached is not _MISSING and cached[0] is not None and now - cached[1] < self._stale_ok:
+            return cached
+        raise errors.GatewayError(
+            503, "Authentication is being restored after a restart. Please retry shortly.",
+            type="server_error", code="service_unavailable", headers={"retry-after": "1"},
+        )
 
     async def authenticate(self, authorization: bytes | None) -> KeyRecord:
         """Return the key's record, or raise the OpenAI-shaped 401/402/403 the client should see."""
@@ -156,7 +204,10 @@ class KeyAuthenticator:
             entry = cached
         else:
             try:
-                entry = await self._fetch_once(key_id)
+                try:
+                    entry = await self._fetch_once(key_id)
+                except SnapshotMissing:
+                    entry = await self._fetch_after_rebuild(key_id, cached, now)
             except (RedisError, OSError) as exc:
                 # Redis unreachable: a key this worker saw recently keeps working for a bounded time, so a
                 # Redis restart does not take the API down; an unknown key can't be checked at all.

@@ -23,12 +23,10 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from core.redis import key as redis_key
+from core import contract
 
 logger = logging.getLogger("wattle.backends")
 
-BACKENDS_KEY = "backends"
-PRICES_KEY = "prices"
 _BREAKER_THRESHOLD = 3  # consecutive failures that open a backend's circuit
 
 
@@ -149,32 +147,38 @@ class BackendPool:
 
     # --- list and health ---------------------------------------------------------------------------
     async def refresh(self) -> None:
-        raw, raw_prices = await self._redis.mget(redis_key(BACKENDS_KEY), redis_key(PRICES_KEY))
+        raw, raw_prices = await self._redis.mget(contract.backends_key(), contract.prices_key())
         if raw_prices is not None:
-            self.prices = {model: (pair[0], pair[1]) for model, pair in orjson.loads(raw_prices).items()}
+            try:
+                self.prices = contract.decode_prices(raw_prices)
+            except contract.RecordError:
+                logger.error("backends: the published prices are not a record of this version; keeping ours")
         if raw is None:
             # Nothing published (or Redis lost its data): keep serving from the list we have; the control
             # plane republishes at start-up and periodically (inference.tasks.publish_snapshots).
             return
+        try:
+            records = contract.decode_backends(raw)
+        except contract.RecordError:
+            logger.error("backends: the published list is not a record of this version; keeping ours")
+            return
         seen = set()
-        for item in orjson.loads(raw):
-            name = item["name"]
+        for item in records:
+            name = item.name
             seen.add(name)
             state = self.backends.get(name)
-            if state is None or state.url != item["url"]:
-                state = BackendState(
-                    name=name, url=item["url"], api_key="", region=item["region"],
-                    configured_models=tuple(item.get("models") or ()),
-                )
+            if state is None or state.url != item.url:
+                state = BackendState(name=name, url=item.url, api_key="", region=item.region,
+                                     configured_models=item.models)
                 self.backends[name] = state
                 self.probe_soon(state)
-            state.configured_models = tuple(item.get("models") or ())
-            state.region = item["region"]
-            state.weight = item.get("weight", 100)
-            state.max_concurrency = item.get("max_concurrency", 256)
-            state.enabled = item.get("enabled", True)
-            state.draining = item.get("draining", False)
-            state.api_key = item.get("api_key") or ""
+            state.configured_models = item.models
+            state.region = item.region
+            state.weight = item.weight
+            state.max_concurrency = item.max_concurrency
+            state.enabled = item.enabled
+            state.draining = item.draining
+            state.api_key = item.api_key or ""
             state.headers = {"authorization": f"Bearer {state.api_key}"} if state.api_key else {}
             state.authorization = f"Bearer {state.api_key}" if state.api_key else ""
         for name in list(self.backends):

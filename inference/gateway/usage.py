@@ -27,8 +27,8 @@ import orjson
 from django.conf import settings
 from redis.exceptions import ResponseError
 
+from core import contract
 from core.fastredis import RedisPyCommands
-from core.redis import key as redis_key
 
 logger = logging.getLogger("wattle.usage")
 
@@ -65,7 +65,7 @@ class UsageEmitter:
         self.resent = 0  # events written again after Redis lost them
         self._unconfirmed: deque[tuple[tuple[int, int], bytes]] = deque()
         self._epoch: bytes | None = None
-        self._epoch_key = redis_key("usage", "epoch")
+        self._epoch_key = contract.usage_epoch_key()
         self._group = settings.USAGE_INGEST_GROUP
 
     def emit(self, event: dict) -> None:

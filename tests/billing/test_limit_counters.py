@@ -22,7 +22,7 @@ from inference.gateway.auth import KeyRecord
 from inference.gateway.errors import GatewayError
 from inference.gateway.limits import Limiter
 from tenants import keys
-from tenants.snapshot import api_key_record_key
+from tests.conftest import published_caller
 
 pytestmark = pytest.mark.django_db
 
@@ -65,7 +65,7 @@ class Served:
         self.count = 0
         # As the data plane caches it: what the control plane published (a flush also loses the key records,
         # which have a recovery of their own).
-        self._record = KeyRecord.from_json(client.get(api_key_record_key(self.key_id)))
+        self._record = published_caller(self.key_id, client)
 
     def record(self) -> KeyRecord:
         return self._record

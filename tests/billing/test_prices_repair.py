@@ -6,12 +6,11 @@ from __future__ import annotations
 import threading
 from decimal import Decimal
 
-import orjson
 import pytest
 
 from billing import services
-from billing.services import PRICES_KEY
-from core.redis import get_redis, key
+from core import contract
+from core.redis import get_redis
 
 MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 
@@ -19,15 +18,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _published():
-    raw = get_redis().get(key(PRICES_KEY))
-    return None if raw is None else orjson.loads(raw)
+    raw = get_redis().get(contract.prices_key())
+    return None if raw is None else {model: list(pair) for model, pair in contract.decode_prices(raw).items()}
 
 
 def test_prices_redis_lost_are_republished_by_the_repair_jobs(settings, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         services.model_price_set(model=MODEL, input_per_1k_aud=Decimal("0.50"), output_per_1k_aud=Decimal("1.50"))
     assert _published() == {MODEL: [500.0, 1500.0]}
-    get_redis().delete(key(PRICES_KEY))  # as after a Redis restart without persistence
+    get_redis().delete(contract.prices_key())  # as after a Redis restart without persistence
 
     from portal.lifespan import redis_repair_loop
 

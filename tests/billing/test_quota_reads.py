@@ -31,11 +31,12 @@ NOW = datetime(2026, 11, 11, 10, 0, 5, tzinfo=SYDNEY).timestamp()  # early in a 
 
 
 @pytest.fixture
-def starter(db):
-    return services.plan_save(plan=Plan(
-        slug="starter", name="Starter", is_default=True, rpm_limit=10, tpm_limit=1_000, max_concurrent=5,
-        daily_token_limit=10_000, monthly_token_budget=100_000, monthly_spend_cap_aud=Decimal("10.00"),
-    ))
+def starter(db, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):  # its tenants' records are republished
+        return services.plan_save(plan=Plan(
+            slug="starter", name="Starter", is_default=True, rpm_limit=10, tpm_limit=1_000, max_concurrent=5,
+            daily_token_limit=10_000, monthly_token_budget=100_000, monthly_spend_cap_aud=Decimal("10.00"),
+        ))
 
 
 def by_kind(meters) -> dict:
@@ -145,10 +146,11 @@ def test_limit_sources_resolve_as_the_published_limits(acme, starter, case):
 
 
 def test_near_limits_lists_the_closest_first(acme, bluegum, starter, issue_key, limiter_at, alice,
-                                            django_assert_max_num_queries):
+                                            django_assert_max_num_queries, django_capture_on_commit_callbacks):
     from tenants.services import tenant_create
 
-    quiet = tenant_create(name="Quiet Co", owner=None)
+    with django_capture_on_commit_callbacks(execute=True):
+        quiet = tenant_create(name="Quiet Co", owner=None)
     acme_key, bluegum_key, quiet_key = issue_key(acme), issue_key(bluegum), issue_key(quiet)
     limiter = limiter_at(NOW)
     for _ in range(9):  # 90% of 10 requests per minute

@@ -9,7 +9,6 @@ from decimal import Decimal
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
-import orjson
 import pytest
 from django.test import Client
 from django.utils import timezone
@@ -18,12 +17,12 @@ from audit.models import AuditEntry
 from billing import limits, services
 from billing.cost_guard import cost_guard_check
 from billing.models import CostGuardAction, ModelPrice, Plan, TenantQuota, UsageEvent
+from core import contract
 from core.redis import get_redis
-from core.redis import key as redis_key
+from inference.gateway.errors import GatewayError
 from tenants import keys
 from tenants.models import ApiKey, Tenant
-from tenants.snapshot import api_key_record_key
-from tests.conftest import add_passkey, add_totp, make_user, sign_in
+from tests.conftest import add_passkey, add_totp, make_user, published_caller, sign_in
 
 pytestmark = pytest.mark.django_db
 
@@ -42,7 +41,9 @@ def starter(db, django_capture_on_commit_callbacks):
 
 
 def published(plaintext: str) -> dict:
-    return orjson.loads(get_redis().get(api_key_record_key(keys.parse_key(plaintext)[0])))["limits"]
+    """The limits the data plane reads for a key: its tenant's record's and the key record's own."""
+    caller = published_caller(keys.parse_key(plaintext)[0])
+    return {"tenant": caller.tenant_limits, "key": caller.key_limits}
 
 
 def pages(tenant, key_id: str) -> list[str]:
@@ -126,7 +127,7 @@ def test_malformed_tenant_limits_are_refused(staff_client, acme, starter, data):
 
 
 def test_staff_may_set_a_key_above_its_organisation_and_the_data_plane_caps_it(
-        staff_client, staff, acme, starter, issue_key, django_capture_on_commit_callbacks):
+        staff_client, staff, acme, starter, issue_key, django_capture_on_commit_callbacks, limiter_at):
     plaintext = issue_key(acme, name="IVR")
     key_id = keys.parse_key(plaintext)[0]
     url = f"/staff/tenants/{acme.slug}/keys/{key_id}/limits/"
@@ -136,7 +137,13 @@ def test_staff_may_set_a_key_above_its_organisation_and_the_data_plane_caps_it(
         response = staff_client.post(url, {"rpm_limit": "500", "max_concurrent": "3"})
     assert response.status_code == 302
     assert ApiKey.objects.get(key_id=key_id).rpm_limit == 500
-    assert published(plaintext)["key"] == {"rpm": 60, "concurrent": 3}  # capped at the organisation's 60
+    limits = published(plaintext)
+    assert limits["key"] == {"rpm": 500, "concurrent": 3} and limits["tenant"]["rpm"] == 60  # both are checked
+    limiter = limiter_at(1_800_000_005.0)
+    for _ in range(60):
+        limiter.settle(limiter.admit(plaintext, tokens=1), tokens=1)
+    with pytest.raises(GatewayError, match="limit 60"):  # the organisation's 60, not the key's 500
+        limiter.admit(plaintext, tokens=1)
     assert AuditEntry.objects.get(action="api_key.limits.update").actor == staff
     assert "(capped)" in staff_client.get(url).content.decode()
     assert staff_client.post(url, {"rpm_limit": "many"}).status_code == 400
@@ -214,7 +221,7 @@ def test_staff_set_model_prices(staff_client, staff, django_capture_on_commit_ca
     assert response.status_code == 302
     price = ModelPrice.objects.get(model=MODEL)
     assert (price.input_per_1k_aud, price.output_per_1k_aud) == (Decimal("0.004"), Decimal("0.012"))
-    assert orjson.loads(get_redis().get(redis_key("prices")))[MODEL] == [4.0, 12.0]  # micro-AUD per token
+    assert contract.decode_prices(get_redis().get(contract.prices_key()))[MODEL] == (4.0, 12.0)  # micro-AUD/token
     assert AuditEntry.objects.filter(action="price.update", actor=staff).exists()
     form = staff_client.get(f"/staff/plans/?model={MODEL}").context["price_form"]
     assert form.initial["model"] == MODEL

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import orjson
+import dataclasses
+
 import pytest
 from django.test import Client
 
 from audit.models import AuditEntry
-from core.redis import get_redis, key
+from core import contract
+from core.redis import get_redis
 from inference.models import Backend
 from tests.conftest import add_totp, sign_in
 
 
 def published() -> list[dict]:
-    return orjson.loads(get_redis().get(key("backends")) or b"[]")
+    raw = get_redis().get(contract.backends_key())
+    return [dataclasses.asdict(b) for b in contract.decode_backends(raw)] if raw else []
 
 
 @pytest.fixture

@@ -7,15 +7,15 @@ import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-import orjson
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from core.redis import get_redis, key
+from core import contract
+from core.contract import api_key_record_key, snapshot_ready_key
+from core.redis import get_redis
 from inference import services, tasks
 from inference.models import Backend
-from tenants.snapshot import SNAPSHOT_READY, api_key_record_key
 
 
 def _changed_an_hour_ago() -> None:
@@ -37,10 +37,10 @@ def test_publish_snapshots_rebuilds_unchanged_keys_only_when_redis_lost_them(acm
     client.delete(api_key_record_key(key_id))
     tasks.publish_snapshots()
     assert client.get(api_key_record_key(key_id)) is None  # the snapshot was complete: left alone
-    client.delete(key(SNAPSHOT_READY))
+    client.delete(snapshot_ready_key())
     tasks.publish_snapshots()
     assert client.get(api_key_record_key(key_id)) is not None
-    assert orjson.loads(client.get(key("backends"))) == []
+    assert contract.decode_backends(client.get(contract.backends_key())) == []
 
 
 @pytest.mark.django_db
@@ -62,7 +62,7 @@ def test_sync_backends_seeds_from_settings_idempotently(settings):
     call_command("sync_backends")
     backend = Backend.objects.get()
     assert (backend.name, backend.base_url, backend.region) == ("syd-1", "http://10.0.0.5:8000", "ap-southeast-2")
-    assert orjson.loads(get_redis().get(key("backends")))[0]["name"] == "syd-1"
+    assert contract.decode_backends(get_redis().get(contract.backends_key()))[0].name == "syd-1"
 
 
 class _Hook(BaseHTTPRequestHandler):

@@ -4,14 +4,15 @@ and in what is published to the data plane. Host names are looked up when a back
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
-import orjson
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from audit.models import AuditEntry
-from core.redis import get_redis, key
+from core import contract
+from core.redis import get_redis
 from inference.models import Backend
 from inference.services import backend_save, backends_publish, backends_seed_from_settings
 
@@ -44,7 +45,8 @@ def _form(base_url: str, **extra) -> dict:
 
 
 def published() -> list[dict]:
-    return orjson.loads(get_redis().get(key("backends")) or b"[]")
+    raw = get_redis().get(contract.backends_key())
+    return [dataclasses.asdict(b) for b in contract.decode_backends(raw)] if raw else []
 
 
 @pytest.fixture
@@ -134,7 +136,7 @@ def test_seeding_from_settings_refuses_a_name_that_resolves_there_and_seeds_noth
 def test_a_row_written_around_the_services_is_never_published():
     Backend.objects.create(name="fine", base_url="http://10.0.0.5:8000")
     Backend.objects.create(name="meta", base_url="http://169.254.169.254")
-    assert [b["name"] for b in backends_publish()] == ["fine"]
+    assert [b.name for b in backends_publish()] == ["fine"]
     assert [b["name"] for b in published()] == ["fine"]
 
 

@@ -222,8 +222,14 @@ def test_models_answers_only_get(gateway_ready, acme, issue_key, method):
     _assert_openai_error(response, 405, "method_not_allowed")
 
 
-def test_key_snapshot_is_rebuilt_after_redis_loses_it(gateway_ready, acme, issue_key):
-    """Redis restarted empty: the data plane republishes keys from the database and keeps serving."""
+def test_key_snapshot_is_rebuilt_after_redis_loses_it(gateway_ready, acme, issue_key, settings):
+    """Redis restarted empty: the data plane, which never reads the database, raises the rebuild job through
+    the broker and holds the request; a worker's rebuild lets it through. In the embedded default (no broker)
+    the web process's own repair loop does the worker's part."""
+    import threading
+
+    from billing.tasks import rebuild_snapshot
+    from core import contract, jobs
     from core.redis import get_redis
     from core.redis import key as redis_key
 
@@ -231,6 +237,25 @@ def test_key_snapshot_is_rebuilt_after_redis_loses_it(gateway_ready, acme, issue
     client = get_redis()
     client.delete(*client.keys(redis_key("*")))
     time.sleep(0.6)  # past the in-process cache
+    answers = []
+    held = threading.Thread(target=lambda: answers.append(_post(gateway_ready, key=key)))
+    held.start()
+    broker = settings.CELERY_BROKER_URL
+    if not settings.CELERY_TASK_ALWAYS_EAGER and broker.startswith("redis"):
+        import redis
+
+        queue = redis.Redis.from_url(broker)
+
+        def raised() -> bool:
+            return any(jobs.REBUILD_SNAPSHOT.encode() in message for message in queue.lrange("celery", 0, -1))
+
+        wait_for(raised, timeout=3)  # the job is in the broker's queue for a worker
+        queue.delete("celery")
+    else:
+        wait_for(lambda: not client.exists(contract.snapshot_ready_key()) and held.is_alive(), timeout=3)
+    rebuild_snapshot()  # what the worker (or the embedded repair loop) runs
+    held.join(timeout=10)
+    assert [a.status_code for a in answers] == [200]
     assert _post(gateway_ready, key=key).status_code == 200
 
 

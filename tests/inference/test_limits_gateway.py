@@ -101,7 +101,7 @@ def test_key_limit_is_capped_at_the_tenants(gateway_ready, acme, issue_key, plan
         ApiKey.objects.filter(name="wide").update(rpm_limit=50)
         from tenants import snapshot
 
-        snapshot.publish_tenant(acme)
+        snapshot.publish_api_keys(list(ApiKey.objects.filter(tenant=acme)))  # the updates bypassed the services
     wait_for(lambda: post(gateway_ready, narrow).headers.get("x-ratelimit-limit-requests") == "2", timeout=3)
     assert post(gateway_ready, wide).headers["x-ratelimit-limit-requests"] == "5"
 
@@ -200,14 +200,14 @@ def test_with_parallel_checks_off_a_refused_request_never_reaches_the_replica(
     key = issue_key(acme)
     with django_capture_on_commit_callbacks(execute=True):
         services.tenant_quota_set(tenant=acme, monthly_token_budget=1)
-    gateway._limits_parallel = False
+    gateway.dispatcher._limits_parallel = False
     try:
         wait_for(lambda: post(gateway_ready, key).status_code == 429, timeout=5)
         seen = _seen(simulator)[0]
         assert post(gateway_ready, key).status_code == 429
         assert _seen(simulator)[0] == seen
     finally:
-        gateway._limits_parallel = True
+        gateway.dispatcher._limits_parallel = True
 
 
 def test_an_admitted_request_answers_with_its_limit_headers_when_checked_in_parallel(
@@ -272,7 +272,7 @@ def test_refused_requests_are_aborted_on_the_replica_not_generated(
     with django_capture_on_commit_callbacks(execute=True):
         services.tenant_quota_set(tenant=acme, max_concurrent=1)
     wait_for(lambda: post(gateway_ready, key, max_tokens=1).status_code == 200, timeout=3)
-    gateway._refused_at.clear()  # nothing refused lately: every request is checked beside its upstream call
+    gateway.dispatcher._refused_at.clear()  # nothing refused lately: every request is checked beside its upstream call
     seen_before, before = _seen(simulator)[0], _finished(simulator)
 
     answers = _burst(gateway_ready, key, 8, max_tokens=40, stream=stream)

@@ -13,12 +13,13 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from billing.models import UsageEvent
+from core.contract import api_key_record_key
 from core.redis import get_redis
 from inference.gateway.auth import KeyRecord
 from tenants import keys
 from tenants.models import ApiKey
 from tenants.services import api_key_rotate
-from tenants.snapshot import api_key_record_key
+from tests.conftest import published_caller
 
 pytestmark = pytest.mark.django_db
 
@@ -124,7 +125,7 @@ def test_rotation_keeps_the_old_secret_for_the_grace_period(owner_client, acme, 
     new = response.context["secret"]
     new_secret = keys.parse_key(new)[1]
     assert new.startswith(f"wtl_{key_id}_") and new != old
-    record = KeyRecord.from_json(get_redis().get(api_key_record_key(key_id)))
+    record = published_caller(key_id)
     assert record.secret_matches(keys.hash_secret(new_secret))
     assert record.secret_matches(keys.hash_secret(old_secret))
     assert 3500 < record.prev_expires - time.time() <= 3600
@@ -137,7 +138,7 @@ def test_rotation_with_no_grace_stops_the_old_secret_now(acme, issue_key, django
     key_id, old_secret = keys.parse_key(old)
     with django_capture_on_commit_callbacks(execute=True):
         issued = api_key_rotate(api_key=ApiKey.objects.get(key_id=key_id), grace=timedelta(0))
-    record = KeyRecord.from_json(get_redis().get(api_key_record_key(key_id)))
+    record = published_caller(key_id)
     assert not record.secret_matches(keys.hash_secret(old_secret))
     assert record.secret_matches(keys.hash_secret(keys.parse_key(issued.plaintext)[1]))
 

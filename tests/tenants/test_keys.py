@@ -36,8 +36,8 @@ def test_hash_depends_on_the_pepper(settings):
 
 def test_key_creation_is_audited_and_published(acme, issue_key):
     from audit.models import AuditEntry
+    from core.contract import api_key_record_key
     from core.redis import get_redis
-    from tenants.snapshot import api_key_record_key
 
     raw = issue_key(acme, name="ivr")
     key_id, _ = keys.parse_key(raw)

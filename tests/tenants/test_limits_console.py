@@ -9,7 +9,6 @@ from decimal import Decimal
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
-import orjson
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -18,12 +17,10 @@ from audit.models import AuditEntry
 from billing import services as billing_services
 from billing.models import BudgetAlert, Plan
 from core.quotas import windows_at as periods
-from core.redis import get_redis
 from tenants import keys
 from tenants.models import ApiKey, Role
 from tenants.services import api_key_set_limits
-from tenants.snapshot import api_key_record_key
-from tests.conftest import sign_in
+from tests.conftest import published_caller, sign_in
 
 pytestmark = pytest.mark.django_db
 
@@ -52,7 +49,7 @@ def key_id(plaintext: str) -> str:
 
 
 def published_key_limits(plaintext: str) -> dict:
-    return orjson.loads(get_redis().get(api_key_record_key(key_id(plaintext))))["limits"]["key"]
+    return published_caller(key_id(plaintext)).key_limits
 
 
 # --- the Limits page -----------------------------------------------------------------------------------

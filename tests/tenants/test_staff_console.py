@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import time
 
-import orjson
 import pytest
 
 from audit.models import AuditEntry
-from core.redis import get_redis
 from tenants import keys
 from tenants.access import SESSION_ACT_AS
 from tenants.models import ApiKey, Tenant
-from tenants.snapshot import api_key_record_key
+from tests.conftest import published_caller
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +52,7 @@ def test_suspend_and_reactivate_with_a_reason(staff_client, staff, acme, issue_k
     assert response.status_code == 302
     acme.refresh_from_db()
     assert (acme.status, acme.status_reason) == ("suspended", "Card declined twice")
-    assert orjson.loads(get_redis().get(api_key_record_key(key_id)))["tenant_status"] == "suspended"
+    assert published_caller(key_id).tenant_status == "suspended"
     with django_capture_on_commit_callbacks(execute=True):
         staff_client.post(f"/staff/tenants/{acme.slug}/status/", {"action": "reactivate", "reason": "Paid"})
     acme.refresh_from_db()

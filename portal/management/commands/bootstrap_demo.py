@@ -18,10 +18,11 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from billing import snapshot
 from billing.models import Plan, TenantQuota
 from billing.services import tenant_quota_set
 from inference.services import backends_seed_from_settings
-from tenants import keys, services, snapshot
+from tenants import keys, services
 from tenants.models import ApiKey, Membership, Role, Tenant
 
 DEMO_TENANT = "Demo Contact Centre"

@@ -8,17 +8,18 @@ import threading
 from datetime import timedelta
 
 import httpx
-import orjson
 import pytest
 import redis
 from django.utils import timezone
 
+from billing import snapshot
+from core.contract import api_key_record_key
 from core.redis import get_redis
 from inference import tasks
-from tenants import keys, snapshot
+from tenants import keys
 from tenants.models import ApiKey, Tenant
 from tenants.services import api_key_revoke, tenant_set_status
-from tests.conftest import wait_for
+from tests.conftest import published_caller, wait_for
 
 MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
 
@@ -65,7 +66,10 @@ def flaky_redis(monkeypatch):
 
 
 def _record(key_id: str) -> dict:
-    return orjson.loads(get_redis().get(snapshot.api_key_record_key(key_id)))
+    """What the data plane reads for a key: its record joined with its tenant's."""
+    caller = published_caller(key_id)
+    return {"key_id": caller.key_id, "revoked": caller.revoked, "tenant_status": caller.tenant_status,
+            "limits": {"tenant": caller.tenant_limits, "key": caller.key_limits}}
 
 
 def _reconciled_an_hour_ago() -> None:
@@ -113,10 +117,10 @@ def test_the_reconciliation_republishes_only_what_changed_since_its_last_run(acm
     with django_capture_on_commit_callbacks(execute=True):
         api_key_revoke(api_key=ApiKey.objects.get(key_id=changed))
     assert flaky_redis.failures == 1
-    get_redis().delete(snapshot.api_key_record_key(unchanged))  # would come back only through a full rebuild
+    get_redis().delete(api_key_record_key(unchanged))  # would come back only through a full rebuild
     assert snapshot.reconcile() == 1
     assert _record(changed)["revoked"] is True
-    assert get_redis().get(snapshot.api_key_record_key(unchanged)) is None
+    assert get_redis().get(api_key_record_key(unchanged)) is None
 
 
 @pytest.mark.django_db
@@ -153,7 +157,7 @@ def test_the_reconciliation_runs_every_ten_seconds_under_beat_and_in_the_embedde
     [entry] = [e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"] == "inference.tasks.publish_snapshots"]
     assert entry["schedule"] <= 10
     key_id = keys.parse_key(issue_key(acme))[0]
-    get_redis().delete(snapshot.api_key_record_key(key_id))
+    get_redis().delete(api_key_record_key(key_id))
     stop = threading.Event()
     stop.set()  # one round of the jobs, then the loop ends
     redis_repair_loop(stop=stop, interval=0.01)

@@ -1,0 +1,228 @@
+"""The contract between the planes: every record one plane writes to Redis and the other reads, with its Redis
+key. The control plane encodes them after its database commits; the data plane decodes them on its request
+path (with an in-process cache), and writes usage events back. This file is the only place either side learns
+a record's shape.
+
+Each record carries ``v``, the contract's version. A record of another version (written by code that is being
+replaced in a rolling deploy) doesn't decode; the snapshot marker carries the version too, so new code finds no
+marker of its own, asks for a rebuild and reads what the rebuild writes.
+
+- ``KeyRecord`` at ``apikey:<key id>``: one API key (hashes, scopes, models, expiry, its own limits).
+- ``TenantRecord`` at ``tenant:<tenant id>``: one organisation (status, effective limits). Apart from its keys'
+  records, so a plan or tenant change republishes only the tenants it touches.
+- ``BackendRecord`` list at ``backends``, model prices at ``prices``.
+- ``UsageEvent``: one JSON line per request, in entries of the ``INFERENCE_USAGE_STREAM`` stream (and, the same
+  line, the access log).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import orjson
+
+from core.redis import key
+
+VERSION = 1
+
+
+class RecordError(ValueError):
+    """Bytes that aren't a record of this version of the contract."""
+
+
+def _load(raw: bytes | str, *, unversioned_ok: bool = False) -> dict:
+    """``unversioned_ok``: a record from before versions (same shape as version 1) is read as version 1."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("v", VERSION if unversioned_ok else None) != VERSION:
+        raise RecordError(f"not a version {VERSION} record")
+    return data
+
+
+# --- Redis keys ------------------------------------------------------------------------------------
+def api_key_record_key(key_id: str) -> str:
+    return key("apikey", key_id)
+
+
+def tenant_record_key(tenant_id: str) -> str:
+    return key("tenant", tenant_id)
+
+
+def snapshot_ready_key() -> str:
+    """Present while every key and tenant record of this version is published (gone after a Redis data loss,
+    and absent for a new version until a rebuild has written its records)."""
+    return key("snapshot", "ready", f"v{VERSION}")
+
+
+def snapshot_reconciled_key() -> str:
+    """When the last reconciliation ran (ISO 8601): the next republishes what changed since."""
+    return key("snapshot", "reconciled", f"v{VERSION}")
+
+
+def backends_key() -> str:
+    return key("backends")
+
+
+def prices_key() -> str:
+    return key("prices")
+
+
+def backend_health_key(name: str) -> str:
+    """A backend's last health check, as the staff console shows it (control plane only)."""
+    return key("backend_health", name)
+
+
+def usage_epoch_key() -> str:
+    """Set by data-plane workers; its absence tells them Redis lost its data (and unconfirmed events)."""
+    return key("usage", "epoch")
+
+
+# --- records ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    tenant: str
+    hash: str  # HMAC-SHA256 of the secret under the pepper (hex)
+    scopes: tuple[str, ...]
+    models: tuple[str, ...] = ()  # empty: every model
+    expires: float | None = None  # epoch seconds
+    revoked: bool = False
+    # During a rotation's grace period the previous secret works until ``prev_expires`` (epoch seconds).
+    prev_hash: str | None = None
+    prev_expires: float | None = None
+    limits: dict[str, int] = field(default_factory=dict)  # the key's own, by kind (``core.quotas.for_data_plane``)
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"v": VERSION, **asdict(self)})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> KeyRecord:
+        data = _load(raw)
+        try:
+            return cls(
+                key_id=data["key_id"], tenant=data["tenant"], hash=data["hash"],
+                scopes=tuple(data.get("scopes") or ()), models=tuple(data.get("models") or ()),
+                expires=data.get("expires"), revoked=bool(data.get("revoked")),
+                prev_hash=data.get("prev_hash") or None, prev_expires=data.get("prev_expires"),
+                limits=dict(data.get("limits") or {}),
+            )
+        except KeyError as exc:
+            raise RecordError(f"key record without {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    tenant: str
+    status: str  # "active", "suspended", "closed"
+    limits: dict[str, int] = field(default_factory=dict)  # effective, by kind; empty: nothing limited
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"v": VERSION, **asdict(self)})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> TenantRecord:
+        data = _load(raw)
+        try:
+            return cls(tenant=data["tenant"], status=data["status"], limits=dict(data.get("limits") or {}))
+        except KeyError as exc:
+            raise RecordError(f"tenant record without {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRecord:
+    name: str
+    url: str  # without a trailing slash
+    api_key: str = ""
+    models: tuple[str, ...] = ()
+    region: str = ""
+    weight: int = 100
+    max_concurrency: int = 256
+    enabled: bool = True
+    draining: bool = False
+
+
+def encode_backends(backends: list[BackendRecord]) -> bytes:
+    return orjson.dumps({"v": VERSION, "backends": [asdict(b) for b in backends]})
+
+
+def decode_backends(raw: bytes | str) -> list[BackendRecord]:
+    names = {f.name for f in fields(BackendRecord)}
+    try:
+        loaded = orjson.loads(raw)
+        # A bare list is what came before versions (the same items): read it while a rolling deploy runs.
+        items = loaded if isinstance(loaded, list) else _load(raw)["backends"]
+        return [
+            BackendRecord(**{k: (tuple(v or ()) if k == "models" else v) for k, v in item.items() if k in names})
+            for item in items
+        ]
+    except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
+        raise RecordError(f"malformed backend list: {exc}") from None
+
+
+def encode_prices(prices: dict[str, tuple[float, float]]) -> bytes:
+    """Model → (input, output) price in micro-AUD per token."""
+    return orjson.dumps({"v": VERSION, "prices": {model: list(pair) for model, pair in prices.items()}})
+
+
+def decode_prices(raw: bytes | str) -> dict[str, tuple[float, float]]:
+    try:
+        loaded = orjson.loads(raw)
+        # Before versions the prices were the bare mapping: read it while a rolling deploy runs.
+        prices = loaded["prices"] if isinstance(loaded, dict) and loaded.get("v") == VERSION else loaded
+        if isinstance(prices, dict) and "v" in prices:
+            raise RecordError(f"not a version {VERSION} record")
+        return {model: (float(pair[0]), float(pair[1])) for model, pair in prices.items()}
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        raise RecordError(f"malformed prices: {exc}") from None
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    """One request that reached a tenant, as the data plane saw it. Billing stores the first fields; the rest
+    serve the access log, which writes the very same line."""
+
+    request_id: str
+    tenant: str | None
+    status: int
+    created: float  # epoch seconds: when the request started
+    key_id: str | None = None
+    endpoint: str = ""
+    model: str = ""
+    backend: str = ""
+    error_code: str = ""
+    stream: bool = False
+    client_disconnected: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float | None = None
+    duration_ms: float = 0.0
+    # The access log's own:
+    time: float = 0.0
+    overhead_ms: float = 0.0
+    traceparent: str = ""
+    logger: str = "wattle.access"
+    v: int = VERSION
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self)  # orjson encodes a dataclass natively, in its field order
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> UsageEvent:
+        data = _load(raw, unversioned_ok=True)  # events spooled or streamed before versions: the same shape
+        names = _USAGE_FIELDS
+        try:
+            event = cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:
+            raise RecordError(f"malformed usage event: {exc}") from None
+        if not isinstance(event.request_id, str) or not event.request_id or event.tenant is None:
+            raise RecordError("a usage event names its request and tenant")
+        return event
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_USAGE_FIELDS = frozenset(f.name for f in fields(UsageEvent))
