@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from django.http import HttpResponseRedirect
 
-from portal.redirects import safe_next_url
 from tenants.access import MfaRequired, staff_mfa_state
+from tenants.redirects import safe_next_url
 
 STAFF_PREFIX = "/staff/"
 

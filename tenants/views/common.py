@@ -11,9 +11,9 @@ from django.core.exceptions import ValidationError
 from django.http import Http404
 from django.shortcuts import redirect
 
-from portal.redirects import safe_next_url
 from tenants.access import require_staff_mfa, resolve_tenant
 from tenants.permissions import Action
+from tenants.redirects import safe_next_url
 
 
 def tenant_view(action: Action):

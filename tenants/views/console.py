@@ -17,11 +17,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from billing import limits as billing_limits
 from billing.quota_reads import quota_report
 from billing.selectors import usage_recent, usage_summary, usage_window
-from portal.redirects import safe_next_url
 from tenants import forms, selectors, services
 from tenants.adapters import SESSION_INVITATION
 from tenants.models import ApiKey, Membership
 from tenants.permissions import Action, assignable_roles, grantable_scopes
+from tenants.redirects import safe_next_url
 from tenants.views.common import back, flash_errors, form_errors, tenant_view
 
 EXAMPLE_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"

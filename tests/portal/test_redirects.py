@@ -1,5 +1,5 @@
 """A ``next`` parameter only ever leads back to this site: every one that is rendered or followed goes through
-``portal.redirects.safe_next_url``, and anything else falls back to a safe default."""
+``tenants.redirects.safe_next_url``, and anything else falls back to a safe default."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from urllib.parse import quote
 
 import pytest
 
-from portal.redirects import safe_next_url
 from tenants import keys
 from tenants.models import Role
+from tenants.redirects import safe_next_url
 from tests.conftest import sign_in
 
 pytestmark = pytest.mark.django_db

@@ -1,0 +1,614 @@
+"""Dispatch without a transport: a validated request and its caller in, the answer out as events.
+
+Everything between "this caller may send this body" and "the usage event is written" happens here, the same for
+every way in: the `/v1` ASGI adapter (``inference.gateway.app``), and the playground and conversation API, which
+call ``Dispatcher.prepare`` and ``Dispatcher.run`` with a body they built themselves.
+
+``prepare`` checks the request against the model pool and the caller (known model, allowed for the key, valid
+for its endpoint, within the context) and queues its admission. ``run`` concludes the admission (beside the
+upstream call when it can: a refusal hangs up on the replica at once), routes to the least-loaded healthy
+replica, retries another before the first byte, holds a request while a scaled-to-zero model warms up, relays
+the answer and, whatever happened, settles: the limits get the true counts and exactly one usage event is
+written.
+
+``run`` yields lists of events, one list per read from the replica, so a transport can write each list at once
+(one system call for what arrived together). The events:
+
+- ``Opened``: a stream's answer starts (the replica accepted it); the stream's events follow.
+- ``Delta``: SSE bytes of one or more content events as the replica sent them (zero-copy: the `/v1` adapter
+  writes them unchanged). A chat stream's first carries the role. ``Delta.chunks()`` parses them.
+- ``Usage``: the token counts; ``raw`` is the event's bytes when the caller asked to see it, else None.
+- ``Done``: the stream ended normally (``raw`` is ``data: [DONE]``).
+- ``Answer``: a whole JSON answer (not streamed), ``body`` as the replica sent it.
+- ``Failed``: an OpenAI-shaped error. ``started`` False: nothing was sent yet, answer with the error; True: a
+  stream failed midway (the `/v1` adapter writes the protocol's error frame).
+
+A caller that goes away calls ``Call.cancel()``: the replica is hung up on (vLLM aborts the request) and what
+it did is billed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+from django.conf import settings
+
+from core import contract
+from inference.gateway import errors, metrics, validation
+from inference.gateway.auth import KeyRecord
+from inference.gateway.backends import BackendState
+from inference.gateway.errors import GatewayError
+from inference.gateway.limits import Admission, PendingAdmission
+from inference.gateway.upstream import UpstreamError, UpstreamTimeout
+from inference.lru import LRU
+
+logger = logging.getLogger("wattle.gateway")
+
+# Upstream statuses worth trying on another replica, before any byte reached the client.
+_RETRYABLE_STATUSES = frozenset({502, 503, 504})
+_DONE = b"data: [DONE]"
+
+
+class ClientGone(Exception):
+    """The client disconnected before we could answer."""
+
+
+# --- events ------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Opened:
+    stream: bool
+
+
+@dataclass(slots=True)
+class Delta:
+    raw: bytes  # whole SSE events, each ending in a blank line
+    events: int
+
+    def chunks(self) -> list[dict]:
+        """The events' JSON payloads (chat.completion.chunk or text_completion objects)."""
+        return [orjson.loads(line[6:]) for line in self.raw.split(b"\n\n") if line.startswith(b"data: {")]
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    raw: bytes | None = None  # the usage event (with its blank line), when the caller asked to see it
+
+
+@dataclass(slots=True)
+class Done:
+    raw: bytes = _DONE + b"\n\n"
+
+
+@dataclass(slots=True)
+class Answer:
+    body: bytes
+
+
+@dataclass(slots=True)
+class Failed:
+    error: GatewayError
+    started: bool  # the answer had started (a stream failed midway)
+
+
+Event = Opened | Delta | Usage | Done | Answer | Failed
+
+
+# --- one request -------------------------------------------------------------------------------------
+class RequestContext:
+    """What one request accumulates for its usage event, metrics and access-log line."""
+
+    __slots__ = (
+        "admission", "admitting", "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code",
+        "key", "model", "n", "payload", "prompt_tokens", "prompt_upper", "request_id", "started", "started_wall",
+        "status", "stream", "traceparent", "ttft_s", "upstream_s",
+    )
+
+    def __init__(self, endpoint: str, request_id: str) -> None:
+        self.request_id = request_id
+        self.endpoint = endpoint
+        self.started = time.perf_counter()
+        self.started_wall = time.time()
+        self.key: KeyRecord | None = None
+        self.model = ""
+        self.backend = ""
+        self.status = 0
+        self.error_code = ""
+        self.stream = False
+        self.client_disconnected = False
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.ttft_s: float | None = None
+        self.upstream_s = 0.0  # time spent waiting on the backend
+        self.traceparent = ""
+        self.payload: dict | None = None  # the body as sent upstream, to count a dropped stream's prompt
+        self.n = 1  # choices asked for
+        self.prompt_upper = 0  # the estimate reserved for the prompt (never below the true count)
+        self.admission: Admission | None = None
+        self.admitting: PendingAdmission | None = None  # the limits check, while it runs beside the upstream call
+
+    def overhead_s(self) -> float:
+        return max(0.0, time.perf_counter() - self.started - self.upstream_s)
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"x-request-id", self.request_id.encode()),
+            (b"x-wattle-overhead-ms", f"{self.overhead_s() * 1000:.3f}".encode()),
+        ]
+        if self.admission is not None:
+            headers += self.admission.headers
+        return headers
+
+
+class Call:
+    """A prepared request: what ``Dispatcher.run`` sends, and the handle to cancel it."""
+
+    __slots__ = ("_response", "body", "ctx", "forward_usage", "path")
+
+    def __init__(self, ctx: RequestContext, body: bytes, path: str, forward_usage: bool) -> None:
+        self.ctx = ctx
+        self.body = body  # the bytes for the replica
+        self.path = path
+        self.forward_usage = forward_usage
+        self._response = None
+
+    def cancel(self) -> None:
+        """The caller went away: hang up on the replica (vLLM aborts the request and stops generating)."""
+        self.ctx.client_disconnected = True
+        if self._response is not None:
+            self._response.close()
+
+
+# W3C Trace Context: version, trace id, parent id, flags, in lowercase hex; a later version may add fields.
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?")
+_TRACEPARENT_MAX_BYTES = 256
+_ENDPOINT_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions",
+                   "embeddings": "/v1/embeddings"}
+
+
+def traceparent(incoming: bytes | None, request_id: str) -> str:
+    """Continue the caller's W3C trace, or start one whose trace id is our request id. Our span id is the
+    request id's unique tail (no random draw per request). A header that isn't a valid traceparent is dropped,
+    so what we log and forward is always one of ours in shape and length."""
+    span = request_id[-16:]
+    if incoming and len(incoming) <= _TRACEPARENT_MAX_BYTES:
+        match = _TRACEPARENT.fullmatch(incoming.strip())
+        if match is not None:
+            version, trace_id, parent_id, flags, rest = match.groups()
+            if (
+                version != b"ff"
+                and (version != b"00" or rest is None)
+                and trace_id != b"0" * 32
+                and parent_id != b"0" * 16
+            ):
+                return f"00-{trace_id.decode()}-{span}-{flags.decode()}"
+    return f"00-{request_id[4:].ljust(32, '0')[:32]}-{span}-01"
+
+
+class Dispatcher:
+    def __init__(self, *, pool, limiter, upstream, usage, access_log) -> None:
+        self.pool = pool
+        self.limiter = limiter
+        self.upstream = upstream
+        self.usage = usage
+        self.access_log = access_log
+        # key id -> when the limits last refused it (monotonic). Bounded, evicting the least recently seen key: a
+        # key forgotten here is only checked beside its upstream call again, and cancelled there if refused.
+        self._refused_at: LRU[str, float] = LRU(10_000)
+        self._rules = validation.Rules.from_settings()
+        self._cache_salt_key = settings.INFERENCE_CACHE_SALT_SECRET.encode()
+        self._cache_salts: LRU[str, str] = LRU(10_000)  # tenant id -> its salt (derived from the key above)
+        self._limits_parallel = settings.INFERENCE_LIMITS_PARALLEL
+        self._parallel_backoff_s = settings.INFERENCE_LIMITS_PARALLEL_BACKOFF_S
+
+    # --- preparation -------------------------------------------------------------------------------
+    async def prepare(self, ctx: RequestContext, payload: dict, body: bytes, *, user_agent: bytes = b"",
+                      incoming_traceparent: bytes | None = None) -> Call:
+        """Check ``payload`` (whose encoding is ``body``) for ``ctx.endpoint`` and the caller ``ctx.key``, and
+        queue its admission. Raises the OpenAI-shaped GatewayError the caller should see."""
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise errors.bad_request("You must provide a model parameter.", param="model")
+        await self.pool.wait_ready()
+        if model not in self.pool.known_models():
+            # Before the name is kept anywhere: an unknown name reaches no log, usage event or metric label.
+            raise errors.model_not_found(model)
+        ctx.model = model
+        if not ctx.key.allows_model(model):
+            raise GatewayError(
+                403, f"This API key is not allowed to use the model `{model}`.", type="permission_error",
+                param="model", code="model_not_allowed",
+            )
+        endpoint = ctx.endpoint
+        prepared = validation.PREPARERS[endpoint](payload, self._rules)
+        max_model_len = self.pool.max_model_len(model)
+        await validation.check_context_length(endpoint, model, prepared, max_model_len)
+        self._begin_admission(ctx, prepared, max_model_len)
+        ctx.stream = prepared.stream
+        ctx.payload, ctx.n, ctx.prompt_upper = payload, prepared.n, prepared.prompt_tokens_upper
+        forward_usage = False
+        if ctx.stream:
+            options = dict(payload.get("stream_options") or {})
+            # Mistral's SDK never asks, but expects usage at the end of a stream as La Plateforme sends it.
+            forward_usage = options.get("include_usage") is True or user_agent.startswith(b"mistral-client")
+            # Always ask upstream for usage: streamed tokens are billed from it.
+            options["include_usage"] = True
+            payload["stream_options"] = options
+        upstream_body = validation.upstream_body(body, prepared, cache_salt=self._cache_salt(ctx.key.tenant))
+        ctx.traceparent = traceparent(incoming_traceparent, ctx.request_id)
+        return Call(ctx, upstream_body, _ENDPOINT_PATHS[endpoint], forward_usage)
+
+    def _cache_salt(self, tenant: str) -> str:
+        """The tenant's ``cache_salt``: vLLM shares cached prompt prefixes only between requests with the same
+        salt, so one tenant can't time another's prompts. Keyed by a server secret, so no one can compute
+        another tenant's; the same on every worker, so a tenant's own prefixes stay cached. Remembered per
+        tenant (an HMAC costs ~1.9 µs, the lookup ~0.07)."""
+        salt = self._cache_salts.get(tenant)
+        if salt is None:
+            salt = hmac.digest(self._cache_salt_key, tenant.encode(), "sha256")[:16].hex()
+            self._cache_salts.put(tenant, salt)
+        return salt
+
+    # --- admission ---------------------------------------------------------------------------------
+    def _begin_admission(self, ctx: RequestContext, prepared, max_model_len: int) -> None:
+        """Queue the reservation of the most this request can cost (``validation.reservation``): every prompt
+        and every token its choices may generate, which vLLM is told explicitly. ``ctx.admitting`` stays None
+        when nothing is limited."""
+        prompt, completion = validation.reservation(prepared, max_model_len)
+        spend = self.pool.cost_micro_aud(ctx.model, prompt, completion)
+        ctx.admitting = self.limiter.begin(ctx.key, tokens=prompt + completion, spend=spend, slot=ctx.request_id,
+                                            started=ctx.started_wall)
+
+    def _admit_in_parallel(self, ctx: RequestContext) -> bool:
+        """Whether to call the replica while the limits check runs: yes, unless parallel checks are off, Redis
+        is failing, or this key was refused lately (its next request is likely refused too, and would only
+        start work upstream that gets cancelled)."""
+        if not self._limits_parallel or self.limiter.failing:
+            return False
+        refused = self._refused_at.get(ctx.key.key_id)
+        return refused is None or time.monotonic() - refused > self._parallel_backoff_s
+
+    async def _finish_admission(self, ctx: RequestContext) -> None:
+        """Wait for the limits check begun for this request; raise its 429 (or 503) if it refused. The one place
+        an admission is concluded (a no-op once it has been)."""
+        pending, ctx.admitting = ctx.admitting, None
+        if pending is None:
+            return
+        try:
+            ctx.admission = await self.limiter.finish(pending)
+        except GatewayError as refusal:
+            if refusal.status == 429:
+                self._refused_at.put(ctx.key.key_id, time.monotonic())
+            raise
+
+    # --- the exchange ------------------------------------------------------------------------------
+    async def run(self, call: Call) -> AsyncIterator[list[Event]]:
+        """The answer, as lists of events (see the module's docstring); settles when it ends, however it ends.
+        Use it in ``contextlib.aclosing`` so that an early exit settles too."""
+        ctx = call.ctx
+        opened = False
+        try:
+            if ctx.admitting is not None and not self._admit_in_parallel(ctx):
+                await self._finish_admission(ctx)
+            tried: set[str] = set()
+            pending = metrics.pending(ctx.model)
+            pending.inc()
+            try:
+                while True:
+                    backend = await self._choose(ctx, tried)
+                    tried.add(backend.name)
+                    backend.outstanding += 1
+                    try:
+                        response = await self._send(ctx, call, backend)
+                        if response is None:
+                            continue  # that replica failed before answering: try another
+                        try:
+                            if response.status in _RETRYABLE_STATUSES:
+                                backend.record_failure(f"HTTP {response.status}")
+                                self.pool.probe_soon(backend)
+                                continue
+                            ctx.backend = backend.name
+                            if response.status != 200:
+                                await self._raise_upstream_error(ctx, response)
+                            if ctx.stream:
+                                opened = True
+                                ctx.status = 200
+                                yield [Opened(stream=True)]
+                                call._response = response
+                                async for batch in self._relay_stream(call, response, backend):
+                                    yield batch
+                            else:
+                                yield [Answer(await self._read_json(ctx, response, backend))]
+                            return
+                        finally:
+                            call._response = None
+                            response.release()
+                    finally:
+                        backend.outstanding -= 1
+            finally:
+                pending.dec()
+        except GatewayError as exc:
+            error = exc
+            # Refused by the limits check that ran beside it? Then that is the answer, whatever else failed.
+            try:
+                await self._finish_admission(ctx)
+            except GatewayError as refusal:
+                error = refusal
+            ctx.status, ctx.error_code = error.status, error.code or error.type
+            yield [Failed(error, started=opened)]
+        except ClientGone:
+            ctx.client_disconnected = True
+            ctx.status, ctx.error_code = 499, "client_closed_request"
+        except Exception:
+            logger.exception("unhandled error in dispatch", extra={"request_id": ctx.request_id})
+            ctx.status, ctx.error_code = 500, "internal_error"
+            yield [Failed(errors.internal_error(), started=opened)]
+        finally:
+            if ctx.admitting is not None:
+                # Ended before the check was looked at (client gone, internal error): conclude it, so that an
+                # admission it made is settled and its slot freed.
+                with contextlib.suppress(Exception):
+                    await self._finish_admission(ctx)
+            self.settle(ctx)
+
+    async def _choose(self, ctx: RequestContext, tried: set[str]) -> BackendState:
+        candidates = self.pool.candidates(ctx.model, exclude=tried)
+        if candidates:
+            return candidates[0]
+        retry_after = settings.INFERENCE_RETRY_AFTER_S
+        if tried:
+            raise errors.no_capacity(ctx.model, retry_after)
+        # No replica can take it: the model may be scaled to zero. Ask for one and hold the request.
+        self.pool.request_warmup(ctx.model)
+        deadline = time.monotonic() + settings.INFERENCE_COLD_START_HOLD_S
+        t_hold = time.perf_counter()
+        candidates = await self.pool.wait_for_capacity(ctx.model, deadline)
+        ctx.upstream_s += time.perf_counter() - t_hold  # waiting for capacity is not gateway overhead
+        if not candidates:
+            raise errors.no_capacity(ctx.model, retry_after)
+        return candidates[0]
+
+    async def _send(self, ctx: RequestContext, call: Call, backend: BackendState):
+        """Send the request upstream; the response, or None if the replica failed before answering (the caller
+        tries another). While the limits check begun for it is still out, the two run side by side (on a pooled
+        connection the request is written before the check is awaited), and the check is always concluded
+        first: a refusal hangs up on the replica at once, whatever the request's state (sent, or already
+        answered), so a refused request costs the replica at most the time the check took, and nothing of the
+        replica's answer reaches the client."""
+        t_up = time.perf_counter()
+        try:
+            exchange = self.upstream.begin(
+                backend.url, call.path, call.body,
+                headers={"X-Request-Id": ctx.request_id, "traceparent": ctx.traceparent},
+                authorization=backend.authorization,
+            )
+            if ctx.admitting is not None:
+                try:
+                    await self._finish_admission(ctx)
+                except BaseException:
+                    exchange.cancel()
+                    raise
+            response = await exchange.response()
+        except UpstreamTimeout:
+            ctx.upstream_s += time.perf_counter() - t_up
+            backend.record_failure("timeout")
+            raise errors.upstream_timeout() from None
+        except UpstreamError as exc:
+            ctx.upstream_s += time.perf_counter() - t_up
+            backend.record_failure(str(exc))
+            self.pool.probe_soon(backend)
+            return None
+        ctx.upstream_s += time.perf_counter() - t_up
+        return response
+
+    async def _read_json(self, ctx: RequestContext, response, backend: BackendState) -> bytes:
+        t_up = time.perf_counter()
+        try:
+            data = await response.read()
+        except UpstreamTimeout:
+            backend.record_failure("timeout")
+            raise errors.upstream_timeout() from None
+        except UpstreamError as exc:
+            backend.record_failure(str(exc))
+            self.pool.probe_soon(backend)
+            raise GatewayError(
+                502, "The model backend failed while answering.", type="server_error", code="upstream_error"
+            ) from None
+        ctx.upstream_s += time.perf_counter() - t_up
+        ctx.ttft_s = time.perf_counter() - ctx.started
+        backend.record_success()
+        try:
+            usage = orjson.loads(data).get("usage") or {}
+        except orjson.JSONDecodeError:
+            usage = {}
+        ctx.prompt_tokens = usage.get("prompt_tokens") or 0
+        ctx.completion_tokens = usage.get("completion_tokens") or 0
+        ctx.status = 200
+        return data
+
+    async def _raise_upstream_error(self, ctx: RequestContext, response) -> None:
+        """Raise the upstream's complaint in OpenAI's error shape (vLLM's own shape differs)."""
+        try:
+            detail = orjson.loads(await response.read())
+            info = detail.get("error") if isinstance(detail, dict) else None
+            message = info.get("message") if isinstance(info, dict) else str(info or "")
+            param = info.get("param") if isinstance(info, dict) else None
+        except (UpstreamError, orjson.JSONDecodeError):
+            message, param = "", None
+        status = response.status
+        if status == 404:
+            raise errors.model_not_found(ctx.model)
+        if status == 401:
+            # Our credentials for the replica are wrong: a configuration fault, never the client's.
+            logger.error("backend %s refused our API key", ctx.backend)
+            raise GatewayError(502, "The model backend is misconfigured.", type="server_error", code="upstream_error")
+        if 400 <= status < 500:
+            raise GatewayError(status, message or "The request was rejected by the model backend.", param=param)
+        raise GatewayError(
+            502, "The model backend failed while answering.", type="server_error", code="upstream_error"
+        )
+
+    async def _relay_stream(self, call: Call, response, backend: BackendState) -> AsyncIterator[list[Event]]:
+        ctx = call.ctx
+        metrics.OPEN_STREAMS.inc()
+        content_events = 0
+        saw_usage = saw_done = failed = False
+        buffer = b""
+        t_up = time.perf_counter()
+        try:
+            async for chunk in response.iter_chunks():
+                if (
+                    not buffer
+                    and chunk.endswith(b"\n\n")
+                    and b'"choices":[]' not in chunk
+                    and b"data: [DONE]" not in chunk
+                    and b'data: {"error"' not in chunk
+                ):
+                    # The common case: whole content events only. Passed on as the bytes came.
+                    if ctx.ttft_s is None:
+                        ctx.ttft_s = time.perf_counter() - ctx.started
+                    events = chunk.count(b"\n\n")
+                    content_events += events
+                    yield [Delta(chunk, events)]
+                    if ctx.client_disconnected:
+                        break
+                    continue
+                buffer += chunk
+                if b"\n\n" not in buffer:
+                    continue
+                *complete, buffer = buffer.split(b"\n\n")
+                batch: list[Event] = []
+                deltas: list[bytes] = []
+                for raw in complete:
+                    if not raw:
+                        continue
+                    if raw == _DONE:
+                        saw_done = True
+                        continue
+                    if b'"choices":[]' in raw and b'"usage":' in raw:
+                        saw_usage = True
+                        self._take_usage(ctx, raw)
+                        if deltas:
+                            batch.append(Delta(b"".join(deltas), len(deltas)))
+                            deltas = []
+                        batch.append(Usage(ctx.prompt_tokens, ctx.completion_tokens,
+                                           raw + b"\n\n" if call.forward_usage else None))
+                    elif raw.startswith(b'data: {"error"'):
+                        failed = True
+                    else:
+                        if ctx.ttft_s is None:
+                            ctx.ttft_s = time.perf_counter() - ctx.started
+                        content_events += 1
+                        deltas.append(raw + b"\n\n")
+                if deltas:
+                    batch.append(Delta(b"".join(deltas), len(deltas)))
+                if saw_done and not failed:
+                    batch.append(Done())
+                if batch:
+                    yield batch
+                if ctx.client_disconnected:
+                    break
+        except UpstreamError as exc:
+            if not ctx.client_disconnected:
+                failed = True
+                backend.record_failure(str(exc))
+                self.pool.probe_soon(backend)
+        finally:
+            ctx.upstream_s += time.perf_counter() - t_up
+            metrics.OPEN_STREAMS.dec()
+        end: list[Event] = []
+        if ctx.client_disconnected:
+            ctx.status, ctx.error_code = 499, "client_closed_request"
+        elif failed or not saw_done:
+            ctx.status, ctx.error_code = 502, "upstream_stream_error"
+            end.append(Failed(GatewayError(502, "The model backend failed while streaming.", type="server_error",
+                                           code="upstream_stream_error"), started=True))
+        else:
+            backend.record_success()
+        if not saw_usage:
+            await self._bill_without_usage(ctx, content_events)
+            end.append(Usage(ctx.prompt_tokens, ctx.completion_tokens))
+        if end and not ctx.client_disconnected:
+            yield end
+
+    async def _bill_without_usage(self, ctx: RequestContext, events: int) -> None:
+        """A stream that ended before upstream's usage chunk (the client hung up, or the replica failed) is
+        billed for what the replica did: the whole prompt, whose prefill ran, counted exactly with the model's
+        own tokenizer (only here, off the everyday path), and one token per content event (vLLM streams one
+        token per event by default; chat streams open with one role event per choice, which carries none)."""
+        role_events = ctx.n if ctx.endpoint == "chat.completions" else 0
+        ctx.completion_tokens = max(0, events - role_events)
+        try:
+            ctx.prompt_tokens = await validation.billed_prompt_tokens(ctx.endpoint, ctx.model, ctx.payload)
+        except Exception:
+            # Never lose the usage event over a counting failure: bill the conservative estimate instead.
+            logger.exception("counting a dropped stream's prompt failed", extra={"request_id": ctx.request_id})
+            ctx.prompt_tokens = ctx.prompt_upper
+
+    @staticmethod
+    def _take_usage(ctx: RequestContext, raw: bytes) -> None:
+        try:
+            usage = orjson.loads(raw[6:]).get("usage") or {}
+        except orjson.JSONDecodeError:
+            return
+        ctx.prompt_tokens = usage.get("prompt_tokens") or 0
+        ctx.completion_tokens = usage.get("completion_tokens") or 0
+
+    # --- settlement --------------------------------------------------------------------------------
+    def settle(self, ctx: RequestContext) -> None:
+        """One usage event per request that reached a tenant, success or failure; metrics; access log."""
+        duration_s = time.perf_counter() - ctx.started
+        if ctx.admission is not None:
+            self.limiter.settle(
+                ctx.admission,
+                tokens=ctx.prompt_tokens + ctx.completion_tokens,
+                spend=self.pool.cost_micro_aud(ctx.model, ctx.prompt_tokens, ctx.completion_tokens),
+            )
+        overhead_s = ctx.overhead_s()
+        metrics.observe_request(
+            endpoint=ctx.endpoint, model=ctx.model, status=ctx.status, duration_s=duration_s, ttft_s=ctx.ttft_s,
+            prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens,
+            overhead_s=overhead_s, error_code=ctx.error_code,
+        )
+        # One serialisation serves the usage event (billing) and the access-log line (no prompt or reply text).
+        key = ctx.key
+        line = contract.UsageEvent(
+            request_id=ctx.request_id,
+            tenant=key.tenant if key else None,
+            status=ctx.status,
+            created=ctx.started_wall,
+            key_id=key.key_id if key else None,
+            endpoint=ctx.endpoint,
+            model=ctx.model,
+            backend=ctx.backend,
+            error_code=ctx.error_code,
+            stream=ctx.stream,
+            client_disconnected=ctx.client_disconnected,
+            prompt_tokens=ctx.prompt_tokens,
+            completion_tokens=ctx.completion_tokens,
+            ttft_ms=ctx.ttft_s * 1000 if ctx.ttft_s is not None else None,
+            duration_ms=duration_s * 1000,
+            time=ctx.started_wall,
+            overhead_ms=overhead_s * 1000,
+            traceparent=ctx.traceparent,
+        ).encode()
+        if key is not None:
+            self.usage.emit_bytes(line)
+        self.access_log.write(line)
+
+
+async def wait_for_disconnect(receive, call: Call) -> None:
+    """For ASGI transports: cancel ``call`` when the client disconnects."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    call.cancel()
+
+
