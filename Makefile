@@ -28,14 +28,16 @@ venv-dev: $(VENV)/.dev
 run: venv
 	DEBUG=$${DEBUG:-true} $(BIN)/python manage.py devserver --port $(PORT) --simulator-port $(SIMULATOR_PORT)
 
-## test: set up, lint, and run the whole suite (uses DATABASE_URL / REDIS_URL when set)
+## test: set up, lint (ruff, the import-linter layering contracts), and run the whole suite (uses DATABASE_URL / REDIS_URL when set)
 test: venv-dev browser
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	DEBUG=true $(BIN)/python manage.py makemigrations --check --dry-run >/dev/null
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv-dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 ## browser: Debian's chromium for the Playwright tests (installed when missing and we may use apt)
 browser:

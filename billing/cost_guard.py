@@ -81,9 +81,9 @@ def _platform_today(now: datetime) -> Decimal:
 
 
 def _is_spike(spend: Spend) -> bool:
-    floor = Decimal(str(settings.COST_GUARD_MIN_HOURLY_AUD))
+    floor = Decimal(str(settings.BILLING_COST_GUARD_MIN_HOURLY_AUD))
     return spend.last_hour >= floor and spend.last_hour > spend.baseline_hour * Decimal(
-        str(settings.COST_GUARD_SPIKE_FACTOR)
+        str(settings.BILLING_COST_GUARD_SPIKE_FACTOR)
     )
 
 
@@ -101,7 +101,7 @@ def _notify_staff(action_id: int) -> None:
 
 @transaction.atomic
 def _act(*, tenant: Tenant, spend: Spend, reason: str) -> CostGuardAction:
-    kind = settings.COST_GUARD_ACTION
+    kind = settings.BILLING_COST_GUARD_ACTION
     if kind == CostGuardAction.Kind.SUSPEND:
         from tenants.services import tenant_set_status
 
@@ -111,10 +111,10 @@ def _act(*, tenant: Tenant, spend: Spend, reason: str) -> CostGuardAction:
         quota = TenantQuota.objects.filter(tenant=tenant).first()
         previous = {name: getattr(quota, name) if quota else None for name in ("rpm_limit", "tpm_limit")}
         effective = limits.tenant_limits(tenant)
-        throttled = {
-            "rpm_limit": min(v for v in (effective["rpm_limit"], settings.COST_GUARD_THROTTLE_RPM) if v is not None),
-            "tpm_limit": min(v for v in (effective["tpm_limit"], settings.COST_GUARD_THROTTLE_TPM) if v is not None),
-        }
+        ceilings = {"rpm_limit": settings.BILLING_COST_GUARD_THROTTLE_RPM,
+                    "tpm_limit": settings.BILLING_COST_GUARD_THROTTLE_TPM}
+        throttled = {name: min(v for v in (effective[name], ceiling) if v is not None)
+                     for name, ceiling in ceilings.items()}
         tenant_quota_set(tenant=tenant, **throttled)
     action = CostGuardAction.objects.create(
         tenant=tenant, kind=kind, reason=reason, previous=previous,
@@ -130,7 +130,7 @@ def _act(*, tenant: Tenant, spend: Spend, reason: str) -> CostGuardAction:
 
 def cost_guard_check(*, now: datetime | None = None) -> CostGuardAction | None:
     """Act on the top spender if its spend spiked or the platform passed its daily threshold."""
-    if not settings.COST_GUARD_ENABLED:
+    if not settings.BILLING_COST_GUARD_ENABLED:
         return None
     now = now or timezone.now()
     report = spend_report(now=now)
@@ -138,7 +138,7 @@ def cost_guard_check(*, now: datetime | None = None) -> CostGuardAction | None:
         return None
     top = report[0]
     platform_today = _platform_today(now)
-    over_platform = platform_today >= Decimal(str(settings.COST_GUARD_PLATFORM_DAILY_AUD))
+    over_platform = platform_today >= Decimal(str(settings.BILLING_COST_GUARD_PLATFORM_DAILY_AUD))
     if not (_is_spike(top) or over_platform):
         return None
     if CostGuardAction.objects.filter(tenant_id=top.tenant_id, lifted_at__isnull=True).exists():
@@ -147,10 +147,9 @@ def cost_guard_check(*, now: datetime | None = None) -> CostGuardAction | None:
     if tenant.status != Tenant.Status.ACTIVE:
         return None
     if over_platform and not _is_spike(top):
-        reason = (f"platform spend today {format_aud(platform_today)} passed the daily threshold "
-                  f"{format_aud(settings.COST_GUARD_PLATFORM_DAILY_AUD)}; {tenant.name} spent the most in the last "
-                  "hour "
-                  f"({format_aud(top.last_hour)})")
+        threshold = format_aud(settings.BILLING_COST_GUARD_PLATFORM_DAILY_AUD)
+        reason = (f"platform spend today {format_aud(platform_today)} passed the daily threshold {threshold}; "
+                  f"{tenant.name} spent the most in the last hour ({format_aud(top.last_hour)})")
     else:
         reason = (f"{tenant.name} spent {format_aud(top.last_hour)} in the last hour against a baseline of "
                   f"{format_aud(top.baseline_hour)} an hour")

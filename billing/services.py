@@ -6,6 +6,8 @@ import logging
 import os
 import socket
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import redis
 from django.conf import settings
@@ -18,6 +20,10 @@ from billing.models import ModelPrice, Plan, TenantQuota, UsageEvent
 from core import contract, quotas
 from core.redis import get_redis
 from tenants.models import Tenant
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+    from django.http import HttpRequest
 
 logger = logging.getLogger("wattle.usage")
 _UNCHANGED = object()
@@ -203,7 +209,8 @@ def _republish_plan(plan_id: int) -> None:
 
 
 @transaction.atomic
-def tenant_quota_set(*, tenant, actor=None, request=None, plan=_UNCHANGED, **limits) -> TenantQuota:
+def tenant_quota_set(*, tenant: Tenant, actor: AbstractBaseUser | None = None, request: HttpRequest | None = None,
+                     plan: Plan | object | None = _UNCHANGED, **limits: int | Decimal | None) -> TenantQuota:
     """Set a tenant's plan and/or limit overrides (None clears an override). Audited; live within a second."""
     quotas.check_fields(limits)
     quota, _created = TenantQuota.objects.select_for_update().get_or_create(tenant=tenant)
@@ -224,7 +231,7 @@ def tenant_quota_set(*, tenant, actor=None, request=None, plan=_UNCHANGED, **lim
 
 
 @transaction.atomic
-def plan_save(*, plan: Plan, actor=None, request=None) -> Plan:
+def plan_save(*, plan: Plan, actor: AbstractBaseUser | None = None, request: HttpRequest | None = None) -> Plan:
     """Create or change a plan; every tenant on it gets the new limits within a second.
 
     The default plan stays the default until another plan takes its place: tenants without a plan of their own
@@ -242,7 +249,8 @@ def plan_save(*, plan: Plan, actor=None, request=None) -> Plan:
 
 
 @transaction.atomic
-def model_price_set(*, model: str, input_per_1k_aud, output_per_1k_aud, actor=None, request=None) -> ModelPrice:
+def model_price_set(*, model: str, input_per_1k_aud: Decimal, output_per_1k_aud: Decimal,
+                    actor: AbstractBaseUser | None = None, request: HttpRequest | None = None) -> ModelPrice:
     price, _ = ModelPrice.objects.update_or_create(
         model=model, defaults={"input_per_1k_aud": input_per_1k_aud, "output_per_1k_aud": output_per_1k_aud}
     )

@@ -66,3 +66,11 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     if raw is None:
         return list(default or [])
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_name(name: str, *formerly: str) -> str:
+    """``name``, or the first of the names it replaced that is set in the environment (a renamed setting keeps
+    working under its old name; the new one wins when both are set)."""
+    if name in os.environ or f"{name}_FILE" in os.environ:
+        return name
+    return next((old for old in formerly if old in os.environ or f"{old}_FILE" in os.environ), name)

@@ -6,6 +6,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING
 
 import orjson
 from django.conf import settings
@@ -16,6 +17,10 @@ from core import contract
 from core.backend_urls import check_backend_url
 from core.redis import get_redis
 from inference.models import Backend
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+    from django.http import HttpRequest
 
 logger = logging.getLogger("wattle.inference")
 
@@ -46,7 +51,7 @@ def backends_publish() -> list[contract.BackendRecord]:
 
 
 @transaction.atomic
-def backends_seed_from_settings(*, actor=None) -> list[Backend]:
+def backends_seed_from_settings(*, actor: AbstractBaseUser | None = None) -> list[Backend]:
     """Create or update a Backend for each entry of ``INFERENCE_BACKENDS`` (idempotent). Raises ValueError,
     saving none, if one points at a link-local or metadata address (host names are looked up here)."""
     for item in settings.INFERENCE_BACKENDS:
@@ -141,7 +146,8 @@ BACKEND_FIELDS = ("base_url", "served_models", "region", "weight", "max_concurre
 
 
 @transaction.atomic
-def backend_save(*, backend: Backend, actor=None, request=None, new_api_key: str | None = None) -> Backend:
+def backend_save(*, backend: Backend, actor: AbstractBaseUser | None = None, request: HttpRequest | None = None,
+                 new_api_key: str | None = None) -> Backend:
     """Create or change a backend (staff). The API key is replaced only when a new one is given. Raises
     ValueError for a region outside Australia or a URL at a link-local or metadata address."""
     if backend.region not in settings.ALLOWED_DATA_REGIONS:
@@ -162,7 +168,7 @@ def backend_save(*, backend: Backend, actor=None, request=None, new_api_key: str
 
 @transaction.atomic
 def backend_set_state(*, backend: Backend, enabled: bool | None = None, draining: bool | None = None,
-                      actor=None, request=None) -> Backend:
+                      actor: AbstractBaseUser | None = None, request: HttpRequest | None = None) -> Backend:
     backend = Backend.objects.select_for_update().get(pk=backend.pk)
     before = {"enabled": backend.enabled, "draining": backend.draining}
     if enabled is not None:
@@ -178,7 +184,8 @@ def backend_set_state(*, backend: Backend, enabled: bool | None = None, draining
 
 
 @transaction.atomic
-def backend_delete(*, backend: Backend, actor=None, request=None) -> None:
+def backend_delete(*, backend: Backend, actor: AbstractBaseUser | None = None,
+                   request: HttpRequest | None = None) -> None:
     record(action="backend.delete", actor=actor, target=backend, request=request,
            data={"name": backend.name, "url": backend.base_url})
     backend.delete()

@@ -16,7 +16,7 @@ from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from core.backend_urls import check_backend_url
-from core.env import env_bool, env_float, env_int, env_list, env_str
+from core.env import env_bool, env_float, env_int, env_list, env_name, env_str
 from core.proxies import parse_trusted_proxies
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -371,15 +371,20 @@ STRIPE_API_BASE = env_str("STRIPE_API_BASE") or None  # tests point the real SDK
 BILLING_CURRENCY = "aud"
 # Cost guard (billing/cost_guard.py): act on the top spender when its last hour passes SPIKE_FACTOR times its
 # own hourly baseline (and at least MIN_HOURLY_AUD), or the platform's spend today passes PLATFORM_DAILY_AUD.
-COST_GUARD_ENABLED = env_bool("COST_GUARD_ENABLED", True)
-COST_GUARD_SPIKE_FACTOR = env_float("COST_GUARD_SPIKE_FACTOR", 4.0)
-COST_GUARD_MIN_HOURLY_AUD = env_float("COST_GUARD_MIN_HOURLY_AUD", 20.0)
-COST_GUARD_PLATFORM_DAILY_AUD = env_float("COST_GUARD_PLATFORM_DAILY_AUD", 5000.0)
-COST_GUARD_ACTION = env_str("COST_GUARD_ACTION", "throttle")
-if COST_GUARD_ACTION not in ("throttle", "suspend"):
-    raise ImproperlyConfigured("COST_GUARD_ACTION must be 'throttle' or 'suspend'")
-COST_GUARD_THROTTLE_RPM = env_int("COST_GUARD_THROTTLE_RPM", 10)
-COST_GUARD_THROTTLE_TPM = env_int("COST_GUARD_THROTTLE_TPM", 20_000)
+# Settings of an app carry its name; the cost guard's were read as COST_GUARD_* before, and still are.
+def _billing_env(read, name: str, default):
+    return read(env_name(f"BILLING_{name}", name), default)
+
+
+BILLING_COST_GUARD_ENABLED = _billing_env(env_bool, "COST_GUARD_ENABLED", True)
+BILLING_COST_GUARD_SPIKE_FACTOR = _billing_env(env_float, "COST_GUARD_SPIKE_FACTOR", 4.0)
+BILLING_COST_GUARD_MIN_HOURLY_AUD = _billing_env(env_float, "COST_GUARD_MIN_HOURLY_AUD", 20.0)
+BILLING_COST_GUARD_PLATFORM_DAILY_AUD = _billing_env(env_float, "COST_GUARD_PLATFORM_DAILY_AUD", 5000.0)
+BILLING_COST_GUARD_ACTION = _billing_env(env_str, "COST_GUARD_ACTION", "throttle")
+if BILLING_COST_GUARD_ACTION not in ("throttle", "suspend"):
+    raise ImproperlyConfigured("BILLING_COST_GUARD_ACTION must be 'throttle' or 'suspend'")
+BILLING_COST_GUARD_THROTTLE_RPM = _billing_env(env_int, "COST_GUARD_THROTTLE_RPM", 10)
+BILLING_COST_GUARD_THROTTLE_TPM = _billing_env(env_int, "COST_GUARD_THROTTLE_TPM", 20_000)
 STAFF_ALERT_EMAILS = env_list("STAFF_ALERT_EMAILS", [])
 
 

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from allauth.account.models import EmailAddress
 from django.conf import settings
@@ -31,9 +31,13 @@ from tenants import emails, keys, signals, snapshot
 from tenants.models import ApiKey, Invitation, Membership, PolicyAcceptance, Role, SupportSession, Tenant
 from tenants.permissions import Action, can, grantable_scopes, may_manage_key
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+    from django.http import HttpRequest
 
-def _audit(*, action: str, actor=None, tenant: Tenant | None = None, target=None, request=None,
-           data: dict[str, Any] | None = None) -> None:
+
+def _audit(*, action: str, actor: AbstractBaseUser | None = None, tenant: Tenant | None = None, target=None,
+           request: HttpRequest | None = None, data: dict[str, Any] | None = None) -> None:
     """``audit.services.record`` plus how the change was made: by an API key, or by staff acting as a tenant."""
     data = dict(data or {})
     if request is not None:
@@ -57,7 +61,7 @@ def _unique_slug(name: str) -> str:
 
 @transaction.atomic
 def tenant_create(*, name: str, owner=None, billing_email: str = "", abn: str = "", state: str = "",
-                  request=None) -> Tenant:
+                  request: HttpRequest | None = None) -> Tenant:
     tenant = Tenant.objects.create(
         name=name, slug=_unique_slug(name), billing_email=billing_email, abn=abn, state=state
     )
@@ -72,7 +76,7 @@ def tenant_create(*, name: str, owner=None, billing_email: str = "", abn: str = 
 
 @transaction.atomic
 def account_signup(*, user, organisation: str, billing_email: str, abn: str = "", state: str = "",
-                   terms_version: str, privacy_version: str, request=None) -> Tenant:
+                   terms_version: str, privacy_version: str, request: HttpRequest | None = None) -> Tenant:
     """A new person signed up and owns a new organisation. Their acceptance of the terms and privacy policy
     (with the collection notice shown beside them) is recorded with versions and time."""
     tenant = tenant_create(name=organisation, owner=user, billing_email=billing_email, abn=abn, state=state,
@@ -86,7 +90,7 @@ def account_signup(*, user, organisation: str, billing_email: str, abn: str = ""
 
 @transaction.atomic
 def account_signup_invited(*, user, invitation: Invitation, terms_version: str, privacy_version: str,
-                           request=None) -> None:
+                           request: HttpRequest | None = None) -> None:
     """A person signed up from an invitation: no organisation of their own; they join by accepting it."""
     policy_acceptance_record(user=user, tenant=None, terms_version=terms_version, privacy_version=privacy_version,
                              request=request)
@@ -96,7 +100,7 @@ def account_signup_invited(*, user, invitation: Invitation, terms_version: str, 
 
 @transaction.atomic
 def policy_acceptance_record(*, user, tenant: Tenant | None, terms_version: str, privacy_version: str,
-                             request=None) -> PolicyAcceptance:
+                             request: HttpRequest | None = None) -> PolicyAcceptance:
     acceptance = PolicyAcceptance.objects.create(
         user=user, tenant=tenant, terms_version=terms_version, privacy_version=privacy_version,
         ip=request_client_ip(request),
@@ -107,7 +111,8 @@ def policy_acceptance_record(*, user, tenant: Tenant | None, terms_version: str,
 
 
 @transaction.atomic
-def tenant_update(*, tenant: Tenant, actor=None, request=None, **changes: str) -> Tenant:
+def tenant_update(*, tenant: Tenant, actor: AbstractBaseUser | None = None, request: HttpRequest | None = None,
+                  **changes: str) -> Tenant:
     allowed = {"name", "billing_email", "abn", "state"}
     unknown = set(changes) - allowed
     if unknown:
@@ -124,7 +129,8 @@ def tenant_update(*, tenant: Tenant, actor=None, request=None, **changes: str) -
 
 
 @transaction.atomic
-def tenant_set_status(*, tenant: Tenant, status: str, reason: str = "", actor=None, request=None) -> Tenant:
+def tenant_set_status(*, tenant: Tenant, status: str, reason: str = "", actor: AbstractBaseUser | None = None,
+                      request: HttpRequest | None = None) -> Tenant:
     """Suspend, reactivate or close a tenant. The tenant's record is republished after commit (by billing, on
     ``tenant_changed``), so the data plane refuses (or serves) its requests within a second."""
     if status not in Tenant.Status.values:
@@ -171,7 +177,7 @@ def _absolute(path: str, request) -> str:
 
 @transaction.atomic
 def member_invite(*, tenant: Tenant, email: str, role: str, invited_by=None, inviter_role: str | None = None,
-                  request=None) -> IssuedInvitation:
+                  request: HttpRequest | None = None) -> IssuedInvitation:
     """Invite ``email`` to ``tenant`` as ``role``. A pending invitation to the same address is replaced."""
     from django.urls import reverse
 
@@ -203,7 +209,8 @@ def member_invite(*, tenant: Tenant, email: str, role: str, invited_by=None, inv
 
 
 @transaction.atomic
-def invitation_revoke(*, invitation: Invitation, actor=None, request=None) -> Invitation:
+def invitation_revoke(*, invitation: Invitation, actor: AbstractBaseUser | None = None,
+                      request: HttpRequest | None = None) -> Invitation:
     invitation = Invitation.objects.select_for_update().select_related("tenant").get(pk=invitation.pk)
     if invitation.status != "pending":
         raise ValidationError(f"This invitation is already {invitation.status}.")
@@ -221,7 +228,7 @@ def invitation_for_token(token: str) -> Invitation | None:
 
 
 @transaction.atomic
-def invitation_accept(*, token: str, user, request=None) -> Membership:
+def invitation_accept(*, token: str, user, request: HttpRequest | None = None) -> Membership:
     """The invited person joins. The token works once, before it expires, for a user who has verified the
     invited email address."""
     found = invitation_for_token(token)
@@ -258,8 +265,8 @@ def _check_owner_rules(*, membership: Membership, new_role: str | None, actor_ro
 
 
 @transaction.atomic
-def member_change_role(*, membership: Membership, role: str, actor=None, actor_role: str | None = None,
-                       request=None) -> Membership:
+def member_change_role(*, membership: Membership, role: str, actor: AbstractBaseUser | None = None,
+                       actor_role: str | None = None, request: HttpRequest | None = None) -> Membership:
     if role not in Role.values:
         raise ValidationError({"role": f"Unknown role {role!r}."})
     membership = Membership.objects.select_for_update().select_related("tenant", "user").get(pk=membership.pk)
@@ -276,7 +283,8 @@ def member_change_role(*, membership: Membership, role: str, actor=None, actor_r
 
 
 @transaction.atomic
-def member_remove(*, membership: Membership, actor=None, actor_role: str | None = None, request=None) -> None:
+def member_remove(*, membership: Membership, actor: AbstractBaseUser | None = None, actor_role: str | None = None,
+                  request: HttpRequest | None = None) -> None:
     """Remove a member. Their sessions lose the tenant on their next request: ``tenants.access`` re-reads the
     membership every time."""
     membership = Membership.objects.select_for_update().select_related("tenant", "user").get(pk=membership.pk)
@@ -289,8 +297,8 @@ def member_remove(*, membership: Membership, actor=None, actor_role: str | None 
 
 
 @transaction.atomic
-def ownership_transfer(*, tenant: Tenant, from_membership: Membership, to_membership: Membership, actor=None,
-                       request=None) -> Membership:
+def ownership_transfer(*, tenant: Tenant, from_membership: Membership, to_membership: Membership,
+                       actor: AbstractBaseUser | None = None, request: HttpRequest | None = None) -> Membership:
     """The current owner hands ownership to another member and becomes an admin."""
     rows = {m.pk: m for m in Membership.objects.select_for_update().select_related("user").filter(
         tenant=tenant, pk__in=[from_membership.pk, to_membership.pk])}
@@ -358,7 +366,7 @@ def api_key_create(
     expires_at: datetime | None = None,
     limits: dict[str, int | Decimal | None] | None = None,
     actor_role: str | None = None,
-    request=None,
+    request: HttpRequest | None = None,
 ) -> IssuedKey:
     scopes = _validate_scopes(scopes if scopes is not None else [ApiKey.Scope.INFERENCE])
     _check_key_action(actor_role=actor_role, action=Action.KEYS_CREATE, scopes=scopes)
@@ -420,8 +428,9 @@ def _check_key_limits(*, tenant: Tenant, limits: dict[str, int | Decimal | None]
 
 
 @transaction.atomic
-def api_key_set_limits(*, api_key: ApiKey, limits: dict[str, int | Decimal | None], actor=None,
-                       actor_role: str | None = None, request=None, within_tenant: bool = True) -> ApiKey:
+def api_key_set_limits(*, api_key: ApiKey, limits: dict[str, int | Decimal | None],
+                       actor: AbstractBaseUser | None = None, actor_role: str | None = None,
+                       request: HttpRequest | None = None, within_tenant: bool = True) -> ApiKey:
     """Set some of a key's own limits (``None`` clears one: the organisation's limit applies).
 
     Tenant admins are held to their organisation's effective limits (``within_tenant``); platform staff may set
@@ -448,7 +457,8 @@ def api_key_set_limits(*, api_key: ApiKey, limits: dict[str, int | Decimal | Non
 
 
 @transaction.atomic
-def api_key_revoke(*, api_key: ApiKey, actor=None, actor_role: str | None = None, request=None) -> ApiKey:
+def api_key_revoke(*, api_key: ApiKey, actor: AbstractBaseUser | None = None, actor_role: str | None = None,
+                   request: HttpRequest | None = None) -> ApiKey:
     api_key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
     _check_key_action(actor_role=actor_role, action=Action.KEYS_REVOKE, scopes=api_key.scopes)
     if api_key.revoked_at is None:
@@ -464,8 +474,8 @@ MAX_ROTATION_GRACE = timedelta(days=30)
 
 
 @transaction.atomic
-def api_key_rotate(*, api_key: ApiKey, grace: timedelta, actor=None, actor_role: str | None = None,
-                   request=None) -> IssuedKey:
+def api_key_rotate(*, api_key: ApiKey, grace: timedelta, actor: AbstractBaseUser | None = None,
+                   actor_role: str | None = None, request: HttpRequest | None = None) -> IssuedKey:
     """Give the key a new secret. The old secret keeps working for ``grace`` (zero: it stops now), then stops;
     the key id, scopes and limits stay the same."""
     if grace < timedelta(0) or grace > MAX_ROTATION_GRACE:
@@ -493,7 +503,7 @@ def api_key_rotate(*, api_key: ApiKey, grace: timedelta, actor=None, actor_role:
 
 # --- staff -----------------------------------------------------------------------------------------
 @transaction.atomic
-def act_as_start(*, staff_user, tenant: Tenant, reason: str, request=None) -> dict:
+def act_as_start(*, staff_user, tenant: Tenant, reason: str, request: HttpRequest | None = None) -> dict:
     """Open an explicit, time-boxed support session on a tenant. Returns the grant the caller keeps in the
     staff member's session; ``tenants.access`` honours it while its ``SupportSession`` is open and unexpired."""
     if not staff_user.is_staff:
@@ -514,7 +524,8 @@ def act_as_start(*, staff_user, tenant: Tenant, reason: str, request=None) -> di
 
 
 @transaction.atomic
-def act_as_end(*, session_id: str | None, end: str = SupportSession.End.ENDED, request=None) -> bool:
+def act_as_end(*, session_id: str | None, end: str = SupportSession.End.ENDED,
+               request: HttpRequest | None = None) -> bool:
     """Close a support session and audit its end, once: the row is locked and closed only if still open, so the
     staff member ending it, the next request noticing it expired and the periodic job can race harmlessly.
     Returns whether this call closed it. An expired session's duration is its full length, not the time until

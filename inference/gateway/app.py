@@ -289,41 +289,14 @@ class Gateway:
             ctx.status, ctx.error_code = 500, "internal_error"
             await self._abandon(ctx)
             return
-        watcher = None
+        sink = _HttpSink(self, send, receive, call)
         try:
-            async with contextlib.aclosing(dispatcher.run(call)) as answer:
-                async for batch in answer:
-                    if len(batch) == 1 and batch[0].__class__ is Delta:
-                        # A stream's everyday step: the replica's bytes, as they came.
-                        await send({"type": "http.response.body", "body": batch[0].raw, "more_body": True})
-                        continue
-                    out = []
-                    for event in batch:
-                        kind = event.__class__
-                        if kind is Delta or kind is Done:
-                            out.append(event.raw)
-                        elif kind is Usage:
-                            if event.raw is not None:
-                                out.append(event.raw)
-                        elif kind is Answer:
-                            await self._send_json(send, 200, event.body, ctx.response_headers())
-                        elif kind is Opened:
-                            await send({"type": "http.response.start", "status": 200,
-                                        "headers": self._sse_headers + ctx.response_headers()})
-                            watcher = asyncio.create_task(wait_for_disconnect(receive, call))
-                        elif kind is Failed:
-                            if event.started:
-                                # The protocol's mid-stream error frame, then [DONE], so SDKs raise, not hang.
-                                out.append(_STREAM_FAILED_FRAME + _DONE)
-                            else:
-                                await self._send_error(send, event.error, ctx)
-                    if out:
-                        await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
-            if watcher is not None and not ctx.client_disconnected:
+            await dispatcher.run(call, sink)
+            if sink.watcher is not None and not ctx.client_disconnected:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            if sink.watcher is not None:
+                sink.watcher.cancel()
 
     async def _abandon(self, ctx: RequestContext) -> None:
         """A request that ended before its dispatch ran: conclude any admission it queued, and settle it."""
@@ -331,6 +304,44 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await self.dispatcher._finish_admission(ctx)
         self.dispatcher.settle(ctx)
+
+
+class _HttpSink:
+    """The dispatch's events as the `/v1` HTTP answer: JSON, or SSE with the replica's bytes as they came."""
+
+    __slots__ = ("call", "gateway", "receive", "send", "watcher")
+
+    def __init__(self, gateway: Gateway, send, receive, call) -> None:
+        self.gateway, self.send, self.receive, self.call = gateway, send, receive, call
+        self.watcher: asyncio.Task | None = None
+
+    async def delta(self, delta: Delta) -> None:
+        await self.send({"type": "http.response.body", "body": delta.raw, "more_body": True})
+
+    async def events(self, events: list) -> None:
+        ctx = self.call.ctx
+        out = []
+        for event in events:
+            kind = event.__class__
+            if kind is Delta or kind is Done:
+                out.append(event.raw)
+            elif kind is Usage:
+                if event.raw is not None:
+                    out.append(event.raw)
+            elif kind is Answer:
+                await self.gateway._send_json(self.send, 200, event.body, ctx.response_headers())
+            elif kind is Opened:
+                await self.send({"type": "http.response.start", "status": 200,
+                                 "headers": self.gateway._sse_headers + ctx.response_headers()})
+                self.watcher = asyncio.create_task(wait_for_disconnect(self.receive, self.call))
+            elif kind is Failed:
+                if event.started:
+                    # The protocol's mid-stream error frame, then [DONE], so SDKs raise instead of hanging.
+                    out.append(_STREAM_FAILED_FRAME + _DONE)
+                else:
+                    await self.gateway._send_error(self.send, event.error, ctx)
+        if out:
+            await self.send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
 
 
 gateway = Gateway()

@@ -11,8 +11,10 @@ replica, retries another before the first byte, holds a request while a scaled-t
 the answer and, whatever happened, settles: the limits get the true counts and exactly one usage event is
 written.
 
-``run`` yields lists of events, one list per read from the replica, so a transport can write each list at once
-(one system call for what arrived together). The events:
+``run`` hands the answer to the caller's ``Sink`` as events: ``Sink.delta`` for a stream's everyday step (the
+replica's bytes of whole content events), ``Sink.events`` for everything else, one list per read from the
+replica, so a transport can write each list at once (one system call for what arrived together). A sink's calls
+cost a plain await each: an async generator would add two coroutine hops per streamed chunk. The events:
 
 - ``Opened``: a stream's answer starts (the replica accepted it); the stream's events follow.
 - ``Delta``: SSE bytes of one or more content events as the replica sent them (zero-copy: the `/v1` adapter
@@ -34,8 +36,8 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 from django.conf import settings
@@ -100,6 +102,16 @@ class Failed:
 
 
 Event = Opened | Delta | Usage | Done | Answer | Failed
+
+
+class Sink(Protocol):
+    """Where ``Dispatcher.run`` sends the answer (the `/v1` HTTP adapter, the playground's socket, ...)."""
+
+    async def delta(self, delta: Delta) -> None:
+        """Whole content events, as the replica sent them: a stream's everyday step."""
+
+    async def events(self, events: list[Event]) -> None:
+        """Everything else, a read's worth at a time (``Opened`` and ``Answer`` come alone)."""
 
 
 # --- one request -------------------------------------------------------------------------------------
@@ -290,9 +302,9 @@ class Dispatcher:
             raise
 
     # --- the exchange ------------------------------------------------------------------------------
-    async def run(self, call: Call) -> AsyncIterator[list[Event]]:
-        """The answer, as lists of events (see the module's docstring); settles when it ends, however it ends.
-        Use it in ``contextlib.aclosing`` so that an early exit settles too."""
+    async def run(self, call: Call, sink: Sink) -> None:
+        """Send the answer to ``sink`` as events (see the module's docstring); settles when it ends, however it
+        ends (an exception the sink raises included: it is re-raised after settlement)."""
         ctx = call.ctx
         opened = False
         try:
@@ -321,12 +333,11 @@ class Dispatcher:
                             if ctx.stream:
                                 opened = True
                                 ctx.status = 200
-                                yield [Opened(stream=True)]
+                                await sink.events([Opened(stream=True)])
                                 call._response = response
-                                async for batch in self._relay_stream(call, response, backend):
-                                    yield batch
+                                await self._relay_stream(call, response, backend, sink)
                             else:
-                                yield [Answer(await self._read_json(ctx, response, backend))]
+                                await sink.events([Answer(await self._read_json(ctx, response, backend))])
                             return
                         finally:
                             call._response = None
@@ -343,14 +354,15 @@ class Dispatcher:
             except GatewayError as refusal:
                 error = refusal
             ctx.status, ctx.error_code = error.status, error.code or error.type
-            yield [Failed(error, started=opened)]
+            await sink.events([Failed(error, started=opened)])
         except ClientGone:
             ctx.client_disconnected = True
             ctx.status, ctx.error_code = 499, "client_closed_request"
         except Exception:
             logger.exception("unhandled error in dispatch", extra={"request_id": ctx.request_id})
             ctx.status, ctx.error_code = 500, "internal_error"
-            yield [Failed(errors.internal_error(), started=opened)]
+            with contextlib.suppress(Exception):
+                await sink.events([Failed(errors.internal_error(), started=opened)])
         finally:
             if ctx.admitting is not None:
                 # Ended before the check was looked at (client gone, internal error): conclude it, so that an
@@ -456,7 +468,7 @@ class Dispatcher:
             502, "The model backend failed while answering.", type="server_error", code="upstream_error"
         )
 
-    async def _relay_stream(self, call: Call, response, backend: BackendState) -> AsyncIterator[list[Event]]:
+    async def _relay_stream(self, call: Call, response, backend: BackendState, sink: Sink) -> None:
         ctx = call.ctx
         metrics.OPEN_STREAMS.inc()
         content_events = 0
@@ -477,7 +489,7 @@ class Dispatcher:
                         ctx.ttft_s = time.perf_counter() - ctx.started
                     events = chunk.count(b"\n\n")
                     content_events += events
-                    yield [Delta(chunk, events)]
+                    await sink.delta(Delta(chunk, events))
                     if ctx.client_disconnected:
                         break
                     continue
@@ -513,7 +525,7 @@ class Dispatcher:
                 if saw_done and not failed:
                     batch.append(Done())
                 if batch:
-                    yield batch
+                    await sink.events(batch)
                 if ctx.client_disconnected:
                     break
         except UpstreamError as exc:
@@ -537,7 +549,7 @@ class Dispatcher:
             await self._bill_without_usage(ctx, content_events)
             end.append(Usage(ctx.prompt_tokens, ctx.completion_tokens))
         if end and not ctx.client_disconnected:
-            yield end
+            await sink.events(end)
 
     async def _bill_without_usage(self, ctx: RequestContext, events: int) -> None:
         """A stream that ended before upstream's usage chunk (the client hung up, or the replica failed) is

@@ -28,9 +28,9 @@ def spend(tenant, *, tokens: int, ago: timedelta) -> None:
 
 @pytest.fixture
 def priced(db, settings):
-    settings.COST_GUARD_MIN_HOURLY_AUD = 5.0
-    settings.COST_GUARD_SPIKE_FACTOR = 4.0
-    settings.COST_GUARD_PLATFORM_DAILY_AUD = 1_000_000.0
+    settings.BILLING_COST_GUARD_MIN_HOURLY_AUD = 5.0
+    settings.BILLING_COST_GUARD_SPIKE_FACTOR = 4.0
+    settings.BILLING_COST_GUARD_PLATFORM_DAILY_AUD = 1_000_000.0
     settings.STAFF_ALERT_EMAILS = ["ops@wattle.example"]
     services.plan_save(plan=Plan(slug="std", name="Standard", rpm_limit=600, tpm_limit=400_000, is_default=True))
     services.model_price_set(model=MODEL, input_per_1k_aud=Decimal("1.00"), output_per_1k_aud=Decimal("1.00"))
@@ -72,7 +72,7 @@ def test_normal_spend_is_left_alone(priced, acme):
 
 
 def test_platform_threshold_acts_on_the_top_spender(priced, acme, bluegum, settings):
-    settings.COST_GUARD_PLATFORM_DAILY_AUD = 10.0
+    settings.BILLING_COST_GUARD_PLATFORM_DAILY_AUD = 10.0
     steady_week(acme, 24_000_000)  # a big, steady customer: no spike of its own
     spend(acme, tokens=1_100_000, ago=timedelta(minutes=5))
     spend(bluegum, tokens=2_000, ago=timedelta(minutes=5))
@@ -81,7 +81,7 @@ def test_platform_threshold_acts_on_the_top_spender(priced, acme, bluegum, setti
 
 
 def test_suspend_action_and_one_click_lift(priced, acme, staff, settings, django_capture_on_commit_callbacks):
-    settings.COST_GUARD_ACTION = "suspend"
+    settings.BILLING_COST_GUARD_ACTION = "suspend"
     steady_week(acme, 24_000)
     spend(acme, tokens=30_000, ago=timedelta(minutes=5))
     with django_capture_on_commit_callbacks(execute=True):
@@ -108,6 +108,6 @@ def test_lifting_a_throttle_restores_the_previous_overrides(priced, acme, staff)
 
 
 def test_disabled_guard_does_nothing(priced, acme, settings):
-    settings.COST_GUARD_ENABLED = False
+    settings.BILLING_COST_GUARD_ENABLED = False
     spend(acme, tokens=30_000, ago=timedelta(minutes=5))
     assert cost_guard_check() is None

@@ -237,9 +237,9 @@ def test_staff_set_model_prices(staff_client, staff, django_capture_on_commit_ca
 @pytest.fixture
 def guarded(settings, acme, starter, django_capture_on_commit_callbacks):
     """Acme's spend spiked and the cost guard throttled it."""
-    settings.COST_GUARD_MIN_HOURLY_AUD = 5.0
-    settings.COST_GUARD_SPIKE_FACTOR = 4.0
-    settings.COST_GUARD_PLATFORM_DAILY_AUD = 1_000_000.0
+    settings.BILLING_COST_GUARD_MIN_HOURLY_AUD = 5.0
+    settings.BILLING_COST_GUARD_SPIKE_FACTOR = 4.0
+    settings.BILLING_COST_GUARD_PLATFORM_DAILY_AUD = 1_000_000.0
     services.model_price_set(model=MODEL, input_per_1k_aud=Decimal("1.00"), output_per_1k_aud=Decimal("1.00"))
     UsageEvent.objects.create(
         request_id=f"req_{uuid.uuid4().hex[:20]}", tenant=acme, endpoint="chat.completions", model=MODEL, status=200,

@@ -130,3 +130,17 @@ def test_check_deploy_refuses_a_backend_outside_australia():
     )
     assert result.returncode != 0
     assert "wattle.E001" in result.stdout + result.stderr
+
+
+def test_a_renamed_setting_is_still_read_under_its_old_name_and_the_new_one_wins():
+    old = _settings_in_subprocess({"DEBUG": "true", "COST_GUARD_THROTTLE_RPM": "7"},
+                                  "s.BILLING_COST_GUARD_THROTTLE_RPM")
+    assert old.returncode == 0, old.stderr
+    assert old.stdout.strip() == "7"
+    both = _settings_in_subprocess(
+        {"DEBUG": "true", "COST_GUARD_THROTTLE_RPM": "7", "BILLING_COST_GUARD_THROTTLE_RPM": "9"},
+        "s.BILLING_COST_GUARD_THROTTLE_RPM",
+    )
+    assert both.stdout.strip() == "9"
+    bad = _settings_in_subprocess({"DEBUG": "true", "COST_GUARD_ACTION": "explode"}, "s.BILLING_COST_GUARD_ACTION")
+    assert bad.returncode != 0 and "BILLING_COST_GUARD_ACTION" in bad.stderr
