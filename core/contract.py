@@ -226,3 +226,18 @@ class UsageEvent:
 
 
 _USAGE_FIELDS = frozenset(f.name for f in fields(UsageEvent))
+
+
+def encode_usage_event(request_id: str, tenant: str | None, status: int, created: float, key_id: str | None,
+                       endpoint: str, model: str, backend: str, error_code: str, stream: bool,
+                       client_disconnected: bool, prompt_tokens: int, completion_tokens: int, ttft_ms: float | None,
+                       duration_ms: float, time: float, overhead_ms: float, traceparent: str) -> bytes:
+    """``UsageEvent(...).encode()`` for the data plane's hot path, in half the time (no instance, positional
+    arguments); a test keeps its keys those of ``UsageEvent``."""
+    return orjson.dumps({
+        "request_id": request_id, "tenant": tenant, "status": status, "created": created, "key_id": key_id,
+        "endpoint": endpoint, "model": model, "backend": backend, "error_code": error_code, "stream": stream,
+        "client_disconnected": client_disconnected, "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens, "ttft_ms": ttft_ms, "duration_ms": duration_ms, "time": time,
+        "overhead_ms": overhead_ms, "traceparent": traceparent, "logger": "wattle.access", "v": VERSION,
+    })

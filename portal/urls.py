@@ -17,6 +17,7 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("accounts/", include("allauth.urls")),
     path("api/v1/", include("tenants.api.urls")),
+    path("api/v1/", include("billing.api_urls")),  # usage and limits: billing's numbers, the same API
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api_schema"), name="api_docs"),
     path("staff/django-admin/", admin.site.urls),

@@ -34,20 +34,29 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import re
 import time
-from dataclasses import dataclass
-from typing import Protocol
 
 import orjson
 from django.conf import settings
 
 from core import contract
 from inference.gateway import errors, metrics, validation
-from inference.gateway.auth import KeyRecord
 from inference.gateway.backends import BackendState
 from inference.gateway.errors import GatewayError
-from inference.gateway.limits import Admission, PendingAdmission
+from inference.gateway.exchange import (
+    Answer,
+    Call,
+    ClientGone,
+    Delta,
+    Done,
+    Event,
+    Failed,
+    Opened,
+    RequestContext,
+    Sink,
+    Usage,
+    traceparent,
+)
 from inference.gateway.upstream import UpstreamError, UpstreamTimeout
 from inference.lru import LRU
 
@@ -58,151 +67,8 @@ _RETRYABLE_STATUSES = frozenset({502, 503, 504})
 _DONE = b"data: [DONE]"
 
 
-class ClientGone(Exception):
-    """The client disconnected before we could answer."""
-
-
-# --- events ------------------------------------------------------------------------------------------
-@dataclass(slots=True)
-class Opened:
-    stream: bool
-
-
-@dataclass(slots=True)
-class Delta:
-    raw: bytes  # whole SSE events, each ending in a blank line
-    events: int
-
-    def chunks(self) -> list[dict]:
-        """The events' JSON payloads (chat.completion.chunk or text_completion objects)."""
-        return [orjson.loads(line[6:]) for line in self.raw.split(b"\n\n") if line.startswith(b"data: {")]
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    raw: bytes | None = None  # the usage event (with its blank line), when the caller asked to see it
-
-
-@dataclass(slots=True)
-class Done:
-    raw: bytes = _DONE + b"\n\n"
-
-
-@dataclass(slots=True)
-class Answer:
-    body: bytes
-
-
-@dataclass(slots=True)
-class Failed:
-    error: GatewayError
-    started: bool  # the answer had started (a stream failed midway)
-
-
-Event = Opened | Delta | Usage | Done | Answer | Failed
-
-
-class Sink(Protocol):
-    """Where ``Dispatcher.run`` sends the answer (the `/v1` HTTP adapter, the playground's socket, ...)."""
-
-    async def delta(self, delta: Delta) -> None:
-        """Whole content events, as the replica sent them: a stream's everyday step."""
-
-    async def events(self, events: list[Event]) -> None:
-        """Everything else, a read's worth at a time (``Opened`` and ``Answer`` come alone)."""
-
-
-# --- one request -------------------------------------------------------------------------------------
-class RequestContext:
-    """What one request accumulates for its usage event, metrics and access-log line."""
-
-    __slots__ = (
-        "admission", "admitting", "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code",
-        "key", "model", "n", "payload", "prompt_tokens", "prompt_upper", "request_id", "started", "started_wall",
-        "status", "stream", "traceparent", "ttft_s", "upstream_s",
-    )
-
-    def __init__(self, endpoint: str, request_id: str) -> None:
-        self.request_id = request_id
-        self.endpoint = endpoint
-        self.started = time.perf_counter()
-        self.started_wall = time.time()
-        self.key: KeyRecord | None = None
-        self.model = ""
-        self.backend = ""
-        self.status = 0
-        self.error_code = ""
-        self.stream = False
-        self.client_disconnected = False
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.ttft_s: float | None = None
-        self.upstream_s = 0.0  # time spent waiting on the backend
-        self.traceparent = ""
-        self.payload: dict | None = None  # the body as sent upstream, to count a dropped stream's prompt
-        self.n = 1  # choices asked for
-        self.prompt_upper = 0  # the estimate reserved for the prompt (never below the true count)
-        self.admission: Admission | None = None
-        self.admitting: PendingAdmission | None = None  # the limits check, while it runs beside the upstream call
-
-    def overhead_s(self) -> float:
-        return max(0.0, time.perf_counter() - self.started - self.upstream_s)
-
-    def response_headers(self) -> list[tuple[bytes, bytes]]:
-        headers = [
-            (b"x-request-id", self.request_id.encode()),
-            (b"x-wattle-overhead-ms", f"{self.overhead_s() * 1000:.3f}".encode()),
-        ]
-        if self.admission is not None:
-            headers += self.admission.headers
-        return headers
-
-
-class Call:
-    """A prepared request: what ``Dispatcher.run`` sends, and the handle to cancel it."""
-
-    __slots__ = ("_response", "body", "ctx", "forward_usage", "path")
-
-    def __init__(self, ctx: RequestContext, body: bytes, path: str, forward_usage: bool) -> None:
-        self.ctx = ctx
-        self.body = body  # the bytes for the replica
-        self.path = path
-        self.forward_usage = forward_usage
-        self._response = None
-
-    def cancel(self) -> None:
-        """The caller went away: hang up on the replica (vLLM aborts the request and stops generating)."""
-        self.ctx.client_disconnected = True
-        if self._response is not None:
-            self._response.close()
-
-
-# W3C Trace Context: version, trace id, parent id, flags, in lowercase hex; a later version may add fields.
-_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?")
-_TRACEPARENT_MAX_BYTES = 256
 _ENDPOINT_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions",
                    "embeddings": "/v1/embeddings"}
-
-
-def traceparent(incoming: bytes | None, request_id: str) -> str:
-    """Continue the caller's W3C trace, or start one whose trace id is our request id. Our span id is the
-    request id's unique tail (no random draw per request). A header that isn't a valid traceparent is dropped,
-    so what we log and forward is always one of ours in shape and length."""
-    span = request_id[-16:]
-    if incoming and len(incoming) <= _TRACEPARENT_MAX_BYTES:
-        match = _TRACEPARENT.fullmatch(incoming.strip())
-        if match is not None:
-            version, trace_id, parent_id, flags, rest = match.groups()
-            if (
-                version != b"ff"
-                and (version != b"00" or rest is None)
-                and trace_id != b"0" * 32
-                and parent_id != b"0" * 16
-            ):
-                return f"00-{trace_id.decode()}-{span}-{flags.decode()}"
-    return f"00-{request_id[4:].ljust(32, '0')[:32]}-{span}-01"
 
 
 class Dispatcher:
@@ -592,26 +458,12 @@ class Dispatcher:
         )
         # One serialisation serves the usage event (billing) and the access-log line (no prompt or reply text).
         key = ctx.key
-        line = contract.UsageEvent(
-            request_id=ctx.request_id,
-            tenant=key.tenant if key else None,
-            status=ctx.status,
-            created=ctx.started_wall,
-            key_id=key.key_id if key else None,
-            endpoint=ctx.endpoint,
-            model=ctx.model,
-            backend=ctx.backend,
-            error_code=ctx.error_code,
-            stream=ctx.stream,
-            client_disconnected=ctx.client_disconnected,
-            prompt_tokens=ctx.prompt_tokens,
-            completion_tokens=ctx.completion_tokens,
-            ttft_ms=ctx.ttft_s * 1000 if ctx.ttft_s is not None else None,
-            duration_ms=duration_s * 1000,
-            time=ctx.started_wall,
-            overhead_ms=overhead_s * 1000,
-            traceparent=ctx.traceparent,
-        ).encode()
+        line = contract.encode_usage_event(
+            ctx.request_id, key.tenant if key else None, ctx.status, ctx.started_wall, key.key_id if key else None,
+            ctx.endpoint, ctx.model, ctx.backend, ctx.error_code, ctx.stream, ctx.client_disconnected,
+            ctx.prompt_tokens, ctx.completion_tokens, ctx.ttft_s * 1000 if ctx.ttft_s is not None else None,
+            duration_s * 1000, ctx.started_wall, overhead_s * 1000, ctx.traceparent,
+        )
         if key is not None:
             self.usage.emit_bytes(line)
         self.access_log.write(line)
@@ -624,3 +476,7 @@ async def wait_for_disconnect(receive, call: Call) -> None:
     call.cancel()
 
 
+
+
+__all__ = ["Answer", "Call", "ClientGone", "Delta", "Dispatcher", "Done", "Event", "Failed", "Opened",
+           "RequestContext", "Sink", "Usage", "traceparent", "wait_for_disconnect"]

@@ -13,6 +13,4 @@ urlpatterns = [
     path("keys", views.ApiKeyListView.as_view(), name="api_keys"),
     path("keys/<str:key_id>", views.ApiKeyDetailView.as_view(), name="api_key"),
     path("keys/<str:key_id>/rotate", views.ApiKeyRotateView.as_view(), name="api_key_rotate"),
-    path("usage", views.UsageView.as_view(), name="api_usage"),
-    path("limits", views.LimitsView.as_view(), name="api_limits"),
 ]

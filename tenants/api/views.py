@@ -10,8 +10,6 @@ from rest_framework import exceptions, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
-from billing.quota_reads import quota_report
-from billing.selectors import usage_summary, usage_window
 from tenants import selectors, services
 from tenants.api import serializers as s
 from tenants.models import ApiKey
@@ -280,31 +278,3 @@ class ApiKeyRotateView(ManagementView):
         response = Response(s.ApiKeyWithSecretSerializer(issued.api_key, context={"secret": issued.plaintext}).data)
         response["Cache-Control"] = "no-store"
         return response
-
-
-# --- usage -----------------------------------------------------------------------------------------
-class UsageView(ManagementView):
-    actions = {"GET": Action.USAGE_VIEW}
-    serializer_class = s.UsageSummarySerializer
-
-    @extend_schema(operation_id="usage_summary", summary="Requests and tokens by day, model and key",
-                   parameters=[s.UsageQuerySerializer],
-                   responses={200: s.UsageSummarySerializer, **_errors(400, *COMMON)})
-    def get(self, request):
-        query = self.query(s.UsageQuerySerializer)
-        since, until = usage_window(since=query.get("since"), until=query.get("until"))
-        return Response(s.UsageSummarySerializer(usage_summary(tenant=self.access.tenant, since=since,
-                                                               until=until)).data)
-
-
-# --- limits ----------------------------------------------------------------------------------------
-class LimitsView(ManagementView):
-    actions = {"GET": Action.LIMITS_VIEW}
-    serializer_class = s.LimitsReportSerializer
-
-    @extend_schema(operation_id="limits_retrieve",
-                   summary="Effective limits, where each comes from, and what is left now; per key too",
-                   responses={200: s.LimitsReportSerializer, **_errors(*COMMON)})
-    def get(self, request):
-        api_keys = selectors.api_keys_for_limits(tenant=self.access.tenant)
-        return Response(s.LimitsReportSerializer(quota_report(tenant=self.access.tenant, api_keys=api_keys)).data)

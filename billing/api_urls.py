@@ -1,0 +1,8 @@
+from django.urls import path
+
+from billing import api
+
+urlpatterns = [
+    path("usage", api.UsageView.as_view(), name="api_usage"),
+    path("limits", api.LimitsView.as_view(), name="api_limits"),
+]

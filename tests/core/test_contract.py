@@ -1,0 +1,56 @@
+"""The records the planes exchange through Redis: each round-trips, a record of another version is refused,
+and what came before versions still reads where a rolling deploy needs it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+import pytest
+
+from core import contract
+
+
+def test_key_and_tenant_records_round_trip():
+    key = contract.KeyRecord(key_id="abc123def456", tenant="t-1", hash="ff" * 32, scopes=("inference",),
+                             models=("m",), expires=1.5, revoked=False, prev_hash="ee" * 32, prev_expires=2.5,
+                             limits={"rpm": 5})
+    tenant = contract.TenantRecord(tenant="t-1", status="active", limits={"tpm": 100})
+    assert contract.KeyRecord.decode(key.encode()) == key
+    assert contract.TenantRecord.decode(tenant.encode()) == tenant
+    assert orjson.loads(key.encode())["v"] == contract.VERSION
+
+
+@pytest.mark.parametrize("raw", [b"", b"[]", b'{"key_id": "x"}', b'{"v": 99, "key_id": "x", "tenant": "t",'
+                                 b' "hash": "h", "scopes": []}', b'{"v": 1, "tenant": "t"}', b"\xff"])
+def test_anything_else_is_a_record_error(raw):
+    with pytest.raises(contract.RecordError):
+        contract.KeyRecord.decode(raw)
+
+
+def test_backends_and_prices_round_trip_and_read_their_unversioned_forms():
+    backends = [contract.BackendRecord(name="a", url="http://a", models=("m",), weight=5)]
+    assert contract.decode_backends(contract.encode_backends(backends)) == backends
+    assert contract.decode_backends(b'[{"name": "a", "url": "http://a", "models": ["m"], "weight": 5}]') == backends
+    prices = {"m": (1.0, 2.0)}
+    assert contract.decode_prices(contract.encode_prices(prices)) == prices
+    assert contract.decode_prices(b'{"m": [1.0, 2.0]}') == prices
+    with pytest.raises(contract.RecordError):
+        contract.decode_prices(b'{"v": 99, "prices": {}}')
+
+
+def test_the_hot_usage_encoder_writes_exactly_a_usage_event():
+    values = dict(request_id="req_1", tenant="t-1", status=200, created=1.0, key_id="k", endpoint="chat.completions",
+                  model="m", backend="b", error_code="", stream=True, client_disconnected=False, prompt_tokens=3,
+                  completion_tokens=4, ttft_ms=1.5, duration_ms=2.5, time=1.0, overhead_ms=0.1, traceparent="00-x")
+    line = contract.encode_usage_event(**values)
+    assert set(orjson.loads(line)) == {f.name for f in dataclasses.fields(contract.UsageEvent)}
+    assert contract.UsageEvent.decode(line) == contract.UsageEvent(**values)
+    assert orjson.loads(contract.UsageEvent(**values).encode()) == orjson.loads(line)
+
+
+def test_a_usage_event_from_before_versions_is_read_and_one_without_its_tenant_is_not():
+    old = b'{"request_id": "r", "tenant": "t", "status": 200, "created": 1.0, "prompt_tokens": 2}'
+    assert contract.UsageEvent.decode(old).prompt_tokens == 2
+    with pytest.raises(contract.RecordError):
+        contract.UsageEvent.decode(b'{"v": 1, "request_id": "r", "status": 200, "created": 1.0}')
