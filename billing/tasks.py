@@ -3,7 +3,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from billing.services import prices_publish, usage_ingest
-from core.jobs import REBUILD_LIMIT_COUNTERS, REBUILD_SNAPSHOT
+from core.jobs import PUBLISH_TENANT, REBUILD_LIMIT_COUNTERS, REBUILD_SNAPSHOT
 
 
 @shared_task(ignore_result=True)
@@ -62,3 +62,11 @@ def publish_plan_tenants(plan_id: int) -> int:
     if plan is None:
         return 0
     return snapshot.publish_tenants(Tenant.objects.filter(snapshot.tenants_on_plan(plan)).values("pk"))
+
+
+@shared_task(name=PUBLISH_TENANT, ignore_result=True)
+def publish_tenant_record(tenant_id: str) -> int:
+    """Publish one tenant's record: raised by the data plane for a key whose tenant it found unpublished."""
+    from billing import snapshot
+
+    return snapshot.publish_tenants([tenant_id])

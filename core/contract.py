@@ -3,9 +3,11 @@ key. The control plane encodes them after its database commits; the data plane d
 path (with an in-process cache), and writes usage events back. This file is the only place either side learns
 a record's shape.
 
-Each record carries ``v``, the contract's version. A record of another version (written by code that is being
-replaced in a rolling deploy) doesn't decode; the snapshot marker carries the version too, so new code finds no
-marker of its own, asks for a rebuild and reads what the rebuild writes.
+Each record carries ``v``, the contract's version, and so does its Redis key: during a rolling deploy the old and
+the new code each read and write their own generation and never misread the other's. New code finds no
+snapshot marker of its own version, asks for a rebuild and reads what the rebuild writes. (Until the old control
+plane is gone, a change it makes reaches only old gateways, and the other way round: deploy both planes in one
+go.)
 
 - ``KeyRecord`` at ``apikey:<key id>``: one API key (hashes, scopes, models, expiry, its own limits).
 - ``TenantRecord`` at ``tenant:<tenant id>``: one organisation (status, effective limits). Apart from its keys'
@@ -44,11 +46,11 @@ def _load(raw: bytes | str, *, unversioned_ok: bool = False) -> dict:
 
 # --- Redis keys ------------------------------------------------------------------------------------
 def api_key_record_key(key_id: str) -> str:
-    return key("apikey", key_id)
+    return key("apikey", f"v{VERSION}", key_id)
 
 
 def tenant_record_key(tenant_id: str) -> str:
-    return key("tenant", tenant_id)
+    return key("tenant", f"v{VERSION}", tenant_id)
 
 
 def snapshot_ready_key() -> str:
@@ -63,11 +65,11 @@ def snapshot_reconciled_key() -> str:
 
 
 def backends_key() -> str:
-    return key("backends")
+    return key("backends", f"v{VERSION}")
 
 
 def prices_key() -> str:
-    return key("prices")
+    return key("prices", f"v{VERSION}")
 
 
 def backend_health_key(name: str) -> str:

@@ -158,9 +158,10 @@ class FastRedis:
             self._protocol = None
 
     async def _send(self, protocol: _Protocol, args: tuple, on_reply: Callable | None = None):
+        command = _encode(args)  # first: a command that can't be encoded must not leave a waiter behind
         waiter = asyncio.get_running_loop().create_future()
         protocol.waiters.append((waiter, on_reply))
-        protocol.write(_encode(args))
+        protocol.write(command)
         try:
             async with asyncio.timeout(self._reply_timeout):
                 return await waiter

@@ -261,6 +261,10 @@ class Gateway:
             await self._send_json(send, 200, body, ctx.response_headers())
         except GatewayError as error:
             await self._send_error(send, error, ctx)
+        except Exception:
+            logger.exception("unhandled error listing models", extra={"request_id": ctx.request_id})
+            with contextlib.suppress(Exception):
+                await self._send_error(send, errors.internal_error(), ctx)
 
     # --- generation --------------------------------------------------------------------------------
     async def _generate(self, scope, receive, send, endpoint: str) -> None:
@@ -336,8 +340,9 @@ class _HttpSink:
                 self.watcher = asyncio.create_task(wait_for_disconnect(self.receive, self.call))
             elif kind is Failed:
                 if event.started:
-                    # The protocol's mid-stream error frame, then [DONE], so SDKs raise instead of hanging.
-                    out.append(_STREAM_FAILED_FRAME + _DONE)
+                    # The replica's error event as it came; or the protocol's mid-stream error frame, then
+                    # [DONE], so SDKs raise instead of hanging.
+                    out.append(event.raw if event.raw is not None else _STREAM_FAILED_FRAME + _DONE)
                 else:
                     await self.gateway._send_error(self.send, event.error, ctx)
         if out:

@@ -14,6 +14,7 @@ holds the request up to ``INFERENCE_SNAPSHOT_WAIT_S`` for the marker to come bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -96,6 +97,9 @@ class KeyAuthenticator:
         self._hash_secret = keys.secret_hasher(settings.API_KEY_PEPPER)
         self._snapshot_wait_s = settings.INFERENCE_SNAPSHOT_WAIT_S
         self._rebuild_asked_at = -_REBUILD_ASK_EVERY_S
+        self._snapshot_wait: asyncio.Task | None = None  # the one wait for a rebuild, shared by held requests
+        self._tenant_asked_at: LRU[str, float] = LRU(1000)  # tenant id -> when its record was last asked for
+        self._jobs: set[asyncio.Task] = set()
         # A fingerprint is a keyed 256-bit BLAKE2s of the secret under a key drawn per process and never stored:
         # as hard to reverse or forge as the peppered HMAC-SHA256, a quarter of its cost (0.8 against 3.2 µs). The
         # cache thus holds no secret, and a busy key's secret is HMAC'd once per record fetch, not per request.
@@ -126,31 +130,61 @@ class KeyAuthenticator:
         """The key's record joined with its tenant's: one MGET when the tenant is known from an earlier fetch
         (keys never change tenant), two GETs for a key this worker hasn't seen."""
         cached = self._cache.get(key_id)
-        tenant_id = cached[0].tenant if cached is not None and cached[0] is not None else None
+        known = cached is not None and cached[0] is not None
+        tenant_id = cached[0].tenant if known else None
         key_name = contract.api_key_record_key(key_id)
         if tenant_id is not None:
             raw_key, raw_tenant = await self._redis.mget(key_name, contract.tenant_record_key(tenant_id))
         else:
             raw_key, raw_tenant = await self._redis.get(key_name), None
+        # A key seen lately needn't be held while Redis is repopulated: it is served from its last record.
+        hold = not (known and time.monotonic() - cached[1] < self._stale_ok)
         if raw_key is None:
-            await self._check_snapshot()
+            await self._check_snapshot(hold=hold)
             return None
         try:
             key = contract.KeyRecord.decode(raw_key)
             if raw_tenant is None or key.tenant != tenant_id:
                 raw_tenant = await self._redis.get(contract.tenant_record_key(key.tenant))
             if raw_tenant is None:
-                await self._check_snapshot()
-                raise SnapshotMissing  # a key whose tenant isn't published: the snapshot is incomplete
+                await self._check_snapshot(hold=hold)
+                # The snapshot is marked whole, yet this key's tenant isn't in it (its publish failed, or the
+                # record was lost alone): have that tenant published, and answer 503 until it is.
+                self._republish_tenant(key.tenant)
+                raise SnapshotMissing
             return KeyRecord.join(key, contract.TenantRecord.decode(raw_tenant))
         except contract.RecordError:
-            # Written by another version of the contract (a rolling deploy): ours is on its way.
-            await self._check_snapshot()
+            logger.error("auth: key %s has a record this version can't read", key_id)
+            await self._check_snapshot(hold=hold)
             raise SnapshotMissing from None
 
-    async def _check_snapshot(self) -> None:
-        """Return if the snapshot is complete (the key really doesn't exist). Otherwise ask a control-plane
-        worker to rebuild it, wait up to ``INFERENCE_SNAPSHOT_WAIT_S`` for it, and raise SnapshotMissing."""
+    def _republish_tenant(self, tenant_id: str) -> None:
+        now = time.monotonic()
+        if now - self._tenant_asked_at.get(tenant_id, -_REBUILD_ASK_EVERY_S) <= _REBUILD_ASK_EVERY_S:
+            return
+        self._tenant_asked_at.put(tenant_id, now)
+        logger.error("auth: tenant %s has keys but no published record; asking the control plane for it",
+                     tenant_id[:64])
+        self._raise(jobs.PUBLISH_TENANT, tenant_id)
+
+    def _raise(self, task: str, *args) -> None:
+        """Queue a control-plane job without holding the request (the broker call runs in a thread)."""
+        async def send() -> None:
+            try:
+                await asyncio.to_thread(jobs.raise_job, task, *args, broker_url=settings.CELERY_BROKER_URL,
+                                        eager=settings.CELERY_TASK_ALWAYS_EAGER)
+            except Exception:
+                logger.warning("auth: could not raise %s", task, exc_info=True)
+
+        job = asyncio.get_running_loop().create_task(send())
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _check_snapshot(self, *, hold: bool = True) -> None:
+        """Return if the snapshot is complete (the key really doesn't exist). Otherwise have a control-plane
+        worker rebuild it and raise SnapshotMissing: at once for a key that can be served from its last record
+        (``hold`` False), else after waiting up to ``INFERENCE_SNAPSHOT_WAIT_S`` for the rebuild. One wait per
+        worker serves every request held meanwhile, whatever its key."""
         ready = contract.snapshot_ready_key()
         if await self._redis.exists(ready):
             return
@@ -158,17 +192,22 @@ class KeyAuthenticator:
         if now - self._rebuild_asked_at > _REBUILD_ASK_EVERY_S:
             self._rebuild_asked_at = now
             logger.warning("auth: no complete key snapshot in Redis; asking the control plane to rebuild it")
-            try:
-                await asyncio.to_thread(jobs.raise_job, jobs.REBUILD_SNAPSHOT, broker_url=settings.CELERY_BROKER_URL,
-                                        eager=settings.CELERY_TASK_ALWAYS_EAGER)
-            except Exception:
-                logger.warning("auth: could not raise the snapshot rebuild", exc_info=True)
-        deadline = now + self._snapshot_wait_s
+            self._raise(jobs.REBUILD_SNAPSHOT)
+        if not hold:
+            raise SnapshotMissing
+        if self._snapshot_wait is None or self._snapshot_wait.done():
+            self._snapshot_wait = asyncio.get_running_loop().create_task(self._wait_for_snapshot(ready))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._snapshot_wait), self._snapshot_wait_s)
+        raise SnapshotMissing  # rebuilt, or not yet: the caller looks again, or answers 503
+
+    async def _wait_for_snapshot(self, ready: str) -> None:
+        deadline = time.monotonic() + self._snapshot_wait_s
         while time.monotonic() < deadline:
             await asyncio.sleep(_SNAPSHOT_POLL_S)  # a rebuild takes a worker a moment: look again shortly
-            if await self._redis.exists(ready):
-                raise SnapshotMissing  # rebuilt: the caller fetches again
-        raise SnapshotMissing
+            with contextlib.suppress(RedisError, OSError):
+                if await self._redis.exists(ready):
+                    return
 
     async def _fetch_after_rebuild(self, key_id: str, cached, now: float) -> list:
         """The snapshot was missing: fetch again if it is back; else a key seen recently keeps working for a

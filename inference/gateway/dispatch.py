@@ -65,6 +65,8 @@ logger = logging.getLogger("wattle.gateway")
 # Upstream statuses worth trying on another replica, before any byte reached the client.
 _RETRYABLE_STATUSES = frozenset({502, 503, 504})
 _DONE = b"data: [DONE]"
+_STREAM_FAILED = GatewayError(502, "The model backend failed while streaming.", type="server_error",
+                              code="upstream_stream_error")
 
 
 _ENDPOINT_PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions",
@@ -170,7 +172,7 @@ class Dispatcher:
     # --- the exchange ------------------------------------------------------------------------------
     async def run(self, call: Call, sink: Sink) -> None:
         """Send the answer to ``sink`` as events (see the module's docstring); settles when it ends, however it
-        ends (an exception the sink raises included: it is re-raised after settlement)."""
+        ends. An exception the sink raises ends the request as a 500 (logged), billed for what the replica did."""
         ctx = call.ctx
         opened = False
         try:
@@ -244,7 +246,9 @@ class Dispatcher:
         retry_after = settings.INFERENCE_RETRY_AFTER_S
         if tried:
             raise errors.no_capacity(ctx.model, retry_after)
-        # No replica can take it: the model may be scaled to zero. Ask for one and hold the request.
+        # No replica can take it: the model may be scaled to zero. Ask for one and hold the request, once the
+        # limits have admitted it (a refused request must not start a GPU).
+        await self._finish_admission(ctx)
         self.pool.request_warmup(ctx.model)
         deadline = time.monotonic() + settings.INFERENCE_COLD_START_HOLD_S
         t_hold = time.perf_counter()
@@ -364,32 +368,33 @@ class Dispatcher:
                     continue
                 *complete, buffer = buffer.split(b"\n\n")
                 batch: list[Event] = []
-                deltas: list[bytes] = []
+                deltas: list[bytes] = []  # content events not yet in the batch (kept in the replica's order)
                 for raw in complete:
                     if not raw:
                         continue
                     if raw == _DONE:
+                        kind: Event | None = Done()
                         saw_done = True
-                        continue
-                    if b'"choices":[]' in raw and b'"usage":' in raw:
+                    elif b'"choices":[]' in raw and b'"usage":' in raw:
                         saw_usage = True
                         self._take_usage(ctx, raw)
-                        if deltas:
-                            batch.append(Delta(b"".join(deltas), len(deltas)))
-                            deltas = []
-                        batch.append(Usage(ctx.prompt_tokens, ctx.completion_tokens,
-                                           raw + b"\n\n" if call.forward_usage else None))
+                        kind = Usage(ctx.prompt_tokens, ctx.completion_tokens,
+                                     raw + b"\n\n" if call.forward_usage else None)
                     elif raw.startswith(b'data: {"error"'):
                         failed = True
+                        kind = Failed(_STREAM_FAILED, started=True, raw=raw + b"\n\n")  # the replica's own words
                     else:
                         if ctx.ttft_s is None:
                             ctx.ttft_s = time.perf_counter() - ctx.started
                         content_events += 1
                         deltas.append(raw + b"\n\n")
+                        continue
+                    if deltas:
+                        batch.append(Delta(b"".join(deltas), len(deltas)))
+                        deltas = []
+                    batch.append(kind)
                 if deltas:
                     batch.append(Delta(b"".join(deltas), len(deltas)))
-                if saw_done and not failed:
-                    batch.append(Done())
                 if batch:
                     await sink.events(batch)
                 if ctx.client_disconnected:
@@ -399,6 +404,12 @@ class Dispatcher:
                 failed = True
                 backend.record_failure(str(exc))
                 self.pool.probe_soon(backend)
+        except Exception:
+            # The sink failed (a socket gone bad): the replica still did the work, so bill it, then let the
+            # dispatch end the request as an error.
+            if not saw_usage:
+                await self._bill_without_usage(ctx, content_events)
+            raise
         finally:
             ctx.upstream_s += time.perf_counter() - t_up
             metrics.OPEN_STREAMS.dec()
@@ -407,8 +418,8 @@ class Dispatcher:
             ctx.status, ctx.error_code = 499, "client_closed_request"
         elif failed or not saw_done:
             ctx.status, ctx.error_code = 502, "upstream_stream_error"
-            end.append(Failed(GatewayError(502, "The model backend failed while streaming.", type="server_error",
-                                           code="upstream_stream_error"), started=True))
+            if not saw_done:
+                end.append(Failed(_STREAM_FAILED, started=True))  # so SDKs raise instead of waiting for more
         else:
             backend.record_success()
         if not saw_usage:

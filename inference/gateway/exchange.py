@@ -57,6 +57,7 @@ class Answer:
 class Failed:
     error: GatewayError
     started: bool  # the answer had started (a stream failed midway)
+    raw: bytes | None = None  # the replica's own error event, when it sent one
 
 
 Event = Opened | Delta | Usage | Done | Answer | Failed

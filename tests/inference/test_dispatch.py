@@ -158,3 +158,25 @@ async def test_a_cancelled_stream_stops_upstream_and_bills_what_ran(gateway, acm
     [event] = await _usage_events(gateway, ctx.request_id)
     assert event["client_disconnected"] is True
     assert event["prompt_tokens"] > 0 and 0 < event["completion_tokens"] < 200  # the prefill and what ran
+
+
+class Breaks(Collect):
+    """A sink whose transport fails after a few deltas (a WebSocket gone bad)."""
+
+    async def delta(self, delta) -> None:
+        await super().delta(delta)
+        if sum(1 for e in self.seen if isinstance(e, dispatch.Delta)) >= 3:
+            raise ConnectionResetError("the socket went away")
+
+
+async def test_a_sink_that_fails_mid_stream_still_bills_what_the_replica_did(gateway, acme, issue_key, simulator):
+    simulator.control(tpot_ms=20)
+    try:
+        caller = await _caller(gateway, acme, issue_key)
+        ctx = await _run(gateway, caller, {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+                                           "max_tokens": 200, "stream": True}, Breaks())
+    finally:
+        simulator.control(tpot_ms=0)
+    [event] = await _usage_events(gateway, ctx.request_id)
+    assert event["status"] == 500
+    assert event["prompt_tokens"] > 0 and event["completion_tokens"] >= 2  # the prefill and what was relayed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
 import pytest
@@ -91,3 +92,44 @@ async def test_a_rotated_secret_is_checked_again_when_the_record_changes(authent
         await authenticator.authenticate(f"Bearer {key}".encode())
     assert refused.value.status == 401
     assert (await authenticator.authenticate(f"Bearer {rotated.plaintext}".encode())).key_id == api_key.key_id
+
+
+async def test_while_redis_is_repopulated_a_known_key_is_served_at_once_and_unknown_ones_share_one_wait(
+        authenticator, acme, issue_key, settings):
+    from core.redis import get_redis
+    from core.redis import key as redis_key
+
+    settings.INFERENCE_SNAPSHOT_WAIT_S = 0.3
+    authenticator._snapshot_wait_s = 0.3
+    known = await _issue(acme, issue_key)
+    await authenticator.authenticate(f"Bearer {known}".encode())
+    client = get_redis()
+    client.delete(*client.keys(redis_key("*")))  # Redis came back empty
+    authenticator._ttl = 0.0  # the next request re-reads the record
+    record = await authenticator.authenticate(f"Bearer {known}".encode())
+    assert record.key_id == known.split("_")[1]
+    assert authenticator._snapshot_wait is None  # served from its last record: never held
+    waits = []
+    wait = authenticator._wait_for_snapshot
+    authenticator._wait_for_snapshot = lambda ready: waits.append(ready) or wait(ready)
+    unknown = [f"Bearer wtl_{n:012d}_{'x' * 43}".encode() for n in range(3)]
+    results = await asyncio.gather(*(authenticator.authenticate(u) for u in unknown), return_exceptions=True)
+    assert [getattr(r, "status", None) for r in results] == [503, 503, 503]  # held, then told to retry
+    assert len(waits) == 1  # one wait (one poll of Redis) for all three
+
+
+async def test_a_key_whose_tenant_record_is_missing_asks_for_it_and_answers_503(authenticator, acme, issue_key,
+                                                                                 settings):
+    from billing.tasks import publish_tenant_record
+    from core import contract
+    from core.redis import get_redis
+
+    key = await _issue(acme, issue_key)
+    get_redis().delete(contract.tenant_record_key(str(acme.pk)))  # lost alone; the snapshot is marked whole
+    with pytest.raises(errors.GatewayError) as refused:
+        await authenticator.authenticate(f"Bearer {key}".encode())
+    assert refused.value.status == 503
+    assert str(acme.pk) in authenticator._tenant_asked_at
+    await asyncio.gather(*authenticator._jobs)  # the job went to the broker (a worker runs it, as here)
+    await asyncio.to_thread(publish_tenant_record, str(acme.pk))
+    assert (await authenticator.authenticate(f"Bearer {key}".encode())).tenant == str(acme.pk)

@@ -117,3 +117,13 @@ async def test_commands_issued_in_one_loop_turn_leave_in_one_write(server):
     assert after - before == 2  # our one write, and the observer's own INFO
     await client.aclose()
     observer.close()
+
+
+async def test_a_command_that_cannot_be_encoded_leaves_the_replies_in_order(server):
+    client = FastRedis(server.url)
+    await client.execute("SET", "fr:order", "1")
+    with pytest.raises(TypeError):
+        await client.execute("SET", "fr:order", True)  # never sent: no reply is owed for it
+    assert await client.execute("GET", "fr:order") == b"1"
+    assert await client.execute("PING") == b"PONG"
+    await client.aclose()
