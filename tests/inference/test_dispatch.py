@@ -180,3 +180,27 @@ async def test_a_sink_that_fails_mid_stream_still_bills_what_the_replica_did(gat
     [event] = await _usage_events(gateway, ctx.request_id)
     assert event["status"] == 500
     assert event["prompt_tokens"] > 0 and event["completion_tokens"] >= 2  # the prefill and what was relayed
+
+
+async def test_a_request_the_limits_refuse_never_asks_for_a_cold_start(gateway, acme, issue_key,
+                                                                      django_capture_on_commit_callbacks):
+    """No replica free (the model looks scaled to zero): a request is held for a warm-up only once admitted."""
+    from billing.services import tenant_quota_set
+
+    def one_request_a_minute():
+        with django_capture_on_commit_callbacks(execute=True):
+            tenant_quota_set(tenant=acme, rpm_limit=1)
+
+    await sync_to_async(one_request_a_minute)()
+    await asyncio.sleep(0.6)  # past the authenticator's half-second record cache
+    caller = await _caller(gateway, acme, issue_key)
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    assert (await _run(gateway, caller, payload, Collect())).status == 200
+    warmups = []
+    gateway.pool.request_warmup = lambda model, reason="request": warmups.append(model)
+    for replica in gateway.pool.backends.values():
+        replica.outstanding = replica.max_concurrency  # none can take another request
+    refused = Collect()
+    await _run(gateway, caller, dict(payload), refused)
+    assert refused.kinds() == ["Failed"] and refused.seen[0].error.status == 429
+    assert warmups == []
