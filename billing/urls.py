@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing import views
+from billing import staff_tenants, views
 
 urlpatterns = [
     path("staff/limits/", views.near_limits, name="staff_near_limits"),
@@ -8,4 +8,11 @@ urlpatterns = [
     path("staff/plans/<slug:plan_slug>/", views.plan_edit, name="staff_plan_edit"),
     path("staff/prices/", views.price_set, name="staff_price_set"),
     path("staff/tenants/<slug:slug>/cost-guard/lift/", views.cost_guard_lift_view, name="staff_cost_guard_lift"),
+    path("staff/", staff_tenants.tenant_list, name="staff_tenant_list"),
+    path("staff/tenants/<slug:slug>/", staff_tenants.tenant_detail, name="staff_tenant_detail"),
+    path("staff/tenants/<slug:slug>/status/", staff_tenants.tenant_status, name="staff_tenant_status"),
+    path("staff/tenants/<slug:slug>/limits/", staff_tenants.tenant_limits, name="staff_tenant_limits"),
+    path("staff/tenants/<slug:slug>/keys/<str:key_id>/limits/", staff_tenants.key_limits, name="staff_key_limits"),
+    path("staff/tenants/<slug:slug>/act-as/", staff_tenants.act_as_start, name="staff_act_as_start"),
+    path("staff/act-as/end/", staff_tenants.act_as_end, name="staff_act_as_end"),
 ]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tenants.views import console, staff
+from tenants.views import console
 
 urlpatterns = [
     path("account/mfa-required/", console.mfa_required, name="mfa_required"),
@@ -24,11 +24,4 @@ urlpatterns = [
     path("t/<slug:slug>/limits/", console.limits, name="tenant_limits"),
     path("t/<slug:slug>/usage/", console.usage, name="tenant_usage"),
     path("t/<slug:slug>/settings/", console.tenant_settings, name="tenant_settings"),
-    path("staff/", staff.tenant_list, name="staff_tenant_list"),
-    path("staff/tenants/<slug:slug>/", staff.tenant_detail, name="staff_tenant_detail"),
-    path("staff/tenants/<slug:slug>/status/", staff.tenant_status, name="staff_tenant_status"),
-    path("staff/tenants/<slug:slug>/limits/", staff.tenant_limits, name="staff_tenant_limits"),
-    path("staff/tenants/<slug:slug>/keys/<str:key_id>/limits/", staff.key_limits, name="staff_key_limits"),
-    path("staff/tenants/<slug:slug>/act-as/", staff.act_as_start, name="staff_act_as_start"),
-    path("staff/act-as/end/", staff.act_as_end, name="staff_act_as_end"),
 ]

@@ -1,4 +1,6 @@
-"""The staff console: every tenant, their members, keys, usage and status; suspensions; "act as" sessions."""
+"""The staff console of organisations: every tenant, their members, keys, limits, usage and status;
+suspensions; "act as" sessions. Here, in billing, because its pages show billing's numbers beside the tenant's
+own (billing builds on tenants; tenants imports nothing from billing)."""
 
 from __future__ import annotations
 
