@@ -45,6 +45,15 @@ async def gateway(backend):
     await gw.shutdown()
 
 
+@pytest.fixture
+def one_request_a_minute(acme, django_capture_on_commit_callbacks):
+    """Acme may send one request a minute (its key, issued after this, is first read with that limit)."""
+    from billing.services import tenant_quota_set
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_quota_set(tenant=acme, rpm_limit=1)
+
+
 async def _caller(gw, tenant, issue_key):
     plaintext = await sync_to_async(issue_key)(tenant)
     return await gw.auth.authenticate(f"Bearer {plaintext}".encode())
@@ -123,15 +132,7 @@ async def test_an_unknown_model_or_a_forbidden_one_is_refused_before_anything_ru
 
 
 async def test_a_refusal_by_the_limits_is_a_failed_event_and_runs_nothing(gateway, acme, issue_key,
-                                                                         django_capture_on_commit_callbacks):
-    from billing.services import tenant_quota_set
-
-    def one_request_a_minute():
-        with django_capture_on_commit_callbacks(execute=True):
-            tenant_quota_set(tenant=acme, rpm_limit=1)
-
-    await sync_to_async(one_request_a_minute)()
-    await asyncio.sleep(0.6)  # past the authenticator's half-second record cache
+                                                                         one_request_a_minute):
     caller = await _caller(gateway, acme, issue_key)
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     first, second = Collect(), Collect()
@@ -183,16 +184,8 @@ async def test_a_sink_that_fails_mid_stream_still_bills_what_the_replica_did(gat
 
 
 async def test_a_request_the_limits_refuse_never_asks_for_a_cold_start(gateway, acme, issue_key,
-                                                                      django_capture_on_commit_callbacks):
+                                                                      one_request_a_minute):
     """No replica free (the model looks scaled to zero): a request is held for a warm-up only once admitted."""
-    from billing.services import tenant_quota_set
-
-    def one_request_a_minute():
-        with django_capture_on_commit_callbacks(execute=True):
-            tenant_quota_set(tenant=acme, rpm_limit=1)
-
-    await sync_to_async(one_request_a_minute)()
-    await asyncio.sleep(0.6)  # past the authenticator's half-second record cache
     caller = await _caller(gateway, acme, issue_key)
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
     assert (await _run(gateway, caller, payload, Collect())).status == 200
