@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
 from django.conf import settings
@@ -10,11 +11,29 @@ from tenants.limit_fields import LimitFields
 
 
 class Plan(LimitFields):
-    """A price list entry: default limits for the tenants on it."""
+    """A price list entry: what a tenant on it pays (a monthly fee, tokens at the model prices past those included)
+    and the default limits it gets. A plan with ``requires_payment`` serves only under a subscription in good
+    standing; the others (the free Trial, Internal, contract plans invoiced outside Stripe) serve without one."""
 
     slug = models.SlugField(max_length=50, unique=True)
     name = models.CharField(max_length=100)
     is_default = models.BooleanField(default=False, help_text="New tenants start on this plan.")
+    monthly_fee_aud = models.DecimalField(
+        "monthly fee (A$, GST exclusive)", max_digits=10, decimal_places=2, default=Decimal("0")
+    )
+    included_tokens = models.PositiveBigIntegerField(
+        default=0, help_text="Input and output tokens of each model included in the fee every period."
+    )
+    trial_days = models.PositiveSmallIntegerField(default=0, help_text="Free days before the first charge.")
+    trial_card_required = models.BooleanField(
+        default=True, help_text="Off: the trial starts without a card; it ends unless one is added."
+    )
+    self_serve = models.BooleanField(default=False, help_text="Tenants can choose it in the console (Checkout).")
+    requires_payment = models.BooleanField(
+        default=False, help_text="Serves only under a Stripe subscription in good standing."
+    )
+    stripe_product_id = models.CharField(max_length=64, blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True, help_text="Last synced to Stripe.")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)  # the snapshot reconciliation republishes what changed
 
@@ -150,3 +169,234 @@ class CostGuardAction(models.Model):
     @property
     def active(self) -> bool:
         return self.lifted_at is None
+
+
+class StripePrice(models.Model):
+    """A Stripe Price we created for a plan: its monthly fee, or the input or output tokens of one model.
+
+    Stripe prices can't change amount: a new amount is a new price, and the old one is kept (``active=False``)
+    so subscriptions on it still read."""
+
+    class Kind(models.TextChoices):
+        FEE = "fee", "Monthly fee"
+        INPUT = "input", "Input tokens"
+        OUTPUT = "output", "Output tokens"
+
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="stripe_prices")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    model = models.CharField(max_length=200, blank=True, help_text="Empty for the fee.")
+    meter = models.CharField(max_length=100, blank=True, help_text="The meter's event name (token prices).")
+    stripe_price_id = models.CharField(max_length=64, unique=True)
+    amount = models.CharField(max_length=64, help_text="What the price charges, as sent: detects a change.")
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["plan", "kind", "model"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "kind", "model"], condition=models.Q(active=True),
+                                    name="one_active_stripe_price"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan} {self.kind} {self.model}".strip()
+
+
+class StripeMeter(models.Model):
+    """A Stripe Billing Meter: the input or output tokens of one model, reported per tenant and hour."""
+
+    model = models.CharField(max_length=200)
+    direction = models.CharField(max_length=8, choices=[("input", "Input"), ("output", "Output")])
+    event_name = models.CharField(max_length=100, unique=True)
+    stripe_meter_id = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["model", "direction"]
+        constraints = [models.UniqueConstraint(fields=["model", "direction"], name="one_meter_per_model_direction")]
+
+    def __str__(self) -> str:
+        return self.event_name
+
+
+class Subscription(models.Model):
+    """A tenant's Stripe customer and subscription, as the newest webhook (or re-read) left them."""
+
+    class Status(models.TextChoices):
+        NONE = "", "Not subscribed"
+        INCOMPLETE = "incomplete", "Incomplete"
+        INCOMPLETE_EXPIRED = "incomplete_expired", "Incomplete (expired)"
+        TRIALING = "trialing", "Trialing"
+        ACTIVE = "active", "Active"
+        PAST_DUE = "past_due", "Past due"
+        CANCELED = "canceled", "Cancelled"
+        UNPAID = "unpaid", "Unpaid"
+        PAUSED = "paused", "Paused"
+
+    tenant = models.OneToOneField("tenants.Tenant", on_delete=models.CASCADE, related_name="subscription")
+    plan = models.ForeignKey(Plan, null=True, blank=True, on_delete=models.PROTECT, related_name="subscriptions")
+    stripe_customer_id = models.CharField(max_length=64, blank=True, db_index=True)
+    stripe_subscription_id = models.CharField(max_length=64, blank=True, db_index=True)
+    status = models.CharField(max_length=24, choices=Status.choices, blank=True, default=Status.NONE)
+    current_period_start = models.DateTimeField(null=True, blank=True)
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    trial_end = models.DateTimeField(null=True, blank=True)
+    cancel_at_period_end = models.BooleanField(default=False)
+    past_due_since = models.DateTimeField(null=True, blank=True)
+    # Stripe's ``created`` of the newest event applied: an older event arriving late changes nothing.
+    stripe_seen = models.PositiveBigIntegerField(default=0)
+    tax_ids = models.JSONField(default=list, blank=True, help_text="The customer's tax ids, as Stripe has them.")
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"subscription of {self.tenant}"
+
+
+class CheckoutSession(models.Model):
+    """A Checkout a tenant member started: which plan, and how it ended (the return page shows it)."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        COMPLETE = "complete", "Complete"
+        EXPIRED = "expired", "Expired"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="checkout_sessions")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="+")
+    stripe_session_id = models.CharField(max_length=255, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.stripe_session_id
+
+
+class StripeEvent(models.Model):
+    """Every verified webhook event, stored before it is processed; the event id makes processing idempotent."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    created = models.PositiveBigIntegerField(help_text="Stripe's ``created`` (epoch seconds).")
+    payload = models.JSONField()
+    tenant = models.ForeignKey(
+        "tenants.Tenant", null=True, blank=True, on_delete=models.SET_NULL, related_name="stripe_events"
+    )
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.type}"
+
+
+class Invoice(models.Model):
+    """A Stripe invoice as its webhooks left it: the console lists these without calling Stripe."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="invoices")
+    stripe_invoice_id = models.CharField(max_length=64, unique=True)
+    number = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=24)
+    currency = models.CharField(max_length=3, default="aud")
+    subtotal_cents = models.BigIntegerField(default=0)
+    tax_cents = models.BigIntegerField(default=0)
+    total_cents = models.BigIntegerField(default=0)
+    amount_due_cents = models.BigIntegerField(default=0)
+    amount_paid_cents = models.BigIntegerField(default=0)
+    period_start = models.DateTimeField(null=True, blank=True)
+    period_end = models.DateTimeField(null=True, blank=True)
+    hosted_invoice_url = models.URLField(max_length=1000, blank=True)
+    invoice_pdf = models.URLField(max_length=1000, blank=True)
+    lines = models.JSONField(default=list, blank=True, help_text="Price id, meter, quantity and amount per line.")
+    created = models.DateTimeField()
+    stripe_seen = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["tenant", "-created"], name="invoice_tenant_created")]
+
+    def __str__(self) -> str:
+        return self.number or self.stripe_invoice_id
+
+
+class UsageRollup(models.Model):
+    """Usage per tenant, key and model over an hour (UTC) or a day (Sydney), built from usage events by a worker.
+
+    Consoles and the API read these, never the raw events. ``cost_micro_aud`` is rated at the prices in force when
+    the rollup job read the events (the same prices the spend cap counted)."""
+
+    class Period(models.TextChoices):
+        HOUR = "h", "Hour"
+        DAY = "d", "Day"
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+", db_index=False)
+    period = models.CharField(max_length=1, choices=Period.choices)
+    start = models.DateTimeField()
+    key_id = models.CharField(max_length=16, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost_micro_aud = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-start"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "period", "start", "key_id", "model"], name="rollup_bucket"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.period} {self.start:%Y-%m-%d %H}h {self.key_id} {self.model}"
+
+
+class RollupWatermark(models.Model):
+    """How far the rollup job has read the usage events (by id)."""
+
+    name = models.CharField(max_length=32, unique=True)
+    last_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.last_id}"
+
+
+class MeterReport(models.Model):
+    """The outbox of Stripe meter events: one row per (tenant, meter, hour), plus a correcting row when usage for
+    an hour arrives after it was reported. Marked sent only after Stripe acknowledged it; ``identifier`` is
+    stable across retries, so Stripe drops a second delivery."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+")
+    meter = models.CharField(max_length=100, help_text="The meter's event name.")
+    hour = models.DateTimeField()
+    sequence = models.PositiveSmallIntegerField(default=0, help_text="0 for the hour's report, 1… corrections.")
+    quantity = models.PositiveBigIntegerField()
+    identifier = models.CharField(max_length=100, unique=True)
+    stripe_customer_id = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.CharField(max_length=200, blank=True)
+    refused = models.BooleanField(default=False, help_text="Stripe refused it for good (staff must look).")
+
+    class Meta:
+        ordering = ["hour", "meter", "sequence"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "meter", "hour", "sequence"], name="meter_report_once"),
+        ]
+        indexes = [
+            models.Index(fields=["sent_at", "next_attempt_at"], name="meter_report_due"),
+            models.Index(fields=["tenant", "hour"], name="meter_report_tenant_hour"),
+        ]
+
+    def __str__(self) -> str:
+        return self.identifier
