@@ -35,6 +35,7 @@ class Action(StrEnum):
     USAGE_VIEW = "usage.view"
     LIMITS_VIEW = "limits.view"
     PLAYGROUND_USE = "playground.use"
+    BILLING_VIEW = "billing.view"
     BILLING_MANAGE = "billing.manage"
 
 
@@ -66,6 +67,11 @@ MATRIX: dict[Action, frozenset[str]] = {
     Action.USAGE_VIEW: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.BILLING, SUPPORT, API_KEY}),
     Action.LIMITS_VIEW: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.BILLING, SUPPORT, API_KEY}),
     Action.PLAYGROUND_USE: frozenset({Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.AGENT}),
+    # The bill (plan, spend, invoices) is for the roles that run or pay for the organisation, and for support
+    # staff answering "why is my bill this much?". Developers and agents see usage and limits, not money: an
+    # invoice names the customer's ABN, address and payment state, which their work does not need. A management
+    # key may read it too (a key with those scopes is only ever given by an owner or admin).
+    Action.BILLING_VIEW: frozenset({Role.OWNER, Role.ADMIN, Role.BILLING, SUPPORT, API_KEY}),
     Action.BILLING_MANAGE: frozenset({Role.OWNER, Role.BILLING}),
 }
 
