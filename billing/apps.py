@@ -7,3 +7,9 @@ class BillingConfig(AppConfig):
 
     def ready(self) -> None:
         from billing import receivers  # noqa: F401 (connects the receivers)
+        from billing.limits import tenant_limits
+        from billing.selectors import key_last_used
+        from tenants import hooks
+
+        # Tenants imports nothing from billing but enforces and shows two of its numbers (see tenants.hooks).
+        hooks.install(tenant_limits=tenant_limits, keys_last_used=key_last_used)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing import staff_tenants, views
+from billing import staff_tenants, tenant_console, views
 
 urlpatterns = [
     path("staff/limits/", views.near_limits, name="staff_near_limits"),
@@ -15,4 +15,7 @@ urlpatterns = [
     path("staff/tenants/<slug:slug>/keys/<str:key_id>/limits/", staff_tenants.key_limits, name="staff_key_limits"),
     path("staff/tenants/<slug:slug>/act-as/", staff_tenants.act_as_start, name="staff_act_as_start"),
     path("staff/act-as/end/", staff_tenants.act_as_end, name="staff_act_as_end"),
+    # The tenant console's usage and limits pages: billing's numbers, at the console's paths.
+    path("t/<slug:slug>/limits/", tenant_console.limits, name="tenant_limits"),
+    path("t/<slug:slug>/usage/", tenant_console.usage, name="tenant_usage"),
 ]

@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from audit.models import AuditEntry
-from billing.selectors import key_last_used
+from tenants import hooks
 from tenants.models import ApiKey, Invitation, Membership, Tenant
 
 
@@ -78,8 +78,10 @@ def api_key_get(*, tenant: Tenant, key_id: str) -> ApiKey:
 
 
 def with_last_used(*, tenant: Tenant, api_keys: list[ApiKey]) -> list[ApiKey]:
-    """Attach ``last_used_at`` (from usage events) to each key of one page."""
-    last = key_last_used(tenant=tenant, key_ids=[k.key_id for k in api_keys])
+    """Attach ``last_used_at`` to each key of one page, in one query. Usage events are billing's; the function
+    that reads them is installed by billing (``tenants.hooks``), so that this one read serves the pages, the
+    staff console and the management API alike."""
+    last = hooks.keys_last_used(tenant=tenant, key_ids=[k.key_id for k in api_keys])
     for api_key in api_keys:
         api_key.last_used_at = last.get(api_key.key_id)
     return api_keys

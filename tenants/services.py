@@ -24,10 +24,9 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from audit.services import record
-from billing import limits as billing_limits
 from core import quotas
 from core.proxies import request_client_ip
-from tenants import emails, keys, signals, snapshot
+from tenants import emails, hooks, keys, signals, snapshot
 from tenants.models import ApiKey, Invitation, Membership, PolicyAcceptance, Role, SupportSession, Tenant
 from tenants.permissions import Action, can, grantable_scopes, may_manage_key
 
@@ -404,9 +403,10 @@ def _limit_text(name: str, value) -> str:
 def _check_key_limits(*, tenant: Tenant, limits: dict[str, int | Decimal | None], within_tenant: bool) -> None:
     """Refuse key limits that are not positive or, with ``within_tenant``, that are above the organisation's
     effective limit: the data plane would quietly apply the organisation's instead, and a limit that does
-    not do what it says is worse than a clear "no"."""
+    not do what it says is worse than a clear "no". The organisation's limits are billing's (plans and
+    overrides): billing installs the function that resolves them (``tenants.hooks``)."""
     quotas.check_fields(limits)
-    ceilings = billing_limits.tenant_limits(tenant) if within_tenant else {}
+    ceilings = hooks.tenant_limits(tenant) if within_tenant else {}
     errors = {}
     for name, value in limits.items():
         if value is None:

@@ -21,7 +21,5 @@ urlpatterns = [
     path("t/<slug:slug>/keys/<str:key_id>/revoke/", console.key_revoke, name="tenant_key_revoke"),
     path("t/<slug:slug>/keys/<str:key_id>/rotate/", console.key_rotate, name="tenant_key_rotate"),
     path("t/<slug:slug>/keys/<str:key_id>/limits/", console.key_limits, name="tenant_key_limits"),
-    path("t/<slug:slug>/limits/", console.limits, name="tenant_limits"),
-    path("t/<slug:slug>/usage/", console.usage, name="tenant_usage"),
     path("t/<slug:slug>/settings/", console.tenant_settings, name="tenant_settings"),
 ]

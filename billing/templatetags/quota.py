@@ -1,10 +1,12 @@
-"""How the quota pages write amounts, sources and reset times."""
+"""How the quota pages write amounts, sources and reset times; and a key's quota section, for tenants' key page
+(tenants imports nothing from billing, so its templates ask billing for the section)."""
 
 from __future__ import annotations
 
 from django import template
 from django.utils import timezone
 
+from billing.quota_reads import quota_report
 from core.quotas import format_aud
 
 register = template.Library()
@@ -46,3 +48,10 @@ def quota_reset(meter) -> str:
     if meter.kind in ("rpm", "tpm"):
         return local.strftime("%H:%M:%S %Z")
     return f"{local.day} {local.strftime('%b %Y %H:%M %Z')}"
+
+
+@register.inclusion_tag("billing/partials/key_quota.html")
+def key_quota(tenant, api_key) -> dict:
+    """``{% key_quota tenant api_key %}``: the key's own limits beside its organisation's, and what the key has
+    used in the current windows, as the limiter counted it."""
+    return {"key_quota": quota_report(tenant=tenant, api_keys=[api_key]).keys[0]}

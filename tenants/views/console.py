@@ -1,4 +1,6 @@
-"""The tenant console: overview and onboarding, team, invitations, API keys, usage and settings."""
+"""The tenant console: overview and onboarding, team, invitations, API keys and settings. The usage and limits
+pages are billing's (``billing.tenant_console``), and billing's sections on these pages (a key's quota, the
+recent requests) come from its template tags: tenants imports nothing from billing."""
 
 from __future__ import annotations
 
@@ -14,10 +16,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from billing import limits as billing_limits
-from billing.quota_reads import quota_report
-from billing.selectors import usage_recent, usage_summary, usage_window
-from tenants import forms, selectors, services
+from tenants import forms, hooks, selectors, services
 from tenants.adapters import SESSION_INVITATION
 from tenants.models import ApiKey, Membership
 from tenants.permissions import Action, assignable_roles, grantable_scopes
@@ -42,7 +41,6 @@ def tenant_home(request, access):
         "tenant": tenant,
         "has_keys": has_keys,
         "api_base": _api_base(request),
-        "recent_usage": usage_recent(tenant=tenant, limit=10) if access.can(Action.USAGE_VIEW) else [],
     }
     return render(request, "tenants/home.html", context)
 
@@ -234,7 +232,7 @@ def _render_secret(request, access, issued, *, rotated: bool = False):
 def key_create(request, access):
     form = forms.ApiKeyForm(request.POST if request.method == "POST" else None,
                             grantable=grantable_scopes(access.role))
-    form.explain_empty(billing_limits.tenant_limits(access.tenant), whose=ORGANISATION)
+    form.explain_empty(hooks.tenant_limits(access.tenant), whose=ORGANISATION)
     if request.method == "POST" and form.is_valid():
         try:
             issued = services.api_key_create(
@@ -251,15 +249,14 @@ def key_create(request, access):
 
 
 def _key_detail(request, access, api_key, *, limits_form=None, status: int = 200):
+    """The key's page; its quota section is billing's (``{% key_quota %}``)."""
     selectors.with_last_used(tenant=access.tenant, api_keys=[api_key])
-    report = quota_report(tenant=access.tenant, api_keys=[api_key])
     if limits_form is None and Action.KEYS_LIMITS in access.key_actions(api_key):
         limits_form = forms.KeyLimitsForm(initial={n: getattr(api_key, n) for n in ApiKey.LIMIT_FIELDS})
     if limits_form is not None:
-        limits_form.explain_empty(report.limits.values, whose=ORGANISATION)
+        limits_form.explain_empty(hooks.tenant_limits(access.tenant), whose=ORGANISATION)
     return render(request, "tenants/key_detail.html", {
-        "tenant": access.tenant, "api_key": api_key, "key_quota": report.keys[0], "report": report,
-        "limits_form": limits_form,
+        "tenant": access.tenant, "api_key": api_key, "limits_form": limits_form,
     }, status=status)
 
 
@@ -319,38 +316,7 @@ def key_rotate(request, access, key_id: str):
                   status=status)
 
 
-# --- usage and settings ----------------------------------------------------------------------------
-@require_GET
-@tenant_view(Action.USAGE_VIEW)
-def usage(request, access):
-    form = forms.UsageFilterForm(request.GET or None)
-    since = until = None
-    status = 200
-    if form.is_bound:
-        if form.is_valid():
-            since, until = form.cleaned_data.get("since"), form.cleaned_data.get("until")
-        else:
-            status = 400
-    since, until = usage_window(since=since, until=until)
-    summary = usage_summary(tenant=access.tenant, since=since, until=until)
-    key_names = dict(ApiKey.objects.filter(tenant=access.tenant).values_list("key_id", "name"))
-    return render(request, "tenants/usage.html",
-                  {"tenant": access.tenant, "form": form, "summary": summary, "key_names": key_names},
-                  status=status)
-
-
-@require_GET
-@tenant_view(Action.LIMITS_VIEW)
-def limits(request, access):
-    """Effective limits, where each comes from, and what is left in the current windows; per key too. The
-    live part refreshes itself through htmx."""
-    report = quota_report(tenant=access.tenant, api_keys=selectors.api_keys_for_limits(tenant=access.tenant))
-    context = {"tenant": access.tenant, "report": report, "keys_shown": selectors.LIMITS_KEYS_SHOWN}
-    if request.htmx:
-        return render(request, "tenants/partials/limits_live.html", context)
-    return render(request, "tenants/limits.html", context)
-
-
+# --- settings --------------------------------------------------------------------------------------
 @require_http_methods(["GET", "POST"])
 @tenant_view(Action.TENANT_VIEW)
 def tenant_settings(request, access):
