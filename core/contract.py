@@ -10,8 +10,9 @@ plane is gone, a change it makes reaches only old gateways, and the other way ro
 go.)
 
 - ``KeyRecord`` at ``apikey:<key id>``: one API key (hashes, scopes, models, expiry, its own limits).
-- ``TenantRecord`` at ``tenant:<tenant id>``: one organisation (status, effective limits). Apart from its keys'
-  records, so a plan or tenant change republishes only the tenants it touches.
+- ``TenantRecord`` at ``tenant:<tenant id>``: one organisation (status, effective limits, when it stops being
+  served for want of payment). Apart from its keys' records, so a plan or tenant change republishes only the
+  tenants it touches.
 - ``BackendRecord`` list at ``backends``, model prices at ``prices``.
 - ``UsageEvent``: one JSON line per request, in entries of the ``INFERENCE_USAGE_STREAM`` stream (and, the same
   line, the access log).
@@ -120,6 +121,10 @@ class TenantRecord:
     tenant: str
     status: str  # "active", "suspended", "closed"
     limits: dict[str, int] = field(default_factory=dict)  # effective, by kind; empty: nothing limited
+    # Epoch seconds from which the tenant is refused for want of payment (its subscription's grace period ends,
+    # or 0: refused now); None: nothing to pay, or paid. The data plane compares it with its clock per request,
+    # so a grace period ends on time without a republish. Records from before this field read as None.
+    unpaid_after: float | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps({"v": VERSION, **asdict(self)})
@@ -128,9 +133,13 @@ class TenantRecord:
     def decode(cls, raw: bytes | str) -> TenantRecord:
         data = _load(raw)
         try:
-            return cls(tenant=data["tenant"], status=data["status"], limits=dict(data.get("limits") or {}))
+            unpaid_after = data.get("unpaid_after")
+            return cls(tenant=data["tenant"], status=data["status"], limits=dict(data.get("limits") or {}),
+                       unpaid_after=float(unpaid_after) if unpaid_after is not None else None)
         except KeyError as exc:
             raise RecordError(f"tenant record without {exc}") from None
+        except (TypeError, ValueError):
+            raise RecordError("tenant record with a malformed unpaid_after") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ class KeyRecord:
     # Effective limits by kind (``core.quotas``); empty: nothing to enforce at that scope.
     tenant_limits: dict = field(default_factory=dict)
     key_limits: dict = field(default_factory=dict)
+    # Epoch seconds from which the tenant is refused for want of payment; infinity when it has nothing to pay,
+    # so the check per request is one float comparison.
+    unpaid_after: float = math.inf
 
     @classmethod
     def join(cls, key: contract.KeyRecord, tenant: contract.TenantRecord) -> KeyRecord:
@@ -63,6 +67,7 @@ class KeyRecord:
             scopes=frozenset(key.scopes), models=frozenset(key.models), expires=key.expires, revoked=key.revoked,
             prev_hash=key.prev_hash, prev_expires=key.prev_expires, tenant_limits=tenant.limits,
             key_limits=key.limits,
+            unpaid_after=math.inf if tenant.unpaid_after is None else tenant.unpaid_after,
         )
 
     def secret_matches(self, digest: str) -> bool:
@@ -225,7 +230,8 @@ class KeyAuthenticator:
         )
 
     async def authenticate(self, authorization: bytes | None) -> KeyRecord:
-        """Return the key's record, or raise the OpenAI-shaped 401/402/403 the client should see."""
+        """Return the key's record, or raise the OpenAI-shaped 401/402/403 the client should see (402: the
+        organisation is suspended, or its subscription is unpaid past its grace period)."""
         if not authorization:
             raise errors.missing_key()
         scheme, _, token = authorization.decode("latin-1").partition(" ")
@@ -280,6 +286,17 @@ class KeyAuthenticator:
                 "restore it.",
                 type="insufficient_quota",
                 code="account_suspended",
+            )
+        # Compared per request (not when the record was published), so a grace period ends on time on every
+        # worker without anything republished.
+        if record.unpaid_after <= time.time():
+            raise errors.GatewayError(
+                402,
+                "Your organisation's subscription is unpaid. An owner or billing member can pay the open invoice "
+                "or update the payment method on the Billing page of the Wattle console; the API works again "
+                "within a second of payment.",
+                type="insufficient_quota",
+                code="payment_required",
             )
         if "inference" not in record.scopes:
             raise errors.GatewayError(

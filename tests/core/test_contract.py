@@ -19,6 +19,15 @@ def test_key_and_tenant_records_round_trip():
     assert contract.KeyRecord.decode(key.encode()) == key
     assert contract.TenantRecord.decode(tenant.encode()) == tenant
     assert orjson.loads(key.encode())["v"] == contract.VERSION
+    unpaid = contract.TenantRecord(tenant="t-1", status="active", unpaid_after=1_700_000_000.5)
+    assert contract.TenantRecord.decode(unpaid.encode()) == unpaid
+
+
+def test_a_tenant_record_from_before_unpaid_after_reads_as_paid():
+    old = b'{"v": 1, "tenant": "t-1", "status": "active", "limits": {"tpm": 100}}'
+    assert contract.TenantRecord.decode(old).unpaid_after is None
+    with pytest.raises(contract.RecordError):
+        contract.TenantRecord.decode(b'{"v": 1, "tenant": "t-1", "status": "active", "unpaid_after": "soon"}')
 
 
 @pytest.mark.parametrize("raw", [b"", b"[]", b'{"key_id": "x"}', b'{"v": 99, "key_id": "x", "tenant": "t",'
