@@ -163,6 +163,11 @@ CELERY_BEAT_SCHEDULE = {
     "budget-alerts": {"task": "billing.tasks.check_budget_alerts", "schedule": 60.0},
     "cost-guard": {"task": "billing.tasks.check_cost_guard", "schedule": 300.0},
     "close-support-sessions": {"task": "tenants.tasks.close_expired_support_sessions", "schedule": 60.0},
+    # Stripe: events whose processing failed (Stripe unreachable on a re-read), plans whose sync failed, and the
+    # past-due notices (grace periods ending).
+    "stripe-events-retry": {"task": "billing.tasks.retry_stripe_events", "schedule": 60.0},
+    "stripe-plans-sync": {"task": "billing.tasks.sync_plans_to_stripe", "schedule": 300.0},
+    "payment-notices": {"task": "billing.tasks.send_payment_notices", "schedule": 60.0},
 }
 
 # --- Auth -------------------------------------------------------------------------------------------
@@ -364,11 +369,22 @@ AWS_ENDPOINT_URL = env_str("AWS_ENDPOINT_URL") or None
 ALLOWED_DATA_REGIONS = env_list("ALLOWED_DATA_REGIONS", ["ap-southeast-2", "ap-southeast-4"])
 
 # --- Stripe -----------------------------------------------------------------------------------------
-STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
-STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
-STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "")
-STRIPE_API_BASE = env_str("STRIPE_API_BASE") or None  # tests point the real SDK at tests/fakes/stripe_server
+# Every call to Stripe goes through billing/stripe_gateway.py (docs/billing.md, "Stripe"). With no secret key,
+# payments are not configured: billing pages show usage and estimated charges only.
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "") or ""
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "") or ""
+STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "") or ""
+# Empty: Stripe's own API. Else the base URL of a Stripe stand-in (tests/fakes/stripe, e.g. http://127.0.0.1:12111)
+# that the real SDK talks to for every kind of call (API, files, connect, meter events).
+STRIPE_API_BASE = (env_str("STRIPE_API_BASE", "") or "").rstrip("/")
+STRIPE_TIMEOUT_S = env_float("STRIPE_TIMEOUT_S", 10.0)
+# The SDK's own retries of network errors, 409 and 5xx, with the same idempotency key.
+STRIPE_MAX_RETRIES = env_int("STRIPE_MAX_RETRIES", 2)
+if STRIPE_TIMEOUT_S <= 0 or STRIPE_MAX_RETRIES < 0:
+    raise ImproperlyConfigured("STRIPE_TIMEOUT_S must be positive and STRIPE_MAX_RETRIES not negative")
 BILLING_CURRENCY = "aud"
+# Our ABN, shown on tax invoices and billing pages (optional until payments are live).
+BILLING_ACCOUNT_ABN = env_str("BILLING_ACCOUNT_ABN", "") or ""
 # Cost guard (billing/cost_guard.py): act on the top spender when its last hour passes SPIKE_FACTOR times its
 # own hourly baseline (and at least MIN_HOURLY_AUD), or the platform's spend today passes PLATFORM_DAILY_AUD.
 # Settings of an app carry its name; the cost guard's were read as COST_GUARD_* before, and still are.
@@ -385,6 +401,11 @@ if BILLING_COST_GUARD_ACTION not in ("throttle", "suspend"):
     raise ImproperlyConfigured("BILLING_COST_GUARD_ACTION must be 'throttle' or 'suspend'")
 BILLING_COST_GUARD_THROTTLE_RPM = _billing_env(env_int, "COST_GUARD_THROTTLE_RPM", 10)
 BILLING_COST_GUARD_THROTTLE_TPM = _billing_env(env_int, "COST_GUARD_THROTTLE_TPM", 20_000)
+# A past-due subscription (a payment failed) keeps its tenant served this many days, with console banners and
+# emails; after it, /v1 answers 402 payment_required until the invoice is paid (billing/payment_access.py).
+BILLING_GRACE_DAYS = env_float("BILLING_GRACE_DAYS", 7.0)
+if BILLING_GRACE_DAYS < 0:
+    raise ImproperlyConfigured("BILLING_GRACE_DAYS must not be negative")
 STAFF_ALERT_EMAILS = env_list("STAFF_ALERT_EMAILS", [])
 
 
