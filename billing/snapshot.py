@@ -1,6 +1,6 @@
-"""The data plane's snapshot of tenants and keys in Redis (``core.contract``): tenant records (status and
-effective limits, which billing resolves), the whole-snapshot rebuild and the periodic reconciliation. Key
-records are ``tenants.snapshot``'s.
+"""The data plane's snapshot of tenants and keys in Redis (``core.contract``): tenant records (status, effective
+limits, which billing resolves, and when an unpaid subscription stops the tenant being served), the
+whole-snapshot rebuild and the periodic reconciliation. Key records are ``tenants.snapshot``'s.
 
 Every change is published after its database commit. A publish can fail (Redis away for a moment) and nothing
 retries it; the reconciliation, every ``REDIS_REPAIR_INTERVAL_S``, republishes what changed since its last run,
@@ -18,8 +18,8 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from billing import limits
-from billing.models import TenantQuota
+from billing import limits, payment_access
+from billing.models import Subscription, TenantQuota
 from core import contract, quotas
 from core.redis import get_redis
 from tenants import snapshot as key_snapshot
@@ -29,21 +29,29 @@ logger = logging.getLogger("wattle.snapshot")
 _CHUNK = 2000
 
 
-def tenant_record(tenant: Tenant, quota: TenantQuota | None, default) -> contract.TenantRecord:
-    resolved, _plan = limits.tenant_limits_resolved(quota, default)
-    return contract.TenantRecord(tenant=str(tenant.pk), status=tenant.status,
-                                 limits=quotas.for_data_plane(resolved.values))
+def tenant_record(tenant: Tenant, quota: TenantQuota | None, default, *,
+                  subscription: Subscription | None = None, payments_configured: bool | None = None
+                  ) -> contract.TenantRecord:
+    resolved, plan = limits.tenant_limits_resolved(quota, default)
+    return contract.TenantRecord(
+        tenant=str(tenant.pk), status=tenant.status, limits=quotas.for_data_plane(resolved.values),
+        unpaid_after=payment_access.unpaid_after(plan=plan, subscription=subscription,
+                                                 configured=payments_configured),
+    )
 
 
 def publish_tenants(tenant_ids) -> int:
     """Publish the records of ``tenant_ids`` (a list or a queryset of ids). Returns how many."""
     default = limits.default_plan()
+    configured = payment_access.payments_configured()
     count = 0
     pipe = get_redis().pipeline(transaction=False)
-    tenants = Tenant.objects.filter(pk__in=tenant_ids).select_related("quota__plan")
+    tenants = Tenant.objects.filter(pk__in=tenant_ids).select_related("quota__plan", "subscription")
     for tenant in tenants.iterator(chunk_size=_CHUNK):
         quota = getattr(tenant, "quota", None)
-        pipe.set(contract.tenant_record_key(str(tenant.pk)), tenant_record(tenant, quota, default).encode())
+        record = tenant_record(tenant, quota, default, subscription=getattr(tenant, "subscription", None),
+                               payments_configured=configured)
+        pipe.set(contract.tenant_record_key(str(tenant.pk)), record.encode())
         count += 1
         if count % _CHUNK == 0:
             pipe.execute()
@@ -80,8 +88,8 @@ def rebuild_from_worker() -> int:
 
 def reconcile(*, now: datetime | None = None) -> int:
     """Republish every record that may have changed since the last run: keys changed since, and tenants whose
-    row, quota or plan (``updated_at``) changed, or that follow a default plan that did. Runs look back
-    ``SNAPSHOT_RECONCILE_OVERLAP_S`` before the last one, for changes committed after their ``updated_at``.
+    row, quota, plan or subscription (``updated_at``) changed, or that follow a default plan that did. Runs look
+    back ``SNAPSHOT_RECONCILE_OVERLAP_S`` before the last one, for changes committed after their ``updated_at``.
     Without a watermark or a complete snapshot (first run, or Redis lost its data) everything is published.
     Returns how many records."""
     client = get_redis()
@@ -91,7 +99,8 @@ def reconcile(*, now: datetime | None = None) -> int:
         count = rebuild()
     else:
         since = datetime.fromisoformat(raw.decode()) - timedelta(seconds=settings.SNAPSHOT_RECONCILE_OVERLAP_S)
-        changed = Q(updated_at__gte=since) | Q(quota__updated_at__gte=since) | Q(quota__plan__updated_at__gte=since)
+        changed = (Q(updated_at__gte=since) | Q(quota__updated_at__gte=since) | Q(quota__plan__updated_at__gte=since)
+                   | Q(subscription__updated_at__gte=since))
         default = limits.default_plan()
         if default is not None and default.updated_at >= since:
             changed |= Q(quota__isnull=True) | Q(quota__plan__isnull=True)
