@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing import staff_tenants, tenant_console, views
+from billing import request_logs, staff_tenants, tenant_console, views
 
 urlpatterns = [
     path("staff/limits/", views.near_limits, name="staff_near_limits"),
@@ -18,4 +18,5 @@ urlpatterns = [
     # The tenant console's usage and limits pages: billing's numbers, at the console's paths.
     path("t/<slug:slug>/limits/", tenant_console.limits, name="tenant_limits"),
     path("t/<slug:slug>/usage/", tenant_console.usage, name="tenant_usage"),
+    path("t/<slug:slug>/logs/", request_logs.request_logs, name="tenant_request_logs"),
 ]
