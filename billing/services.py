@@ -29,7 +29,11 @@ logger = logging.getLogger("wattle.usage")
 _UNCHANGED = object()
 
 INGEST_GROUP = settings.USAGE_INGEST_GROUP
-
+# PostgreSQL hands out ids when rows are inserted, not when they commit: two ingest transactions can commit out of
+# id order, so a reader that goes by id (the rollup job's watermark) could pass an id whose row is not visible yet
+# and never come back for it. Every ingest transaction holds this advisory lock shared; the rollup job takes it
+# exclusively for the instant it reads max(id) (billing.rollups), so every id up to that max is committed.
+USAGE_COMMIT_LOCK = 0x5754_4C55  # "WTLU"
 
 
 def _consumer_name() -> str:
@@ -90,6 +94,7 @@ def _store_postgres(rows: list[tuple]) -> int:
     columns = ", ".join(_COLUMNS)
     table = UsageEvent._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [USAGE_COMMIT_LOCK])  # first: before any id
         cursor.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS usage_incoming ON COMMIT DELETE ROWS AS "  # noqa: S608 (constants)
             f"SELECT {columns} FROM {table} WITH NO DATA"
