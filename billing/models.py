@@ -245,6 +245,10 @@ class Subscription(models.Model):
     # Stripe's ``created`` of the newest event applied: an older event arriving late changes nothing.
     stripe_seen = models.PositiveBigIntegerField(default=0)
     tax_ids = models.JSONField(default=list, blank=True, help_text="The customer's tax ids, as Stripe has them.")
+    # The billing contacts are emailed once when a payment fails and once when the API stops for want of payment,
+    # per past-due episode: a notice older than ``past_due_since`` belongs to an earlier one.
+    past_due_notified_at = models.DateTimeField(null=True, blank=True)
+    refused_notified_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
     def __str__(self) -> str:
