@@ -1,4 +1,5 @@
-"""Staff forms for plans, model prices and a tenant's limits. They validate; ``billing.services`` changes state."""
+"""Staff forms for plans, model prices and a tenant's limits, and the tenant billing page's usage export. They
+validate; ``billing.services`` changes state."""
 
 from __future__ import annotations
 
@@ -85,3 +86,28 @@ class ModelPriceForm(NoSuffixMixin, forms.Form):
         if not model or any(c.isspace() for c in model):
             raise ValidationError("Give the model's name, without spaces.")
         return model
+
+
+# --- tenants: the billing page's usage export ------------------------------------------------------
+EXPORT_MAX_DAYS = 366
+
+
+class UsageExportForm(NoSuffixMixin, forms.Form):
+    """The CSV export's range: whole Sydney days, both ends included, at most a year (the export reads daily
+    rollups, so its cost grows with the days asked for: the bound keeps every export small)."""
+
+    start = forms.DateField(label="From", widget=forms.DateInput(attrs={"type": "date"}), input_formats=["%Y-%m-%d"],
+                            error_messages={"required": "Give the first day (YYYY-MM-DD).",
+                                            "invalid": "Give the first day as YYYY-MM-DD."})
+    end = forms.DateField(label="To", widget=forms.DateInput(attrs={"type": "date"}), input_formats=["%Y-%m-%d"],
+                          error_messages={"required": "Give the last day (YYYY-MM-DD).",
+                                          "invalid": "Give the last day as YYYY-MM-DD."})
+
+    def clean(self):
+        data = super().clean()
+        start, end = data.get("start"), data.get("end")
+        if start and end and start > end:
+            raise ValidationError("“From” must be on or before “To”.")
+        if start and end and (end - start).days >= EXPORT_MAX_DAYS:
+            raise ValidationError(f"Export at most {EXPORT_MAX_DAYS} days at a time.")
+        return data

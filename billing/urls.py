@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing import request_logs, staff_tenants, tenant_console, views
+from billing import billing_console, request_logs, staff_tenants, tenant_console, views
 
 urlpatterns = [
     path("staff/limits/", views.near_limits, name="staff_near_limits"),
@@ -19,4 +19,7 @@ urlpatterns = [
     path("t/<slug:slug>/limits/", tenant_console.limits, name="tenant_limits"),
     path("t/<slug:slug>/usage/", tenant_console.usage, name="tenant_usage"),
     path("t/<slug:slug>/logs/", request_logs.request_logs, name="tenant_request_logs"),
+    path("t/<slug:slug>/billing/", billing_console.tenant_billing, name="tenant_billing"),
+    path("t/<slug:slug>/billing/usage.csv", billing_console.tenant_billing_usage_csv, name="tenant_billing_usage_csv"),
+    path("staff/revenue/", billing_console.staff_revenue, name="staff_revenue"),
 ]

@@ -1,0 +1,180 @@
+"""Reads of usage for the consoles, the export and the management API: always over ``UsageRollup``, never the raw
+usage events, and always bounded to a range, so a page costs the same with ten events or ten million.
+
+Hourly rollups (UTC hours) serve a billing period, which starts at any hour (Stripe's period; Stripe's meter
+events are hourly too, so the two agree on which hours a period holds). Daily rollups (Sydney days) serve ranges
+of whole days: the usage page and the CSV export. Sydney is a whole number of hours from UTC, so an hour belongs to
+exactly one Sydney day and both read the same days.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+
+from django.db.models import Sum
+from django.db.models.functions import TruncDate
+
+from billing.models import UsageRollup
+from core.quotas import MICRO, SYDNEY
+from tenants.models import ApiKey, Tenant
+
+HOUR = UsageRollup.Period.HOUR
+DAY = UsageRollup.Period.DAY
+
+
+@dataclass
+class UsageLine:
+    """Totals for one day, key or model (or all of them)."""
+
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_micro_aud: int = 0
+
+    def add(self, row: dict) -> None:
+        self.requests += row["requests"] or 0
+        self.errors += row["errors"] or 0
+        self.prompt_tokens += row["prompt_tokens"] or 0
+        self.completion_tokens += row["completion_tokens"] or 0
+        self.cost_micro_aud += row["cost_micro_aud"] or 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cost_aud(self) -> Decimal:
+        """Exact (micro-dollar) A$; pages round to cents only when they print it."""
+        return Decimal(self.cost_micro_aud) / MICRO
+
+
+@dataclass
+class Breakdown:
+    """Usage over ``[start, end)`` by Sydney day (every day of the range, empty ones too), key and model."""
+
+    start: datetime
+    end: datetime
+    days: list[date]
+    by_day: dict[date, UsageLine]
+    by_key: dict[str, UsageLine]
+    by_model: dict[str, UsageLine]
+    totals: UsageLine
+    key_names: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return self.totals.requests == 0 and self.totals.total_tokens == 0
+
+    @property
+    def last_day(self) -> date:
+        return self.days[-1] if self.days else self.start.astimezone(SYDNEY).date()
+
+    def key_label(self, key_id: str) -> str:
+        name = self.key_names.get(key_id)
+        if not key_id:
+            return "(no key)"
+        return f"wtl_{key_id} {name}" if name else f"wtl_{key_id}"
+
+
+_SUMS = {
+    "requests": Sum("requests"),
+    "errors": Sum("errors"),
+    "prompt_tokens": Sum("prompt_tokens"),
+    "completion_tokens": Sum("completion_tokens"),
+    "cost_micro_aud": Sum("cost_micro_aud"),
+}
+
+
+def day_bounds(since: date, until: date) -> tuple[datetime, datetime]:
+    """Sydney midnight at the start of ``since`` and after ``until``."""
+    return (datetime.combine(since, time.min, tzinfo=SYDNEY),
+            datetime.combine(until + timedelta(days=1), time.min, tzinfo=SYDNEY))
+
+
+def _days(start: datetime, end: datetime) -> list[date]:
+    first = start.astimezone(SYDNEY).date()
+    last = (end - timedelta(microseconds=1)).astimezone(SYDNEY).date()
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)] if end > start else []
+
+
+def key_names(*, tenant: Tenant, key_ids) -> dict[str, str]:
+    ids = [k for k in key_ids if k]
+    if not ids:
+        return {}
+    return dict(ApiKey.objects.filter(tenant=tenant, key_id__in=ids).values_list("key_id", "name"))
+
+
+def usage_breakdown(*, tenant: Tenant, start: datetime, end: datetime, grain: str = HOUR) -> Breakdown:
+    """One query: the rollups of ``grain`` starting in ``[start, end)``, summed per Sydney day, key and model,
+    then folded into the three breakdowns (a few hundred rows at most: days x keys x models)."""
+    rows = (
+        UsageRollup.objects.filter(tenant=tenant, period=grain, start__gte=start, start__lt=end)
+        .annotate(day=TruncDate("start", tzinfo=SYDNEY))
+        .values("day", "key_id", "model")
+        .annotate(**_SUMS)
+        .order_by()
+    )
+    days = _days(start, end)
+    by_day = {day: UsageLine() for day in days}
+    by_key: dict[str, UsageLine] = {}
+    by_model: dict[str, UsageLine] = {}
+    totals = UsageLine()
+    for row in rows:
+        by_day.setdefault(row["day"], UsageLine()).add(row)
+        by_key.setdefault(row["key_id"], UsageLine()).add(row)
+        by_model.setdefault(row["model"], UsageLine()).add(row)
+        totals.add(row)
+    return Breakdown(
+        start=start, end=end, days=sorted(by_day), by_day=by_day,
+        by_key=dict(sorted(by_key.items(), key=lambda kv: (-kv[1].cost_micro_aud, -kv[1].total_tokens, kv[0]))),
+        by_model=dict(sorted(by_model.items(), key=lambda kv: (-kv[1].cost_micro_aud, -kv[1].total_tokens, kv[0]))),
+        totals=totals, key_names=key_names(tenant=tenant, key_ids=by_key),
+    )
+
+
+def usage_days(*, tenant: Tenant, since: date, until: date) -> Breakdown:
+    """Whole Sydney days ``since`` to ``until`` inclusive, from the daily rollups."""
+    start, end = day_bounds(since, until)
+    return usage_breakdown(tenant=tenant, start=start, end=end, grain=DAY)
+
+
+@dataclass(frozen=True)
+class ExportRow:
+    day: date
+    key_id: str
+    key_name: str
+    model: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micro_aud: int
+
+
+def usage_export_rows(*, tenant: Tenant, since: date, until: date) -> Iterator[ExportRow]:
+    """Per Sydney day x key x model, from the daily rollups (one row per bucket), oldest day first."""
+    start, end = day_bounds(since, until)
+    rows = (
+        UsageRollup.objects.filter(tenant=tenant, period=DAY, start__gte=start, start__lt=end)
+        .order_by("start", "key_id", "model")
+        .values_list("start", "key_id", "model", "requests", "errors", "prompt_tokens", "completion_tokens",
+                     "cost_micro_aud")
+    )
+    names = dict(ApiKey.objects.filter(tenant=tenant).values_list("key_id", "name"))
+    for begun, key_id, model, requests, errors, prompt, completion, cost in rows.iterator(chunk_size=2000):
+        yield ExportRow(day=begun.astimezone(SYDNEY).date(), key_id=key_id, key_name=names.get(key_id, ""),
+                        model=model, requests=requests, errors=errors, prompt_tokens=prompt,
+                        completion_tokens=completion, cost_micro_aud=cost)
+
+
+def cost_by_tenant(*, start: datetime, end: datetime) -> dict[int, int]:
+    """Staff: micro-A$ of usage per tenant id over whole Sydney days in ``[start, end)`` (daily rollups)."""
+    rows = (
+        UsageRollup.objects.filter(period=DAY, start__gte=start, start__lt=end)
+        .values("tenant_id").annotate(cost=Sum("cost_micro_aud")).order_by()
+    )
+    return {row["tenant_id"]: row["cost"] or 0 for row in rows}
