@@ -53,11 +53,30 @@ def redis_repair_loop(*, stop: threading.Event, interval: float) -> None:
             return
 
 
+def billing_jobs_loop(*, stop: threading.Event, interval: float) -> None:
+    """Embedded mode has no Celery beat: build the usage rollups (the console reads them), then plan and send the
+    Stripe meter reports, now and every ``interval`` until ``stop``."""
+    from django.db import close_old_connections
+
+    from billing.meters import meter_jobs
+
+    while True:
+        try:
+            meter_jobs()
+        except Exception:
+            logger.exception("billing jobs failed; they run again in %ss", interval)
+        finally:
+            close_old_connections()
+        if stop.wait(interval):
+            return
+
+
 class Lifespan:
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._ingest_thread: threading.Thread | None = None
         self._repair_thread: threading.Thread | None = None
+        self._billing_thread: threading.Thread | None = None
 
     def _start_ingest(self) -> None:
         from billing.services import usage_ingest_loop
@@ -83,6 +102,12 @@ class Lifespan:
                             kwargs={"stop": self._stop, "interval": settings.REDIS_REPAIR_INTERVAL_S},
                         )
                         self._repair_thread.start()
+                    if settings.BILLING_JOBS_IN_PROCESS:
+                        self._billing_thread = threading.Thread(
+                            target=billing_jobs_loop, name="billing-jobs", daemon=True,
+                            kwargs={"stop": self._stop, "interval": settings.BILLING_JOBS_INTERVAL_S},
+                        )
+                        self._billing_thread.start()
                     tune_gc()
                 except Exception as exc:
                     logger.exception("start-up failed")
@@ -92,7 +117,7 @@ class Lifespan:
             elif message["type"] == "lifespan.shutdown":
                 await gateway.shutdown()  # flushes buffered usage events to the stream first
                 self._stop.set()
-                for thread in (self._ingest_thread, self._repair_thread):
+                for thread in (self._ingest_thread, self._repair_thread, self._billing_thread):
                     if thread is not None:
                         thread.join(timeout=10)
                 await send({"type": "lifespan.shutdown.complete"})

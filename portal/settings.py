@@ -407,6 +407,25 @@ BILLING_GRACE_DAYS = env_float("BILLING_GRACE_DAYS", 7.0)
 if BILLING_GRACE_DAYS < 0:
     raise ImproperlyConfigured("BILLING_GRACE_DAYS must not be negative")
 STAFF_ALERT_EMAILS = env_list("STAFF_ALERT_EMAILS", [])
+# Usage rollups and the Stripe meter outbox (billing/rollups.py, billing/meters.py; docs/billing.md, "Metering").
+# Usage events read per rollup transaction.
+BILLING_ROLLUP_BATCH = env_int("BILLING_ROLLUP_BATCH", 20_000)
+# An hour is reported to Stripe this long after it ends: usage still on its way (the data plane's buffers, the
+# ingest) lands first, so fewer hours need a correcting event.
+BILLING_METER_SETTLE_S = env_int("BILLING_METER_SETTLE_S", 300)
+# A meter event Stripe could not take is sent again after BASE, 2 x BASE, 4 x BASE … seconds, at most MAX apart.
+BILLING_METER_RETRY_BASE_S = env_int("BILLING_METER_RETRY_BASE_S", 60)
+BILLING_METER_RETRY_MAX_S = env_int("BILLING_METER_RETRY_MAX_S", 3600)
+# Embedded mode has no beat: the web process runs the rollup and meter jobs itself, this often.
+BILLING_JOBS_IN_PROCESS = env_bool("BILLING_JOBS_IN_PROCESS", REDIS_REPAIR_IN_PROCESS)
+BILLING_JOBS_INTERVAL_S = env_float("BILLING_JOBS_INTERVAL_S", 60.0)
+if BILLING_METER_SETTLE_S < 0 or not 0 < BILLING_METER_RETRY_BASE_S <= BILLING_METER_RETRY_MAX_S:
+    raise ImproperlyConfigured("BILLING_METER_* settings: settle >= 0, 0 < retry base <= retry max")
+CELERY_BEAT_SCHEDULE |= {
+    "build-rollups": {"task": "billing.tasks.build_rollups", "schedule": 60.0},
+    "plan-meter-reports": {"task": "billing.tasks.plan_meter_reports", "schedule": 60.0},
+    "send-meter-reports": {"task": "billing.tasks.send_meter_reports", "schedule": 60.0},
+}
 
 
 # --- Inference (data plane) -------------------------------------------------------------------------
