@@ -7,4 +7,5 @@ urlpatterns = [
     path("staff/backends/<slug:name>/", views.backend_edit, name="staff_backend_edit"),
     path("staff/backends/<slug:name>/state/", views.backend_state, name="staff_backend_state"),
     path("staff/backends/<slug:name>/delete/", views.backend_delete, name="staff_backend_delete"),
+    path("t/<slug:slug>/playground/", views.playground, name="tenant_playground"),
 ]

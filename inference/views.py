@@ -1,15 +1,18 @@
-"""Staff pages for the backend pool."""
+"""Staff pages for the backend pool, and the tenant console's playground page (its socket is
+``inference.consumers.PlaygroundConsumer``)."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from inference import services
+from inference import selectors, services
 from inference.forms import BackendForm
 from inference.models import Backend
-from tenants.views.common import staff_view
+from tenants.permissions import Action
+from tenants.views.common import staff_view, tenant_view
 
 
 def _with_health(backends):
@@ -81,3 +84,17 @@ def backend_delete(request, name: str):
     services.backend_delete(backend=backend, actor=request.user, request=request)
     messages.success(request, f"Backend {name} removed.")
     return redirect("staff_backend_list")
+
+
+@require_GET
+@tenant_view(Action.PLAYGROUND_USE)
+def playground(request, access):
+    """The chat playground. The page is a shell: the conversation runs over its socket (static/js/playground.js),
+    which lists the models the data plane serves right now; the options here are what the backends declare, so
+    the form has something to show before the socket is up."""
+    context = {
+        "tenant": access.tenant,
+        "models": selectors.declared_models(),
+        "max_message_bytes": settings.INFERENCE_PLAYGROUND_MAX_MESSAGE_BYTES,
+    }
+    return render(request, "inference/playground.html", context)

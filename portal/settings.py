@@ -516,6 +516,13 @@ INFERENCE_LIMITS_PARALLEL_BACKOFF_S = env_float("INFERENCE_LIMITS_PARALLEL_BACKO
 INFERENCE_DEFAULT_COMPLETION_RESERVE = env_int("INFERENCE_DEFAULT_COMPLETION_RESERVE", 1024)
 # The most choices (`n`) one request may ask for; above it, 400.
 INFERENCE_MAX_N = env_int("INFERENCE_MAX_N", 8)
+# The playground's socket (inference/consumers.py, docs/playground.md): the largest frame a browser may send,
+# and each connection's allowance of frames, RATE a second with bursts of BURST.
+INFERENCE_PLAYGROUND_MAX_MESSAGE_BYTES = env_int("INFERENCE_PLAYGROUND_MAX_MESSAGE_BYTES", 64 * 1024)
+INFERENCE_PLAYGROUND_RATE = env_float("INFERENCE_PLAYGROUND_RATE", 1.0)
+INFERENCE_PLAYGROUND_BURST = env_int("INFERENCE_PLAYGROUND_BURST", 8)
+if INFERENCE_PLAYGROUND_MAX_MESSAGE_BYTES < 1024 or INFERENCE_PLAYGROUND_RATE <= 0 or INFERENCE_PLAYGROUND_BURST < 1:
+    raise ImproperlyConfigured("INFERENCE_PLAYGROUND_*: at least 1 KiB a frame, a positive rate and a burst of 1")
 # One JSON line per /v1 request: "stderr", a file path, or "off" (inference/gateway/accesslog.py).
 INFERENCE_ACCESS_LOG = env_str("INFERENCE_ACCESS_LOG", "stderr")
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")

@@ -1,0 +1,1 @@
+// The playground's page behaviour (filled in below).
