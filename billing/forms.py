@@ -28,21 +28,40 @@ class TenantQuotaForm(LimitFieldsForm):
         self.fields["plan"].help_text = "The default plan follows whichever plan is marked as the default."
 
 
+PLAN_PAYMENT_FIELDS = ["monthly_fee_aud", "included_tokens", "trial_days", "trial_card_required", "self_serve",
+                       "requires_payment"]
+
+
 class PlanForm(LimitFieldsForm):
-    """A plan: its name and default limits (empty: no limit of that kind)."""
+    """A plan: its name, what it costs (synced to Stripe) and its default limits (empty: no limit of that kind)."""
 
     name = forms.CharField(label="Name", max_length=100)
     slug = forms.SlugField(label="Short name", max_length=50, help_text="Lower case, digits and dashes; fixed once "
                                                                         "created.")
     is_default = forms.BooleanField(label="Default plan", required=False,
                                     help_text="Tenants without a plan of their own are on the default plan.")
-    field_order = ["name", "slug", "is_default", *LIMIT_FIELDS]
+    monthly_fee_aud = forms.DecimalField(label="Monthly fee (A$, GST exclusive)", min_value=Decimal(0),
+                                         max_digits=10, decimal_places=2, initial=Decimal(0), required=False)
+    included_tokens = forms.IntegerField(label="Included tokens", min_value=0, max_value=10**15, initial=0,
+                                         required=False,
+                                         help_text="Input and output tokens of each model included every period.")
+    trial_days = forms.IntegerField(label="Trial days", min_value=0, max_value=730, initial=0, required=False,
+                                    help_text="Free days before the first charge (once per organisation).")
+    trial_card_required = forms.BooleanField(label="Trial needs a card", required=False,
+                                             help_text="Off: the trial starts without a card and ends unless one "
+                                                       "is added.")
+    self_serve = forms.BooleanField(label="Self-serve", required=False,
+                                    help_text="Tenants can choose it in the console (Stripe Checkout).")
+    requires_payment = forms.BooleanField(label="Requires payment", required=False,
+                                          help_text="Serves only under a Stripe subscription in good standing.")
+    field_order = ["name", "slug", "is_default", *PLAN_PAYMENT_FIELDS, *LIMIT_FIELDS]
 
     def __init__(self, *args, plan: Plan | None = None, **kwargs) -> None:
         self.plan = plan if plan is not None else Plan()
         if plan is not None and plan.pk:
             kwargs.setdefault("initial", {
                 "name": plan.name, "slug": plan.slug, "is_default": plan.is_default,
+                **{name: getattr(plan, name) for name in PLAN_PAYMENT_FIELDS},
                 **{name: getattr(plan, name) for name in LIMIT_FIELDS},
             })
         super().__init__(*args, **kwargs)
@@ -68,6 +87,8 @@ class PlanForm(LimitFieldsForm):
         plan.name = self.cleaned_data["name"]
         plan.slug = self.cleaned_data["slug"]
         plan.is_default = self.cleaned_data["is_default"]
+        for name in PLAN_PAYMENT_FIELDS:  # an empty number is zero
+            setattr(plan, name, self.cleaned_data[name] if self.cleaned_data[name] is not None else 0)
         for name, value in self.limits().items():
             setattr(plan, name, value)
         return plan

@@ -248,8 +248,12 @@ def plan_save(*, plan: Plan, actor: AbstractBaseUser | None = None, request: Htt
         Plan.objects.exclude(pk=plan.pk).filter(is_default=True).update(is_default=False)
     plan.save()
     record(action="plan.create" if created else "plan.update", actor=actor, target=plan, request=request,
-           data={"slug": plan.slug, **{name: quotas.recorded(getattr(plan, name)) for name in LIMIT_FIELDS}})
+           data={"slug": plan.slug, **{name: quotas.recorded(getattr(plan, name)) for name in LIMIT_FIELDS},
+                 "monthly_fee_aud": str(plan.monthly_fee_aud), "included_tokens": plan.included_tokens,
+                 "trial_days": plan.trial_days, "trial_card_required": plan.trial_card_required,
+                 "self_serve": plan.self_serve, "requires_payment": plan.requires_payment})
     transaction.on_commit(lambda: _republish_plan(plan.pk), robust=True)  # a failure: the reconciliation heals it
+    _stripe_resync([plan.pk])
     return plan
 
 
@@ -263,5 +267,13 @@ def model_price_set(*, model: str, input_per_1k_aud: Decimal, output_per_1k_aud:
            data={"model": model, "input_per_1k_aud": str(input_per_1k_aud),
                  "output_per_1k_aud": str(output_per_1k_aud)})
     transaction.on_commit(prices_publish, robust=True)  # a failed publish is repaired by the periodic job
+    _stripe_resync(None)  # every plan in Stripe charges this model's tokens
     return price
+
+
+def _stripe_resync(plan_ids: list[int] | None) -> None:
+    """Plans billed through Stripe follow a plan or price change there too, after commit (billing.plan_sync)."""
+    from billing.plan_sync import plan_sync_later
+
+    plan_sync_later(plan_ids)
 

@@ -1,11 +1,12 @@
 from django.urls import path
 
-from billing import billing_console, request_logs, staff_tenants, tenant_console, views
+from billing import billing_console, request_logs, staff_tenants, subscription_views, tenant_console, views, webhooks
 
 urlpatterns = [
     path("staff/limits/", views.near_limits, name="staff_near_limits"),
     path("staff/plans/", views.plans, name="staff_plans"),
     path("staff/plans/<slug:plan_slug>/", views.plan_edit, name="staff_plan_edit"),
+    path("staff/plans/<slug:plan_slug>/sync/", views.plan_stripe_sync, name="staff_plan_stripe_sync"),
     path("staff/prices/", views.price_set, name="staff_price_set"),
     path("staff/tenants/<slug:slug>/cost-guard/lift/", views.cost_guard_lift_view, name="staff_cost_guard_lift"),
     path("staff/", staff_tenants.tenant_list, name="staff_tenant_list"),
@@ -20,6 +21,13 @@ urlpatterns = [
     path("t/<slug:slug>/usage/", tenant_console.usage, name="tenant_usage"),
     path("t/<slug:slug>/logs/", request_logs.request_logs, name="tenant_request_logs"),
     path("t/<slug:slug>/billing/", billing_console.tenant_billing, name="tenant_billing"),
+    # Subscribing and managing (Stripe Checkout and the Customer Portal), and Stripe's webhooks.
+    path("t/<slug:slug>/billing/checkout/<slug:plan_slug>/", subscription_views.checkout,
+         name="tenant_billing_checkout"),
+    path("t/<slug:slug>/billing/return/", subscription_views.checkout_return, name="tenant_billing_return"),
+    path("t/<slug:slug>/billing/cancelled/", subscription_views.checkout_cancelled, name="tenant_billing_cancelled"),
+    path("t/<slug:slug>/billing/portal/", subscription_views.portal, name="tenant_billing_portal"),
+    path("billing/stripe/webhook/", webhooks.stripe_webhook, name="stripe_webhook"),
     path("t/<slug:slug>/billing/usage.csv", billing_console.tenant_billing_usage_csv, name="tenant_billing_usage_csv"),
     path("staff/revenue/", billing_console.staff_revenue, name="staff_revenue"),
 ]

@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from billing import selectors, services
+from billing import plan_sync, selectors, services, stripe_gateway
 from billing.cost_guard import cost_guard_lift
 from billing.forms import ModelPriceForm, PlanForm
 from billing.models import Plan
@@ -26,9 +26,26 @@ def near_limits(request):
                   {"rows": near_limits_report(threshold=NEAR_THRESHOLD), "threshold": NEAR_THRESHOLD})
 
 
+def _stripe_state(plan) -> dict:
+    """How the plan stands with Stripe, for the plans page (a database read and a cache read, no Stripe call)."""
+    failure = plan_sync.plan_sync_failure(plan)
+    if failure is not None:
+        return {"tone": "error", "text": f"Last sync failed: {failure['message']} It is retried every few minutes."}
+    if not plan.stripe_product_id:
+        return {"tone": "muted", "text": "Not in Stripe" + (" (needs a sync)" if plan.requires_payment else "")}
+    if plan_sync.plan_out_of_step(plan):
+        return {"tone": "warning", "text": "Out of step with Stripe: a sync is due"}
+    return {"tone": "ok", "text": "In step with Stripe"}
+
+
 def _plans_context(**extra) -> dict:
+    plans = list(selectors.plans_with_tenant_counts())
+    configured = stripe_gateway.configured()
+    for plan in plans:
+        plan.stripe_state = _stripe_state(plan) if configured else None
     return {
-        "plans": selectors.plans_with_tenant_counts(),
+        "plans": plans,
+        "payments_configured": configured,
         "prices": selectors.model_prices(),
         "plan_form": extra.pop("plan_form", None) or PlanForm(),
         "price_form": extra.pop("price_form", None) or ModelPriceForm(),
@@ -71,6 +88,26 @@ def plan_edit(request, plan_slug: str):
             return redirect("staff_plans")
     return render(request, "billing/staff/plan_edit.html", {"plan": plan, "form": form},
                   status=400 if form.errors else 200)
+
+
+@require_POST
+@staff_view
+def plan_stripe_sync(request, plan_slug: str):
+    """Staff's "Sync to Stripe": the plan's product, fee and metered prices, now."""
+    plan = get_object_or_404(Plan, slug=plan_slug)
+    try:
+        result = plan_sync.plan_stripe_sync(plan=plan, actor=request.user, request=request)
+    except plan_sync.PaymentsNotConfigured as exc:
+        messages.error(request, str(exc))
+    except stripe_gateway.StripeError:
+        failure = plan_sync.plan_sync_failure(plan) or {"message": "Stripe refused the sync."}
+        messages.error(request, f"{plan.name} was not synced to Stripe: {failure['message']} It is retried every "
+                                "few minutes; what was done so far is kept.")
+    else:
+        changes = (f"{len(result.created)} price(s) created, {len(result.deactivated)} archived, "
+                   f"{len(result.meters_created)} meter(s) created" if result.changed else "nothing needed changing")
+        messages.success(request, f"{plan.name} synced to Stripe: {changes}.")
+    return redirect("staff_plans")
 
 
 @require_POST

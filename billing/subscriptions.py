@@ -1,0 +1,438 @@
+"""Subscribing and managing (issue #11, items 2 and 4): Stripe Checkout, the Customer Portal, applying what Stripe
+says a subscription is now, and the billing state the console shows.
+
+Stripe's word is applied through ``subscription_apply`` only, always from a fresh read of the subscription (the
+return page and every webhook re-read it), so events arriving late or out of order can't roll a tenant back. It
+sets the tenant's plan to the subscription's (through ``billing.services.tenant_quota_set``) while the
+subscription runs, moves it back to the default plan when it is cancelled in good standing, and keeps the plan
+(refused) when it ended unpaid. Every change republishes the tenant's record after commit, so the data plane
+follows within a second (``billing.payment_access`` has the rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+from django.utils import dateformat, timezone
+
+from audit.services import record
+from billing import payment_access, stripe_gateway
+from billing.limits import default_plan
+from billing.models import CheckoutSession, Invoice, Plan, StripePrice, Subscription, TenantQuota
+from billing.payment_access import GOOD_STANDING, LIVE
+from tenants.models import Tenant
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+    from django.http import HttpRequest
+
+logger = logging.getLogger("wattle.billing")
+
+NOT_CONFIGURED = ("Payments are not configured in this installation: the console shows usage and estimated "
+                  "charges, and nothing is charged.")
+
+
+class BillingUnavailable(Exception):
+    """What a tenant asked for can't be done now; ``str()`` says why, in words fit for the console."""
+
+
+def _epoch(value: int | float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, tz=UTC) if value else None
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+# --- the Stripe customer ---------------------------------------------------------------------------------------
+def _customer_ensure(*, tenant: Tenant, actor: AbstractBaseUser | None, request: HttpRequest | None
+                     ) -> Subscription:
+    """The tenant's Subscription row with a Stripe customer, created once (the row lock makes two concurrent
+    Checkouts wait for one customer; the idempotency key covers a retry after a lost answer)."""
+    with transaction.atomic():
+        subscription, _ = Subscription.objects.select_for_update().get_or_create(tenant=tenant)
+        if subscription.stripe_customer_id:
+            return subscription
+        email = tenant.billing_email or getattr(actor, "email", "") or ""
+        customer_id = stripe_gateway.customer_create(
+            tenant_id=str(tenant.pk), name=tenant.name, email=email, abn=tenant.abn,
+            idempotency_key=f"wattle_customer_{tenant.pk}_{_digest(tenant.name, email, tenant.abn)}",
+        )
+        subscription.stripe_customer_id = customer_id
+        subscription.save(update_fields=["stripe_customer_id", "updated_at"])
+        record(action="billing.customer.create", actor=actor, tenant=tenant, target=subscription, request=request,
+               data={"customer": customer_id})
+        return subscription
+
+
+# --- Checkout and the Portal ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckoutStart:
+    url: str
+    to_portal: bool = False  # the tenant already subscribes: plan changes go through the Portal
+    session: CheckoutSession | None = None
+
+
+def checkout_plans() -> list[Plan]:
+    """The plans a tenant can choose in the console: self-serve and synced to Stripe."""
+    return list(Plan.objects.filter(self_serve=True).exclude(stripe_product_id="")
+                .filter(stripe_prices__active=True, stripe_prices__kind=StripePrice.Kind.FEE).distinct()
+                .order_by("monthly_fee_aud", "name"))
+
+
+def checkout_start(*, tenant: Tenant, plan: Plan, urls: Callable[[uuid.UUID], tuple[str, str]], portal_return: str,
+                   actor: AbstractBaseUser | None = None, request: HttpRequest | None = None) -> CheckoutStart:
+    """Start a Stripe Checkout subscribing ``tenant`` to ``plan``; ``urls(session id)`` gives the (success, cancel)
+    return URLs. A tenant whose subscription runs is sent to the Portal instead (plan changes, with Stripe's
+    proration). Raises ``BillingUnavailable`` (payments not configured, plan not offered, Stripe refused)."""
+    if not stripe_gateway.configured():
+        raise BillingUnavailable(NOT_CONFIGURED)
+    if not plan.self_serve:
+        raise BillingUnavailable(f"The {plan.name} plan can't be chosen in the console: contact us about it.")
+    prices = list(StripePrice.objects.filter(plan=plan, active=True).order_by("kind", "model"))
+    fee = next((p for p in prices if p.kind == StripePrice.Kind.FEE), None)
+    if not plan.stripe_product_id or fee is None:
+        raise BillingUnavailable(f"The {plan.name} plan isn't open for subscriptions yet. Please try again later.")
+    try:
+        subscription = _customer_ensure(tenant=tenant, actor=actor, request=request)
+        if subscription.stripe_subscription_id and subscription.status in LIVE:
+            url = stripe_gateway.portal_session_create(customer_id=subscription.stripe_customer_id,
+                                                       return_url=portal_return)
+            return CheckoutStart(url=url, to_portal=True)
+        session_id = uuid.uuid4()
+        success_url, cancel_url = urls(session_id)
+        # One trial per organisation: a tenant that subscribed before starts paying at once.
+        trial_days = plan.trial_days if not subscription.stripe_subscription_id else 0
+        stripe_session_id, url = stripe_gateway.checkout_session_create(
+            customer_id=subscription.stripe_customer_id, fee_price_id=fee.stripe_price_id,
+            metered_price_ids=[p.stripe_price_id for p in prices if p.kind != StripePrice.Kind.FEE],
+            trial_days=trial_days, card_required=plan.trial_card_required, success_url=success_url,
+            cancel_url=cancel_url, client_reference_id=str(tenant.pk), idempotency_key=f"wattle_checkout_{session_id}",
+        )
+    except stripe_gateway.StripeRefused as exc:
+        raise BillingUnavailable(exc.user_message) from None
+    except stripe_gateway.StripeUnavailable:
+        raise BillingUnavailable("Stripe could not be reached. Please try again in a minute.") from None
+    with transaction.atomic():
+        session = CheckoutSession.objects.create(id=session_id, tenant=tenant, plan=plan,
+                                                 stripe_session_id=stripe_session_id, created_by=actor)
+        record(action="billing.checkout.start", actor=actor, tenant=tenant, target=session, request=request,
+               data={"plan": plan.slug, "session": stripe_session_id, "trial_days": trial_days})
+    return CheckoutStart(url=url, session=session)
+
+
+def portal_start(*, tenant: Tenant, return_url: str, actor: AbstractBaseUser | None = None,
+                 request: HttpRequest | None = None) -> str:
+    """A Customer Portal link for the tenant (payment methods, invoices, plan changes, cancellation)."""
+    if not stripe_gateway.configured():
+        raise BillingUnavailable(NOT_CONFIGURED)
+    subscription = Subscription.objects.filter(tenant=tenant).exclude(stripe_customer_id="").first()
+    if subscription is None:
+        raise BillingUnavailable("There is nothing to manage yet: choose a plan first.")
+    try:
+        url = stripe_gateway.portal_session_create(customer_id=subscription.stripe_customer_id,
+                                                   return_url=return_url)
+    except stripe_gateway.StripeRefused as exc:
+        raise BillingUnavailable(exc.user_message) from None
+    except stripe_gateway.StripeUnavailable:
+        raise BillingUnavailable("Stripe could not be reached. Please try again in a minute.") from None
+    with transaction.atomic():
+        record(action="billing.portal.open", actor=actor, tenant=tenant, target=subscription, request=request)
+    return url
+
+
+def checkout_outcome(*, session: CheckoutSession) -> CheckoutSession:
+    """Re-read a Checkout from Stripe and apply it: a completed one subscribes the tenant at once (the webhook,
+    whenever it comes, finds nothing left to do). Raises ``stripe_gateway.StripeError`` if Stripe can't say."""
+    if session.status != CheckoutSession.Status.OPEN:
+        return session
+    data = stripe_gateway.checkout_session_retrieve(session.stripe_session_id)
+    return _checkout_apply(session=session, data=data)
+
+
+def _checkout_apply(*, session: CheckoutSession, data: dict[str, Any], seen: int = 0) -> CheckoutSession:
+    status = data.get("status")
+    if status == CheckoutSession.Status.COMPLETE and data.get("subscription"):
+        # First the subscription (its own transaction: a Stripe read), then the session.
+        subscription_refresh(subscription_id=data["subscription"], seen=seen)
+    if status in (CheckoutSession.Status.COMPLETE, CheckoutSession.Status.EXPIRED):
+        with transaction.atomic():
+            locked = CheckoutSession.objects.select_for_update().get(pk=session.pk)
+            if locked.status == CheckoutSession.Status.OPEN:
+                locked.status = status
+                locked.completed_at = timezone.now() if status == CheckoutSession.Status.COMPLETE else None
+                locked.save(update_fields=["status", "completed_at"])
+                record(action=f"billing.checkout.{status}", tenant=locked.tenant, target=locked,
+                       data={"plan": locked.plan.slug, "session": locked.stripe_session_id})
+            session = locked
+    return session
+
+
+def checkout_session_event(*, stripe_session_id: str, seen: int) -> bool:
+    """A ``checkout.session.*`` event: re-read the session and apply it. False if the session isn't ours."""
+    session = CheckoutSession.objects.select_related("plan", "tenant").filter(
+        stripe_session_id=stripe_session_id).first()
+    if session is None:
+        return False
+    _checkout_apply(session=session, data=stripe_gateway.checkout_session_retrieve(stripe_session_id), seen=seen)
+    return True
+
+
+# --- applying a subscription ------------------------------------------------------------------------------------
+def _plan_for(items: list[dict[str, Any]]) -> Plan | None:
+    """The plan a subscription's prices belong to (its fee's, else any of its prices')."""
+    price_ids = [item["price"] for item in items if item.get("price")]
+    prices = list(StripePrice.objects.filter(stripe_price_id__in=price_ids).select_related("plan"))
+    prices.sort(key=lambda p: p.kind != StripePrice.Kind.FEE)
+    return prices[0].plan if prices else None
+
+
+def _still_live(subscription_id: str) -> bool:
+    try:
+        return stripe_gateway.subscription_retrieve(subscription_id)["status"] in LIVE
+    except stripe_gateway.StripeRefused:
+        return False  # gone from Stripe
+
+
+def subscription_refresh(*, subscription_id: str, seen: int = 0) -> Subscription | None:
+    """Re-read a subscription from Stripe and apply it (raises ``stripe_gateway.StripeError`` if Stripe fails)."""
+    return subscription_apply(data=stripe_gateway.subscription_retrieve(subscription_id), seen=seen)
+
+
+def subscription_apply(*, data: dict[str, Any], seen: int = 0) -> Subscription | None:
+    """Apply a subscription as Stripe has it now (``stripe_gateway.subscription_retrieve``'s dict). ``seen``:
+    Stripe's ``created`` of the event that led here. Returns the row, or None when the customer isn't ours."""
+    with transaction.atomic():
+        # of=self: PostgreSQL won't lock the nullable side of the plan's outer join.
+        subscription = (Subscription.objects.select_for_update(of=("self",)).select_related("tenant", "plan")
+                        .filter(stripe_customer_id=data.get("customer") or "").first())
+        if subscription is None:
+            logger.warning("stripe subscription %s belongs to a customer we don't know", data.get("id"))
+            return None
+        incoming = data["status"]
+        stored_id = subscription.stripe_subscription_id
+        # News of another subscription of this customer while ours runs: an old one ending (nothing to do), or a
+        # new one replacing ours if ours has in fact ended.
+        other = bool(stored_id) and stored_id != data["id"] and subscription.status in LIVE
+        if other and (incoming not in LIVE or _still_live(stored_id)):
+            subscription.stripe_seen = max(subscription.stripe_seen, seen)
+            subscription.save(update_fields=["stripe_seen", "updated_at"])
+            return subscription
+        before = {"status": subscription.status, "plan": subscription.plan.slug if subscription.plan else None,
+                  "subscription": stored_id}
+        plan = _plan_for(data.get("items") or []) or subscription.plan
+        now = timezone.now()
+        if incoming == Subscription.Status.PAST_DUE:
+            if subscription.status != Subscription.Status.PAST_DUE or subscription.past_due_since is None:
+                subscription.past_due_since = now
+        elif incoming in GOOD_STANDING:
+            subscription.past_due_since = None
+        subscription.stripe_subscription_id = data["id"]
+        subscription.status = incoming
+        subscription.plan = plan
+        subscription.current_period_start = _epoch(data.get("current_period_start"))
+        subscription.current_period_end = _epoch(data.get("current_period_end"))
+        subscription.trial_end = _epoch(data.get("trial_end"))
+        subscription.cancel_at_period_end = bool(data.get("cancel_at_period_end"))
+        subscription.stripe_seen = max(subscription.stripe_seen, seen)
+        subscription.save()
+        tenant = subscription.tenant
+        plan_change = _tenant_plan_follows(subscription=subscription, previous_status=before["status"])
+        after = {"status": incoming, "plan": plan.slug if plan else None, "subscription": data["id"]}
+        if after != before or plan_change:
+            record(action="billing.subscription.update", tenant=tenant, target=subscription,
+                   data={"before": before, "after": after, "tenant_plan": plan_change})
+        transaction.on_commit(lambda: _after_change(tenant.pk), robust=True)
+        return subscription
+
+
+def _tenant_plan_follows(*, subscription: Subscription, previous_status: str) -> str | None:
+    """Put the tenant on the subscription's plan while it runs; back on the default plan when it was cancelled in
+    good standing. One that ended unpaid keeps its plan (and stays refused). Returns the change made, if any."""
+    quota = TenantQuota.objects.filter(tenant=subscription.tenant).select_related("plan").first()
+    current = quota.plan if quota is not None else None
+    status = subscription.status
+    from billing.services import tenant_quota_set
+
+    if status in LIVE and subscription.plan is not None and current != subscription.plan:
+        tenant_quota_set(tenant=subscription.tenant, plan=subscription.plan)
+        return subscription.plan.slug
+    # Only on the transition from good standing: a cancelled subscription read again (a late event) that had
+    # ended unpaid must not move its tenant off the plan it is refused on.
+    ended = status in (Subscription.Status.CANCELED, Subscription.Status.INCOMPLETE_EXPIRED)
+    if ended and previous_status in GOOD_STANDING and current is not None and current == subscription.plan:
+        tenant_quota_set(tenant=subscription.tenant, plan=None)  # follows the default plan again
+        fallback = default_plan()
+        return fallback.slug if fallback else "default"
+    return None
+
+
+def _after_change(tenant_id) -> None:
+    """After a subscription change commits: republish the tenant (its access follows at once) and send any
+    payment notice now due."""
+    from billing import snapshot
+    from billing.payment_notices import payment_notices_send
+
+    snapshot.publish_tenants([tenant_id])
+    payment_notices_send(tenant_ids=[tenant_id])
+
+
+# --- tax ids and invoices ---------------------------------------------------------------------------------------
+_ABN = re.compile(r"^\d{11}$")
+
+
+def customer_tax_ids_refresh(*, customer_id: str, seen: int = 0) -> Subscription | None:
+    """Re-read the customer's tax ids (an ABN given at Checkout or in the Portal) and keep them; an Australian
+    ABN also becomes the tenant's (through tenants' own service, audited there)."""
+    tax_ids = stripe_gateway.customer_tax_ids(customer_id)
+    from tenants.services import tenant_update
+
+    with transaction.atomic():
+        subscription = (Subscription.objects.select_for_update(of=("self",)).select_related("tenant")
+                        .filter(stripe_customer_id=customer_id).first())
+        if subscription is None:
+            return None
+        kept = [{"type": t.get("type"), "value": t.get("value"), "verification": t.get("verification")}
+                for t in tax_ids]
+        if kept != subscription.tax_ids:
+            subscription.tax_ids = kept
+            subscription.stripe_seen = max(subscription.stripe_seen, seen)
+            subscription.save(update_fields=["tax_ids", "stripe_seen", "updated_at"])
+            record(action="billing.customer.tax_ids", tenant=subscription.tenant, target=subscription,
+                   data={"types": sorted({t["type"] or "" for t in kept})})
+        abn = next((re.sub(r"\D", "", t["value"] or "") for t in kept if t["type"] == "au_abn"), "")
+        if _ABN.match(abn) and abn != subscription.tenant.abn:
+            tenant_update(tenant=subscription.tenant, abn=abn)
+        return subscription
+
+
+def invoice_refresh(*, invoice_id: str, seen: int = 0) -> Invoice | None:
+    """Re-read an invoice from Stripe and keep it (the console lists invoices from this table)."""
+    data = stripe_gateway.invoice_retrieve(invoice_id)
+    tenant = Tenant.objects.filter(subscription__stripe_customer_id=data.get("customer") or "x").first()
+    if tenant is None:
+        return None
+    lines = [{"price": line.get("price"), "meter": line.get("meter"), "quantity": line.get("quantity"),
+              "amount": line.get("amount"), "description": (line.get("description") or "")[:200]}
+             for line in data.get("lines") or []]
+    with transaction.atomic():
+        invoice, created = Invoice.objects.select_for_update().get_or_create(
+            stripe_invoice_id=data["id"],
+            defaults={"tenant": tenant, "status": data.get("status") or "",
+                      "created": _epoch(data.get("created")) or timezone.now()},
+        )
+        previous = invoice.status
+        invoice.number = data.get("number") or ""
+        invoice.status = data.get("status") or ""
+        invoice.currency = data.get("currency") or "aud"
+        invoice.subtotal_cents = int(data.get("subtotal") or 0)
+        invoice.tax_cents = int(data.get("tax") or 0)
+        invoice.total_cents = int(data.get("total") or 0)
+        invoice.amount_due_cents = int(data.get("amount_due") or 0)
+        invoice.amount_paid_cents = int(data.get("amount_paid") or 0)
+        invoice.period_start = _epoch(data.get("period_start"))
+        invoice.period_end = _epoch(data.get("period_end"))
+        invoice.hosted_invoice_url = data.get("hosted_invoice_url") or ""
+        invoice.invoice_pdf = data.get("invoice_pdf") or ""
+        invoice.lines = lines
+        invoice.stripe_seen = max(invoice.stripe_seen, seen)
+        invoice.save()
+        if created or previous != invoice.status:
+            record(action="billing.invoice.update", tenant=tenant, target=invoice,
+                   data={"invoice": invoice.stripe_invoice_id, "status": invoice.status,
+                         "total_cents": invoice.total_cents})
+    return invoice
+
+
+# --- what the console shows -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BillingState:
+    """A tenant's plan and subscription as the billing page and the console banner show them."""
+
+    configured: bool
+    plan: Plan | None
+    subscription: Subscription | None
+    status: str  # Subscription.Status value ("" when not subscribed)
+    label: str
+    period_start: datetime | None
+    period_end: datetime | None
+    trial_end: datetime | None
+    cancel_at_period_end: bool
+    grace_deadline: datetime | None  # past due: when the API stops
+    refused: bool  # the API refuses the tenant now, for want of payment
+    message: str  # what is going on, and what to do
+    tone: str  # "info", "warning" or "error"
+    can_checkout: bool  # no running subscription: a plan can be chosen
+    can_manage: bool  # a Stripe customer exists: the Portal opens
+
+    @property
+    def banner(self) -> bool:
+        """Whether every console page should carry the message (a payment is due or the API stopped)."""
+        return self.status == Subscription.Status.PAST_DUE or self.refused
+
+
+def _day(value: datetime | None) -> str:
+    return dateformat.format(timezone.localtime(value), "j F Y") if value else ""
+
+
+def _moment(value: datetime | None) -> str:
+    return dateformat.format(timezone.localtime(value), "j F Y, g:i a") if value else ""
+
+
+def billing_state(tenant: Tenant, *, now: datetime | None = None) -> BillingState:
+    now = now or timezone.now()
+    configured = stripe_gateway.configured()
+    quota = TenantQuota.objects.filter(tenant=tenant).select_related("plan").first()
+    plan = quota.plan if quota is not None and quota.plan is not None else default_plan()
+    subscription = Subscription.objects.filter(tenant=tenant).select_related("plan").first()
+    status = subscription.status if subscription is not None else Subscription.Status.NONE
+    label = Subscription.Status(status).label if status in Subscription.Status.values else status
+    unpaid_after = payment_access.unpaid_after(plan=plan, subscription=subscription, configured=configured)
+    refused = unpaid_after is not None and unpaid_after <= now.timestamp()
+    deadline = payment_access.grace_deadline(subscription) if subscription is not None else None
+    name = plan.name if plan is not None else "no plan"
+    tone = "info"
+    if not configured:
+        message = NOT_CONFIGURED
+    elif status == Subscription.Status.PAST_DUE and not refused:
+        tone = "warning"
+        message = (f"A payment for your {name} subscription failed. Pay the open invoice or update your payment "
+                   f"method by {_moment(deadline)} to keep the API working.")
+    elif refused and status == Subscription.Status.PAST_DUE:
+        tone = "error"
+        message = (f"A payment failed and the grace period ended on {_moment(deadline)}: the API answers "
+                   "402 payment_required until the open invoice is paid. Pay it from the Stripe portal; service "
+                   "returns within a second of payment.")
+    elif refused:
+        tone = "error"
+        message = (f"Your {name} plan needs a subscription in good standing, and it is "
+                   f"{label.lower() if status else 'missing'}: the API answers 402 payment_required. Pay the open "
+                   "invoice in the Stripe portal, or choose a plan again.")
+    elif status == Subscription.Status.TRIALING:
+        message = f"You're on a free trial of {name} until {_day(subscription.trial_end)}."
+        if subscription.cancel_at_period_end:
+            message += " It ends then."
+    elif status == Subscription.Status.ACTIVE:
+        message = (f"You're subscribed to {name}. "
+                   + (f"It ends on {_day(subscription.current_period_end)}." if subscription.cancel_at_period_end
+                      else f"The next invoice comes on {_day(subscription.current_period_end)}."))
+    else:
+        message = f"You're on the {name} plan. Choose a plan to subscribe."
+    return BillingState(
+        configured=configured, plan=plan, subscription=subscription, status=status, label=label or "Not subscribed",
+        period_start=subscription.current_period_start if subscription else None,
+        period_end=subscription.current_period_end if subscription else None,
+        trial_end=subscription.trial_end if subscription else None,
+        cancel_at_period_end=bool(subscription and subscription.cancel_at_period_end),
+        grace_deadline=deadline, refused=refused, message=message, tone=tone,
+        can_checkout=configured and status not in LIVE,
+        can_manage=configured and subscription is not None and bool(subscription.stripe_customer_id),
+    )
