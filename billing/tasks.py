@@ -100,3 +100,48 @@ def send_meter_reports() -> int:
 
     return meter_reports_send().sent
 
+
+
+# --- Stripe: webhook events, plans, payment notices (billing/stripe_events.py, plan_sync.py, payment_notices.py) ---
+@shared_task(ignore_result=True)
+def process_stripe_event(event_id: str) -> bool:
+    from billing.stripe_events import event_process
+
+    return event_process(event_id=event_id)
+
+
+@shared_task(ignore_result=True)
+def retry_stripe_events() -> int:
+    """Process the stored webhook events that are still waiting (Stripe was unreachable when they came)."""
+    from billing.stripe_events import events_retry
+
+    return events_retry()
+
+
+@shared_task(ignore_result=True)
+def sync_plans_to_stripe(plan_ids: list[int] | None = None) -> int:
+    """Sync plans to Stripe: ``plan_ids`` after a change (those billed through Stripe), else every plan out of
+    step with it. A failure is kept for staff (the plans page) and retried on the next periodic run."""
+    from billing import plan_sync, stripe_gateway
+    from billing.models import Plan
+
+    if plan_ids is None:
+        return plan_sync.plans_sync_due()
+    synced = 0
+    for plan in Plan.objects.filter(pk__in=plan_ids):
+        if not (plan.requires_payment or plan.stripe_product_id):
+            continue
+        try:
+            plan_sync.plan_stripe_sync(plan=plan)
+        except (stripe_gateway.StripeError, plan_sync.PaymentsNotConfigured):
+            continue
+        synced += 1
+    return synced
+
+
+@shared_task(ignore_result=True)
+def send_payment_notices() -> int:
+    """Email billing contacts about payments that failed and grace periods that ended (once each)."""
+    from billing.payment_notices import payment_notices_send
+
+    return payment_notices_send()
