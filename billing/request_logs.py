@@ -19,6 +19,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from billing.models import ModelPrice, UsageEvent
+from core.keys import PLAYGROUND_KEY_ID, PLAYGROUND_KEY_NAME
 from tenants.models import ApiKey, Tenant
 from tenants.permissions import Action
 from tenants.views.common import tenant_view
@@ -115,6 +116,7 @@ def request_logs(request, access):
             status = 400
     events, next_cursor = request_log_page(tenant=access.tenant, **options) if status == 200 else ([], None)
     key_names = dict(ApiKey.objects.filter(tenant=access.tenant).values_list("key_id", "name"))
+    key_names[PLAYGROUND_KEY_ID] = PLAYGROUND_KEY_NAME
     prices = {p.model: p for p in ModelPrice.objects.filter(model__in={e.model for e in events})}
     rows = [LogRow(event=e, key_name=key_names.get(e.key_id, ""), cost_aud=_cost(e, prices)) for e in events]
     query = request.GET.copy()
@@ -122,4 +124,5 @@ def request_logs(request, access):
     return render(request, "billing/request_logs.html", {
         "tenant": access.tenant, "form": form, "rows": rows, "next_cursor": next_cursor,
         "filters": query.urlencode(), "first_page": not options.get("after"), "page_size": PAGE_SIZE,
+        "playground_key": PLAYGROUND_KEY_ID,
     }, status=status)

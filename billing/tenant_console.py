@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET
 
 from billing.quota_reads import quota_report
 from billing.selectors import usage_summary, usage_window
+from core.keys import PLAYGROUND_KEY_ID, PLAYGROUND_KEY_NAME
 from tenants import forms, selectors
 from tenants.models import ApiKey
 from tenants.permissions import Action
@@ -32,8 +33,10 @@ def usage(request, access):
     since, until = usage_window(since=since, until=until)
     summary = usage_summary(tenant=access.tenant, since=since, until=until)
     key_names = dict(ApiKey.objects.filter(tenant=access.tenant).values_list("key_id", "name"))
+    key_names[PLAYGROUND_KEY_ID] = PLAYGROUND_KEY_NAME
     return render(request, "billing/usage.html",
-                  {"tenant": access.tenant, "form": form, "summary": summary, "key_names": key_names},
+                  {"tenant": access.tenant, "form": form, "summary": summary, "key_names": key_names,
+                   "playground_key": PLAYGROUND_KEY_ID},
                   status=status)
 
 

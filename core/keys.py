@@ -15,6 +15,11 @@ KEY_PREFIX = "wtl_"
 KEY_ID_LENGTH = 12
 _KEY_ID_ALPHABET = string.ascii_lowercase + string.digits
 _SECRET_BYTES = 32
+# The key id of the console playground's requests (``inference.consumers``): usage events carry it so the
+# playground's traffic is billed to its tenant and shown apart from its API keys. Shorter than an issued key
+# id, so it never names one (nor parses as one).
+PLAYGROUND_KEY_ID = "playground"
+PLAYGROUND_KEY_NAME = "Playground"
 
 
 def new_key_id() -> str:
