@@ -62,13 +62,16 @@ class StripeRefused(StripeError):
         status: int | None = None,
         code: str | None = None,
         param: str | None = None,
-        detail: str = "",
+        action: str = "",
+        stripe_message: str = "",
     ) -> None:
-        super().__init__(f"{detail or user_message} (status={status}, code={code}, param={param})")
+        # Stripe's own message can echo what was sent (an email address): it stays out of str(), which gets logged.
+        super().__init__(f"Stripe refused {action or 'the request'} (status={status}, code={code}, param={param})")
         self.user_message = user_message
         self.status = status
         self.code = code
         self.param = param
+        self.stripe_message = stripe_message
 
 
 class WebhookSignatureInvalid(StripeError):
@@ -161,7 +164,8 @@ def _raise_translated(action: str, exc: stripe.StripeError) -> NoReturn:
         status=status,
         code=code,
         param=param,
-        detail=f"Stripe {action}: {exc.user_message or exc}",
+        action=action,
+        stripe_message=str(exc.user_message or ""),
     ) from None
 
 
@@ -203,7 +207,7 @@ def _decimal_string(value: Decimal) -> str:
 def _abn_digits(abn: str) -> str:
     digits = re.sub(r"\s+", "", abn or "")
     if digits and not _ABN_DIGITS.match(digits):
-        raise StripeRefused("An ABN has 11 digits.", code="tax_id_invalid", param="abn", detail="malformed ABN")
+        raise StripeRefused("An ABN has 11 digits.", code="tax_id_invalid", param="abn", action="a malformed ABN")
     return digits
 
 

@@ -360,6 +360,8 @@ LOGGING = {
     "loggers": {
         "django.request": {"level": "ERROR"},
         "uvicorn.access": {"level": "WARNING"},
+        # The SDK logs every request at INFO, and Stripe's error messages can echo what was sent (an email).
+        "stripe": {"level": "WARNING"},
     },
 }
 

@@ -159,6 +159,24 @@ def backend(simulator, db, django_capture_on_commit_callbacks):
     return backend
 
 
+@pytest.fixture
+def stripe_fake(settings) -> Iterator:
+    """The Stripe stand-in (tests/fakes/stripe) on a free port, with the settings pointing the gateway at it.
+
+    No webhook URL: tests read ``stripe_fake.events`` and post ``stripe_fake.signed(event)`` themselves (or set
+    ``stripe_fake.webhook_url`` to a running portal's webhook endpoint)."""
+    from billing import stripe_gateway
+    from tests.fakes.stripe import StripeFake
+
+    with StripeFake() as fake:
+        settings.STRIPE_SECRET_KEY = fake.api_key
+        settings.STRIPE_API_BASE = fake.base_url
+        settings.STRIPE_WEBHOOK_SECRET = fake.webhook_secret
+        stripe_gateway.reset_client()
+        yield fake
+    stripe_gateway.reset_client()
+
+
 @pytest.fixture(scope="module")
 def portal_server() -> Iterator[RunningServer]:
     with run_portal() as server:
