@@ -14,69 +14,17 @@ import pytest
 from django.utils import timezone
 
 from billing.billing_reads import billing_overview
-from billing.models import Invoice, ModelPrice, Plan, Subscription, UsageRollup
+from billing.models import Invoice, Subscription
 from billing.services import tenant_quota_set
 from core.quotas import SYDNEY
 from tenants import keys
 from tenants.models import Role
+from tests.billing.billing_data import period_usage, rollup, subscribe
 from tests.conftest import sign_in
 
 pytestmark = pytest.mark.django_db
 
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-# --- data ------------------------------------------------------------------------------------------
-@pytest.fixture
-def prices(db):
-    ModelPrice.objects.create(model="mistral-large", input_per_1k_aud=Decimal("0.002"),
-                              output_per_1k_aud=Decimal("0.006"))
-    ModelPrice.objects.create(model="mistral-7b", input_per_1k_aud=Decimal("0.0002"),
-                              output_per_1k_aud=Decimal("0.0004"))
-
-
-@pytest.fixture
-def business(db):
-    return Plan.objects.create(slug="business", name="Business", monthly_fee_aud=Decimal("99.00"),
-                               included_tokens=1_000_000, self_serve=True, requires_payment=True, trial_days=14)
-
-
-def rollup(tenant, at: datetime, *, key: str = "", model: str = "mistral-large", prompt: int = 0,
-           completion: int = 0, cost_micro: int = 0, requests: int = 1, period: str = "h") -> UsageRollup:
-    return UsageRollup.objects.create(tenant=tenant, period=period, start=at, key_id=key, model=model,
-                                      requests=requests, prompt_tokens=prompt, completion_tokens=completion,
-                                      cost_micro_aud=cost_micro)
-
-
-def subscribe(tenant, plan, *, start: datetime, status: str = Subscription.Status.ACTIVE) -> Subscription:
-    tenant_quota_set(tenant=tenant, plan=plan)
-    return Subscription.objects.create(tenant=tenant, plan=plan, status=status, stripe_customer_id="cus_1",
-                                       stripe_subscription_id="sub_1", current_period_start=start,
-                                       current_period_end=start + timedelta(days=30))
-
-
-def period_usage(tenant, start: datetime, key_a: str, key_b: str) -> None:
-    """Three buckets in the period (large: 2M in / 1.1M out; 7b: 2M in / 0.1M out) and one just before it."""
-    rollup(tenant, start + timedelta(hours=1), key=key_a, prompt=1_500_000, completion=400_000,
-           cost_micro=5_400_000, requests=40)
-    rollup(tenant, start + timedelta(hours=30), key=key_b, prompt=500_000, completion=700_000,
-           cost_micro=5_200_000, requests=25)
-    rollup(tenant, start + timedelta(hours=30), key=key_a, model="mistral-7b", prompt=2_000_000,
-           completion=100_000, cost_micro=440_000, requests=10)
-    rollup(tenant, start - timedelta(hours=1), key=key_a, prompt=9_000_000, cost_micro=18_000_000)
-
-
-@pytest.fixture
-def billed(acme, bluegum, business, prices, issue_key):
-    """Acme on Business, ten days into a 30-day period with usage on two keys and two models; Bluegum's usage
-    in the same hours must never show."""
-    start = (timezone.now() - timedelta(days=10)).replace(minute=0, second=0, microsecond=0)
-    subscribe(acme, business, start=start)
-    key_a = keys.parse_key(issue_key(acme, name="IVR production"))[0]
-    key_b = keys.parse_key(issue_key(acme, name="Chat"))[0]
-    period_usage(acme, start, key_a, key_b)
-    rollup(bluegum, start + timedelta(hours=1), model="bluegum-only-model", prompt=77_777, cost_micro=1)
-    return {"start": start, "key_a": key_a, "key_b": key_b}
 
 
 def _chart(page: str, title: str) -> ET.Element:
