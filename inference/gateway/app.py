@@ -303,11 +303,7 @@ class Gateway:
                 sink.watcher.cancel()
 
     async def _abandon(self, ctx: RequestContext) -> None:
-        """A request that ended before its dispatch ran: conclude any admission it queued, and settle it."""
-        if ctx.admitting is not None:
-            with contextlib.suppress(Exception):
-                await self.dispatcher._finish_admission(ctx)
-        self.dispatcher.settle(ctx)
+        await self.dispatcher.abandon(ctx)
 
 
 class _HttpSink:

@@ -98,6 +98,7 @@ class KeyAuthenticator:
         # evicting the coldest key: a flood of made-up key ids can't flush the busy keys out all at once.
         # ``verified`` is the fingerprint of the secret last found to match this record's current hash.
         self._cache: LRU[str, list] = LRU(settings.INFERENCE_KEY_CACHE_SIZE)
+        self._tenants: LRU[str, list] = LRU(10_000)  # tenant id -> [TenantRecord, fetched_at] (``tenant_caller``)
         self._inflight: dict[str, asyncio.Future] = {}
         self._hash_secret = keys.secret_hasher(settings.API_KEY_PEPPER)
         self._snapshot_wait_s = settings.INFERENCE_SNAPSHOT_WAIT_S
@@ -279,25 +280,7 @@ class KeyAuthenticator:
             raise errors.GatewayError(401, "This API key has been revoked.", code="invalid_api_key")
         if record.expires is not None and record.expires <= time.time():
             raise errors.GatewayError(401, "This API key has expired.", code="invalid_api_key")
-        if record.tenant_status != "active":
-            raise errors.GatewayError(
-                402,
-                "Your organisation's access is suspended. Sign in to the Wattle console to see why and how to "
-                "restore it.",
-                type="insufficient_quota",
-                code="account_suspended",
-            )
-        # Compared per request (not when the record was published), so a grace period ends on time on every
-        # worker without anything republished.
-        if record.unpaid_after <= time.time():
-            raise errors.GatewayError(
-                402,
-                "Your organisation's subscription is unpaid. An owner or billing member can pay the open invoice "
-                "or update the payment method on the Billing page of the Wattle console; the API works again "
-                "within a second of payment.",
-                type="insufficient_quota",
-                code="payment_required",
-            )
+        check_standing(record)
         if "inference" not in record.scopes:
             raise errors.GatewayError(
                 403,
@@ -307,5 +290,72 @@ class KeyAuthenticator:
             )
         return record
 
+    # --- callers without an API key ------------------------------------------------------------------
+    async def tenant_caller(self, tenant_id: str, *, key_id: str) -> KeyRecord:
+        """The caller a console surface (the playground) dispatches as: the tenant's published record joined with
+        a key of the surface's own (``key_id``, which its usage events carry) that has the `inference` scope,
+        every model and no limits of its own. So the tenant's limits, suspension and payment state apply to it
+        exactly as to the tenant's API keys. Raises the same 402 the API would, or 503 while the record can't be
+        read. Tenant records are cached as key records are (``INFERENCE_KEY_CACHE_TTL_S``)."""
+        now = time.monotonic()
+        entry = self._tenants.get(tenant_id)
+        if entry is None or now - entry[1] >= self._ttl:
+            stale_ok = entry is not None and now - entry[1] < self._stale_ok
+            try:
+                entry = [await self._fetch_tenant(tenant_id), now]
+                self._tenants.put(tenant_id, entry)
+            except (RedisError, OSError, SnapshotMissing) as exc:
+                if not stale_ok:
+                    raise errors.GatewayError(
+                        503, "Your organisation's settings can't be read just now. Please retry shortly.",
+                        type="server_error", code="service_unavailable", headers={"retry-after": "2"},
+                    ) from exc
+        key = contract.KeyRecord(key_id=key_id, tenant=tenant_id, hash="", scopes=("inference",))
+        record = KeyRecord.join(key, entry[0])
+        check_standing(record)
+        return record
+
+    async def _fetch_tenant(self, tenant_id: str) -> contract.TenantRecord:
+        name = contract.tenant_record_key(tenant_id)
+        raw = await self._redis.get(name)
+        if raw is None:
+            try:
+                await self._check_snapshot()  # returns if the snapshot is whole: this one tenant is missing
+            except SnapshotMissing:
+                raw = await self._redis.get(name)  # rebuilt meanwhile, perhaps
+            if raw is None:
+                self._republish_tenant(tenant_id)
+                raise SnapshotMissing
+        try:
+            return contract.TenantRecord.decode(raw)
+        except contract.RecordError:
+            logger.error("auth: tenant %s has a record this version can't read", tenant_id[:64])
+            raise SnapshotMissing from None
+
     def invalidate(self) -> None:
         self._cache.clear()
+        self._tenants.clear()
+
+
+def check_standing(record: KeyRecord) -> None:
+    """Raise the 402 a caller of a suspended organisation, or of one unpaid past its grace period, gets: on the
+    API and in the playground alike."""
+    if record.tenant_status != "active":
+        raise errors.GatewayError(
+            402,
+            "Your organisation's access is suspended. Sign in to the Wattle console to see why and how to "
+            "restore it.",
+            type="insufficient_quota",
+            code="account_suspended",
+        )
+    # Compared per request (not when the record was published), so a grace period ends on time on every
+    # worker without anything republished.
+    if record.unpaid_after <= time.time():
+        raise errors.GatewayError(
+            402,
+            "Your organisation's subscription is unpaid. An owner or billing member can pay the open invoice "
+            "or update the payment method on the Billing page of the Wattle console; the API works again "
+            "within a second of payment.",
+            type="insufficient_quota",
+            code="payment_required",
+        )

@@ -239,6 +239,14 @@ class Dispatcher:
                     await self._finish_admission(ctx)
             self.settle(ctx)
 
+    async def abandon(self, ctx: RequestContext) -> None:
+        """A request that ended before ``run`` (``prepare`` refused it, or its caller went away): conclude any
+        admission it queued, and settle it (a request refused after authentication still has its usage event)."""
+        if ctx.admitting is not None:
+            with contextlib.suppress(Exception):
+                await self._finish_admission(ctx)
+        self.settle(ctx)
+
     async def _choose(self, ctx: RequestContext, tried: set[str]) -> BackendState:
         candidates = self.pool.candidates(ctx.model, exclude=tried)
         if candidates:
