@@ -4,7 +4,6 @@ the invoices (from our Invoice table, never a call to Stripe while the page rend
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,86 +11,15 @@ from decimal import Decimal
 from django.db.models import Q
 from django.utils import timezone
 
-from billing import payment_access
 from billing.bill_estimate import Estimate, Rate, estimate_bill
-from billing.models import Invoice, ModelPrice, Plan, Subscription
+from billing.models import Invoice, ModelPrice, Plan
 from billing.quota_reads import Meter, quota_report
+from billing.subscriptions import BillingState, billing_state
 from billing.usage_reads import Breakdown, usage_breakdown
 from core.quotas import SYDNEY
 from tenants.models import Tenant
 
 INVOICES_PER_PAGE = 12
-
-
-# --- the subscription's state ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class BillingState:
-    """The subscription as the page explains it, in the shape of ``billing.subscriptions.BillingState``, which is
-    the source once that module is installed; until then this reads the Subscription row itself."""
-
-    configured: bool
-    plan: Plan | None
-    subscription: Subscription | None
-    status: str  # a Subscription.Status value; "" when not subscribed
-    label: str
-    period_start: datetime | None
-    period_end: datetime | None
-    trial_end: datetime | None
-    cancel_at_period_end: bool
-    grace_deadline: datetime | None
-    refused: bool
-    message: str
-    tone: str  # "info", "warning" or "error"
-    can_checkout: bool
-    can_manage: bool
-
-
-NOT_CONFIGURED = ("Payments are not configured in this installation: the console shows usage and estimated "
-                  "charges, and nothing is charged.")
-
-
-def _state_from_rows(tenant: Tenant, plan: Plan | None, now: datetime) -> BillingState:
-    configured = payment_access.payments_configured()
-    subscription = Subscription.objects.filter(tenant=tenant).select_related("plan").first()
-    status = subscription.status if subscription is not None else Subscription.Status.NONE
-    label = Subscription.Status(status).label if status in Subscription.Status.values else status
-    deadline = payment_access.grace_deadline(subscription) if subscription is not None else None
-    unpaid_after = payment_access.unpaid_after(plan=plan, subscription=subscription, configured=configured)
-    refused = unpaid_after is not None and unpaid_after <= now.timestamp()
-    tone, message = "info", ""
-    if not configured:
-        message = NOT_CONFIGURED
-    elif status == Subscription.Status.PAST_DUE:
-        tone = "error" if refused else "warning"
-        message = (f"A payment failed. The API answers 402 payment_required from "
-                   f"{timezone.localtime(deadline):%-d %b %Y %H:%M %Z} until the open invoice is paid."
-                   if deadline and not refused else
-                   "A payment failed and the grace period has ended: the API answers 402 payment_required until "
-                   "the open invoice is paid.")
-    elif refused:
-        tone = "error"
-        message = "This plan needs a subscription in good standing: the API answers 402 payment_required."
-    return BillingState(
-        configured=configured, plan=plan, subscription=subscription, status=status, label=label or "Not subscribed",
-        period_start=subscription.current_period_start if subscription else None,
-        period_end=subscription.current_period_end if subscription else None,
-        trial_end=subscription.trial_end if subscription else None,
-        cancel_at_period_end=bool(subscription and subscription.cancel_at_period_end),
-        grace_deadline=deadline, refused=refused, message=message, tone=tone,
-        can_checkout=configured and status not in payment_access.LIVE,
-        can_manage=configured and subscription is not None and bool(subscription.stripe_customer_id),
-    )
-
-
-def billing_state(*, tenant: Tenant, plan: Plan | None, now: datetime):
-    """``billing.subscriptions.billing_state`` where it exists (the one account of a subscription the banner and
-    this page share), else the same fields read here."""
-    if importlib.util.find_spec("billing.subscriptions") is not None:
-        from billing import subscriptions
-
-        if hasattr(subscriptions, "billing_state"):
-            return subscriptions.billing_state(tenant, now=now)
-    return _state_from_rows(tenant, plan, now)
 
 
 # --- the period ------------------------------------------------------------------------------------
@@ -173,7 +101,7 @@ def invoice_page(*, tenant: Tenant, before: str | None = None, size: int = INVOI
 @dataclass(frozen=True)
 class BillingOverview:
     tenant: Tenant
-    state: BillingState  # or billing.subscriptions' BillingState: the same fields
+    state: BillingState
     plan: Plan | None
     period: Period
     usage: Breakdown
@@ -192,7 +120,7 @@ def billing_overview(*, tenant: Tenant, now: datetime | None = None) -> BillingO
     usage events: the period's hourly rollups, summed in the database."""
     now = now or timezone.now()
     report = quota_report(tenant=tenant, api_keys=[], now=now.timestamp())
-    state = billing_state(tenant=tenant, plan=report.plan, now=now)
+    state = billing_state(tenant, now=now)
     plan = state.plan or report.plan
     period = current_period(state, now)
     usage = usage_breakdown(tenant=tenant, start=period.start, end=period.end)

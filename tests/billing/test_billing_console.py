@@ -300,18 +300,3 @@ def test_staff_revenue_is_for_staff_only(client, owner_client):
     response = client.get("/staff/revenue/")
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
 
-
-def test_the_page_reads_the_subscription_itself_without_the_subscriptions_module(owner_client, acme, business,
-                                                                                 prices, settings, monkeypatch):
-    """Until ``billing.subscriptions.billing_state`` is installed the page builds the same state from the rows."""
-    import billing.billing_reads as reads
-
-    monkeypatch.setattr(reads.importlib.util, "find_spec", lambda name: None)
-    settings.STRIPE_SECRET_KEY = "sk_test_configured"
-    sub = subscribe(acme, business, start=timezone.now() - timedelta(days=3), status=Subscription.Status.PAST_DUE)
-    sub.past_due_since = timezone.now() - timedelta(days=10)
-    sub.save()
-    page = owner_client.get(f"/t/{acme.slug}/billing/").content.decode()
-    assert "grace period has ended" in page and "402 payment_required" in page and "Past due" in page
-    settings.STRIPE_SECRET_KEY = ""
-    assert "Payments are not configured" in owner_client.get(f"/t/{acme.slug}/billing/").content.decode()
