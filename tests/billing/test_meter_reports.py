@@ -1,0 +1,282 @@
+"""The Stripe meter outbox: one report per (tenant, meter, closed hour) with a stable identifier, corrections for
+late usage, sending until Stripe acknowledges (through 500s and timeouts), never twice; at the end Stripe holds
+exactly the tokens our usage events hold."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from billing import meters
+from billing.meters import identifier_for, meter_jobs, meter_reports_plan, meter_reports_send, retry_delay
+from billing.models import MeterReport, UsageEvent
+from billing.rollups import rollups_update
+from tests.billing.metering_setup import (
+    LARGE,
+    MODELS,
+    SMALL,
+    add_event,
+    expected_tokens,
+    hour_floor,
+    metered_plan,
+    subscribe,
+)
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db
+
+METER_EVENTS = "/v1/billing/meter_events"
+
+
+def plan_after(now):
+    rollups_update()
+    return meter_reports_plan(now=now)
+
+
+# --- the meter-reporting test of issue #11 ----------------------------------------------------------------------
+def test_after_failures_retries_and_a_late_event_stripe_holds_exactly_our_tokens(acme, bluegum, stripe_fake,
+                                                                                  settings):
+    settings.STRIPE_TIMEOUT_S = 0.5  # the stand-in hangs one request for 2 s: past the client's timeout
+    settings.STRIPE_MAX_RETRIES = 0  # the outbox retries, not the SDK: every failure reaches our backoff
+    metered = metered_plan(with_stripe=True)
+    now = timezone.now()
+    first = hour_floor(now) - timedelta(hours=6)
+    subscriptions = {t.pk: subscribe(t, metered.plan, since=first - timedelta(days=2), with_stripe=True)
+                     for t in (acme, bluegum)}
+    rng = random.Random(11)
+    for tenant in (acme, bluegum):
+        for hour in range(4):
+            for _ in range(rng.randint(1, 6)):
+                add_event(tenant, first + timedelta(hours=hour, seconds=rng.randint(0, 3599)),
+                          model=rng.choice(MODELS), key_id=rng.choice(["keyaaaaaaaaa", "keybbbbbbbbb"]),
+                          prompt=rng.randint(0, 3000), completion=rng.randint(0, 900),
+                          status=rng.choice([200, 200, 200, 429]))
+    stripe_fake.fail_next(METER_EVENTS, count=3, status=500)
+    stripe_fake.hang_next(METER_EVENTS, count=1, seconds=2.0, then="process")  # Stripe keeps it; the answer is lost
+
+    clock = now
+    for _ in range(12):  # each run an hour later: every backoff has run out by then
+        meter_jobs(now=clock)
+        if not MeterReport.objects.filter(sent_at__isnull=True).exists():
+            break
+        clock += timedelta(hours=1, minutes=1)
+    assert not MeterReport.objects.filter(sent_at__isnull=True).exists()
+    assert MeterReport.objects.filter(attempts__gt=1).count() >= 4  # the three 500s and the timeout were retried
+
+    # A late event for an hour already reported: a correcting report with the difference.
+    late = add_event(acme, first + timedelta(hours=1, minutes=59), model=LARGE, prompt=321, completion=123)
+    meter_jobs(now=clock)
+    corrections = MeterReport.objects.filter(tenant=acme, hour=hour_floor(late.created_at), sequence=1)
+    assert {(r.meter, r.quantity) for r in corrections} == {
+        (metered.meter(LARGE, "input").event_name, 321), (metered.meter(LARGE, "output").event_name, 123)}
+    assert all(r.sent_at for r in corrections)
+
+    def delivered() -> Counter:
+        return Counter(r["params"].get("identifier") for r in stripe_fake.requests if r["path"] == METER_EVENTS)
+
+    # The hung request is carried out 2 s late, after its retry had already been taken: the same identifier
+    # reached Stripe twice, and Stripe kept one.
+    wait_for(lambda: max(delivered().values()) >= 2, timeout=10)
+    expected = expected_tokens(UsageEvent.objects.all(), subscriptions, metered.meters)
+    assert stripe_fake.meter_totals() == expected
+    held = [e["identifier"] for e in stripe_fake.state.meter_events]
+    assert not [i for i, n in Counter(held).items() if n > 1]  # no identifier accepted twice
+    assert set(held) == set(MeterReport.objects.values_list("identifier", flat=True))
+    assert not stripe_fake.state.meter_event_errors
+
+    # Stripe's own summaries (what the reconciliation page reads) agree, per tenant, meter and hour.
+    from billing import stripe_gateway
+
+    start = int(first.timestamp())
+    for subscription in subscriptions.values():
+        for meter in metered.meters.values():
+            summaries = stripe_gateway.meter_event_summaries(
+                meter_id=meter.stripe_meter_id, customer_id=subscription.stripe_customer_id, start=start,
+                end=start + 4 * 3600)
+            by_hour = {s: int(v) for s, _e, v in summaries if v}
+            assert by_hour == {h: n for (c, m, h), n in expected.items()
+                               if c == subscription.stripe_customer_id and m == meter.event_name}, meter
+
+
+# --- planning ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def metered(db):
+    return metered_plan(with_stripe=False)
+
+
+def test_one_report_per_tenant_meter_and_closed_hour_with_the_hours_tokens(acme, metered):
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=3)
+    subscribe(acme, metered.plan, since=hour - timedelta(days=1), with_stripe=False)
+    add_event(acme, hour + timedelta(minutes=1), model=LARGE, prompt=100, completion=10, key_id="keyaaaaaaaaa")
+    add_event(acme, hour + timedelta(minutes=59), model=LARGE, prompt=50, completion=5, key_id="keybbbbbbbbb")
+    add_event(acme, hour + timedelta(minutes=30), model=SMALL, prompt=7, completion=0)
+    rows = plan_after(now)
+    assert {(r.meter, r.hour, r.sequence, r.quantity) for r in rows} == {
+        (metered.meter(LARGE, "input").event_name, hour, 0, 150),
+        (metered.meter(LARGE, "output").event_name, hour, 0, 15),
+        (metered.meter(SMALL, "input").event_name, hour, 0, 7),  # no output tokens: no row
+    }
+    assert plan_after(now) == []  # planning again writes nothing
+
+
+def test_the_identifier_is_stable_and_at_most_100_characters(acme, metered):
+    hour = hour_floor(timezone.now()) - timedelta(hours=2)
+    event_name = metered.meter(LARGE, "input").event_name
+    identifier = identifier_for(tenant_id=acme.pk, meter=event_name, hour=hour, sequence=3)
+    assert identifier == identifier_for(tenant_id=acme.pk, meter=event_name, hour=hour, sequence=3)
+    assert identifier.startswith(f"wtl-{acme.pk}-") and identifier.endswith(f"-{hour:%Y%m%d%H}-3")
+    assert len(identifier) <= 100
+    other = identifier_for(tenant_id=acme.pk, meter=metered.meter(LARGE, "output").event_name, hour=hour, sequence=3)
+    assert other != identifier
+    assert identifier_for(tenant_id=acme.pk, meter="short", hour=hour, sequence=0) == \
+        f"wtl-{acme.pk}-short-{hour:%Y%m%d%H}-0"
+
+
+def test_an_hour_is_reported_only_once_it_has_settled(acme, metered, settings):
+    settings.BILLING_METER_SETTLE_S = 300
+    hour = hour_floor(timezone.now()) - timedelta(hours=5)
+    subscribe(acme, metered.plan, since=hour - timedelta(days=1), with_stripe=False)
+    add_event(acme, hour + timedelta(minutes=10))
+    assert plan_after(hour + timedelta(minutes=64)) == []  # ended 4 minutes ago
+    assert len(plan_after(hour + timedelta(minutes=65))) == 2
+
+
+def test_a_late_event_gets_a_correcting_report_with_the_difference(acme, metered):
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=3)
+    subscribe(acme, metered.plan, since=hour - timedelta(days=1), with_stripe=False)
+    add_event(acme, hour, prompt=100, completion=10)
+    assert len(plan_after(now)) == 2
+    add_event(acme, hour + timedelta(minutes=20), prompt=5, completion=0)  # arrives after the hour was reported
+    add_event(acme, hour + timedelta(hours=1), prompt=1, completion=1)  # a later hour, closed by now too
+    rows = plan_after(now + timedelta(minutes=1))
+    assert {(r.hour, r.meter, r.sequence, r.quantity) for r in rows} == {
+        (hour, metered.meter(LARGE, "input").event_name, 1, 5),
+        (hour + timedelta(hours=1), metered.meter(LARGE, "input").event_name, 0, 1),
+        (hour + timedelta(hours=1), metered.meter(LARGE, "output").event_name, 0, 1),
+    }
+    totals = {(m, s): q for m, s, q in MeterReport.objects.filter(hour=hour).values_list("meter", "sequence",
+                                                                                         "quantity")}
+    assert totals == {(metered.meter(LARGE, "input").event_name, 0): 100,
+                      (metered.meter(LARGE, "input").event_name, 1): 5,
+                      (metered.meter(LARGE, "output").event_name, 0): 10}
+
+
+def test_hours_before_the_subscription_started_are_not_reported(acme, metered):
+    now = timezone.now()
+    started = hour_floor(now) - timedelta(hours=3) + timedelta(minutes=20)  # in the middle of an hour
+    subscribe(acme, metered.plan, since=started, with_stripe=False)
+    add_event(acme, started - timedelta(hours=1))  # before
+    add_event(acme, started + timedelta(minutes=5))  # the hour the subscription started in: began before it
+    add_event(acme, started + timedelta(hours=1))  # the first whole hour
+    rows = plan_after(now)
+    assert {r.hour for r in rows} == {hour_floor(started) + timedelta(hours=1)}
+
+
+@pytest.mark.parametrize("change", ["no customer", "cancelled", "not metered"])
+def test_tenants_without_a_running_metered_subscription_are_not_reported(acme, metered, change):
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=2)
+    subscription = subscribe(acme, metered.plan, since=hour - timedelta(days=1), with_stripe=False)
+    if change == "no customer":
+        subscription.stripe_customer_id = ""
+    elif change == "cancelled":
+        subscription.status = "canceled"
+    else:
+        metered.plan.stripe_prices.exclude(kind="fee").delete()
+    subscription.save()
+    add_event(acme, hour)
+    assert plan_after(now) == []
+
+
+def test_a_subscription_recorded_after_its_hours_closed_still_gets_them_reported(acme, metered):
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=4)
+    add_event(acme, hour + timedelta(minutes=5))
+    assert plan_after(now) == []  # not subscribed yet, as far as we know: the checkout webhook is late
+    subscribe(acme, metered.plan, since=hour - timedelta(hours=1), with_stripe=False)
+    rows = plan_after(now + timedelta(minutes=1))
+    assert {r.hour for r in rows} == {hour} and len(rows) == 2
+
+
+# --- sending ----------------------------------------------------------------------------------------------------
+def planned_rows(acme, metered, now):
+    hour = hour_floor(now) - timedelta(hours=2)
+    subscribe(acme, metered.plan, since=hour - timedelta(days=1), with_stripe=False)
+    add_event(acme, hour, prompt=10, completion=0)
+    [row] = plan_after(now)
+    return row
+
+
+def test_nothing_is_sent_while_payments_are_not_configured(acme, metered, settings):
+    settings.STRIPE_SECRET_KEY = ""
+    planned_rows(acme, metered, timezone.now())
+    assert meter_reports_send().sent == 0
+    assert MeterReport.objects.get().attempts == 0
+
+
+def test_stripe_unavailable_backs_off_exponentially(acme, metered, settings, monkeypatch):
+    settings.STRIPE_SECRET_KEY = "sk_test_x"
+    settings.BILLING_METER_RETRY_BASE_S, settings.BILLING_METER_RETRY_MAX_S = 60, 600
+    now = timezone.now()
+    row = planned_rows(acme, metered, now)
+    calls = []
+
+    def unavailable(**kwargs):
+        calls.append(kwargs)
+        raise meters.stripe_gateway.StripeUnavailable("Stripe meter event create: APIConnectionError")
+
+    monkeypatch.setattr(meters.stripe_gateway, "meter_event_create", unavailable)
+    delays = []
+    for _ in range(6):
+        row.refresh_from_db()
+        meter_reports_send(now=row.next_attempt_at)
+        before = row.next_attempt_at
+        row.refresh_from_db()
+        delays.append((row.next_attempt_at - before).total_seconds())
+    assert delays == [60, 120, 240, 480, 600, 600]
+    assert row.attempts == 6 and row.sent_at is None and "APIConnectionError" in row.last_error
+    assert {c["identifier"] for c in calls} == {row.identifier}  # every retry carries the same identifier
+    assert calls[0]["timestamp"] == int(row.hour.timestamp()) and calls[0]["value"] == 10
+    assert retry_delay(1) == timedelta(seconds=60)
+
+
+def test_a_refused_report_is_marked_and_not_sent_again(acme, metered, stripe_fake, caplog):
+    row = planned_rows(acme, metered, timezone.now())
+    stripe_fake.fail_next(METER_EVENTS, count=1, status=400)
+    with caplog.at_level(logging.ERROR, logger="wattle.meters"):
+        result = meter_reports_send(now=timezone.now())
+    assert (result.sent, result.refused) == (0, 1)
+    row.refresh_from_db()
+    assert row.refused and row.sent_at is None and row.last_error
+    assert row.identifier in caplog.text
+    assert meter_reports_send(now=timezone.now() + timedelta(days=1)).refused == 0  # never picked up again
+
+
+def test_a_report_older_than_stripes_35_days_is_refused_without_calling_stripe(acme, metered, settings,
+                                                                                monkeypatch):
+    settings.STRIPE_SECRET_KEY = "sk_test_x"
+    now = timezone.now()
+    row = planned_rows(acme, metered, now)
+    monkeypatch.setattr(meters.stripe_gateway, "meter_event_create", pytest.fail)
+    assert meter_reports_send(now=now + timedelta(days=36)).refused == 1
+    row.refresh_from_db()
+    assert row.refused and "35 days" in row.last_error
+
+
+def test_a_claimed_report_is_not_claimed_again_while_it_is_being_sent(acme, metered, settings):
+    settings.STRIPE_SECRET_KEY = "sk_test_x"
+    row = planned_rows(acme, metered, timezone.now())
+    now = timezone.now()
+    claimed = meters._claim(now)
+    assert claimed.pk == row.pk and claimed.attempts == 1
+    assert meters._claim(now) is None  # a second sender finds nothing to send
+    assert meters._claim(now + timedelta(seconds=59)) is None
+    # A sender that died mid-send gives the row back when its lease runs out; Stripe drops a second delivery.
+    assert meters._claim(now + meters._lease() + timedelta(seconds=1)).pk == row.pk
