@@ -115,10 +115,11 @@ def _already_applied(stored: StripeEvent) -> bool:
     obj = _object(stored.payload)
     if stored.type in _INVOICE:
         invoice = Invoice.objects.filter(stripe_invoice_id=_id(obj.get("id"))).first()
-        return invoice is not None and invoice.stripe_seen >= stored.created
+        return invoice is not None and invoice.stripe_seen > stored.created
     customer = _customer_of(stored.payload)
     seen = Subscription.objects.filter(stripe_customer_id=customer).values_list("stripe_seen", flat=True).first()
-    return customer != "" and seen is not None and seen >= stored.created
+    # Strictly newer: events of the same second can't be ordered, so such an event waits for Stripe instead.
+    return customer != "" and seen is not None and seen > stored.created
 
 
 def _mark(stored: StripeEvent, *, processed: bool, note: str) -> None:
