@@ -15,6 +15,11 @@ call; hence this (docs/billing.md, "Stripe").
         payload, header = fake.signed(fake.events[-1])
 
 From a shell: ``python -m tests.fakes.stripe --port 12111 --webhook-url URL --webhook-secret whsec_...``.
+
+Parts: ``server`` (HTTP, API key, idempotency, faults, hosted pages, controls, webhook delivery), ``state`` (the
+objects and events) built from ``catalogue`` (customers, products, prices, meters, meter events) and
+``subscriptions`` (Checkout, portal, subscriptions, invoices), ``pages`` (HTML and PDF), ``forms`` (Stripe's
+bracketed form encoding), ``common`` (error shape, ids, parsing).
 """
 
 from __future__ import annotations
