@@ -11,10 +11,10 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from billing.quota_reads import quota_report
-from billing.selectors import usage_summary, usage_window
-from core.keys import PLAYGROUND_KEY_ID, PLAYGROUND_KEY_NAME
+from billing.selectors import usage_window
+from billing.usage_charts import usage_charts
+from billing.usage_reads import usage_days
 from tenants import forms, selectors
-from tenants.models import ApiKey
 from tenants.permissions import Action
 from tenants.views.common import tenant_view
 
@@ -22,6 +22,8 @@ from tenants.views.common import tenant_view
 @require_GET
 @tenant_view(Action.USAGE_VIEW)
 def usage(request, access):
+    """Usage over whole Sydney days (the last 30 by default) from the daily rollups: charts of tokens and A$ per
+    day, key and model, and the same numbers as tables."""
     form = forms.UsageFilterForm(request.GET or None)
     since = until = None
     status = 200
@@ -31,12 +33,10 @@ def usage(request, access):
         else:
             status = 400
     since, until = usage_window(since=since, until=until)
-    summary = usage_summary(tenant=access.tenant, since=since, until=until)
-    key_names = dict(ApiKey.objects.filter(tenant=access.tenant).values_list("key_id", "name"))
-    key_names[PLAYGROUND_KEY_ID] = PLAYGROUND_KEY_NAME
+    usage = usage_days(tenant=access.tenant, since=since, until=until)
     return render(request, "billing/usage.html",
-                  {"tenant": access.tenant, "form": form, "summary": summary, "key_names": key_names,
-                   "playground_key": PLAYGROUND_KEY_ID},
+                  {"tenant": access.tenant, "form": form, "since": since, "until": until, "usage": usage,
+                   "charts": usage_charts(usage)},
                   status=status)
 
 

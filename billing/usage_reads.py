@@ -18,6 +18,7 @@ from django.db.models import Sum
 from django.db.models.functions import TruncDate
 
 from billing.models import UsageRollup
+from core.keys import PLAYGROUND_KEY_ID, PLAYGROUND_KEY_NAME
 from core.quotas import MICRO, SYDNEY
 from tenants.models import ApiKey, Tenant
 
@@ -52,6 +53,14 @@ class UsageLine:
         return Decimal(self.cost_micro_aud) / MICRO
 
 
+@dataclass(frozen=True)
+class KeyRow:
+    key_id: str
+    name: str
+    line: UsageLine
+    playground: bool
+
+
 @dataclass
 class Breakdown:
     """Usage over ``[start, end)`` by Sydney day (every day of the range, empty ones too), key and model."""
@@ -73,10 +82,17 @@ class Breakdown:
     def last_day(self) -> date:
         return self.days[-1] if self.days else self.start.astimezone(SYDNEY).date()
 
+    @property
+    def key_rows(self) -> list[KeyRow]:
+        return [KeyRow(key_id=k, name=self.key_names.get(k, ""), line=line, playground=k == PLAYGROUND_KEY_ID)
+                for k, line in self.by_key.items()]
+
     def key_label(self, key_id: str) -> str:
-        name = self.key_names.get(key_id)
         if not key_id:
             return "(no key)"
+        if key_id == PLAYGROUND_KEY_ID:
+            return PLAYGROUND_KEY_NAME  # the console's playground: not a key anyone holds
+        name = self.key_names.get(key_id)
         return f"wtl_{key_id} {name}" if name else f"wtl_{key_id}"
 
 
@@ -165,6 +181,7 @@ def usage_export_rows(*, tenant: Tenant, since: date, until: date) -> Iterator[E
                      "cost_micro_aud")
     )
     names = dict(ApiKey.objects.filter(tenant=tenant).values_list("key_id", "name"))
+    names[PLAYGROUND_KEY_ID] = PLAYGROUND_KEY_NAME
     for begun, key_id, model, requests, errors, prompt, completion, cost in rows.iterator(chunk_size=2000):
         yield ExportRow(day=begun.astimezone(SYDNEY).date(), key_id=key_id, key_name=names.get(key_id, ""),
                         model=model, requests=requests, errors=errors, prompt_tokens=prompt,

@@ -300,3 +300,39 @@ def test_staff_revenue_is_for_staff_only(client, owner_client):
     response = client.get("/staff/revenue/")
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
 
+
+
+# --- the usage page (billing's, at the console's address) ------------------------------------------
+def test_usage_page_charts_and_cost_columns_add_up_to_the_daily_rollups(owner_client, acme, bluegum, prices,
+                                                                        issue_key, django_assert_max_num_queries):
+    key = keys.parse_key(issue_key(acme, name="IVR production"))[0]
+    day = datetime(2026, 11, 2, tzinfo=SYDNEY)
+    rollup(acme, day, key=key, prompt=1_000, completion=500, cost_micro=5_000_000, requests=3, period="d")
+    rollup(acme, day + timedelta(days=1), key="playground", model="mistral-7b", prompt=10, completion=5,
+           cost_micro=1_250_000, period="d")
+    rollup(acme, day + timedelta(hours=3), key=key, prompt=12_345, cost_micro=1, period="h")  # hourly: not read
+    rollup(bluegum, day, key="other", model="bluegum-only-model", prompt=77_777, period="d")
+
+    with django_assert_max_num_queries(20) as captured:  # sign-in and session upkeep included
+        response = owner_client.get(f"/t/{acme.slug}/usage/", {"since": "2026-11-01", "until": "2026-11-30"})
+    assert response.status_code == 200
+    sql = " ".join(q["sql"] for q in captured.captured_queries)
+    assert "billing_usageevent" not in sql
+    page = response.content.decode()
+    assert 'id="usage-cost">A$6.25<' in page
+    per_day = _chart(page, "Tokens per day")
+    assert sum(_values(per_day, "input")) == 1_010 and sum(_values(per_day, "output")) == 505
+    assert len(response.context["charts"].tokens_per_day.rows) == 30  # every day of the range, empty ones too
+    assert sum(_values(_chart(page, "A$ per day"), "cost")) == Decimal("6.25")
+    assert sorted(_values(_chart(page, "A$ per model"), "cost")) == [Decimal("1.25"), Decimal("5")]
+    for text in (f"<code>wtl_{key}</code> IVR production</td><td>3</td><td>1,000</td><td>500</td><td>A$5.00</td>",
+                 "<td>Playground</td><td>1</td><td>10</td><td>5</td><td>A$1.25</td>",
+                 "<td>Mon 2 Nov 2026</td><td>3</td><td>1,000</td><td>500</td><td>A$5.00</td>"):
+        assert text in page, text
+    assert "12,345" not in page and "77,777" not in page and "bluegum-only-model" not in page
+
+
+def test_usage_page_links_the_bill_only_for_roles_that_see_it(client, acme, member_of):
+    sign_in(client, member_of(acme, Role.DEVELOPER))
+    page = client.get(f"/t/{acme.slug}/usage/").content.decode()
+    assert "No requests in this period." in page and f"/t/{acme.slug}/billing/" not in page

@@ -109,6 +109,9 @@ PAGES = [
          foreign_object=True),
     Page("usage", "GET", "/t/{slug}/usage/", Action.USAGE_VIEW),
     Page("limits", "GET", "/t/{slug}/limits/", Action.LIMITS_VIEW),
+    Page("billing", "GET", "/t/{slug}/billing/", Action.BILLING_VIEW),
+    Page("billing-usage-csv", "GET", "/t/{slug}/billing/usage.csv?start=2026-11-01&end=2026-11-30",
+         Action.BILLING_VIEW),
     Page("key-limits", "POST", "/t/{slug}/keys/{key}/limits/", Action.KEYS_LIMITS, {"rpm_limit": "30"},
          foreign_object=True),
 ]
