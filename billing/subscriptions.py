@@ -372,6 +372,7 @@ class BillingState:
     tone: str  # "info", "warning" or "error"
     can_checkout: bool  # no running subscription: a plan can be chosen
     can_manage: bool  # a Stripe customer exists: the Portal opens
+    open_invoice_url: str = ""  # past due or refused: Stripe's page to pay the latest open invoice
 
     @property
     def banner(self) -> bool:
@@ -426,7 +427,12 @@ def billing_state(tenant: Tenant, *, now: datetime | None = None) -> BillingStat
                       else f"The next invoice comes on {_day(subscription.current_period_end)}."))
     else:
         message = f"You're on the {name} plan. Choose a plan to subscribe."
+    open_invoice_url = ""
+    if configured and (refused or status == Subscription.Status.PAST_DUE):
+        open_invoice_url = (Invoice.objects.filter(tenant=tenant, status="open").exclude(hosted_invoice_url="")
+                            .order_by("-created").values_list("hosted_invoice_url", flat=True).first() or "")
     return BillingState(
+        open_invoice_url=open_invoice_url,
         configured=configured, plan=plan, subscription=subscription, status=status, label=label or "Not subscribed",
         period_start=subscription.current_period_start if subscription else None,
         period_end=subscription.current_period_end if subscription else None,
@@ -436,3 +442,20 @@ def billing_state(tenant: Tenant, *, now: datetime | None = None) -> BillingStat
         can_checkout=configured and status not in LIVE,
         can_manage=configured and subscription is not None and bool(subscription.stripe_customer_id),
     )
+
+
+def payment_banner(tenant: Tenant) -> BillingState | None:
+    """The state to show on every console page when a payment is due or the API stopped for want of one; None
+    otherwise. Usually one query (the subscription's status); the full state only when there is something to say."""
+    if not stripe_gateway.configured():
+        return None
+    status = Subscription.objects.filter(tenant=tenant).values_list("status", flat=True).first()
+    if status in GOOD_STANDING:
+        return None
+    if status != Subscription.Status.PAST_DUE:
+        quota_plan = TenantQuota.objects.filter(tenant=tenant).values_list("plan__requires_payment", flat=True).first()
+        paid = quota_plan if quota_plan is not None else bool(getattr(default_plan(), "requires_payment", False))
+        if not paid:
+            return None
+    state = billing_state(tenant)
+    return state if state.banner else None
