@@ -474,8 +474,13 @@ def _subscription_dict(sub: dict[str, Any]) -> dict[str, Any]:
 
 def subscription_retrieve(subscription_id: str) -> dict[str, Any]:
     """The subscription's current state, its period as epoch ints (``items`` carry each price id)."""
+    client = _client()
     with _calling("subscription retrieve"):
-        sub = _plain(_client().v1.subscriptions.retrieve(subscription_id))
+        sub = _plain(client.v1.subscriptions.retrieve(subscription_id))
+        if (sub.get("items") or {}).get("has_more"):
+            # The embedded list is one page; a plan with many models' prices has more items than that.
+            page = client.v1.subscription_items.list({"subscription": subscription_id, "limit": 100})
+            sub["items"] = {"data": [_plain(item) for item in page.auto_paging_iter()]}
     return _subscription_dict(sub)
 
 

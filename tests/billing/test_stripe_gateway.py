@@ -372,6 +372,28 @@ def test_a_trial_with_a_card_becomes_active_and_invoices_the_fee(stripe_fake):
     assert gateway.invoice_retrieve(invoice["id"])["total"] == 5390
 
 
+def test_a_subscription_with_more_items_than_one_page_lists_them_all(stripe_fake):
+    customer = _customer()
+    product, meter, fee, _metered = _catalogue()
+    metered = [
+        gateway.price_create_metered(
+            product_id=product,
+            meter_id=meter,
+            per_token_cents=Decimal("0.001"),
+            included_tokens=0,
+            lookup_key=f"model-{i}",
+            nickname=f"model {i}",
+        )
+        for i in range(11)
+    ]
+    session_id, _url = _checkout(customer, fee, metered)
+    sub = stripe_fake.complete_checkout(session_id)
+
+    items = gateway.subscription_retrieve(sub["id"])["items"]
+    assert [item["price"] for item in items] == [fee, *metered]
+    assert _last_request(stripe_fake, "/v1/subscription_items")["params"]["subscription"] == sub["id"]
+
+
 def test_the_next_period_invoices_metered_usage_through_the_tiers(stripe_fake):
     customer, meter, fee, metered, sub_id = _subscribed(stripe_fake)
     now = int(time.time())

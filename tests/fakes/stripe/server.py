@@ -6,6 +6,7 @@ The layers a request goes through, in order: faults injected by a test (a 500, o
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -43,6 +44,20 @@ def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
     timestamp = int(time.time()) if timestamp is None else int(timestamp)
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
+
+
+def _api_key(authorization: str) -> str:
+    """The secret key from ``Bearer sk_…`` (the SDK) or ``Basic base64(sk_…:)`` (``curl -u sk_…:``, as Stripe's
+    own examples do)."""
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip()).decode().partition(":")[0]
+        except (ValueError, UnicodeDecodeError):
+            return ""
+    return ""
 
 
 def _page(items: list[dict], params: dict, url: str) -> dict[str, Any]:
@@ -256,7 +271,7 @@ class StripeFake:
     # --- API dispatch ---------------------------------------------------------------------------------------------
     def api(self, method: str, path: str, params: dict, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         """Answer one ``/v1`` request: (status, JSON body, extra headers)."""
-        key = (headers.get("authorization") or "").removeprefix("Bearer ").strip()
+        key = _api_key(headers.get("authorization") or "")
         if not key:
             raise ApiError(
                 401,
@@ -361,13 +376,26 @@ _ROUTES: list[_Route] = [
         ),
     ),
     ("POST", re.compile(r"/v1/billing_portal/sessions"), lambda f, s, m, p, e: s.portal_session_create(p)),
-    ("GET", re.compile(rf"/v1/subscriptions/{_ID}"), lambda f, s, m, p, e: s.subscription(m[1])),
-    ("POST", re.compile(rf"/v1/subscriptions/{_ID}"), lambda f, s, m, p, e: s.subscription_update(m[1], p)),
-    ("DELETE", re.compile(rf"/v1/subscriptions/{_ID}"), lambda f, s, m, p, e: s.subscription_cancel(m[1])),
+    ("GET", re.compile(rf"/v1/subscriptions/{_ID}"), lambda f, s, m, p, e: s.subscription_view(s.subscription(m[1]))),
+    (
+        "GET",
+        re.compile(r"/v1/subscription_items"),
+        lambda f, s, m, p, e: _list(s.subscription_items(p), p, "/v1/subscription_items"),
+    ),
+    (
+        "POST",
+        re.compile(rf"/v1/subscriptions/{_ID}"),
+        lambda f, s, m, p, e: s.subscription_view(s.subscription_update(m[1], p)),
+    ),
+    (
+        "DELETE",
+        re.compile(rf"/v1/subscriptions/{_ID}"),
+        lambda f, s, m, p, e: s.subscription_view(s.subscription_cancel(m[1])),
+    ),
     (
         "GET",
         re.compile(r"/v1/subscriptions"),
-        lambda f, s, m, p, e: _list(s.subscription_list(p), p, "/v1/subscriptions"),
+        lambda f, s, m, p, e: _list(s.subscription_list(p), p, "/v1/subscriptions", s.subscription_view),
     ),
     (
         "GET",

@@ -335,6 +335,20 @@ class Subscriptions:
         self._invoice_collect(invoice, sub)
         return sub
 
+    def subscription_view(self, sub: dict) -> dict:
+        """A subscription as the API answers it: its items embedded as one page of up to 10."""
+        view = copy.deepcopy(sub)
+        items = sub["items"]["data"]
+        view["items"]["data"] = view["items"]["data"][:10]
+        view["items"]["has_more"] = len(items) > 10
+        return view
+
+    def subscription_items(self, params: dict) -> list[dict]:
+        subscription_id = params.get("subscription") or ""
+        if not subscription_id:
+            raise invalid("Missing required param: subscription.", "subscription", "parameter_missing")
+        return self.subscription(subscription_id, "subscription")["items"]["data"]
+
     def subscription_list(self, params: dict) -> list[dict]:
         subs = list(reversed(self.subscriptions.values()))
         if params.get("customer"):
