@@ -66,3 +66,18 @@ def test_bootstrap_demo_puts_the_demo_tenant_on_the_internal_plan_and_says_so(de
     assert (effective["rpm_limit"], effective["tpm_limit"]) == (1_000_000, 10**9)  # explicit, not the default
     assert AuditEntry.objects.filter(action="tenant.limits.update", tenant=tenant).count() == 1  # once
 
+
+
+@pytest.mark.django_db
+def test_bootstrap_demo_creates_the_self_serve_paid_plans_once_and_syncs_them_to_stripe(debug_var_dir, stripe_fake):
+    from billing.models import ModelPrice, Plan, StripePrice
+
+    _run()
+    _run()
+    developer, business = Plan.objects.get(slug="developer"), Plan.objects.get(slug="business")
+    assert developer.self_serve and developer.requires_payment and developer.trial_days == 14
+    assert not developer.trial_card_required and business.trial_days == 0
+    assert ModelPrice.objects.count() >= 2
+    assert developer.stripe_product_id and business.stripe_product_id
+    # Once: a second run found everything in step and created nothing more.
+    assert StripePrice.objects.filter(plan=developer).count() == 1 + 2 * ModelPrice.objects.count()

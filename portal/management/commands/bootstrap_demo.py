@@ -1,4 +1,7 @@
-"""Create (idempotently) what `make run` needs: a demo tenant on the Internal plan, a staff admin and an API key.
+"""Create (idempotently) what `make run` needs: a demo tenant on the Internal plan, a staff admin and an API key,
+and two self-serve paid plans (Developer, with a 14-day trial without a card, and Business) with model prices, so
+the billing page has plans to choose; with Stripe configured (e.g. ``STRIPE_API_BASE`` at the stand-in) they are
+synced to it.
 
 The demo tenant is put explicitly on the Internal plan (seeded by billing's migrations): limits far above a
 local load test, so the printed curl and `make bench` are never throttled while every answer still carries the
@@ -12,15 +15,16 @@ from __future__ import annotations
 
 import json
 import secrets
+from decimal import Decimal
 
 from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from billing import snapshot
-from billing.models import Plan, TenantQuota
-from billing.services import tenant_quota_set
+from billing import plan_sync, snapshot, stripe_gateway
+from billing.models import ModelPrice, Plan, TenantQuota
+from billing.services import model_price_set, plan_save, tenant_quota_set
 from inference.services import backends_seed_from_settings
 from tenants import keys, services
 from tenants.models import ApiKey, Membership, Role, Tenant
@@ -28,6 +32,21 @@ from tenants.models import ApiKey, Membership, Role, Tenant
 DEMO_TENANT = "Demo Contact Centre"
 DEMO_ADMIN_EMAIL = "admin@wattle.local"
 DEMO_PLAN = "internal"
+# A$ per 1,000 tokens (input, output), GST exclusive: set only where staff haven't priced the model.
+DEMO_PRICES = {
+    "mistralai/Mistral-7B-Instruct-v0.3": (Decimal("0.0003"), Decimal("0.0009")),
+    "mistralai/Mistral-Large-Instruct-2411": (Decimal("0.003"), Decimal("0.009")),
+}
+PAID_PLANS = {
+    "developer": {"name": "Developer", "monthly_fee_aud": Decimal("49.00"), "included_tokens": 2_000_000,
+                  "trial_days": 14, "trial_card_required": False, "rpm_limit": 300, "tpm_limit": 200_000,
+                  "max_concurrent": 10, "monthly_token_budget": 100_000_000,
+                  "monthly_spend_cap_aud": Decimal("500.00")},
+    "business": {"name": "Business", "monthly_fee_aud": Decimal("499.00"), "included_tokens": 50_000_000,
+                 "trial_days": 0, "trial_card_required": True, "rpm_limit": 3_000, "tpm_limit": 2_000_000,
+                 "max_concurrent": 100, "monthly_token_budget": 2_000_000_000,
+                 "monthly_spend_cap_aud": Decimal("10000.00")},
+}
 
 
 class Command(BaseCommand):
@@ -80,6 +99,7 @@ class Command(BaseCommand):
         if api_key is None:
             issued = services.api_key_create(tenant=tenant, name="Demo key", created_by=admin)
             plaintext = issued.plaintext
+        self._paid_plans(admin)
         snapshot.rebuild()
 
         creds = {"admin_email": DEMO_ADMIN_EMAIL, "admin_password": password, "api_key": plaintext}
@@ -91,6 +111,24 @@ class Command(BaseCommand):
             self.stdout.write(f"Admin login: {DEMO_ADMIN_EMAIL} / {password}")
             self.stdout.write(f"Demo API key: {plaintext}")
             self.stdout.write(f"Demo tenant: {DEMO_TENANT}, on the {plan.name} plan ({_describe(plan)})")
+
+
+    def _paid_plans(self, admin) -> None:
+        """The self-serve paid plans and the model prices they charge, through the services (audited); plans and
+        prices staff already have are left as they are. Synced to Stripe when it is configured."""
+        for model, (input_price, output_price) in DEMO_PRICES.items():
+            if not ModelPrice.objects.filter(model=model).exists():
+                model_price_set(model=model, input_per_1k_aud=input_price, output_per_1k_aud=output_price,
+                                actor=admin)
+        for slug, fields in PAID_PLANS.items():
+            plan = Plan.objects.filter(slug=slug).first()
+            if plan is None:
+                plan = plan_save(plan=Plan(slug=slug, self_serve=True, requires_payment=True, **fields), actor=admin)
+            if stripe_gateway.configured():
+                try:
+                    plan_sync.plan_stripe_sync(plan=plan, actor=admin)
+                except stripe_gateway.StripeError as exc:
+                    self.stderr.write(f"Plan {plan.name} was not synced to Stripe ({exc}); it is retried later.")
 
 
 def _describe(plan: Plan) -> str:
