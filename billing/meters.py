@@ -185,7 +185,7 @@ def meter_reports_plan(*, now: datetime | None = None) -> list[MeterReport]:
             changed = [tenant_id for tenant_id, r in tenants.items() if r.changed_at >= since]
             if changed:
                 totals |= _hourly_totals(Q(tenant_id__in=changed, start__gte=oldest, start__lt=closed))
-        written = _plan(totals, tenants=tenants, meters=meters)
+        written = _plan(totals, tenants=tenants, meters=meters, now=now)
 
     events_mark.last_id = max(events_mark.last_id, rolled_up)
     hours_mark.last_id = max(hours_mark.last_id, int(closed.timestamp()))
@@ -197,7 +197,7 @@ def meter_reports_plan(*, now: datetime | None = None) -> list[MeterReport]:
     return written
 
 
-def _plan(totals: dict[tuple, list[int]], *, tenants: dict, meters: dict) -> list[MeterReport]:
+def _plan(totals: dict[tuple, list[int]], *, tenants: dict, meters: dict, now: datetime) -> list[MeterReport]:
     """New rows for what ``totals`` hold beyond what the hours' rows already carry."""
     wanted: dict[tuple, int] = defaultdict(int)  # (tenant_id, meter, hour) -> tokens
     for (tenant_id, hour, model), counts in totals.items():
@@ -229,7 +229,7 @@ def _plan(totals: dict[tuple, list[int]], *, tenants: dict, meters: dict) -> lis
         rows.append(MeterReport(
             tenant_id=tenant_id, meter=meter, hour=hour, sequence=sequence, quantity=missing,
             identifier=identifier_for(tenant_id=tenant_id, meter=meter, hour=hour, sequence=sequence),
-            stripe_customer_id=tenants[tenant_id].customer_id,
+            stripe_customer_id=tenants[tenant_id].customer_id, created_at=now, next_attempt_at=now,
         ))
     return MeterReport.objects.bulk_create(rows)
 

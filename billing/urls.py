@@ -1,6 +1,15 @@
 from django.urls import path
 
-from billing import billing_console, request_logs, staff_tenants, subscription_views, tenant_console, views, webhooks
+from billing import (
+    billing_console,
+    request_logs,
+    staff_billing,
+    staff_tenants,
+    subscription_views,
+    tenant_console,
+    views,
+    webhooks,
+)
 
 urlpatterns = [
     path("staff/limits/", views.near_limits, name="staff_near_limits"),
@@ -30,4 +39,6 @@ urlpatterns = [
     path("billing/stripe/webhook/", webhooks.stripe_webhook, name="stripe_webhook"),
     path("t/<slug:slug>/billing/usage.csv", billing_console.tenant_billing_usage_csv, name="tenant_billing_usage_csv"),
     path("staff/revenue/", billing_console.staff_revenue, name="staff_revenue"),
+    path("staff/reconciliation/", staff_billing.reconciliation, name="staff_reconciliation"),
+    path("staff/reconciliation/<slug:slug>/", staff_billing.reconciliation_tenant, name="staff_reconciliation_tenant"),
 ]
