@@ -565,8 +565,9 @@ def test_meter_event_summaries_are_hourly_windows_in_time_order(stripe_fake):
 
 
 # --- Stripe down, slow or refusing ----------------------------------------------------------------------------------
-def test_a_500_is_unavailable(stripe_fake):
-    stripe_fake.fail_next("/v1/customers")
+@pytest.mark.parametrize("status", [500, 503, 429, 409])
+def test_a_5xx_a_rate_limit_or_a_conflict_is_unavailable(stripe_fake, status):
+    stripe_fake.fail_next("/v1/customers", status=status)
     with pytest.raises(StripeUnavailable):
         _customer()
     assert stripe_fake.state.customers == {}

@@ -507,7 +507,11 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
             else:
-                self._json(fault.status, {"error": {"type": "api_error", "message": "An unknown error occurred"}})
+                if fault.status == 429:
+                    error = {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests."}
+                else:
+                    error = {"type": "api_error", "message": "An unknown error occurred"}
+                self._json(fault.status, {"error": error})
                 return
         try:
             if path.startswith("/v1/"):
