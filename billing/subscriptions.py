@@ -55,17 +55,21 @@ def _digest(*parts: str) -> str:
 # --- the Stripe customer ---------------------------------------------------------------------------------------
 def _customer_ensure(*, tenant: Tenant, actor: AbstractBaseUser | None, request: HttpRequest | None
                      ) -> Subscription:
-    """The tenant's Subscription row with a Stripe customer, created once (the row lock makes two concurrent
-    Checkouts wait for one customer; the idempotency key covers a retry after a lost answer)."""
+    """The tenant's Subscription row with a Stripe customer, created once. Stripe is called outside any
+    transaction; two concurrent first Checkouts send the same idempotency key (so get the same customer, or one
+    of them a retryable conflict) and the row keeps whichever is recorded first."""
+    subscription, _ = Subscription.objects.get_or_create(tenant=tenant)
+    if subscription.stripe_customer_id:
+        return subscription
+    email = tenant.billing_email or getattr(actor, "email", "") or ""
+    customer_id = stripe_gateway.customer_create(
+        tenant_id=str(tenant.pk), name=tenant.name, email=email, abn=tenant.abn,
+        idempotency_key=f"wattle_customer_{tenant.pk}_{_digest(tenant.name, email, tenant.abn)}",
+    )
     with transaction.atomic():
-        subscription, _ = Subscription.objects.select_for_update().get_or_create(tenant=tenant)
+        subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
         if subscription.stripe_customer_id:
             return subscription
-        email = tenant.billing_email or getattr(actor, "email", "") or ""
-        customer_id = stripe_gateway.customer_create(
-            tenant_id=str(tenant.pk), name=tenant.name, email=email, abn=tenant.abn,
-            idempotency_key=f"wattle_customer_{tenant.pk}_{_digest(tenant.name, email, tenant.abn)}",
-        )
         subscription.stripe_customer_id = customer_id
         subscription.save(update_fields=["stripe_customer_id", "updated_at"])
         record(action="billing.customer.create", actor=actor, tenant=tenant, target=subscription, request=request,
@@ -210,19 +214,27 @@ def subscription_refresh(*, subscription_id: str, seen: int = 0) -> Subscription
 def subscription_apply(*, data: dict[str, Any], seen: int = 0) -> Subscription | None:
     """Apply a subscription as Stripe has it now (``stripe_gateway.subscription_retrieve``'s dict). ``seen``:
     Stripe's ``created`` of the event that led here. Returns the row, or None when the customer isn't ours."""
+    customer = data.get("customer") or ""
+    incoming = data["status"]
+    # Another running subscription of this customer while ours runs too: ask Stripe whether ours still does, before
+    # any lock is taken (never call Stripe inside a transaction).
+    peek = Subscription.objects.filter(stripe_customer_id=customer).values("stripe_subscription_id", "status").first()
+    ours_ended = None
+    if (peek is not None and peek["stripe_subscription_id"] not in ("", data["id"]) and peek["status"] in LIVE
+            and incoming in LIVE):
+        ours_ended = not _still_live(peek["stripe_subscription_id"])
     with transaction.atomic():
         # of=self: PostgreSQL won't lock the nullable side of the plan's outer join.
         subscription = (Subscription.objects.select_for_update(of=("self",)).select_related("tenant", "plan")
-                        .filter(stripe_customer_id=data.get("customer") or "").first())
-        if subscription is None:
+                        .filter(stripe_customer_id=customer).first())
+        if subscription is None or not customer:
             logger.warning("stripe subscription %s belongs to a customer we don't know", data.get("id"))
             return None
-        incoming = data["status"]
         stored_id = subscription.stripe_subscription_id
         # News of another subscription of this customer while ours runs: an old one ending (nothing to do), or a
-        # new one replacing ours if ours has in fact ended.
+        # new one replacing ours if ours has in fact ended (None: not asked, as the row changed meanwhile).
         other = bool(stored_id) and stored_id != data["id"] and subscription.status in LIVE
-        if other and (incoming not in LIVE or _still_live(stored_id)):
+        if other and (incoming not in LIVE or not ours_ended):
             subscription.stripe_seen = max(subscription.stripe_seen, seen)
             subscription.save(update_fields=["stripe_seen", "updated_at"])
             return subscription

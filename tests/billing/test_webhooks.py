@@ -224,3 +224,17 @@ def test_events_of_other_kinds_or_customers_are_stored_and_left(client, stripe_f
     stored = {e.event_id: e for e in StripeEvent.objects.all()}
     assert stored["evt_other_kind"].processed_at is not None and stored["evt_other_kind"].error == "not handled"
     assert stored["evt_not_ours"].processed_at is not None
+
+
+def test_late_news_of_an_ended_subscription_leaves_the_new_one(client, owner_client, subscribed, stripe_fake, acme):
+    first = subscribed.stripe_subscription_id
+    mark = len(stripe_fake.events)
+    stripe_fake.cancel(first)
+    mark = deliver_new(client, stripe_fake, mark)
+    second = subscribe(owner_client, acme, subscribed.plan, stripe_fake)
+    assert second.stripe_subscription_id != first and second.status == "active"
+    deleted = {**stripe_fake.events_of("customer.subscription.deleted")[-1], "id": "evt_late_copy"}
+    post_event(client, stripe_fake, deleted)
+    subscription = Subscription.objects.get(tenant=acme)
+    assert subscription.stripe_subscription_id == second.stripe_subscription_id and subscription.status == "active"
+    assert TenantQuota.objects.get(tenant=acme).plan == subscribed.plan
