@@ -280,3 +280,40 @@ def test_a_claimed_report_is_not_claimed_again_while_it_is_being_sent(acme, mete
     assert meters._claim(now + timedelta(seconds=59)) is None
     # A sender that died mid-send gives the row back when its lease runs out; Stripe drops a second delivery.
     assert meters._claim(now + meters._lease() + timedelta(seconds=1)).pk == row.pk
+
+
+# --- when the jobs run ------------------------------------------------------------------------------------------
+def test_the_jobs_run_every_minute_on_beat(settings):
+    schedule = {entry["task"]: entry["schedule"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    for task in ("build_rollups", "plan_meter_reports", "send_meter_reports"):
+        assert schedule[f"billing.tasks.{task}"] == 60.0
+
+
+def test_the_tasks_build_rollups_and_plan_reports(acme, metered):
+    from billing import tasks
+
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=2)
+    subscribe(acme, metered.plan, since=hour - timedelta(days=1), with_stripe=False)
+    add_event(acme, hour)
+    assert tasks.build_rollups() == 1
+    assert tasks.plan_meter_reports() == 2
+    assert MeterReport.objects.count() == 2
+
+
+def test_the_embedded_loop_runs_the_jobs_until_told_to_stop(monkeypatch):
+    import threading
+
+    from portal.lifespan import billing_jobs_loop
+
+    stop, runs = threading.Event(), []
+
+    def jobs():
+        runs.append(1)
+        if len(runs) == 2:
+            stop.set()
+        raise RuntimeError("a failing run is logged; the loop carries on")
+
+    monkeypatch.setattr(meters, "meter_jobs", jobs)
+    billing_jobs_loop(stop=stop, interval=0.01)
+    assert runs == [1, 1]
