@@ -55,18 +55,23 @@ def redis_repair_loop(*, stop: threading.Event, interval: float) -> None:
 
 def billing_jobs_loop(*, stop: threading.Event, interval: float) -> None:
     """Embedded mode has no Celery beat: build the usage rollups (the console reads them), then plan and send the
-    Stripe meter reports, now and every ``interval`` until ``stop``."""
+    Stripe meter reports; retry Stripe events still waiting, send payment notices now due and sync plans out of
+    step with Stripe; now and every ``interval`` until ``stop``."""
     from django.db import close_old_connections
 
     from billing.meters import meter_jobs
+    from billing.payment_notices import payment_notices_send
+    from billing.plan_sync import plans_sync_due
+    from billing.stripe_events import events_retry
 
     while True:
-        try:
-            meter_jobs()
-        except Exception:
-            logger.exception("billing jobs failed; they run again in %ss", interval)
-        finally:
-            close_old_connections()
+        for job in (meter_jobs, events_retry, payment_notices_send, plans_sync_due):
+            try:
+                job()
+            except Exception:
+                logger.exception("billing job %s failed; it runs again in %ss", job.__name__, interval)
+            finally:
+                close_old_connections()
         if stop.wait(interval):
             return
 
