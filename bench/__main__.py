@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from bench.environment import BenchEnvironment
 from bench.report import ResultsFile, render_table
 from bench.runner import BenchRun, Options
-from bench.scenarios import ALL_KEYS, select
+from bench.scenarios import ALL_KEYS, select, selected_in_process
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -27,6 +27,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="direct/gateway rounds per scenario (>= 2)")
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test, not a measurement")
     parser.add_argument("--p7-events", type=int, default=30_000, help="usage events per P7 round")
+    parser.add_argument("--p9-events", type=int, default=10_000_000, help="usage events P9 loads (kept for later runs)")
+    parser.add_argument("--p9-requests", type=int, default=40, help="timed requests per P9 page")
     parser.add_argument("--keep-logs", action="store_true", help="keep the gateway/simulator logs")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
                         help="the ASGI server the gateway runs under (default uvicorn)")
@@ -45,7 +47,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not args.workers or min(args.workers) < 1:
         parser.error("--workers takes positive integers")
     try:
-        args.selected, args.p7 = select([k for k in args.scenarios.split(",") if k.strip()])
+        keys = [k for k in args.scenarios.split(",") if k.strip()]
+        args.selected, args.p7 = select(keys)
+        args.p9 = "P9" in selected_in_process(keys)
     except ValueError as exc:
         parser.error(str(exc))
     return args
@@ -68,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick=args.quick,
         duration_s=args.duration,
         p7_events=args.p7_events,
+        p9=args.p9,
+        p9_events=args.p9_events // (100 if args.quick else 1),
+        p9_requests=args.p9_requests,
     )
     if args.serve:
         return _serve(args)

@@ -379,6 +379,7 @@ class BenchEnvironment:
                 "INFERENCE_BACKENDS": f"{BACKEND_NAME}=http://127.0.0.1:{self.simulator_port}",
                 "LOG_LEVEL": "INFO",
                 "WATTLE_VAR_DIR": str(self.workdir / "var"),
+                "STATIC_MANIFEST": "false",  # P9 renders pages in-process, without a collectstatic build
             }
         )
         env.pop("API_KEY_PEPPER", None)  # derived from this run's SECRET_KEY, the same in every process

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import ingest
+from bench import console, ingest
 from bench.environment import (
     PYTHON,
     REPO_ROOT,
@@ -38,6 +38,9 @@ class Options:
     quick: bool = False
     duration_s: float | None = None
     p7_events: int = 30_000
+    p9: bool = False
+    p9_events: int = 10_000_000
+    p9_requests: int = 40
 
 
 @dataclass
@@ -122,6 +125,8 @@ class BenchRun:
             self.env.stop_gateway(workers)
         if self.options.p7:
             self._run_p7()
+        if self.options.p9:
+            self._run_p9()
         return self.verdicts
 
     # --- load scenarios ----------------------------------------------------------------------------
@@ -271,6 +276,18 @@ class BenchRun:
             self.results.write("p7_round", round=round_no, result=result, events_per_s=result.events_per_s)
             self.log(f"  round {round_no}: {result.events_per_s:,.0f} events/s, {result.lost} lost")
         verdict = ingest.judge(rounds)
+        self.verdicts.append(verdict)
+        self.results.write("verdict", verdict=verdict)
+
+    # --- P9 ----------------------------------------------------------------------------------------
+    def _run_p9(self) -> None:
+        self.log(f"\nP9: {console.P9_TITLE} ({self.options.p9_events:,} events, "
+                 f"{self.options.p9_requests} timed requests per page)")
+        verdict, timings, _rate = console.run(events=self.options.p9_events, requests=self.options.p9_requests,
+                                             log=self.log)
+        for timing in timings:
+            self.results.write("p9_page", page=timing.page, samples_ms=timing.samples_ms,
+                               empty_samples_ms=timing.empty_ms, status=timing.status)
         self.verdicts.append(verdict)
         self.results.write("verdict", verdict=verdict)
 

@@ -317,18 +317,25 @@ SCENARIOS: dict[str, Scenario] = {
 
 P7_TARGET = ">= 20,000 events/s, 0 lost"
 P7_TITLE = "usage ingest: Redis stream -> PostgreSQL"
-ALL_KEYS = ["P1", "P2", "P3", "P4", "P5", "P7"]
+ALL_KEYS = ["P1", "P2", "P3", "P4", "P5", "P7", "P9"]
+# Not load scenarios: run in-process after the gateways are down (``bench.ingest``, ``bench.console``).
+IN_PROCESS = ("P7", "P9")
 
 
 def select(keys: list[str]) -> tuple[list[Scenario], bool]:
-    """The load scenarios named (``P4`` means both of its concurrencies) and whether P7 was asked for."""
+    """The load scenarios named (``P4`` means both of its concurrencies) and whether P7 was asked for (P9: see
+    ``selected_in_process``)."""
     chosen: list[Scenario] = []
     for key in keys:
         key = key.strip().upper()
-        if key == "P7":
+        if key in IN_PROCESS:
             continue
         matches = [s for k, s in SCENARIOS.items() if k == key or k.split("/")[0] == key]
         if not matches:
             raise ValueError(f"unknown scenario {key!r}; known: {', '.join(ALL_KEYS)} (and P4/64, P4/256)")
         chosen.extend(s for s in matches if s not in chosen)
     return chosen, any(k.strip().upper() == "P7" for k in keys)
+
+
+def selected_in_process(keys: list[str]) -> set[str]:
+    return {k.strip().upper() for k in keys} & set(IN_PROCESS)
