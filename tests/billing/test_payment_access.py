@@ -8,7 +8,6 @@ import time
 from datetime import timedelta
 
 import httpx
-import orjson
 import pytest
 from django.utils import timezone
 
@@ -121,11 +120,57 @@ def test_past_due_through_grace_to_402_and_back_when_the_invoice_is_paid(
     assert b'id="payment-banner"' not in owner_client.get(f"/t/{acme.slug}/keys/").content
 
 
-def test_the_refusal_is_openai_shaped_and_names_no_secret(acme, issue_key):
-    from inference.gateway import errors
+def _past_due(tenant, plan, *, days_ago: float) -> Subscription:
+    from billing.services import tenant_quota_set
 
-    body = orjson.loads(errors.GatewayError(402, "x", type="insufficient_quota", code="payment_required").body())
-    assert body == {"error": {"message": "x", "type": "insufficient_quota", "param": None, "code": "payment_required"}}
+    tenant_quota_set(tenant=tenant, plan=plan)
+    subscription, _ = Subscription.objects.update_or_create(
+        tenant=tenant, defaults={"plan": plan, "status": "past_due", "stripe_customer_id": "cus_test",
+                                 "past_due_since": timezone.now() - timedelta(days=days_ago)})
+    return subscription
+
+
+def test_payment_notices_are_sent_once_per_episode(acme, stripe_fake, settings, mailoutbox,
+                                                    django_capture_on_commit_callbacks):
+    def payment_notices_send():
+        from billing.payment_notices import payment_notices_send as send
+
+        with django_capture_on_commit_callbacks(execute=True):
+            return send()
+
+    settings.BILLING_GRACE_DAYS = 7
+    subscription = _past_due(acme, paid_plan(sync=False), days_ago=1)
+    assert payment_notices_send() == 1 and payment_notices_send() == 0
+    assert mailoutbox[0].subject.endswith("a payment failed") and "/billing/" in mailoutbox[0].body
+    # The deadline passes: the second notice, once.
+    Subscription.objects.filter(pk=subscription.pk).update(past_due_since=timezone.now() - timedelta(days=8))
+    assert payment_notices_send() == 1 and payment_notices_send() == 0
+    assert mailoutbox[-1].subject.endswith("the API is stopped until payment")
+    # Paid, then a later payment fails: a new episode, told again.
+    Subscription.objects.filter(pk=subscription.pk).update(status="past_due", past_due_since=timezone.now())
+    assert payment_notices_send() == 1
+    assert len(mailoutbox) == 3
+    from audit.models import AuditEntry
+
+    assert AuditEntry.objects.filter(action="billing.payment.past_due_notice", tenant=acme).count() == 2
+    assert AuditEntry.objects.filter(action="billing.payment.refused_notice", tenant=acme).count() == 1
+
+
+def test_no_notice_without_stripe(acme, settings, mailoutbox):
+    settings.STRIPE_SECRET_KEY = ""
+    _past_due(acme, paid_plan(sync=False), days_ago=30)
+    assert payment_notices_send() == 0 and mailoutbox == []
+
+
+def test_the_reconciliation_republishes_a_subscription_change(acme, stripe_fake, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        _past_due(acme, paid_plan(sync=False), days_ago=1)
+    snapshot.reconcile()
+    assert _published(acme).unpaid_after is not None and _published(acme).unpaid_after > time.time()
+    # A change whose publish was lost (written here without one) is picked up by the next run.
+    Subscription.objects.filter(tenant=acme).update(status="unpaid", updated_at=timezone.now())
+    snapshot.reconcile()
+    assert _published(acme).unpaid_after == payment_access.REFUSED_NOW
 
 
 def test_banner_is_for_billing_roles_and_others_are_told_whom_to_ask(acme, member_of, stripe_fake, owner_client,
