@@ -1,10 +1,10 @@
 """Reads of usage for the consoles, the export and the management API: always over ``UsageRollup``, never the raw
 usage events, and always bounded to a range, so a page costs the same with ten events or ten million.
 
-Hourly rollups (UTC hours) serve a billing period, which starts at any hour (Stripe's period; Stripe's meter
-events are hourly too, so the two agree on which hours a period holds). Daily rollups (Sydney days) serve ranges
-of whole days: the usage page and the CSV export. Sydney is a whole number of hours from UTC, so an hour belongs to
-exactly one Sydney day and both read the same days.
+Daily rollups (Sydney days) cover whole days; hourly rollups (UTC hours) cover the part-days at the ends of a
+billing period, which starts at any hour (Stripe's period; Stripe's meter events are hourly too, so the two agree
+on which hours a period holds). Sydney is a whole number of hours from UTC, so an hour belongs to exactly one Sydney
+day, and the rollup job adds each event to its hour and its day in the same transaction.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db.models import Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Q, Sum
 
 from billing.models import UsageRollup
 from core.keys import PLAYGROUND_KEY_ID, PLAYGROUND_KEY_NAME
@@ -124,38 +123,59 @@ def key_names(*, tenant: Tenant, key_ids) -> dict[str, str]:
     return dict(ApiKey.objects.filter(tenant=tenant, key_id__in=ids).values_list("key_id", "name"))
 
 
-def usage_breakdown(*, tenant: Tenant, start: datetime, end: datetime, grain: str = HOUR) -> Breakdown:
-    """One query: the rollups of ``grain`` starting in ``[start, end)``, summed per Sydney day, key and model,
-    then folded into the three breakdowns (a few hundred rows at most: days x keys x models)."""
-    rows = (
-        UsageRollup.objects.filter(tenant=tenant, period=grain, start__gte=start, start__lt=end)
-        .annotate(day=TruncDate("start", tzinfo=SYDNEY))
-        .values("day", "key_id", "model")
-        .annotate(**_SUMS)
-        .order_by()
-    )
+def _midnight_on_or_after(moment: datetime) -> datetime:
+    local = moment.astimezone(SYDNEY)
+    midnight = datetime.combine(local.date(), time.min, tzinfo=SYDNEY)
+    return midnight if midnight >= moment else datetime.combine(local.date() + timedelta(days=1), time.min,
+                                                                tzinfo=SYDNEY)
+
+
+def _midnight_on_or_before(moment: datetime) -> datetime:
+    return datetime.combine(moment.astimezone(SYDNEY).date(), time.min, tzinfo=SYDNEY)
+
+
+def _buckets(start: datetime, end: datetime) -> Q:
+    """The rollups covering ``[start, end)`` exactly, fewest first: daily ones for the whole Sydney days inside it,
+    hourly ones for the part-days at either end (a billing period starts at any hour)."""
+    first, last = _midnight_on_or_after(start), _midnight_on_or_before(end)
+    if first >= last:
+        return Q(period=HOUR, start__gte=start, start__lt=end)
+    query = Q(period=DAY, start__gte=first, start__lt=last)
+    if start < first:
+        query |= Q(period=HOUR, start__gte=start, start__lt=first)
+    if last < end:
+        query |= Q(period=HOUR, start__gte=last, start__lt=end)
+    return query
+
+
+def usage_breakdown(*, tenant: Tenant, start: datetime, end: datetime) -> Breakdown:
+    """Three grouped queries over the rollups covering ``[start, end)`` (``_buckets``): sums per bucket start (folded
+    into Sydney days here, a few hundred rows at most), per key and per model. The database sums on the rollups'
+    (tenant, period, start, …) index; there is no time-zone arithmetic per row."""
+    rollups = UsageRollup.objects.filter(_buckets(start, end), tenant=tenant)
     days = _days(start, end)
     by_day = {day: UsageLine() for day in days}
-    by_key: dict[str, UsageLine] = {}
-    by_model: dict[str, UsageLine] = {}
+    for row in rollups.values("start").annotate(**_SUMS).order_by():
+        by_day.setdefault(row["start"].astimezone(SYDNEY).date(), UsageLine()).add(row)
     totals = UsageLine()
-    for row in rows:
-        by_day.setdefault(row["day"], UsageLine()).add(row)
-        by_key.setdefault(row["key_id"], UsageLine()).add(row)
-        by_model.setdefault(row["model"], UsageLine()).add(row)
-        totals.add(row)
-    return Breakdown(
-        start=start, end=end, days=sorted(by_day), by_day=by_day,
-        by_key=dict(sorted(by_key.items(), key=lambda kv: (-kv[1].cost_micro_aud, -kv[1].total_tokens, kv[0]))),
-        by_model=dict(sorted(by_model.items(), key=lambda kv: (-kv[1].cost_micro_aud, -kv[1].total_tokens, kv[0]))),
-        totals=totals, key_names=key_names(tenant=tenant, key_ids=by_key),
-    )
+    for line in by_day.values():
+        totals.add(vars(line))
+
+    def grouped(field: str) -> dict[str, UsageLine]:
+        lines = {}
+        for row in rollups.values(field).annotate(**_SUMS).order_by():
+            lines.setdefault(row[field], UsageLine()).add(row)
+        return dict(sorted(lines.items(), key=lambda kv: (-kv[1].cost_micro_aud, -kv[1].total_tokens, kv[0])))
+
+    by_key = grouped("key_id")
+    return Breakdown(start=start, end=end, days=sorted(by_day), by_day=by_day, by_key=by_key,
+                     by_model=grouped("model"), totals=totals, key_names=key_names(tenant=tenant, key_ids=by_key))
 
 
 def usage_days(*, tenant: Tenant, since: date, until: date) -> Breakdown:
     """Whole Sydney days ``since`` to ``until`` inclusive, from the daily rollups."""
     start, end = day_bounds(since, until)
-    return usage_breakdown(tenant=tenant, start=start, end=end, grain=DAY)
+    return usage_breakdown(tenant=tenant, start=start, end=end)
 
 
 @dataclass(frozen=True)

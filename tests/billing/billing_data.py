@@ -3,13 +3,15 @@ ten days into its period, with usage on two keys and two models (``billed``)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from django.utils import timezone
 
-from billing.models import ModelPrice, Plan, Subscription, UsageRollup
+from billing.models import ModelPrice, Plan, Subscription, UsageEvent, UsageRollup
+from billing.rollups import rollups_update
 from billing.services import tenant_quota_set
 from tenants import keys
 
@@ -35,6 +37,14 @@ def rollup(tenant, at: datetime, *, key: str = "", model: str = "mistral-large",
                                       cost_micro_aud=cost_micro)
 
 
+def used(tenant, at: datetime, *, key: str = "", model: str = "mistral-large", prompt: int = 0,
+         completion: int = 0) -> UsageEvent:
+    """One served request, as the data plane records it; ``rollups_update()`` adds it to its hour and its day."""
+    return UsageEvent.objects.create(request_id=uuid.uuid4().hex, tenant=tenant, key_id=key,
+                                     endpoint="chat.completions", model=model, status=200, prompt_tokens=prompt,
+                                     completion_tokens=completion, created_at=at)
+
+
 def subscribe(tenant, plan, *, start: datetime, status: str = Subscription.Status.ACTIVE) -> Subscription:
     tenant_quota_set(tenant=tenant, plan=plan)
     return Subscription.objects.create(tenant=tenant, plan=plan, status=status, stripe_customer_id="cus_1",
@@ -43,14 +53,13 @@ def subscribe(tenant, plan, *, start: datetime, status: str = Subscription.Statu
 
 
 def period_usage(tenant, start: datetime, key_a: str, key_b: str) -> None:
-    """Three buckets in the period (large: 2M in / 1.1M out; 7b: 2M in / 0.1M out) and one just before it."""
-    rollup(tenant, start + timedelta(hours=1), key=key_a, prompt=1_500_000, completion=400_000,
-           cost_micro=5_400_000, requests=40)
-    rollup(tenant, start + timedelta(hours=30), key=key_b, prompt=500_000, completion=700_000,
-           cost_micro=5_200_000, requests=25)
-    rollup(tenant, start + timedelta(hours=30), key=key_a, model="mistral-7b", prompt=2_000_000,
-           completion=100_000, cost_micro=440_000, requests=10)
-    rollup(tenant, start - timedelta(hours=1), key=key_a, prompt=9_000_000, cost_micro=18_000_000)
+    """Three requests in the period (large: 2M in / 1.1M out; 7b: 2M in / 0.1M out), one just before it, rolled up
+    by the rollup job as in production (hourly and daily buckets, rated at the prices)."""
+    used(tenant, start + timedelta(hours=1), key=key_a, prompt=1_500_000, completion=400_000)
+    used(tenant, start + timedelta(hours=30), key=key_b, prompt=500_000, completion=700_000)
+    used(tenant, start + timedelta(hours=30), key=key_a, model="mistral-7b", prompt=2_000_000, completion=100_000)
+    used(tenant, start - timedelta(minutes=1), key=key_a, prompt=9_000_000)
+    rollups_update()
 
 
 @pytest.fixture
@@ -61,8 +70,8 @@ def billed(acme, bluegum, business, prices, issue_key):
     subscribe(acme, business, start=start)
     key_a = keys.parse_key(issue_key(acme, name="IVR production"))[0]
     key_b = keys.parse_key(issue_key(acme, name="Chat"))[0]
+    used(bluegum, start + timedelta(hours=1), model="bluegum-only-model", prompt=77_777)
     period_usage(acme, start, key_a, key_b)
-    rollup(bluegum, start + timedelta(hours=1), model="bluegum-only-model", prompt=77_777, cost_micro=1)
     return {"start": start, "key_a": key_a, "key_b": key_b}
 
 

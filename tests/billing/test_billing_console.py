@@ -15,11 +15,12 @@ from django.utils import timezone
 
 from billing.billing_reads import billing_overview
 from billing.models import Invoice, Subscription
+from billing.rollups import rollups_update
 from billing.services import tenant_quota_set
 from core.quotas import SYDNEY
 from tenants import keys
 from tenants.models import Role
-from tests.billing.billing_data import period_usage, rollup, subscribe
+from tests.billing.billing_data import period_usage, rollup, subscribe, used
 from tests.conftest import sign_in
 
 pytestmark = pytest.mark.django_db
@@ -64,7 +65,8 @@ def test_projected_bill_charges_tokens_past_the_included_ones_and_projects_linea
 def test_projection_counts_at_least_a_day_elapsed(acme, business, prices):
     start = datetime(2026, 11, 3, 5, tzinfo=UTC)
     subscribe(acme, business, start=start)
-    rollup(acme, start, prompt=1_000_000 + 1_000, cost_micro=2_002_000)
+    used(acme, start, prompt=1_000_000 + 1_000)
+    rollups_update()
     est = billing_overview(tenant=acme, now=start + timedelta(hours=2)).estimate
     assert est.factor == 30  # 30 days / 1 day, not 30 days / 2 hours
     assert est.projected == Decimal("99") + (Decimal(30_030_000) - 1_000_000) * Decimal("0.002") / 1000
