@@ -59,6 +59,9 @@ STRIPE_MAX_AGE = timedelta(days=35)
 # first hour (epoch seconds) it has not yet seen closed.
 PLAN_EVENTS = "meter-plan-events"
 PLAN_HOURS = "meter-plan-hours"
+# The newest StripeMeter (by id) the planner has seen: a meter created later (a model's first price synced after
+# tenants used it) has every reporting tenant planned again from its start.
+PLAN_METERS = "meter-plan-meters"
 # A subscription changed since (this long before) the planner's last run is planned again from its start: a
 # webhook that arrived after an hour closed (the tenant was not reportable yet) loses no hour.
 _CHANGED_OVERLAP = timedelta(minutes=5)
@@ -157,19 +160,22 @@ def meter_reports_plan(*, now: datetime | None = None) -> list[MeterReport]:
 
     Which (tenant, hour) pairs it looks at: the hours that closed since its last run, for every reporting tenant;
     hours with usage events rolled up since its last run that it had already closed (late events); and, for a
-    tenant whose subscription changed since then, every hour from the subscription's start. For each, what the
-    rollups hold minus what the hour's rows already carry becomes a new row: planning twice writes nothing new.
-    Runs one at a time (its marks are locked for the transaction)."""
+    tenant whose subscription changed since then (every tenant, when a meter is new), every hour from the
+    subscription's start. For each, what the rollups hold minus what the hour's rows already carry becomes a new
+    row: planning twice writes nothing new. Runs one at a time (its marks are locked for the transaction)."""
     now = now or timezone.now()
     closed = hour_floor(now - timedelta(seconds=settings.BILLING_METER_SETTLE_S))  # hours before this have closed
     oldest = hour_floor(now - STRIPE_MAX_AGE) + timedelta(hours=1)
     hours_mark, fresh = _mark(PLAN_HOURS)
     events_mark, _ = _mark(PLAN_EVENTS)
+    meters_mark, _ = _mark(PLAN_METERS)
     rolled_up = RollupWatermark.objects.filter(name=ROLLUP_WATERMARK).values_list("last_id", flat=True).first() or 0
     hours_from = max(datetime.fromtimestamp(hours_mark.last_id, UTC), oldest)
 
     tenants = reporting_tenants()
-    meters = {(m.model, m.direction): m.event_name for m in StripeMeter.objects.all()}
+    meter_rows = list(StripeMeter.objects.all())
+    meters = {(m.model, m.direction): m.event_name for m in meter_rows}
+    newest_meter = max((m.pk for m in meter_rows), default=0)
     written: list[MeterReport] = []
     if tenants and meters:
         totals: dict[tuple, list[int]] = {}
@@ -182,15 +188,17 @@ def meter_reports_plan(*, now: datetime | None = None) -> list[MeterReport]:
                 found = _hourly_totals(Q(tenant_id__in={t for t, _h in late}, start__in={h for _t, h in late}))
                 totals |= {key: value for key, value in found.items() if (key[0], key[1]) in late}
             since = hours_mark.updated_at - _CHANGED_OVERLAP
-            changed = [tenant_id for tenant_id, r in tenants.items() if r.changed_at >= since]
+            new_meter = newest_meter > meters_mark.last_id
+            changed = [tenant_id for tenant_id, r in tenants.items() if new_meter or r.changed_at >= since]
             if changed:
                 totals |= _hourly_totals(Q(tenant_id__in=changed, start__gte=oldest, start__lt=closed))
         written = _plan(totals, tenants=tenants, meters=meters, now=now)
 
     events_mark.last_id = max(events_mark.last_id, rolled_up)
     hours_mark.last_id = max(hours_mark.last_id, int(closed.timestamp()))
-    events_mark.save(update_fields=["last_id", "updated_at"])
-    hours_mark.save(update_fields=["last_id", "updated_at"])
+    meters_mark.last_id = max(meters_mark.last_id, newest_meter)
+    for mark in (events_mark, hours_mark, meters_mark):
+        mark.save(update_fields=["last_id", "updated_at"])
     if written:
         logger.info("meter outbox: %s rows planned (%s corrections)", len(written),
                     sum(1 for r in written if r.sequence))

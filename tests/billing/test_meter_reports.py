@@ -317,3 +317,17 @@ def test_the_embedded_loop_runs_the_jobs_until_told_to_stop(monkeypatch):
     monkeypatch.setattr(meters, "meter_jobs", jobs)
     billing_jobs_loop(stop=stop, interval=0.01)
     assert runs == [1, 1]
+
+
+def test_a_meter_created_after_its_models_hours_closed_gets_them_reported(acme, metered):
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=4)
+    subscribe(acme, metered.plan, since=hour - timedelta(days=1), with_stripe=False)
+    add_event(acme, hour, model="mistralai/Codestral-22B", prompt=9, completion=0)
+    assert plan_after(now) == []  # no meter for that model yet
+    from billing.models import StripeMeter
+
+    StripeMeter.objects.create(model="mistralai/Codestral-22B", direction="input", event_name="codestral_in",
+                               stripe_meter_id="mtr_codestral_in")  # the plan sync added the model later
+    [row] = plan_after(now + timedelta(minutes=1))
+    assert (row.meter, row.hour, row.quantity) == ("codestral_in", hour, 9)
