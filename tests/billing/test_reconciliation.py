@@ -154,3 +154,9 @@ def test_staff_pages_are_for_staff_only(client, acme, alice):
 
 def test_an_unknown_tenant_is_a_404(staff_client):
     assert staff_client.get("/staff/reconciliation/no-such-tenant/").status_code == 404
+
+
+def test_the_overview_says_when_there_is_nothing_to_reconcile(staff_client, acme):
+    response = staff_client.get("/staff/reconciliation/?page=x")  # a malformed page number is the first page
+    assert response.status_code == 200
+    assert "No tenant has a Stripe customer or meter reports yet." in response.content.decode()
