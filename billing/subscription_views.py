@@ -23,10 +23,13 @@ def _see_other(url: str) -> HttpResponseRedirect:
     return response
 
 
-def _unavailable(request, access, message: str, *, plan: Plan | None = None, status: int = 409):
+def _unavailable(request, access, message: str, *, plan: Plan | None = None):
+    """What was asked can't be done: 409, or 200 when payments are simply not configured here (a state of the
+    installation the page explains, not a failed request)."""
+    configured = stripe_gateway.configured()
     return render(request, "billing/subscribe_unavailable.html",
-                  {"tenant": access.tenant, "message": message, "plan": plan,
-                   "configured": stripe_gateway.configured()}, status=status)
+                  {"tenant": access.tenant, "message": message, "plan": plan, "configured": configured},
+                  status=409 if configured else 200)
 
 
 def _billing_url(request, access) -> str:
@@ -77,7 +80,7 @@ def _session(request, access) -> CheckoutSession:
 def checkout_return(request, access):
     """Where Checkout sends the customer back: the outcome, read again from Stripe and applied at once."""
     if not stripe_gateway.configured():
-        return _unavailable(request, access, subscriptions.NOT_CONFIGURED, status=200)
+        return _unavailable(request, access, subscriptions.NOT_CONFIGURED)
     session = _session(request, access)
     unconfirmed = False
     try:
@@ -94,7 +97,7 @@ def checkout_return(request, access):
 @tenant_view(Action.BILLING_MANAGE)
 def checkout_cancelled(request, access):
     if not stripe_gateway.configured():
-        return _unavailable(request, access, subscriptions.NOT_CONFIGURED, status=200)
+        return _unavailable(request, access, subscriptions.NOT_CONFIGURED)
     session = _session(request, access)
     return render(request, "billing/checkout_cancelled.html",
                   {"tenant": access.tenant, "session": session, "plan": session.plan})

@@ -114,6 +114,13 @@ PAGES = [
          Action.BILLING_VIEW),
     Page("key-limits", "POST", "/t/{slug}/keys/{key}/limits/", Action.KEYS_LIMITS, {"rpm_limit": "30"},
          foreign_object=True),
+    # Subscribing (without Stripe here: each says payments are not configured, to those allowed to ask).
+    Page("billing-checkout", "POST", "/t/{slug}/billing/checkout/trial/", Action.BILLING_MANAGE),
+    Page("billing-portal", "POST", "/t/{slug}/billing/portal/", Action.BILLING_MANAGE),
+    Page("billing-return", "GET", "/t/{slug}/billing/return/?session=00000000-0000-4000-8000-000000000000",
+         Action.BILLING_MANAGE),
+    Page("billing-cancelled", "GET", "/t/{slug}/billing/cancelled/?session=00000000-0000-4000-8000-000000000000",
+         Action.BILLING_MANAGE),
 ]
 
 
