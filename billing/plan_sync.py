@@ -252,8 +252,9 @@ def plan_sync_failure(plan: Plan) -> dict | None:
 
 
 def plans_to_sync() -> list[Plan]:
-    """Plans billed through Stripe (or already in it) that are out of step with it."""
-    plans = Plan.objects.filter(requires_payment=True) | Plan.objects.exclude(stripe_product_id="")
+    """Plans billed through Stripe or offered in the console (or already in Stripe) that are out of step with it."""
+    plans = (Plan.objects.filter(requires_payment=True) | Plan.objects.filter(self_serve=True)
+             | Plan.objects.exclude(stripe_product_id=""))
     return [plan for plan in plans.distinct() if plan_out_of_step(plan)]
 
 

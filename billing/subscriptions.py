@@ -438,7 +438,8 @@ def billing_state(tenant: Tenant, *, now: datetime | None = None) -> BillingStat
                    + (f"It ends on {_day(subscription.current_period_end)}." if subscription.cancel_at_period_end
                       else f"The next invoice comes on {_day(subscription.current_period_end)}."))
     else:
-        message = f"You're on the {name} plan. Choose a plan to subscribe."
+        message = (f"You're on the {name} plan." if plan is not None else "You have no plan.") \
+            + " Choose a plan to subscribe."
     open_invoice_url = ""
     if configured and (refused or status == Subscription.Status.PAST_DUE):
         open_invoice_url = (Invoice.objects.filter(tenant=tenant, status="open").exclude(hosted_invoice_url="")

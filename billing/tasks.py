@@ -129,7 +129,7 @@ def sync_plans_to_stripe(plan_ids: list[int] | None = None) -> int:
         return plan_sync.plans_sync_due()
     synced = 0
     for plan in Plan.objects.filter(pk__in=plan_ids):
-        if not (plan.requires_payment or plan.stripe_product_id):
+        if not (plan.requires_payment or plan.self_serve or plan.stripe_product_id):
             continue
         try:
             plan_sync.plan_stripe_sync(plan=plan)
