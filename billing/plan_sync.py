@@ -186,9 +186,10 @@ def plan_stripe_sync(*, plan: Plan, actor: AbstractBaseUser | None = None,
         result = _sync(plan)
     except stripe_gateway.StripeError as exc:
         _remember_failure(plan, exc)
-        with transaction.atomic():
-            record(action="plan.stripe_sync.failed", actor=actor, target=plan, request=request,
-                   data={"slug": plan.slug, "error": type(exc).__name__})
+        if actor is not None:  # staff asked; the periodic retries only log, or a long outage would flood the trail
+            with transaction.atomic():
+                record(action="plan.stripe_sync.failed", actor=actor, target=plan, request=request,
+                       data={"slug": plan.slug, "error": type(exc).__name__})
         raise
     cache.delete(_FAILURE_KEY.format(pk=plan.pk))
     with transaction.atomic():
