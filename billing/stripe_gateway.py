@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import stripe
 from django.conf import settings
@@ -88,6 +89,18 @@ _price_meters: dict[str, str | None] = {}
 def configured() -> bool:
     """Whether payments are configured (a Stripe secret key is set)."""
     return bool(settings.STRIPE_SECRET_KEY)
+
+
+def hosted_page_origins() -> list[str]:
+    """Where our Checkout and Portal buttons lead: the console's forms post to us and we redirect there, which a
+    browser allows only if the page's CSP ``form-action`` names these origins. Empty while payments are off."""
+    if not configured():
+        return []
+    base = settings.STRIPE_API_BASE
+    if base:
+        parts = urlsplit(base)
+        return [f"{parts.scheme}://{parts.netloc}"]
+    return ["https://checkout.stripe.com", "https://billing.stripe.com"]
 
 
 def reset_client() -> None:

@@ -71,3 +71,39 @@ class RequestIdMiddleware:
     def _start(request):
         request.request_id = "req_" + secrets.token_hex(12)
         return current_request_id.set(request.request_id)
+
+
+class StripeFormActionMiddleware:
+    """The console's plan and billing buttons post to us and are redirected to Stripe's Checkout or Portal: a
+    browser follows that redirect only if the page's CSP ``form-action`` names Stripe's origin, so console pages
+    get it added (nothing else does, and nothing at all while payments are off). Listed after django-csp's
+    middleware, so this runs first on the way out."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if self.is_async:
+            return self._acall(request)
+        return self._allow_stripe(request, self.get_response(request))
+
+    async def _acall(self, request):
+        return self._allow_stripe(request, await self.get_response(request))
+
+    @staticmethod
+    def _allow_stripe(request, response):
+        if request.path_info.startswith("/t/"):
+            from billing.stripe_gateway import hosted_page_origins
+
+            origins = hosted_page_origins()
+            if origins:
+                update = dict(getattr(response, "_csp_update", None) or {})
+                update["form-action"] = [*update.get("form-action", []), *origins]
+                response._csp_update = update
+        return response
