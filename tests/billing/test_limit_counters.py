@@ -7,6 +7,7 @@ Redis stream into the database), at a clock the test chooses.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -191,14 +192,20 @@ def test_a_request_admitted_before_the_loss_and_settled_after_it_subtracts_nothi
 
 
 @pytest.fixture
-def celery_with_workers():
-    """Celery as in production (tasks go to the broker for a worker; here the in-memory broker)."""
+def celery_with_workers(settings):
+    """Celery as in production: tasks go to a Redis broker for a worker. The suite's own Redis when it has one;
+    embedded, a private redis-server (the in-memory broker has no worker, so the data plane sends it nothing)."""
     from portal.celery import app
+    from tests.services import private_redis
 
-    eager = app.conf.task_always_eager
-    app.conf.task_always_eager = False
-    yield app
-    app.conf.task_always_eager = eager
+    eager, broker = app.conf.task_always_eager, app.conf.broker_url
+    with contextlib.ExitStack() as stack:
+        if not settings.REDIS_URL:
+            server = stack.enter_context(private_redis())
+            settings.CELERY_BROKER_URL = app.conf.broker_url = server.url
+        settings.CELERY_TASK_ALWAYS_EAGER = app.conf.task_always_eager = False
+        yield app
+    app.conf.task_always_eager, app.conf.broker_url = eager, broker
 
 
 def test_a_limiter_starting_without_the_marker_asks_the_control_plane_for_a_rebuild(celery_with_workers):
