@@ -371,6 +371,14 @@ AWS_REGION = env_str("AWS_REGION", "ap-southeast-2")
 AWS_ENDPOINT_URL = env_str("AWS_ENDPOINT_URL") or None
 ALLOWED_DATA_REGIONS = env_list("ALLOWED_DATA_REGIONS", ["ap-southeast-2", "ap-southeast-4"])
 
+# --- Audit ------------------------------------------------------------------------------------------
+# The S3 bucket sealed audit segments are archived to, and the KMS key that encrypts them (an ARN, alias or id).
+# Empty: not archived to S3. `check --deploy` proves both are in ALLOWED_DATA_REGIONS by asking AWS
+# (audit/residency.py); a build with no route to AWS sets AUDIT_RESIDENCY_OFFLINE_OK to pass without that proof.
+AUDIT_ARCHIVE_BUCKET = env_str("AUDIT_ARCHIVE_BUCKET", "") or ""
+AUDIT_ARCHIVE_KMS_KEY_ID = env_str("AUDIT_ARCHIVE_KMS_KEY_ID", "") or ""
+AUDIT_RESIDENCY_OFFLINE_OK = env_bool("AUDIT_RESIDENCY_OFFLINE_OK", False)
+
 # --- Stripe -----------------------------------------------------------------------------------------
 # Every call to Stripe goes through billing/stripe_gateway.py (docs/billing.md, "Stripe"). With no secret key,
 # payments are not configured: billing pages show usage and estimated charges only.
