@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -30,3 +33,73 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action}"
+
+
+# --- Breach register (NDB scheme) -------------------------------------------------------------------
+# Written only by audit.incident_services. Tenants are named by string so audit imports nothing it records.
+ASSESSMENT_DAYS = 30  # NDB: a suspected eligible breach is assessed within 30 days of becoming aware of it
+
+
+class Incident(models.Model):
+    """A suspected data breach, from the moment staff became aware of it until its assessment is closed."""
+
+    class Status(models.TextChoices):
+        ASSESSING = "assessing", "Assessing"
+        DECIDED = "decided", "Decided"
+        CLOSED = "closed", "Closed"
+
+    class Decision(models.TextChoices):
+        ELIGIBLE = "eligible", "Eligible data breach (notify the OAIC and individuals)"
+        NOT_ELIGIBLE = "not_eligible", "Not an eligible data breach"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    title = models.CharField(max_length=200)
+    summary = models.TextField()
+    became_aware_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ASSESSING, db_index=True)
+    # What it touched, for the blast-radius query: any of a key id, a backend, a component, in a window.
+    window_start = models.DateTimeField(null=True, blank=True)
+    window_end = models.DateTimeField(null=True, blank=True)
+    key_id = models.CharField(max_length=16, blank=True)
+    backend = models.CharField(max_length=100, blank=True)
+    component = models.CharField(max_length=32, blank=True)
+    decision = models.CharField(max_length=16, choices=Decision.choices, blank=True)
+    decision_reasons = models.TextField(blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    opened_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-became_aware_at"]
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def assessment_due_at(self):
+        return self.became_aware_at + timedelta(days=ASSESSMENT_DAYS)
+
+    def days_left(self, now=None) -> int:
+        """Whole days until the assessment is due (negative once overdue)."""
+        return (self.assessment_due_at - (now or timezone.now())).days
+
+
+class IncidentNotification(models.Model):
+    """One tenant told about an incident: whom, when, what was sent (the text, never end-customer content)."""
+
+    incident = models.ForeignKey(Incident, on_delete=models.PROTECT, related_name="notifications")
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+")
+    recipients = models.JSONField(default=list)
+    subject = models.CharField(max_length=200)
+    body = models.TextField()
+    sent_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-sent_at"]
