@@ -30,6 +30,23 @@ def test_a_tenant_record_from_before_unpaid_after_reads_as_paid():
         contract.TenantRecord.decode(b'{"v": 1, "tenant": "t-1", "status": "active", "unpaid_after": "soon"}')
 
 
+def test_a_tenant_record_carries_its_redaction_mode_and_older_or_unknown_ones_read_as_off():
+    restore = contract.TenantRecord(tenant="t-1", status="active", redaction="restore")
+    assert contract.TenantRecord.decode(restore.encode()) == restore
+    old = b'{"v": 1, "tenant": "t-1", "status": "active", "limits": {"tpm": 100}}'
+    assert contract.TenantRecord.decode(old).redaction == "off"
+    newer = b'{"v": 1, "tenant": "t-1", "status": "active", "redaction": "summarise"}'
+    assert contract.TenantRecord.decode(newer).redaction == "off"
+
+
+def test_a_usage_event_carries_redaction_counts_and_older_events_read_as_none():
+    line = contract.encode_usage_event("req_1", "t-1", 200, 1.0, "k", "chat.completions", "m", "b", "", False, False,
+                                       1, 2, 1.0, 2.0, 1.0, 0.1, "", {"AU_TFN": 2})
+    assert contract.UsageEvent.decode(line).redactions == {"AU_TFN": 2}
+    old = b'{"v": 1, "request_id": "r", "tenant": "t", "status": 200, "created": 1.0}'
+    assert contract.UsageEvent.decode(old).redactions is None
+
+
 @pytest.mark.parametrize("raw", [b"", b"[]", b'{"key_id": "x"}', b'{"v": 99, "key_id": "x", "tenant": "t",'
                                  b' "hash": "h", "scopes": []}', b'{"v": 1, "tenant": "t"}', b"\xff"])
 def test_anything_else_is_a_record_error(raw):
