@@ -7,32 +7,88 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+USER_AGENT_MAX = 256
+
+
+class AppendOnly(Exception):
+    """Raised by any attempt to change or remove an audit entry through the ORM."""
+
+
+class AuditEntryQuerySet(models.QuerySet):
+    """No update or delete path in code (R-AUD-2); the database refuses them too (``audit.guard``)."""
+
+    def update(self, **kwargs):
+        raise AppendOnly("audit entries are append-only")
+
+    def delete(self):
+        raise AppendOnly("audit entries are append-only")
+
+    _raw_delete = delete
+
 
 class AuditEntry(models.Model):
-    """A security-relevant event (APP 11, ISM event logging). Written only by ``audit.services.record``."""
+    """A security-relevant event (APP 11, ISM event logging). Written only by ``audit.services.record``; chained
+    (``seq``, ``prev_hash``, ``hash``) afterwards by ``audit.services.audit_seal``, the one change the database
+    allows on a row (docs/audit.md)."""
+
+    class ActorKind(models.TextChoices):
+        USER = "user", "User"
+        API_KEY = "api_key", "API key"
+        SYSTEM = "system", "System"
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     action = models.CharField(max_length=64, db_index=True)
+    actor_kind = models.CharField(max_length=8, choices=ActorKind.choices, default=ActorKind.SYSTEM)
+    # No database constraint and nothing done on delete: the row may never change, and a deleted user's or
+    # tenant's id stays as it was recorded (actor_label keeps who it was).
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False,
+        related_name="+",
     )
     # Kept even if the user is later deleted: who did it must survive the account.
     actor_label = models.CharField(max_length=254, blank=True)
+    api_key_id = models.CharField(max_length=32, blank=True)  # the key's visible id (wtl_<key_id>_...)
     tenant = models.ForeignKey(
-        "tenants.Tenant", null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries"
+        "tenants.Tenant", null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False,
+        related_name="audit_entries",
     )
     target_type = models.CharField(max_length=64, blank=True)
     target_id = models.CharField(max_length=64, blank=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=USER_AGENT_MAX, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
     data = models.JSONField(default=dict, blank=True)
+    # The chain: empty until sealed, then set once (the database refuses any other change).
+    seq = models.BigIntegerField(null=True, blank=True, unique=True)
+    prev_hash = models.CharField(max_length=64, blank=True)
+    hash = models.CharField(max_length=64, blank=True)
+
+    objects = AuditEntryQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "audit entries"
-        indexes = [models.Index(fields=["tenant", "-created_at"], name="audit_tenant_time")]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="audit_tenant_time"),
+            # The browser's filters: by action or by actor within a time range, newest first.
+            models.Index(fields=["action", "-created_at"], name="audit_action_time"),
+            models.Index(fields=["actor", "-created_at"], name="audit_actor_time"),
+            models.Index(fields=["api_key_id", "-created_at"], name="audit_key_time"),
+            # What the sealer looks for: a small partial index, empty once everything is chained.
+            models.Index(fields=["id"], condition=models.Q(hash=""), name="audit_unsealed"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnly("audit entries are append-only")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnly("audit entries are append-only")
 
 
 # --- Breach register (NDB scheme) -------------------------------------------------------------------

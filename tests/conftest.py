@@ -86,6 +86,26 @@ def _tasks_run_in_the_test() -> None:
     app.conf.task_always_eager = True
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _audit_trigger_lifted_for_flush() -> None:
+    """Transactional tests are cleaned up by a flush, which on SQLite is a DELETE that the audit trail's
+    append-only trigger refuses (PostgreSQL flushes with TRUNCATE, which row triggers don't see). Only that
+    flush lifts the trigger and puts it back in the same transaction; the tests themselves run with it on."""
+    from django.db.backends.sqlite3.operations import DatabaseOperations
+
+    from audit import guard
+
+    original = DatabaseOperations.sql_flush
+
+    def sql_flush(self, style, tables, **kwargs):
+        statements = original(self, style, tables, **kwargs)
+        if guard.TABLE not in tables:
+            return statements
+        return [*guard.statements("sqlite", install=False), *statements, *guard.statements("sqlite", install=True)]
+
+    DatabaseOperations.sql_flush = sql_flush
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
     # PBKDF2's deliberate slowness protects stored passwords; tests only need it to be correct.

@@ -1,0 +1,79 @@
+"""The database's own refusal of UPDATE and DELETE on the audit trail (R-AUD-2), for PostgreSQL and SQLite.
+
+One UPDATE is allowed per row: the sealer's, which sets ``seq``, ``prev_hash`` and ``hash`` on a row whose
+``hash`` is still empty and changes nothing else. Every other UPDATE and every DELETE is refused. The triggers
+are installed by migration ``audit.0003``; ``install``/``uninstall`` are here so that the one test that must
+force an edit (to prove ``verify_audit`` finds it) turns the same triggers off and on.
+
+Why hand-written triggers and not django-pgtrigger: pgtrigger only supports PostgreSQL, and the embedded default
+runs on SQLite, which needs the same rule; one module holding both keeps them side by side (docs/audit.md).
+TRUNCATE is not covered by row triggers: production revokes TRUNCATE (and trigger changes) from the
+application's role, as it does DDL.
+"""
+
+from __future__ import annotations
+
+TABLE = "audit_auditentry"
+# The columns the sealer sets; every other column must stay as inserted.
+SEALED_COLUMNS = ("seq", "prev_hash", "hash")
+_OTHER_COLUMNS = (
+    "id", "created_at", "action", "actor_kind", "actor_id", "actor_label", "api_key_id", "tenant_id",
+    "target_type", "target_id", "ip", "user_agent", "request_id", "data",
+)
+REFUSAL = "audit entries are append-only"
+
+_PG_INSTALL = f"""
+CREATE OR REPLACE FUNCTION audit_entry_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.hash = '' AND OLD.seq IS NULL AND NEW.hash <> '' AND NEW.seq IS NOT NULL
+       AND (to_jsonb(NEW) - ARRAY['seq', 'prev_hash', 'hash']) = (to_jsonb(OLD) - ARRAY['seq', 'prev_hash', 'hash'])
+    THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION '{REFUSAL} (% refused on id %)', TG_OP, OLD.id USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+DROP TRIGGER IF EXISTS audit_entry_append_only ON {TABLE};
+CREATE TRIGGER audit_entry_append_only BEFORE UPDATE OR DELETE ON {TABLE}
+    FOR EACH ROW EXECUTE FUNCTION audit_entry_append_only();
+"""
+_PG_UNINSTALL = f"""
+DROP TRIGGER IF EXISTS audit_entry_append_only ON {TABLE};
+DROP FUNCTION IF EXISTS audit_entry_append_only();
+"""
+
+_SQLITE_SEAL_ONLY = " AND ".join(
+    ["OLD.hash = ''", "OLD.seq IS NULL", "NEW.hash <> ''", "NEW.seq IS NOT NULL"]
+    + [f'NEW."{c}" IS OLD."{c}"' for c in _OTHER_COLUMNS]
+)
+_SQLITE_INSTALL = [
+    f"""CREATE TRIGGER IF NOT EXISTS audit_entry_no_update BEFORE UPDATE ON {TABLE}
+        WHEN NOT ({_SQLITE_SEAL_ONLY})
+        BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_entry_no_delete BEFORE DELETE ON {TABLE}
+        BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END""",
+]
+_SQLITE_UNINSTALL = [
+    "DROP TRIGGER IF EXISTS audit_entry_no_update",
+    "DROP TRIGGER IF EXISTS audit_entry_no_delete",
+]
+
+
+def statements(vendor: str, *, install: bool) -> list[str]:
+    if vendor == "postgresql":
+        return [_PG_INSTALL if install else _PG_UNINSTALL]
+    if vendor == "sqlite":
+        return list(_SQLITE_INSTALL if install else _SQLITE_UNINSTALL)
+    raise NotImplementedError(f"no append-only trigger for {vendor}")
+
+
+def install(connection) -> None:
+    with connection.cursor() as cursor:
+        for sql in statements(connection.vendor, install=True):
+            cursor.execute(sql)
+
+
+def uninstall(connection) -> None:
+    with connection.cursor() as cursor:
+        for sql in statements(connection.vendor, install=False):
+            cursor.execute(sql)

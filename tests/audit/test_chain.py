@@ -1,0 +1,101 @@
+"""R-AUD-2: every entry is hash-chained; verify_audit recomputes the chain and names the first broken link after
+an edit, a deletion or a reordering (forced with the append-only trigger lifted, as an attacker with the
+database owner's rights could)."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+
+from audit import chain, guard
+from audit.models import AuditEntry
+from audit.services import audit_seal, record
+
+
+def _entries(n: int, tenant=None) -> list[AuditEntry]:
+    made = [record(action=f"test.event.{i}", tenant=tenant, data={"i": i, "note": "é"}) for i in range(n)]
+    audit_seal()
+    return made
+
+
+@pytest.fixture
+def unguarded(db):
+    """The trigger off for one test (as a DBA could), back on after."""
+    guard.uninstall(connection)
+    yield connection
+    guard.install(connection)
+
+
+def _raw(sql: str, params=()) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _verify_fails() -> str:
+    with pytest.raises(CommandError) as caught:
+        call_command("verify_audit")
+    return str(caught.value)
+
+
+def test_record_is_chained_by_the_sealer_in_order(db):
+    entries = _entries(3)
+    rows = list(AuditEntry.objects.order_by("seq"))
+    assert [r.id for r in rows] == [e.id for e in entries]
+    assert [r.seq for r in rows] == [1, 2, 3]
+    assert rows[0].prev_hash == chain.GENESIS
+    assert rows[1].prev_hash == rows[0].hash and rows[2].prev_hash == rows[1].hash
+    assert all(len(r.hash) == 64 for r in rows)
+
+
+def test_hash_is_sha256_of_prev_hash_and_the_canonical_entry(db):
+    (entry,) = _entries(1)
+    row = AuditEntry.objects.values(*chain.FIELDS, "hash").get(pk=entry.pk)
+    import hashlib
+
+    body = chain.canonical(row)
+    assert body.startswith(b'{"action":"test.event.0","actor_id":null,"actor_kind":"system"')
+    assert b"\\u00e9" in body and b" " not in body.replace(b"test.event", b"")
+    assert hashlib.sha256(chain.GENESIS.encode() + body).hexdigest() == row["hash"]
+
+
+def test_entries_recorded_before_a_seal_are_unsealed_until_then(db):
+    record(action="test.pending")
+    assert AuditEntry.objects.get().hash == ""
+    assert audit_seal() == 1
+    assert audit_seal() == 0
+
+
+def test_verify_audit_passes_a_clean_chain(db, capsys):
+    _entries(5)
+    call_command("verify_audit")
+    assert "5 entries verified" in capsys.readouterr().out
+
+
+def test_verify_audit_names_an_edited_entry(unguarded):
+    entries = _entries(5)
+    _raw("UPDATE audit_auditentry SET action = 'test.innocent' WHERE id = %s", [entries[2].id])
+    assert f"seq 3 (id {entries[2].id}): edited" in _verify_fails()
+
+
+def test_verify_audit_names_an_edited_and_rehashed_entry_by_the_next_link(unguarded):
+    entries = _entries(5)
+    _raw("UPDATE audit_auditentry SET hash = %s WHERE id = %s", ["f" * 64, entries[2].id])
+    message = _verify_fails()
+    # Its own hash no longer matches its content; had the forger rehashed it, the next link would break.
+    assert f"seq 3 (id {entries[2].id})" in message
+
+
+def test_verify_audit_names_a_deleted_entry(unguarded):
+    entries = _entries(5)
+    _raw("DELETE FROM audit_auditentry WHERE id = %s", [entries[1].id])
+    assert f"seq 2 missing before seq 3 (id {entries[2].id}): deleted" in _verify_fails()
+
+
+def test_verify_audit_names_a_reordering(unguarded):
+    entries = _entries(5)
+    third, fourth = entries[2].id, entries[3].id
+    _raw("UPDATE audit_auditentry SET seq = NULL WHERE id = %s", [third])
+    _raw("UPDATE audit_auditentry SET seq = 3 WHERE id = %s", [fourth])
+    _raw("UPDATE audit_auditentry SET seq = 4 WHERE id = %s", [third])
+    assert f"seq 3 (id {fourth}): reordered: it was chained after id {third}" in _verify_fails()
