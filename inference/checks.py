@@ -38,3 +38,28 @@ def api_key_pepper_is_separate(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register(Tags.security, Tags.database, deploy=True)
+def stored_backends_in_allowed_regions(app_configs, databases=None, **kwargs):
+    """Backends added in the staff console live in the database, which a check reads only when asked
+    (``check --deploy --database default``): before ``migrate`` there may be no table to read."""
+    from django.db import DatabaseError
+
+    from inference.models import Backend
+
+    problems = []
+    allowed = list(settings.ALLOWED_DATA_REGIONS)
+    for alias in databases or ():
+        try:
+            outside = list(Backend.objects.using(alias).exclude(region__in=allowed).values_list("name", "region"))
+        except DatabaseError as exc:
+            problems.append(Error(f"Cannot read the inference backends to check their regions: {exc}",
+                                  hint="Run migrate, then the check again.", id="wattle.E004"))
+            continue
+        problems.extend(
+            Error(f"Inference backend {name!r} (database) is in region {region!r}, outside {sorted(allowed)}.",
+                  hint="Tenant data must stay in Australia: remove the backend or fix its region.", id="wattle.E001")
+            for name, region in outside
+        )
+    return problems
