@@ -35,6 +35,7 @@ def tenant_record(tenant: Tenant, quota: TenantQuota | None, default, *,
     resolved, plan = limits.tenant_limits_resolved(quota, default)
     return contract.TenantRecord(
         tenant=str(tenant.pk), status=tenant.status, limits=quotas.for_data_plane(resolved.values),
+        redaction=tenant.redaction,
         unpaid_after=payment_access.unpaid_after(plan=plan, subscription=subscription,
                                                  configured=payments_configured),
     )

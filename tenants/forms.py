@@ -103,6 +103,15 @@ class TenantSettingsForm(NoSuffixMixin, forms.Form):
         return name
 
 
+class RedactionForm(NoSuffixMixin, forms.Form):
+    redaction = forms.ChoiceField(
+        label="Personal information in API requests", choices=Tenant.Redaction.choices, widget=forms.RadioSelect,
+        help_text="Australian identifiers (TFN, Medicare, ABN, ACN, card numbers, IHI, phone numbers, email, "
+                  "bank details, passport and licence numbers) are replaced by placeholders before a prompt "
+                  "reaches the model. A request may also ask for it with the header x-wattle-redact: true.",
+    )
+
+
 class InviteForm(NoSuffixMixin, forms.Form):
     email = forms.EmailField(label="Email address", widget=forms.EmailInput(attrs={"autocomplete": "off"}))
     role = forms.ChoiceField(label="Role", choices=[])

@@ -44,6 +44,13 @@ class Tenant(Touched):
         VIC = "VIC", "Victoria"
         WA = "WA", "Western Australia"
 
+    class Redaction(models.TextChoices):
+        """Personal-information redaction on the tenant's API requests (``core.redaction``)."""
+
+        OFF = "off", "Off"
+        REDACT = "redact", "Redact personal information before it reaches the model"
+        RESTORE = "restore", "Redact, and restore the originals in replies"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=80, unique=True)
@@ -52,6 +59,7 @@ class Tenant(Touched):
     abn = models.CharField("ABN", max_length=11, blank=True)
     billing_email = models.EmailField(blank=True)
     state = models.CharField(max_length=3, choices=State.choices, blank=True)
+    redaction = models.CharField(max_length=8, choices=Redaction.choices, default=Redaction.OFF)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

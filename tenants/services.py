@@ -128,6 +128,26 @@ def tenant_update(*, tenant: Tenant, actor: AbstractBaseUser | None = None, requ
 
 
 @transaction.atomic
+def tenant_redaction_set(*, tenant: Tenant, mode: str, actor: AbstractBaseUser | None = None,
+                         request: HttpRequest | None = None) -> Tenant:
+    """Set the tenant's personal-information redaction mode (off, redact, restore). Audited with the old and new
+    mode; the tenant's record is republished after commit, so the data plane applies it within a second."""
+    if mode not in Tenant.Redaction.values:
+        raise ValueError(f"unknown redaction mode {mode!r}")
+    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    previous = tenant.redaction
+    if previous == mode:
+        return tenant
+    tenant.redaction = mode
+    tenant.save(update_fields=["redaction"])
+    _audit(action="tenant.redaction.update", actor=actor, tenant=tenant, target=tenant, request=request,
+           data={"from": previous, "to": mode})
+    transaction.on_commit(lambda: signals.tenant_changed.send(sender=Tenant, tenant=tenant),
+                          robust=True)  # a failure: the reconciliation heals it
+    return tenant
+
+
+@transaction.atomic
 def tenant_set_status(*, tenant: Tenant, status: str, reason: str = "", actor: AbstractBaseUser | None = None,
                       request: HttpRequest | None = None) -> Tenant:
     """Suspend, reactivate or close a tenant. The tenant's record is republished after commit (by billing, on

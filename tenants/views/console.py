@@ -323,17 +323,26 @@ def tenant_settings(request, access):
     tenant = access.tenant
     initial = {"name": tenant.name, "billing_email": tenant.billing_email, "abn": tenant.abn, "state": tenant.state}
     status = 200
+    form = forms.TenantSettingsForm(initial=initial)
+    redaction_form = forms.RedactionForm(initial={"redaction": tenant.redaction})
     if request.method == "POST":
         access.require(Action.TENANT_UPDATE)
-        form = forms.TenantSettingsForm(request.POST, initial=initial)
-        if form.is_valid():
-            services.tenant_update(tenant=tenant, actor=request.user, request=request, **form.cleaned_data)
-            messages.success(request, "Organisation details saved.")
-            return redirect("tenant_settings", tenant.slug)
+        if request.POST.get("section") == "redaction":
+            redaction_form = forms.RedactionForm(request.POST)
+            if redaction_form.is_valid():
+                services.tenant_redaction_set(tenant=tenant, mode=redaction_form.cleaned_data["redaction"],
+                                              actor=request.user, request=request)
+                messages.success(request, "Redaction setting saved.")
+                return redirect("tenant_settings", tenant.slug)
+        else:
+            form = forms.TenantSettingsForm(request.POST, initial=initial)
+            if form.is_valid():
+                services.tenant_update(tenant=tenant, actor=request.user, request=request, **form.cleaned_data)
+                messages.success(request, "Organisation details saved.")
+                return redirect("tenant_settings", tenant.slug)
         status = 400
-    else:
-        form = forms.TenantSettingsForm(initial=initial)
-    return render(request, "tenants/settings.html", {"tenant": tenant, "form": form}, status=status)
+    return render(request, "tenants/settings.html",
+                  {"tenant": tenant, "form": form, "redaction_form": redaction_form}, status=status)
 
 
 # --- account-level pages ---------------------------------------------------------------------------
