@@ -58,6 +58,12 @@ _STREAM_FAILED_FRAME = (
 )
 
 
+def _asks_for_redaction(value: bytes | None) -> bool:
+    """``x-wattle-redact: true`` (or 1, yes): redact this request whatever the tenant's mode. A request can only
+    ask for more privacy: any other value changes nothing."""
+    return value is not None and value.strip().lower() in (b"true", b"1", b"yes")
+
+
 def security_headers() -> list[tuple[bytes, bytes]]:
     """What Django's SecurityMiddleware gives the console, for the answers that bypass Django (/v1, /metrics):
     HSTS outside DEBUG (Django's SECURE_HSTS_* values), nosniff, and no-store (answers are per key: no cache or
@@ -276,7 +282,8 @@ class Gateway:
             body = await self._read_body(receive, headers)
             payload = self._parse_json(body, headers)
             call = await dispatcher.prepare(ctx, payload, body, user_agent=headers.get(b"user-agent", b""),
-                                            incoming_traceparent=headers.get(b"traceparent"))
+                                            incoming_traceparent=headers.get(b"traceparent"),
+                                            redact=_asks_for_redaction(headers.get(b"x-wattle-redact")))
         except GatewayError as error:
             await self._send_error(send, error, ctx)
             await self._abandon(ctx)

@@ -59,6 +59,7 @@ class KeyRecord:
     # Epoch seconds from which the tenant is refused for want of payment; infinity when it has nothing to pay,
     # so the check per request is one float comparison.
     unpaid_after: float = math.inf
+    redaction: str = "off"  # the tenant's mode (``core.redaction``)
 
     @classmethod
     def join(cls, key: contract.KeyRecord, tenant: contract.TenantRecord) -> KeyRecord:
@@ -68,6 +69,7 @@ class KeyRecord:
             prev_hash=key.prev_hash, prev_expires=key.prev_expires, tenant_limits=tenant.limits,
             key_limits=key.limits,
             unpaid_after=math.inf if tenant.unpaid_after is None else tenant.unpaid_after,
+            redaction=tenant.redaction,
         )
 
     def secret_matches(self, digest: str) -> bool:

@@ -39,8 +39,9 @@ import time
 import orjson
 from django.conf import settings
 
-from core import contract
+from core import contract, redaction
 from inference.gateway import errors, metrics, validation
+from inference.gateway import redact as redact_texts
 from inference.gateway.backends import BackendState
 from inference.gateway.errors import GatewayError
 from inference.gateway.exchange import (
@@ -91,9 +92,10 @@ class Dispatcher:
 
     # --- preparation -------------------------------------------------------------------------------
     async def prepare(self, ctx: RequestContext, payload: dict, body: bytes, *, user_agent: bytes = b"",
-                      incoming_traceparent: bytes | None = None) -> Call:
+                      incoming_traceparent: bytes | None = None, redact: bool = False) -> Call:
         """Check ``payload`` (whose encoding is ``body``) for ``ctx.endpoint`` and the caller ``ctx.key``, and
-        queue its admission. Raises the OpenAI-shaped GatewayError the caller should see."""
+        queue its admission. Raises the OpenAI-shaped GatewayError the caller should see. Personal information is
+        redacted when the tenant's mode says so, or ``redact`` (the caller asked: at least redact)."""
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             raise errors.bad_request("You must provide a model parameter.", param="model")
@@ -112,6 +114,11 @@ class Dispatcher:
         max_model_len = self.pool.max_model_len(model)
         await validation.check_context_length(endpoint, model, prepared, max_model_len)
         self._begin_admission(ctx, prepared, max_model_len)
+        mode = redaction.effective_mode(ctx.key.redaction, redact)
+        if mode != redaction.OFF:
+            # After admission is queued (its Redis round trip overlaps this), before any byte is encoded for the
+            # replica. Fails closed: an error here is the request's 500, never an unredacted body.
+            redact_texts.apply(ctx, prepared, mode=mode)
         ctx.stream = prepared.stream
         ctx.payload, ctx.n, ctx.prompt_upper = payload, prepared.n, prepared.prompt_tokens_upper
         forward_usage = False
@@ -175,6 +182,8 @@ class Dispatcher:
         ends. An exception the sink raises ends the request as a 500 (logged), billed for what the replica did."""
         ctx = call.ctx
         opened = False
+        if ctx.redactor is not None:
+            sink = redact_texts.RestoringSink(sink, ctx.redactor, ctx.endpoint)
         try:
             if ctx.admitting is not None and not self._admit_in_parallel(ctx):
                 await self._finish_admission(ctx)
@@ -481,8 +490,9 @@ class Dispatcher:
             ctx.request_id, key.tenant if key else None, ctx.status, ctx.started_wall, key.key_id if key else None,
             ctx.endpoint, ctx.model, ctx.backend, ctx.error_code, ctx.stream, ctx.client_disconnected,
             ctx.prompt_tokens, ctx.completion_tokens, ctx.ttft_s * 1000 if ctx.ttft_s is not None else None,
-            duration_s * 1000, ctx.started_wall, overhead_s * 1000, ctx.traceparent,
+            duration_s * 1000, ctx.started_wall, overhead_s * 1000, ctx.traceparent, ctx.redactions,
         )
+        ctx.redactor = None  # the placeholders' originals live no longer than the request
         if key is not None:
             self.usage.emit_bytes(line)
         self.access_log.write(line)

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import orjson
 
+from core.redaction import Redactor
 from inference.gateway.auth import KeyRecord
 from inference.gateway.errors import GatewayError
 from inference.gateway.limits import Admission, PendingAdmission
@@ -79,8 +80,8 @@ class RequestContext:
 
     __slots__ = (
         "admission", "admitting", "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code",
-        "key", "model", "n", "payload", "prompt_tokens", "prompt_upper", "request_id", "started", "started_wall",
-        "status", "stream", "traceparent", "ttft_s", "upstream_s",
+        "key", "model", "n", "payload", "prompt_tokens", "prompt_upper", "redactions", "redactor", "request_id",
+        "started", "started_wall", "status", "stream", "traceparent", "ttft_s", "upstream_s",
     )
 
     def __init__(self, endpoint: str, request_id: str) -> None:
@@ -105,6 +106,10 @@ class RequestContext:
         self.prompt_upper = 0  # the estimate reserved for the prompt (never below the true count)
         self.admission: Admission | None = None
         self.admitting: PendingAdmission | None = None  # the limits check, while it runs beside the upstream call
+        # Replacements per type when the request was redacted (None: redaction off), for the usage event; and the
+        # request's placeholders while the reply gets its originals back (restore mode only). Never logged.
+        self.redactions: dict[str, int] | None = None
+        self.redactor: Redactor | None = None
 
     def overhead_s(self) -> float:
         return max(0.0, time.perf_counter() - self.started - self.upstream_s)

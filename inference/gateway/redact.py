@@ -1,0 +1,135 @@
+"""Redaction on the data plane (``core.redaction``, R-RED-1): the texts of a validated request are redacted in
+place before its body is encoded for the replica, and in restore mode the answer's events get the originals back
+on their way to the caller's sink.
+
+Only a request whose texts changed is re-encoded; any other keeps the zero-copy path. The placeholders' mapping
+lives on the request's context and goes with it; only counts per type reach the usage event and access log.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from core import redaction
+from inference.gateway.exchange import Answer, Delta, Done, Event, Failed, RequestContext, Sink, Usage
+
+
+def apply(ctx: RequestContext, prepared, *, mode: str) -> None:
+    """Redact ``prepared.payload``'s texts (chat message contents, completion prompts, embedding inputs) for
+    ``mode`` (redact or restore). Marks the body changed only when something was replaced."""
+    redactor = redaction.Redactor()
+    payload = prepared.payload
+    grown = 0
+    if ctx.endpoint == "chat.completions":
+        for message in payload["messages"]:
+            content = message.get("content")
+            if isinstance(content, str):
+                message["content"], delta = _redact(redactor, content)
+                grown += delta
+            elif isinstance(content, list):
+                for part in content:
+                    part["text"], delta = _redact(redactor, part["text"])
+                    grown += delta
+    else:
+        name = "prompt" if ctx.endpoint == "completions" else "input"
+        texts = payload.get(name)
+        if isinstance(texts, str):
+            payload[name], grown = _redact(redactor, texts)
+        elif isinstance(texts, list) and texts and isinstance(texts[0], str):
+            for index, text in enumerate(texts):
+                texts[index], delta = _redact(redactor, text)
+                grown += delta
+    ctx.redactions = redactor.counts
+    if redactor:
+        prepared.changed = True
+        # A placeholder can be longer than what it replaced: keep the reservation's bound at a token per byte.
+        prepared.prompt_tokens_upper += grown
+        if mode == redaction.RESTORE:
+            ctx.redactor = redactor
+
+
+def _redact(redactor: redaction.Redactor, text: str) -> tuple[str, int]:
+    redacted = redactor.redact(text)
+    if redacted is text:
+        return text, 0
+    return redacted, max(0, len(redacted.encode()) - len(text.encode()))
+
+
+class RestoringSink:
+    """A sink that puts the request's originals back into the answer before the caller's sink sees it: the
+    JSON answer's strings, and a stream's content pieces per choice (a placeholder split between events is held
+    back until it is whole, and flushed at the choice's end)."""
+
+    __slots__ = ("_inner", "_last", "_restorer", "_text_key", "redactor")
+
+    def __init__(self, inner: Sink, redactor: redaction.Redactor, endpoint: str) -> None:
+        self._inner = inner
+        self.redactor = redactor
+        self._restorer = redactor.stream_restorer()
+        self._text_key = "delta" if endpoint == "chat.completions" else "text"
+        self._last: dict | None = None  # the last chunk's envelope, for a closing chunk with what is held back
+
+    async def delta(self, delta: Delta) -> None:
+        await self._inner.delta(self._restore_delta(delta))
+
+    async def events(self, events: list[Event]) -> None:
+        out: list[Event] = []
+        for event in events:
+            kind = event.__class__
+            if kind is Delta:
+                out.append(self._restore_delta(event))
+            elif kind is Answer:
+                out.append(Answer(self.redactor.restore_json(event.body)))
+            else:
+                if kind in (Done, Usage, Failed):
+                    held = self._held_back()
+                    if held is not None:
+                        out.append(held)
+                out.append(event)
+        await self._inner.events(out)
+
+    def _restore_delta(self, delta: Delta) -> Delta:
+        out = []
+        for raw in delta.raw.split(b"\n\n"):
+            if raw.startswith(b"data: {"):
+                chunk = orjson.loads(raw[6:])
+                self._restore_chunk(chunk)
+                raw = b"data: " + orjson.dumps(chunk)
+            if raw:
+                out.append(raw + b"\n\n")
+        return Delta(b"".join(out), delta.events)
+
+    def _restore_chunk(self, chunk: dict) -> None:
+        restorer = self._restorer
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            if self._text_key == "delta":
+                holder, field = choice.get("delta"), "content"
+            else:
+                holder, field = choice, "text"
+            if not isinstance(holder, dict):
+                continue
+            text = holder.get(field)
+            if isinstance(text, str):
+                holder[field] = text = restorer.feed(index, text)
+            if choice.get("finish_reason") is not None:
+                tail = restorer.flush(index)
+                if tail:
+                    holder[field] = (text or "") + tail
+        self._last = chunk
+
+    def _held_back(self) -> Delta | None:
+        """A closing chunk for choices whose stream ended with a piece held back (no finish_reason came)."""
+        pending = self._restorer.pending()
+        if not pending or self._last is None:
+            return None
+        choices = []
+        for index in pending:
+            text = self._restorer.flush(index)
+            if self._text_key == "delta":
+                choices.append({"index": index, "delta": {"content": text}, "finish_reason": None})
+            else:
+                choices.append({"index": index, "text": text, "finish_reason": None})
+        chunk = {k: v for k, v in self._last.items() if k in ("id", "object", "created", "model")}
+        chunk["choices"] = choices
+        return Delta(b"data: " + orjson.dumps(chunk) + b"\n\n", 1)
