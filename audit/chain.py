@@ -31,6 +31,8 @@ def utc_iso(value: datetime | str) -> str:
     """A time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``. SQLite hands back Django's stored text (naive UTC, and no
     fraction when it is zero); PostgreSQL an aware datetime."""
     if isinstance(value, str):
+        if value.endswith("Z"):  # already canonical (a line read back from an archived segment)
+            return value
         text = value.replace(" ", "T")
         if text.endswith("+00:00"):
             text = text[:-6]

@@ -76,12 +76,31 @@ def billing_jobs_loop(*, stop: threading.Event, interval: float) -> None:
             return
 
 
+def audit_jobs_loop(*, stop: threading.Event, interval: float) -> None:
+    """Embedded mode has no Celery beat: chain new audit entries and archive a segment when one is due, now and
+    every ``interval`` until ``stop``."""
+    from django.db import close_old_connections
+
+    from audit.services import audit_jobs
+
+    while True:
+        try:
+            audit_jobs()
+        except Exception:
+            logger.exception("audit jobs failed; they run again in %ss", interval)
+        finally:
+            close_old_connections()
+        if stop.wait(interval):
+            return
+
+
 class Lifespan:
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._ingest_thread: threading.Thread | None = None
         self._repair_thread: threading.Thread | None = None
         self._billing_thread: threading.Thread | None = None
+        self._audit_thread: threading.Thread | None = None
 
     def _start_ingest(self) -> None:
         from billing.services import usage_ingest_loop
@@ -113,6 +132,12 @@ class Lifespan:
                             kwargs={"stop": self._stop, "interval": settings.BILLING_JOBS_INTERVAL_S},
                         )
                         self._billing_thread.start()
+                    if settings.AUDIT_JOBS_IN_PROCESS:
+                        self._audit_thread = threading.Thread(
+                            target=audit_jobs_loop, name="audit-jobs", daemon=True,
+                            kwargs={"stop": self._stop, "interval": settings.AUDIT_JOBS_INTERVAL_S},
+                        )
+                        self._audit_thread.start()
                     tune_gc()
                 except Exception as exc:
                     logger.exception("start-up failed")
@@ -122,7 +147,7 @@ class Lifespan:
             elif message["type"] == "lifespan.shutdown":
                 await gateway.shutdown()  # flushes buffered usage events to the stream first
                 self._stop.set()
-                for thread in (self._ingest_thread, self._repair_thread, self._billing_thread):
+                for thread in (self._ingest_thread, self._repair_thread, self._billing_thread, self._audit_thread):
                     if thread is not None:
                         thread.join(timeout=10)
                 await send({"type": "lifespan.shutdown.complete"})

@@ -378,6 +378,18 @@ ALLOWED_DATA_REGIONS = env_list("ALLOWED_DATA_REGIONS", ["ap-southeast-2", "ap-s
 AUDIT_ARCHIVE_BUCKET = env_str("AUDIT_ARCHIVE_BUCKET", "") or ""
 AUDIT_ARCHIVE_KMS_KEY_ID = env_str("AUDIT_ARCHIVE_KMS_KEY_ID", "") or ""
 AUDIT_RESIDENCY_OFFLINE_OK = env_bool("AUDIT_RESIDENCY_OFFLINE_OK", False)
+# Sealed segments of the chain (docs/audit.md, "Archive"): to AUDIT_ARCHIVE_BUCKET in ap-southeast-2 (SSE-KMS, Object
+# Lock COMPLIANCE for AUDIT_ARCHIVE_RETENTION_DAYS), or with no bucket to AUDIT_ARCHIVE_DIR. A segment is cut once
+# AUDIT_ARCHIVE_SEGMENT_S has passed since the last (at most 300: R-AUD-3 ships at least every 5 minutes).
+AUDIT_ARCHIVE_RETENTION_DAYS = env_int("AUDIT_ARCHIVE_RETENTION_DAYS", 7 * 366)
+AUDIT_ARCHIVE_DIR = Path(env_str("AUDIT_ARCHIVE_DIR", str(VAR_DIR / "audit-archive")))
+AUDIT_ARCHIVE_SEGMENT_S = env_float("AUDIT_ARCHIVE_SEGMENT_S", 60.0)
+if not 0 < AUDIT_ARCHIVE_SEGMENT_S <= 300 or AUDIT_ARCHIVE_RETENTION_DAYS < 1:
+    raise ImproperlyConfigured("AUDIT_ARCHIVE_SEGMENT_S must be in (0, 300], AUDIT_ARCHIVE_RETENTION_DAYS >= 1")
+# The sealer chains new entries this often; embedded mode runs it (and the archive) in the web process.
+AUDIT_JOBS_INTERVAL_S = env_float("AUDIT_JOBS_INTERVAL_S", 5.0)
+AUDIT_JOBS_IN_PROCESS = env_bool("AUDIT_JOBS_IN_PROCESS", REDIS_REPAIR_IN_PROCESS)
+CELERY_BEAT_SCHEDULE["audit-jobs"] = {"task": "audit.tasks.audit_jobs", "schedule": AUDIT_JOBS_INTERVAL_S}
 
 # --- Stripe -----------------------------------------------------------------------------------------
 # Every call to Stripe goes through billing/stripe_gateway.py (docs/billing.md, "Stripe"). With no secret key,
