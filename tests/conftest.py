@@ -91,7 +91,11 @@ def _audit_trigger_lifted_for_flush() -> None:
     """Transactional tests are cleaned up by a flush, which on SQLite is a DELETE that the audit trail's
     append-only trigger refuses (PostgreSQL flushes with TRUNCATE, which row triggers don't see). Only that
     flush lifts the trigger and puts it back in the same transaction; the tests themselves run with it on."""
-    from django.db.backends.sqlite3.operations import DatabaseOperations
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        return
+    from django.db.backends.sqlite3.base import DatabaseOperations
 
     from audit import guard
 
