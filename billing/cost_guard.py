@@ -6,7 +6,7 @@ configured action to the tenant spending the most in the last hour: ``throttle``
 tokens per minute) or ``suspend``. It emails staff, writes an audit entry, and the staff console shows a
 banner with a one-click lift that restores exactly what the action changed.
 
-Spend is priced from usage events (billing truth) and ``ModelPrice``.
+Spend is priced from usage events (billing truth) at each tenant's prices (its plan's, ``billing.pricing``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from audit.services import record
-from billing import limits
-from billing.models import CostGuardAction, ModelPrice, TenantQuota, UsageEvent
+from billing import limits, pricing
+from billing.models import CostGuardAction, TenantQuota, UsageEvent
 from billing.services import tenant_quota_set
 from core.quotas import format_aud
 from tenants.models import Tenant
@@ -42,19 +42,19 @@ class Spend:
 
 
 def _spend_by_tenant(since: datetime, until: datetime) -> dict[str, Decimal]:
-    prices = {p.model: p for p in ModelPrice.objects.all()}
     totals: dict[str, Decimal] = {}
-    rows = (
+    rows = list(
         UsageEvent.objects.filter(created_at__gte=since, created_at__lt=until)
         .values("tenant_id", "model")
         .annotate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
     )
+    book = pricing.PriceBook.load()
+    plans = book.tenant_plans({row["tenant_id"] for row in rows})
     for row in rows:
-        price = prices.get(row["model"])
+        price = book.for_plan(plans[row["tenant_id"]]).get(row["model"])
         if price is None:
             continue
-        cost = (Decimal(row["prompt"] or 0) * price.input_per_1k_aud
-                + Decimal(row["completion"] or 0) * price.output_per_1k_aud) / 1000
+        cost = pricing.cost_aud(price, row["prompt"] or 0, row["completion"] or 0)
         key = str(row["tenant_id"])
         totals[key] = totals.get(key, Decimal(0)) + cost
     return totals

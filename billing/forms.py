@@ -1,5 +1,5 @@
-"""Staff forms for plans, model prices and a tenant's limits, and the tenant billing page's usage export. They
-validate; ``billing.services`` changes state."""
+"""Staff forms for plans, model prices (the platform's and a plan's own) and a tenant's limits, and the tenant
+billing page's usage export. They validate; ``billing.services`` changes state."""
 
 from __future__ import annotations
 
@@ -107,6 +107,27 @@ class ModelPriceForm(NoSuffixMixin, forms.Form):
         if not model or any(c.isspace() for c in model):
             raise ValidationError("Give the model's name, without spaces.")
         return model
+
+
+class PlanModelPriceForm(NoSuffixMixin, forms.Form):
+    """A plan's own price for one of the platform's priced models, per million tokens."""
+
+    model = forms.ChoiceField(label="Model", error_messages={
+        "invalid_choice": "Choose one of the models on the platform's price list.",
+        "required": "Choose a model."})
+    input_per_1m_aud = forms.DecimalField(label="Input, A$ per million tokens", min_value=Decimal(0), max_digits=14,
+                                          decimal_places=4, help_text="Up to four decimals, GST exclusive.")
+    output_per_1m_aud = forms.DecimalField(label="Output, A$ per million tokens", min_value=Decimal(0),
+                                           max_digits=14, decimal_places=4, help_text="Up to four decimals, GST "
+                                                                                      "exclusive.")
+
+    def __init__(self, *args, models: list[str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [("", "Choose a model"), *((m, m) for m in models)]
+
+
+class PlanModelPriceRemoveForm(forms.Form):
+    model = forms.CharField(max_length=MODEL_NAME_MAX)
 
 
 # --- tenants: the billing page's usage export ------------------------------------------------------

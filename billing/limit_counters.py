@@ -16,22 +16,22 @@ computed is computed again. A settlement for a request the hash never held (admi
 dropped, so nothing is subtracted that was not added.
 
 What it cannot know: usage of requests still running, or not yet written to the database, when the rebuild
-reads it (the last seconds before the loss; see ``docs/limits.md``). Spend is priced at today's model prices.
+reads it (the last seconds before the loss; see ``docs/limits.md``). Spend is priced at today's prices of each
+tenant's plan (``billing.pricing``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
-from decimal import Decimal
 
 from django.db.models import Q, Sum
 
+from billing import pricing
 from billing.limits import LIMIT_FIELDS
-from billing.models import ModelPrice, UsageEvent
+from billing.models import UsageEvent
 from billing.services import usage_ingest
 from core.counters import (
     CounterState,
@@ -88,26 +88,36 @@ def _scope_of(scope: str) -> Q:
     return Q(tenant_id=ident) if kind == "t" else Q(key_id=ident)
 
 
-def _fold(sums: Sums, scopes: set[str], prices: dict[str, tuple[Decimal, Decimal]]) -> dict[str, list[int]]:
-    """Per scope: [month tokens, month spend (micro-AUD), day tokens], spend priced per model as the data plane
-    prices a request (``BackendPool.cost_micro_aud``)."""
+def _fold(sums: Sums, scopes: set[str], prices: dict[str, dict[str, pricing.Price]]) -> dict[str, list[int]]:
+    """Per scope: [month tokens, month spend (micro-AUD), day tokens], spend priced per model at the tenant's prices
+    (``prices``: tenant id → its plan's, ``tenant_prices``) as the data plane prices a request
+    (``BackendPool.cost_micro_aud``). A scope's usage is all one tenant's: a key belongs to one."""
     by_scope: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0, 0]))
+    tenant_of: dict[str, str] = {}
     for (tenant_id, key_id, model), values in sums.items():
         for scope in (f"t:{tenant_id}", f"k:{key_id}"):
             if scope in scopes:
+                tenant_of[scope] = tenant_id
                 acc = by_scope[scope][model]
                 for index, value in enumerate(values):
                     acc[index] += value
     folded = {}
     for scope, models in by_scope.items():
+        table = prices.get(tenant_of[scope], {})
         month_tokens = spend = day_tokens = 0
         for model, (mp, mc, dp, dc) in models.items():
             month_tokens += mp + mc
             day_tokens += dp + dc
-            price_in, price_out = prices.get(model, (Decimal(0), Decimal(0)))
-            spend += math.ceil((mp * price_in + mc * price_out) * 1000)  # AUD per 1k tokens -> micro-AUD per token
+            spend += pricing.cost_micro_aud(table.get(model), mp, mc)
         folded[scope] = [month_tokens, spend, day_tokens]
     return folded
+
+
+def tenant_prices(sums: Sums) -> dict[str, dict[str, pricing.Price]]:
+    """Tenant id → the prices of its plan now, for the tenants in ``sums``."""
+    book = pricing.PriceBook.load()
+    plans = book.tenant_plans({tenant_id for tenant_id, _key, _model in sums})
+    return {tenant_id: book.for_plan(plan_id) for tenant_id, plan_id in plans.items()}
 
 
 def _counted_scopes(sums: Sums) -> set[str]:
@@ -156,8 +166,8 @@ def limit_counters_rebuild(*, now: float | None = None) -> int | None:
     try:
         # Events the data plane wrote again after the loss are in the stream: into the database first.
         usage_ingest(max_batches=20)
-        prices = {p.model: (p.input_per_1k_aud, p.output_per_1k_aud) for p in ModelPrice.objects.all()}
         all_sums = _sums(UsageEvent.objects.all(), windows, month_until=fresh_since, day_until=fresh_since)
+        prices = tenant_prices(all_sums)
         scopes = _counted_scopes(all_sums)
         fresh_sums = _fold(all_sums, scopes, prices)
         pending, written = sorted(scopes), 0

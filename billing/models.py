@@ -61,6 +61,26 @@ class ModelPrice(models.Model):
         return self.model
 
 
+class PlanModelPrice(models.Model):
+    """A plan's own price for a model, per million tokens in AUD (GST exclusive), over the platform's
+    ``ModelPrice`` for tenants on that plan. A model the plan has no price of its own for costs the platform price
+    (``billing.pricing`` resolves both, for every reader)."""
+
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="model_prices")
+    model = models.CharField(max_length=200)
+    # A$ per million tokens is also micro-A$ per token; four decimals reach A$0.0001 per million.
+    input_per_1m_aud = models.DecimalField(max_digits=14, decimal_places=4)
+    output_per_1m_aud = models.DecimalField(max_digits=14, decimal_places=4)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["plan", "model"]
+        constraints = [models.UniqueConstraint(fields=["plan", "model"], name="one_price_per_plan_model")]
+
+    def __str__(self) -> str:
+        return f"{self.plan} {self.model}"
+
+
 class TenantQuota(LimitFields):
     """A tenant's plan and the limits staff set for it, overriding the plan's."""
 

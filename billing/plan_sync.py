@@ -9,8 +9,10 @@ The sync is idempotent and safe to repeat or interrupt:
   sync that failed before recording it is found again by that key and adopted, not created twice.
 - Meters are found by their event name before one is created (``stripe_gateway.meter_upsert``).
 
-A plan or model price change re-syncs after commit (``plan_sync_later``); a failure is kept for staff to see (the
-plans page) and the periodic job (``billing.tasks.sync_plans_to_stripe``) retries plans that are out of step.
+Token prices are the plan's (``billing.pricing``: its own price for a model, else the platform's). A plan change, a
+change of the plan's own prices or of a platform price re-syncs after commit (``plan_sync_later``); a failure is
+kept for staff to see (the plans page) and the periodic job (``billing.tasks.sync_plans_to_stripe``) retries plans
+that are out of step.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import record
-from billing import stripe_gateway
-from billing.models import ModelPrice, Plan, StripeMeter, StripePrice
+from billing import pricing, stripe_gateway
+from billing.models import Plan, StripeMeter, StripePrice
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -82,6 +84,12 @@ def per_token_cents(per_1k_aud: Decimal) -> Decimal:
     return (Decimal(per_1k_aud) * 100 / 1000).normalize()
 
 
+def _cents_per_token(micro_aud_per_token: Decimal) -> Decimal:
+    """A resolved price (micro-A$ per token, ``billing.pricing``) as cents per token: the same amount, written
+    the same way, as ``per_token_cents`` of the per-1,000 price, so platform prices keep their Stripe prices."""
+    return (Decimal(micro_aud_per_token) / 10_000).normalize()
+
+
 def fee_cents(plan: Plan) -> int:
     return int((plan.monthly_fee_aud * 100).to_integral_value())
 
@@ -97,12 +105,14 @@ def _metered_amount(cents: Decimal, included: int) -> str:
 def _prices_wanted(plan: Plan, meters: dict[tuple[str, str], StripeMeter] | None) -> list[_Wanted]:
     """The prices the plan should have. ``meters`` None: the amounts only (no meter needed)."""
     wanted = [_Wanted(kind=StripePrice.Kind.FEE, model="", amount=_fee_amount(plan), fee_cents=fee_cents(plan))]
-    for price in ModelPrice.objects.order_by("model"):
-        for direction, per_1k in (("input", price.input_per_1k_aud), ("output", price.output_per_1k_aud)):
-            cents = per_token_cents(per_1k)
+    prices = pricing.prices_for_plan(plan)  # the plan's own price where it has one, else the platform's
+    for model in sorted(prices):
+        price = prices[model]
+        for direction, micro in (("input", price.input), ("output", price.output)):
+            cents = _cents_per_token(micro)
             wanted.append(_Wanted(
-                kind=direction, model=price.model, amount=_metered_amount(cents, plan.included_tokens),
-                meter=meters[(price.model, direction)] if meters is not None else None, per_token_cents=cents,
+                kind=direction, model=model, amount=_metered_amount(cents, plan.included_tokens),
+                meter=meters[(model, direction)] if meters is not None else None, per_token_cents=cents,
             ))
     return wanted
 
@@ -123,9 +133,9 @@ def _lookup_key(plan: Plan, wanted: _Wanted) -> str:
 
 
 # --- the sync ---------------------------------------------------------------------------------------------------
-def _meters_ensure(result: SyncResult) -> dict[tuple[str, str], StripeMeter]:
+def _meters_ensure(result: SyncResult, models: list[str]) -> dict[tuple[str, str], StripeMeter]:
     meters = {(m.model, m.direction): m for m in StripeMeter.objects.all()}
-    for model in ModelPrice.objects.order_by("model").values_list("model", flat=True):
+    for model in models:
         for direction in DIRECTIONS:
             if (model, direction) in meters:
                 continue
@@ -175,7 +185,7 @@ def _price_swap(*, plan: Plan, wanted: _Wanted, price_id: str, current: StripePr
 
 def plan_stripe_sync(*, plan: Plan, actor: AbstractBaseUser | None = None,
                      request: HttpRequest | None = None) -> SyncResult:
-    """Bring the plan's Stripe Product, Prices and Meters in step with the plan and the model prices. Audited.
+    """Bring the plan's Stripe Product, Prices and Meters in step with the plan and its token prices. Audited.
 
     Raises ``PaymentsNotConfigured`` without Stripe keys, and ``stripe_gateway.StripeError`` when Stripe fails
     (what was done before the failure stays recorded; running it again completes it)."""
@@ -210,7 +220,7 @@ def _sync(plan: Plan) -> SyncResult:
         Plan.objects.filter(pk=plan.pk).update(stripe_product_id=product_id)
         plan.stripe_product_id = product_id
     result = SyncResult(plan=plan, product_id=product_id)
-    meters = _meters_ensure(result)
+    meters = _meters_ensure(result, sorted(pricing.prices_for_plan(plan)))
     active = {(p.kind, p.model): p for p in StripePrice.objects.filter(plan=plan, active=True)}
     wanted_keys = set()
     for wanted in _prices_wanted(plan, meters):

@@ -18,7 +18,8 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from billing.models import ModelPrice, UsageEvent
+from billing import pricing
+from billing.models import UsageEvent
 from core.keys import PLAYGROUND_KEY_ID, PLAYGROUND_KEY_NAME
 from tenants.models import ApiKey, Tenant
 from tenants.permissions import Action
@@ -96,11 +97,9 @@ def request_log_page(*, tenant: Tenant, key: str = "", model: str = "", outcome:
     return rows, (encode_cursor(rows[-1]) if more and rows else None)
 
 
-def _cost(event: UsageEvent, prices: dict[str, ModelPrice]) -> Decimal | None:
-    price = prices.get(event.model)
-    if price is None:
-        return None
-    return (event.prompt_tokens * price.input_per_1k_aud + event.completion_tokens * price.output_per_1k_aud) / 1000
+def _cost(event: UsageEvent, prices: dict[str, pricing.Price]) -> Decimal | None:
+    """At the tenant's prices now (its plan's own, else the platform's); None for a model without a price."""
+    return pricing.cost_aud(prices.get(event.model), event.prompt_tokens, event.completion_tokens)
 
 
 @require_GET
@@ -117,7 +116,7 @@ def request_logs(request, access):
     events, next_cursor = request_log_page(tenant=access.tenant, **options) if status == 200 else ([], None)
     key_names = dict(ApiKey.objects.filter(tenant=access.tenant).values_list("key_id", "name"))
     key_names[PLAYGROUND_KEY_ID] = PLAYGROUND_KEY_NAME
-    prices = {p.model: p for p in ModelPrice.objects.filter(model__in={e.model for e in events})}
+    prices = pricing.prices_for_plan(pricing.tenant_plan(access.tenant)) if events else {}
     rows = [LogRow(event=e, key_name=key_names.get(e.key_id, ""), cost_aud=_cost(e, prices)) for e in events]
     query = request.GET.copy()
     query.pop("after", None)

@@ -5,8 +5,9 @@ The job reads the events above a watermark (by id), adds them into their buckets
 a run that fails changes nothing and a run that commits has counted each event exactly once. Events arriving late
 (a data-plane spool flushed after an outage) carry old times but new ids: they are added to the old buckets.
 
-Costs are rated per event at the model prices in force when the job reads it, rounded up to the micro-dollar as the
-data plane rounds each request (``BackendPool.cost_micro_aud``) and the limit counters' rebuild does.
+Costs are rated per event at its tenant's prices in force when the job reads it (its plan's own price for the model,
+else the platform's: ``billing.pricing``; the plan is the tenant's at that time), rounded up to the micro-dollar as
+the data plane rounds each request (``BackendPool.cost_micro_aud``) and the limit counters' rebuild does.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
 
-from billing.models import ModelPrice, RollupWatermark, UsageEvent, UsageRollup
+from billing import pricing
+from billing.models import RollupWatermark, UsageEvent, UsageRollup
 from billing.services import USAGE_COMMIT_LOCK
 from core.quotas import window_starts
 
@@ -29,7 +30,6 @@ WATERMARK = "usage"
 HOUR = UsageRollup.Period.HOUR
 DAY = UsageRollup.Period.DAY
 _SUMMED = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost_micro_aud")
-_MICRO_PER_1K = Decimal(1_000_000)
 
 
 def committed_max_id() -> int:
@@ -58,18 +58,17 @@ def committed_max_id() -> int:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [USAGE_COMMIT_LOCK])
 
 
-def _prices() -> dict[str, tuple[int, int]]:
-    """Micro-AUD per 1,000 tokens (input, output): whole numbers, since prices carry six decimal places."""
-    return {
-        p.model: (int(p.input_per_1k_aud * _MICRO_PER_1K), int(p.output_per_1k_aud * _MICRO_PER_1K))
-        for p in ModelPrice.objects.all()
-    }
+def tenant_price_tables(tenant_ids) -> dict:
+    """Tenant id → its plan's prices (``pricing.scaled_table`` integers) for the tenants of a batch: the price lists
+    and the tenants' plans in four queries, whatever the batch holds."""
+    book = pricing.PriceBook.load()
+    return {tenant_id: book.scaled_for_plan(plan_id) for tenant_id, plan_id in book.tenant_plans(tenant_ids).items()}
 
 
 def event_cost_micro_aud(prices: dict[str, tuple[int, int]], model: str, prompt: int, completion: int) -> int:
-    """What one request costs in micro-AUD, rounded up, as the spend cap counted it."""
+    """What one request costs in micro-AUD, rounded up, as the spend cap counted it (``prices``: scaled integers)."""
     price_in, price_out = prices.get(model, (0, 0))
-    return -(-(prompt * price_in + completion * price_out) // 1000)
+    return -(-(prompt * price_in + completion * price_out) // pricing.UNITS_PER_MICRO)
 
 
 _bucket_starts: dict[int, tuple[datetime, datetime]] = {}
@@ -89,13 +88,15 @@ def bucket_starts(at: datetime) -> tuple[datetime, datetime]:
     return starts
 
 
-def fold(rows, prices: dict[str, tuple[int, int]]) -> dict[tuple, list[int]]:
+def fold(rows, prices: dict) -> dict[tuple, list[int]]:
     """Events as (id, tenant_id, key_id, model, status, prompt, completion, created_at) into bucket sums, keyed
-    (tenant_id, period, start, key_id, model)."""
+    (tenant_id, period, start, key_id, model); each costed at its tenant's prices (``prices``: tenant id → model →
+    scaled integer prices, as ``tenant_price_tables`` gives them; a tenant without a table costs nothing)."""
     buckets: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    unpriced: dict[str, tuple[int, int]] = {}
     for _id, tenant_id, key_id, model, status, prompt, completion, created_at in rows:
         hour, day = bucket_starts(created_at)
-        cost = event_cost_micro_aud(prices, model, prompt, completion)
+        cost = event_cost_micro_aud(prices.get(tenant_id, unpriced), model, prompt, completion)
         error = 1 if status >= 400 else 0
         for key in ((tenant_id, HOUR, hour, key_id, model), (tenant_id, DAY, day, key_id, model)):
             acc = buckets[key]
@@ -156,7 +157,7 @@ def rollups_build(*, batch: int | None = None, upto: int | None = None) -> int:
             .values_list("id", "tenant_id", "key_id", "model", "status", "prompt_tokens", "completion_tokens",
                          "created_at")[:batch]
         )
-        _upsert(fold(rows, _prices()))
+        _upsert(fold(rows, tenant_price_tables({row[1] for row in rows})))
         # A short batch reached ``upto``: ids between the last row and it belong to rolled-back inserts.
         mark.last_id = rows[-1][0] if len(rows) == batch else upto
         mark.save(update_fields=["last_id", "updated_at"])

@@ -8,7 +8,7 @@ from django.db.models import Count, Max, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from billing.models import BudgetAlert, CostGuardAction, ModelPrice, Plan, TenantQuota, UsageEvent
+from billing.models import BudgetAlert, CostGuardAction, ModelPrice, Plan, PlanModelPrice, TenantQuota, UsageEvent
 from core.quotas import windows_at
 from tenants.models import Tenant
 
@@ -119,6 +119,12 @@ def plans_with_tenant_counts() -> list[Plan]:
     """Every plan with ``tenant_count``: the tenants put on it explicitly (the default plan also covers the
     tenants without a plan of their own)."""
     return list(Plan.objects.annotate(tenant_count=Count("tenants")))
+
+
+def plan_own_price_counts() -> dict[int, int]:
+    """Plan id → how many models the plan prices itself (the plans page says which plans differ from the
+    platform's price list)."""
+    return dict(PlanModelPrice.objects.values("plan_id").annotate(n=Count("id")).values_list("plan_id", "n"))
 
 
 def model_prices() -> list[ModelPrice]:

@@ -13,10 +13,12 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
+from django.utils import timezone
 
 from audit.services import record
+from billing import pricing
 from billing.limits import LIMIT_FIELDS
-from billing.models import ModelPrice, Plan, TenantQuota, UsageEvent
+from billing.models import ModelPrice, Plan, PlanModelPrice, TenantQuota, UsageEvent
 from core import contract, quotas
 from core.redis import get_redis
 from tenants.models import Tenant
@@ -190,13 +192,17 @@ def usage_ingest_loop(*, stop, idle_sleep: float = 0.2) -> None:
 
 
 def prices_publish() -> dict[str, tuple[float, float]]:
-    """Publish model prices for the data plane, in micro-AUD per token (input, output)."""
-    prices = {
-        p.model: (float(p.input_per_1k_aud) * 1000, float(p.output_per_1k_aud) * 1000)
-        for p in ModelPrice.objects.all()
-    }
-    get_redis().set(contract.prices_key(), contract.encode_prices(prices))
+    """Publish the prices the data plane counts spend with, in micro-AUD per token (input, output): the platform's,
+    and each plan's own prices as that plan's price list (tenant records name theirs). Returns the platform's."""
+    book = pricing.PriceBook.load()
+    prices = _floats(book.default)
+    lists = {pricing.price_list_name(plan_id): _floats(own) for plan_id, own in book.own.items()}
+    get_redis().set(contract.prices_key(), contract.encode_prices(prices, lists))
     return prices
+
+
+def _floats(prices: dict[str, pricing.Price]) -> dict[str, tuple[float, float]]:
+    return {model: (float(price.input), float(price.output)) for model, price in prices.items()}
 
 
 # --- Plans, prices and tenant quotas (staff) ---------------------------------------------------------------
@@ -269,6 +275,62 @@ def model_price_set(*, model: str, input_per_1k_aud: Decimal, output_per_1k_aud:
     transaction.on_commit(prices_publish, robust=True)  # a failed publish is repaired by the periodic job
     _stripe_resync(None)  # every plan in Stripe charges this model's tokens
     return price
+
+
+def _plan_prices_changed(plan: Plan) -> None:
+    """After a plan's own prices change: the data plane's prices (its spend caps), the plan's Stripe prices, and
+    the records of its tenants (records published before they named a price list read as the platform prices).
+    Touching the plan makes the snapshot reconciliation republish those records should the queued job fail."""
+    Plan.objects.filter(pk=plan.pk).update(updated_at=timezone.now())
+    transaction.on_commit(prices_publish, robust=True)  # a failed publish is repaired by the periodic job
+    transaction.on_commit(lambda: _republish_plan(plan.pk), robust=True)
+    _stripe_resync([plan.pk])
+
+
+def _price_data(price: PlanModelPrice | None) -> dict | None:
+    if price is None:
+        return None
+    return {"input_per_1m_aud": str(price.input_per_1m_aud), "output_per_1m_aud": str(price.output_per_1m_aud)}
+
+
+@transaction.atomic
+def plan_model_price_set(*, plan: Plan, model: str, input_per_1m_aud: Decimal, output_per_1m_aud: Decimal,
+                         actor: AbstractBaseUser | None = None, request: HttpRequest | None = None) -> PlanModelPrice:
+    """Set the plan's own price for a model (A$ per million tokens), over the platform's for tenants on the plan.
+
+    Only a model on the platform's price list: that list is what every plan falls back to, and what Stripe's
+    meters and the console list models by. Audited; the spend caps of the plan's tenants count it within a second,
+    and the plan's Stripe prices follow."""
+    if not ModelPrice.objects.filter(model=model).exists():
+        raise ValidationError({"model": "That model has no platform price: set one under Model prices first."})
+    for name, value in (("input_per_1m_aud", input_per_1m_aud), ("output_per_1m_aud", output_per_1m_aud)):
+        if value is None or value < 0:
+            raise ValidationError({name: "A price is zero or more."})
+    before = PlanModelPrice.objects.select_for_update().filter(plan=plan, model=model).first()
+    before_data = _price_data(before)
+    price, _created = PlanModelPrice.objects.update_or_create(
+        plan=plan, model=model, defaults={"input_per_1m_aud": input_per_1m_aud, "output_per_1m_aud": output_per_1m_aud}
+    )
+    price.refresh_from_db(fields=["input_per_1m_aud", "output_per_1m_aud"])  # as stored (four decimals)
+    record(action="plan.price.update", actor=actor, target=plan, request=request,
+           data={"slug": plan.slug, "model": model, "before": before_data, "after": _price_data(price)})
+    _plan_prices_changed(plan)
+    return price
+
+
+@transaction.atomic
+def plan_model_price_remove(*, plan: Plan, model: str, actor: AbstractBaseUser | None = None,
+                            request: HttpRequest | None = None) -> bool:
+    """Remove the plan's own price for a model: its tenants pay the platform price again. False if it had none."""
+    price = PlanModelPrice.objects.select_for_update().filter(plan=plan, model=model).first()
+    if price is None:
+        return False
+    before = _price_data(price)
+    price.delete()
+    record(action="plan.price.remove", actor=actor, target=plan, request=request,
+           data={"slug": plan.slug, "model": model, "before": before})
+    _plan_prices_changed(plan)
+    return True
 
 
 def _stripe_resync(plan_ids: list[int] | None) -> None:

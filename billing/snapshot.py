@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from billing import limits, payment_access
+from billing import limits, payment_access, pricing
 from billing.models import Subscription, TenantQuota
 from core import contract, quotas
 from core.redis import get_redis
@@ -38,6 +38,9 @@ def tenant_record(tenant: Tenant, quota: TenantQuota | None, default, *,
         redaction=tenant.redaction,
         unpaid_after=payment_access.unpaid_after(plan=plan, subscription=subscription,
                                                  configured=payments_configured),
+        # Always the plan's, whether or not it has prices of its own: giving it some then republishes only the
+        # prices record, not every tenant on it (a list not published reads as the platform prices).
+        price_list=pricing.price_list_name(plan.pk) if plan is not None else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""Staff pages for quotas: who is near or over a limit, plans and model prices, and lifting the cost guard."""
+"""Staff pages for quotas: who is near or over a limit, plans and model prices (the platform's, and each plan's
+own on its page), and lifting the cost guard."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from billing import plan_sync, selectors, services, stripe_gateway
+from billing import plan_sync, pricing, selectors, services, stripe_gateway
 from billing.cost_guard import cost_guard_lift
-from billing.forms import ModelPriceForm, PlanForm
+from billing.forms import ModelPriceForm, PlanForm, PlanModelPriceForm, PlanModelPriceRemoveForm
 from billing.models import Plan
 from billing.quota_reads import near_limits as near_limits_report
 from tenants.selectors import tenant_by_slug
@@ -41,8 +42,10 @@ def _stripe_state(plan) -> dict:
 def _plans_context(**extra) -> dict:
     plans = list(selectors.plans_with_tenant_counts())
     configured = stripe_gateway.configured()
+    own_prices = selectors.plan_own_price_counts()
     for plan in plans:
         plan.stripe_state = _stripe_state(plan) if configured else None
+        plan.own_price_count = own_prices.get(plan.pk, 0)
     return {
         "plans": plans,
         "payments_configured": configured,
@@ -73,6 +76,20 @@ def plans(request):
     return render(request, "billing/staff/plans.html", _plans_context(price_form=price_form))
 
 
+def _plan_edit_context(plan: Plan, *, form: PlanForm | None = None,
+                       price_form: PlanModelPriceForm | None = None) -> dict:
+    """The plan's page: its form, and its token prices beside the platform's (each model the plan prices itself
+    or the platform prices)."""
+    platform = pricing.platform_prices()
+    own = pricing.plan_own_prices(plan)
+    price_rows = [{"model": model, "platform": platform.get(model), "own": own.get(model)}
+                  for model in sorted(platform.keys() | own.keys())]
+    return {
+        "plan": plan, "form": form or PlanForm(plan=plan), "price_rows": price_rows,
+        "price_form": price_form or PlanModelPriceForm(models=sorted(platform)),
+    }
+
+
 @require_http_methods(["GET", "POST"])
 @staff_view
 def plan_edit(request, plan_slug: str):
@@ -86,8 +103,40 @@ def plan_edit(request, plan_slug: str):
         else:
             messages.success(request, f"Plan {plan.name} saved. Its tenants get the new limits within a second.")
             return redirect("staff_plans")
-    return render(request, "billing/staff/plan_edit.html", {"plan": plan, "form": form},
+    return render(request, "billing/staff/plan_edit.html", _plan_edit_context(plan, form=form),
                   status=400 if form.errors else 200)
+
+
+@require_POST
+@staff_view
+def plan_price_set(request, plan_slug: str):
+    """Set the plan's own price for a model (per million tokens)."""
+    plan = get_object_or_404(Plan, slug=plan_slug)
+    form = PlanModelPriceForm(request.POST, models=sorted(pricing.platform_prices()))
+    if form.is_valid():
+        try:
+            services.plan_model_price_set(plan=plan, actor=request.user, request=request, **form.cleaned_data)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"{plan.name}'s price of {form.cleaned_data['model']} saved. The spend caps of "
+                                      "its tenants count it within a second.")
+            return redirect(reverse("staff_plan_edit", args=[plan.slug]) + "#prices")
+    return render(request, "billing/staff/plan_edit.html", _plan_edit_context(plan, price_form=form), status=400)
+
+
+@require_POST
+@staff_view
+def plan_price_remove(request, plan_slug: str):
+    """Remove the plan's own price for a model: its tenants pay the platform price again."""
+    plan = get_object_or_404(Plan, slug=plan_slug)
+    form = PlanModelPriceRemoveForm(request.POST)
+    model = form.cleaned_data["model"] if form.is_valid() else ""
+    if model and services.plan_model_price_remove(plan=plan, model=model, actor=request.user, request=request):
+        messages.success(request, f"{plan.name} now pays the platform price for {model}.")
+    else:
+        messages.info(request, f"{plan.name} had no price of its own for that model.")
+    return redirect(reverse("staff_plan_edit", args=[plan.slug]) + "#prices")
 
 
 @require_POST

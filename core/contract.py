@@ -13,7 +13,8 @@ go.)
 - ``TenantRecord`` at ``tenant:<tenant id>``: one organisation (status, effective limits, when it stops being
   served for want of payment). Apart from its keys' records, so a plan or tenant change republishes only the
   tenants it touches.
-- ``BackendRecord`` list at ``backends``, model prices at ``prices``.
+- ``BackendRecord`` list at ``backends``; model prices at ``prices``: the platform's, and each plan's own as a
+  price list that tenant records name.
 - ``UsageEvent``: one JSON line per request, in entries of the ``INFERENCE_USAGE_STREAM`` stream (and, the same
   line, the access log).
 """
@@ -128,6 +129,10 @@ class TenantRecord:
     # or 0: refused now); None: nothing to pay, or paid. The data plane compares it with its clock per request,
     # so a grace period ends on time without a republish. Records from before this field read as None.
     unpaid_after: float | None = None
+    # The price list that prices the tenant's usage against its spend cap: a key of the prices record's
+    # ``lists`` (its plan's), falling back to the platform prices for a model the list lacks or a list that isn't
+    # published. None (and records from before this field): the platform prices.
+    price_list: str | None = None
     # Personal-information redaction on its requests (``core.redaction``): "off", "redact" or "restore". Records
     # from before this field, or with a mode this code doesn't know, read as "off" (a request's own
     # ``x-wattle-redact`` header still asks for it).
@@ -141,14 +146,18 @@ class TenantRecord:
         data = _load(raw)
         try:
             unpaid_after = data.get("unpaid_after")
+            price_list = data.get("price_list")
+            if price_list is not None and not isinstance(price_list, str):
+                raise TypeError
             redaction = data.get("redaction")
             return cls(tenant=data["tenant"], status=data["status"], limits=dict(data.get("limits") or {}),
                        redaction=redaction if redaction in _REDACTION_MODES else "off",
-                       unpaid_after=float(unpaid_after) if unpaid_after is not None else None)
+                       unpaid_after=float(unpaid_after) if unpaid_after is not None else None,
+                       price_list=price_list or None)
         except KeyError as exc:
             raise RecordError(f"tenant record without {exc}") from None
         except (TypeError, ValueError):
-            raise RecordError("tenant record with a malformed unpaid_after") from None
+            raise RecordError("tenant record with a malformed unpaid_after or price_list") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,21 +191,49 @@ def decode_backends(raw: bytes | str) -> list[BackendRecord]:
         raise RecordError(f"malformed backend list: {exc}") from None
 
 
-def encode_prices(prices: dict[str, tuple[float, float]]) -> bytes:
-    """Model → (input, output) price in micro-AUD per token."""
-    return orjson.dumps({"v": VERSION, "prices": {model: list(pair) for model, pair in prices.items()}})
+Prices = dict[str, tuple[float, float]]
 
 
-def decode_prices(raw: bytes | str) -> dict[str, tuple[float, float]]:
+def encode_prices(prices: Prices, lists: dict[str, Prices] | None = None) -> bytes:
+    """Model → (input, output) price in micro-AUD per token: the platform's, and per price list (a plan's own
+    prices, by the name tenant records carry in ``price_list``) only the models the list prices itself. Readers
+    from before the lists read ``prices`` alone."""
+    record: dict[str, Any] = {"v": VERSION, "prices": _price_table(prices)}
+    if lists:
+        record["lists"] = {name: _price_table(table) for name, table in lists.items()}
+    return orjson.dumps(record)
+
+
+def _price_table(prices: Prices) -> dict[str, list[float]]:
+    return {model: [float(pair[0]), float(pair[1])] for model, pair in prices.items()}
+
+
+def _read_price_table(table: Any) -> Prices:
+    return {str(model): (float(pair[0]), float(pair[1])) for model, pair in table.items()}
+
+
+def decode_price_lists(raw: bytes | str) -> tuple[Prices, dict[str, Prices]]:
+    """The platform prices and the price lists, each list already merged over the platform prices (a model it
+    doesn't price costs the platform price), so a reader finds a tenant's price in two dictionary lookups."""
     try:
         loaded = orjson.loads(raw)
-        # Before versions the prices were the bare mapping: read it while a rolling deploy runs.
-        prices = loaded["prices"] if isinstance(loaded, dict) and loaded.get("v") == VERSION else loaded
-        if isinstance(prices, dict) and "v" in prices:
-            raise RecordError(f"not a version {VERSION} record")
-        return {model: (float(pair[0]), float(pair[1])) for model, pair in prices.items()}
-    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        if isinstance(loaded, dict) and loaded.get("v") == VERSION:
+            default, lists = _read_price_table(loaded["prices"]), loaded.get("lists", {})
+        else:
+            # Before versions the prices were the bare mapping: read it while a rolling deploy runs.
+            if isinstance(loaded, dict) and "v" in loaded:
+                raise RecordError(f"not a version {VERSION} record")
+            default, lists = _read_price_table(loaded), {}
+        return default, {str(name): {**default, **_read_price_table(table)} for name, table in lists.items()}
+    except RecordError:
+        raise
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:  # JSONDecodeError is a ValueError
         raise RecordError(f"malformed prices: {exc}") from None
+
+
+def decode_prices(raw: bytes | str) -> Prices:
+    """The platform prices alone."""
+    return decode_price_lists(raw)[0]
 
 
 @dataclass(slots=True)

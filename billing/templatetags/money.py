@@ -28,3 +28,13 @@ def per_million(per_1k) -> str:
     """A per-1,000-token price as the price of a million tokens, to the cent or finer when it is smaller."""
     value = Decimal(per_1k) * 1000
     return f"A${value.normalize():,f}" if value != value.quantize(Decimal("0.01")) else format_aud(value)
+
+
+@register.filter
+def aud_per_million(per_1m) -> str:
+    """A price per million tokens (a resolved price's micro-A$ per token), to the cent or finer when it is
+    smaller (plan prices carry four decimals); empty for None."""
+    if per_1m is None:
+        return ""
+    value = Decimal(per_1m)
+    return f"A${value.normalize():,f}" if value != value.quantize(Decimal("0.01")) else format_aud(value)

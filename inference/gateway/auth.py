@@ -60,6 +60,7 @@ class KeyRecord:
     # so the check per request is one float comparison.
     unpaid_after: float = math.inf
     redaction: str = "off"  # the tenant's mode (``core.redaction``)
+    price_list: str | None = None  # the tenant's prices for the spend cap (``BackendPool.cost_micro_aud``)
 
     @classmethod
     def join(cls, key: contract.KeyRecord, tenant: contract.TenantRecord) -> KeyRecord:
@@ -70,6 +71,7 @@ class KeyRecord:
             key_limits=key.limits,
             unpaid_after=math.inf if tenant.unpaid_after is None else tenant.unpaid_after,
             redaction=tenant.redaction,
+            price_list=tenant.price_list,
         )
 
     def secret_matches(self, digest: str) -> bool:

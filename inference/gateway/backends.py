@@ -111,8 +111,11 @@ class BackendPool:
         self._probing: dict[str, asyncio.Task] = {}
         self._last_warmup: dict[str, float] = {}
         self._background: set[asyncio.Task] = set()
-        # model -> (micro-AUD per input token, per output token); published by billing.services.prices_publish
+        # model -> (micro-AUD per input token, per output token); published by billing.services.prices_publish:
+        # the platform's, and each price list (a plan's) already merged over them, so pricing a request is two
+        # dictionary lookups.
         self.prices: dict[str, tuple[float, float]] = {}
+        self.price_lists: dict[str, dict[str, tuple[float, float]]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -150,7 +153,7 @@ class BackendPool:
         raw, raw_prices = await self._redis.mget(contract.backends_key(), contract.prices_key())
         if raw_prices is not None:
             try:
-                self.prices = contract.decode_prices(raw_prices)
+                self.prices, self.price_lists = contract.decode_price_lists(raw_prices)
             except contract.RecordError:
                 logger.error("backends: the published prices are not a record of this version; keeping ours")
         if raw is None:
@@ -238,8 +241,11 @@ class BackendPool:
     def known_models(self) -> set[str]:
         return {m for b in self.backends.values() if b.enabled for m in b.models}
 
-    def cost_micro_aud(self, model: str, prompt_tokens: int, completion_tokens: int) -> int:
-        price = self.prices.get(model)
+    def cost_micro_aud(self, model: str, prompt_tokens: int, completion_tokens: int,
+                       price_list: str | None = None) -> int:
+        """What the tokens cost in micro-AUD, rounded up, at the tenant's price list (``TenantRecord.price_list``;
+        None, or a list not published: the platform prices)."""
+        price = self.price_lists.get(price_list, self.prices).get(model)
         if price is None:
             return 0
         return math.ceil(prompt_tokens * price[0] + completion_tokens * price[1])

@@ -150,7 +150,7 @@ class Dispatcher:
         and every token its choices may generate, which vLLM is told explicitly. ``ctx.admitting`` stays None
         when nothing is limited."""
         prompt, completion = validation.reservation(prepared, max_model_len)
-        spend = self.pool.cost_micro_aud(ctx.model, prompt, completion)
+        spend = self.pool.cost_micro_aud(ctx.model, prompt, completion, ctx.key.price_list)
         ctx.admitting = self.limiter.begin(ctx.key, tokens=prompt + completion, spend=spend, slot=ctx.request_id,
                                             started=ctx.started_wall)
 
@@ -476,7 +476,8 @@ class Dispatcher:
             self.limiter.settle(
                 ctx.admission,
                 tokens=ctx.prompt_tokens + ctx.completion_tokens,
-                spend=self.pool.cost_micro_aud(ctx.model, ctx.prompt_tokens, ctx.completion_tokens),
+                spend=self.pool.cost_micro_aud(ctx.model, ctx.prompt_tokens, ctx.completion_tokens,
+                                               ctx.key.price_list),
             )
         overhead_s = ctx.overhead_s()
         metrics.observe_request(

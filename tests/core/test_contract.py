@@ -21,6 +21,8 @@ def test_key_and_tenant_records_round_trip():
     assert orjson.loads(key.encode())["v"] == contract.VERSION
     unpaid = contract.TenantRecord(tenant="t-1", status="active", unpaid_after=1_700_000_000.5)
     assert contract.TenantRecord.decode(unpaid.encode()) == unpaid
+    priced = contract.TenantRecord(tenant="t-1", status="active", price_list="7")
+    assert contract.TenantRecord.decode(priced.encode()) == priced
 
 
 def test_a_tenant_record_from_before_unpaid_after_reads_as_paid():
@@ -28,6 +30,13 @@ def test_a_tenant_record_from_before_unpaid_after_reads_as_paid():
     assert contract.TenantRecord.decode(old).unpaid_after is None
     with pytest.raises(contract.RecordError):
         contract.TenantRecord.decode(b'{"v": 1, "tenant": "t-1", "status": "active", "unpaid_after": "soon"}')
+
+
+def test_a_tenant_record_from_before_price_lists_reads_as_the_platform_prices():
+    old = b'{"v": 1, "tenant": "t-1", "status": "active", "limits": {"tpm": 100}}'
+    assert contract.TenantRecord.decode(old).price_list is None
+    with pytest.raises(contract.RecordError):
+        contract.TenantRecord.decode(b'{"v": 1, "tenant": "t-1", "status": "active", "price_list": 7}')
 
 
 def test_a_tenant_record_carries_its_redaction_mode_and_older_or_unknown_ones_read_as_off():
@@ -63,6 +72,22 @@ def test_backends_and_prices_round_trip_and_read_their_unversioned_forms():
     assert contract.decode_prices(b'{"m": [1.0, 2.0]}') == prices
     with pytest.raises(contract.RecordError):
         contract.decode_prices(b'{"v": 99, "prices": {}}')
+
+
+def test_price_lists_round_trip_merged_over_the_platform_prices():
+    raw = contract.encode_prices({"m": (1.0, 2.0), "n": (3.0, 4.0)}, {"7": {"m": (5.0, 6.0)}})
+    default, lists = contract.decode_price_lists(raw)
+    assert default == {"m": (1.0, 2.0), "n": (3.0, 4.0)}
+    assert lists == {"7": {"m": (5.0, 6.0), "n": (3.0, 4.0)}}  # a model the list lacks costs the platform price
+    assert contract.decode_prices(raw) == default  # what a reader from before the lists takes from it
+    old = contract.encode_prices({"m": (1.0, 2.0)})
+    assert orjson.loads(old) == {"v": contract.VERSION, "prices": {"m": [1.0, 2.0]}}
+    assert contract.decode_price_lists(old) == ({"m": (1.0, 2.0)}, {})
+    assert contract.decode_price_lists(b'{"m": [1.0, 2.0]}') == ({"m": (1.0, 2.0)}, {})
+    for bad in (b'{"v": 1, "prices": {}, "lists": {"7": {"m": [1.0]}}}', b'{"v": 1, "prices": {}, "lists": []}',
+                b'{"v": 1}', b"nonsense"):
+        with pytest.raises(contract.RecordError):
+            contract.decode_price_lists(bad)
 
 
 def test_the_hot_usage_encoder_writes_exactly_a_usage_event():
