@@ -32,7 +32,7 @@ from audit.services import record
 REGION = "ap-southeast-2"  # R-AUD-3: the archive lives in Sydney, whatever else is configured
 SEGMENT_ACTION = "audit.segment.sealed"
 SEGMENT_MAX_ENTRIES = 100_000  # a backlog (the first run after the chain existed) ships in several segments
-AUDIT_SEGMENT_LOCK = 0x57544C5345474D54 - (1 << 64)  # one archiver at a time ("WTLSEGMT")
+AUDIT_SEGMENT_LOCK = 0x57544C5345474D54  # one archiver at a time ("WTLSEGMT")
 
 _encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 

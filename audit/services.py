@@ -15,7 +15,7 @@ from core.proxies import request_client_ip
 logger = logging.getLogger("wattle.audit")
 
 # pg_try_advisory_xact_lock key: one sealer at a time across every process ("WTLAUDIT" in ASCII).
-AUDIT_SEAL_LOCK = 0x57544C4155444954 - (1 << 64)
+AUDIT_SEAL_LOCK = 0x57544C4155444954
 SEAL_BATCH = 5_000
 
 def record(

@@ -100,8 +100,13 @@ def test_without_a_bucket_segments_go_to_the_local_folder(db, settings, tmp_path
     assert entry.data["store"] == "file" and not path.stat().st_mode & 0o222
 
 
-def test_embedded_loop_seals_and_archives_without_a_beat(db, settings, tmp_path):
+def test_embedded_loop_seals_and_archives_without_a_beat(db, settings, tmp_path, monkeypatch):
     import threading
+
+    import django.db
+
+    # The loop drops stale connections between rounds; here that would be the test's own transaction.
+    monkeypatch.setattr(django.db, "close_old_connections", lambda: None)
 
     from portal.lifespan import audit_jobs_loop
 
