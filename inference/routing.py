@@ -1,5 +1,12 @@
-"""WebSocket routes served by Channels (the playground consumer lives in inference.consumers)."""
+"""WebSocket routes served by Channels (mounted behind the origin check and session authentication in
+``portal.routing``)."""
 
 from __future__ import annotations
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from inference.consumers import PlaygroundConsumer
+
+websocket_urlpatterns = [
+    path("ws/t/<slug:slug>/playground/", PlaygroundConsumer.as_asgi()),
+]

@@ -1,0 +1,270 @@
+"""The playground's WebSocket consumer: a console member's chat, sent through the same dispatch as `/v1`.
+
+Each reply is one streamed chat completion prepared and run by ``inference.gateway.dispatch.Dispatcher`` as the
+tenant's "Playground" caller (``KeyAuthenticator.tenant_caller``: the tenant's published record, key id
+``core.keys.PLAYGROUND_KEY_ID``), so the tenant's limits, its suspension and payment state, routing, retries,
+cold-start hold, cancellation and settlement (one usage event, billed to the tenant) are exactly the API's. Its
+events reach only this connection's socket: the sink holds the consumer it writes to, and no channel-layer group
+carries a reply.
+
+Security (docs/playground.md lists the close codes): the socket is mounted behind the allowed-hosts origin
+check and the session authentication (``portal.routing``); access is re-read from the database on connect and
+for every frame (``inference.playground.playground_access``), so a member removed or demoted mid-session is cut
+off at their next frame, and the reply in flight is stopped (and billed for what ran). Frames are bounded in size
+(``INFERENCE_PLAYGROUND_MAX_MESSAGE_BYTES``) and rate (``INFERENCE_PLAYGROUND_RATE``/``_BURST``); a malformed
+frame gets an error frame, never a crash. Nothing here logs what anyone typed or what the model answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import orjson
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from core.keys import PLAYGROUND_KEY_ID
+from inference.gateway import errors
+from inference.gateway.app import gateway
+from inference.gateway.dispatch import Delta, Failed, Opened, RequestContext, Usage
+from inference.gateway.errors import GatewayError
+from inference.playground import (
+    Chat,
+    Close,
+    FrameAllowance,
+    Ping,
+    PlaygroundAccess,
+    Stop,
+    parse_frame,
+    playground_access,
+    rate_limited,
+    too_large,
+)
+
+logger = logging.getLogger("wattle.playground")
+
+_READY_WAIT_S = 5.0  # how long a new socket waits for the data plane's first view of the backends
+_FLOODING_REFUSALS = 20  # refused frames in a row before the connection is closed
+
+
+class PlaygroundConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        self.slug: str = self.scope["url_route"]["kwargs"]["slug"]
+        self.access: PlaygroundAccess | None = None
+        self.turn: _Turn | None = None
+        self.closed = False
+        self.allowance = FrameAllowance(rate=settings.INFERENCE_PLAYGROUND_RATE,
+                                        burst=settings.INFERENCE_PLAYGROUND_BURST)
+        self.max_bytes: int = settings.INFERENCE_PLAYGROUND_MAX_MESSAGE_BYTES
+        # Accepted before the checks so that a refusal reaches the page as a close code (a refused handshake is
+        # only "1006" to a browser, which would keep reconnecting).
+        await self.accept()
+        access = await self._check_access()
+        if isinstance(access, Close):
+            await self._close(access)
+            return
+        self.access = access
+        await gateway.startup()  # a no-op once the process's lifespan has started it
+        await self._send({"type": "ready", "tenant": self.slug, **await self._catalogue(),
+                          "max_message_bytes": self.max_bytes})
+
+    async def disconnect(self, code: int) -> None:
+        self.closed = True
+        turn = self.turn
+        if turn is not None:
+            turn.call.cancel()  # the browser went away: stop generating, bill what ran
+            with contextlib.suppress(Exception):
+                await turn.task
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.access is None or self.closed:
+            return
+        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        if size > self.max_bytes:
+            await self._error(None, too_large(self.max_bytes))
+            return
+        wait_s = self.allowance.take()
+        if wait_s:
+            if self.allowance.refused_in_a_row >= _FLOODING_REFUSALS:
+                logger.warning("playground: closing a socket that kept flooding (tenant %s)", self.access.tenant_id)
+                await self._close(Close.FLOODING)
+            else:
+                await self._error(None, rate_limited(wait_s))
+            return
+        access = await self._check_access()
+        if isinstance(access, Close):
+            # Admitted earlier, so "not a member" now means the membership ended: forbidden, not unknown.
+            await self._close(Close.FORBIDDEN if access is Close.NOT_FOUND else access)
+            return
+        if text_data is None:
+            await self._error(None, errors.bad_request("Frames must be JSON text.", code="invalid_json"))
+            return
+        try:
+            frame = parse_frame(text_data)
+        except GatewayError as error:
+            await self._error(None, error)
+            return
+        if isinstance(frame, Chat):
+            await self._start(frame)
+        elif isinstance(frame, Stop):
+            turn = self.turn
+            if turn is not None and frame.turn in (None, turn.id):
+                turn.stopped = True
+                turn.call.cancel()
+        elif isinstance(frame, Ping):
+            await self._send({"type": "pong"})
+
+    # --- one reply ---------------------------------------------------------------------------------
+    async def _start(self, frame: Chat) -> None:
+        if self.turn is not None:
+            await self._error(frame.turn, GatewayError(
+                409, "A reply is still streaming: stop it or wait for it to finish.", code="busy"))
+            return
+        dispatcher = gateway.dispatcher
+        ctx = RequestContext("chat.completions", gateway.next_request_id())
+        try:
+            ctx.key = await gateway.auth.tenant_caller(self.access.tenant_id, key_id=PLAYGROUND_KEY_ID)
+            call = await dispatcher.prepare(ctx, frame.payload, orjson.dumps(frame.payload))
+        except GatewayError as error:
+            ctx.status, ctx.error_code = error.status, error.code or error.type
+            await self._error(frame.turn, error, request_id=ctx.request_id)
+            await dispatcher.abandon(ctx)
+            return
+        except Exception:
+            logger.exception("playground: preparing a request failed", extra={"request_id": ctx.request_id})
+            ctx.status, ctx.error_code = 500, "internal_error"
+            await self._error(frame.turn, errors.internal_error(), request_id=ctx.request_id)
+            await dispatcher.abandon(ctx)
+            return
+        turn = _Turn(self, frame.turn, call)
+        self.turn = turn
+        turn.task = asyncio.create_task(self._run(turn))
+
+    async def _run(self, turn: _Turn) -> None:
+        ctx = turn.call.ctx
+        try:
+            await gateway.dispatcher.run(turn.call, turn)  # settles (one usage event) however it ends
+        finally:
+            self.turn = None
+        if self.closed:
+            return
+        if turn.failure is not None:
+            await self._error(turn.id, turn.failure.error, request_id=ctx.request_id)
+            if not turn.opened:
+                return  # refused before the reply began: the error frame ends the turn
+        pool = gateway.dispatcher.pool
+        await self._send({
+            "type": "done", "id": turn.id, "request_id": ctx.request_id, "model": ctx.model,
+            "status": ctx.status, "stopped": turn.stopped, "finish_reason": turn.finish_reason,
+            "prompt_tokens": ctx.prompt_tokens, "completion_tokens": ctx.completion_tokens,
+            "ttft_ms": round(ctx.ttft_s * 1000, 1) if ctx.ttft_s is not None else None,
+            "total_ms": round(turn.total_s * 1000, 1),
+            # What the usage event costs the tenant: its prices, as its spend limit counts them (micro-A$, up).
+            "cost_aud": _aud(pool.cost_micro_aud(ctx.model, ctx.prompt_tokens, ctx.completion_tokens,
+                                                 ctx.key.price_list)),
+        })
+
+    # --- helpers -----------------------------------------------------------------------------------
+    async def _check_access(self) -> PlaygroundAccess | Close:
+        user = self.scope.get("user")
+        session = self.scope.get("session")
+        if user is None or not user.is_authenticated or session is None:
+            return Close.NOT_SIGNED_IN
+        return await database_sync_to_async(playground_access)(
+            session_key=session.session_key, user_id=str(user.pk), slug=self.slug)
+
+    async def _catalogue(self) -> dict:
+        """The models the data plane serves now, and what 1,000 tokens of each cost this tenant (A$, GST
+        exclusive; its plan's prices where it has them)."""
+        pool = gateway.pool
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pool.wait_ready(), _READY_WAIT_S)
+        try:
+            price_list = (await gateway.auth.tenant_caller(self.access.tenant_id, key_id=PLAYGROUND_KEY_ID)).price_list
+        except GatewayError:
+            price_list = None  # suspended or unreadable: the platform's prices (each reply says why it's refused)
+        models = [{
+            "id": model, "max_model_len": pool.max_model_len(model),
+            "input_per_1k_aud": _aud(pool.cost_micro_aud(model, 1000, 0, price_list)),
+            "output_per_1k_aud": _aud(pool.cost_micro_aud(model, 0, 1000, price_list)),
+        } for model in sorted(pool.known_models())]
+        return {"models": models}
+
+    async def _close(self, code: Close) -> None:
+        turn = self.turn
+        if turn is not None:
+            turn.call.cancel()
+        self.closed = True
+        logger.info("playground: socket closed with %s (tenant slug %s)", int(code), self.slug[:80])
+        await self.close(code=int(code))
+
+    async def _send(self, frame: dict) -> None:
+        if not self.closed:
+            await self.send(text_data=orjson.dumps(frame).decode())
+
+    async def _error(self, turn: str | None, error: GatewayError, *, request_id: str | None = None) -> None:
+        frame = {"type": "error", "id": turn, "status": error.status, "code": error.code or error.type,
+                 "message": error.message, "error": orjson.loads(error.body())["error"]}
+        if request_id is not None:
+            frame["request_id"] = request_id
+        retry_after = error.headers.get("retry-after")
+        if retry_after is not None:
+            frame["retry_after"] = int(retry_after) if retry_after.isdigit() else retry_after
+        await self._send(frame)
+
+
+def _aud(micro_aud: int) -> str:
+    return f"{micro_aud / 1_000_000:.6f}"
+
+
+class _Turn:
+    """One reply in flight: the dispatch's sink, writing to its own consumer's socket only."""
+
+    __slots__ = ("call", "consumer", "failure", "finish_reason", "id", "opened", "stopped", "task")
+
+    def __init__(self, consumer: PlaygroundConsumer, turn_id: str, call) -> None:
+        self.consumer, self.id, self.call = consumer, turn_id, call
+        self.task: asyncio.Task | None = None
+        self.failure: Failed | None = None
+        self.finish_reason: str | None = None
+        self.opened = False
+        self.stopped = False
+
+    @property
+    def total_s(self) -> float:
+        return time.perf_counter() - self.call.ctx.started
+
+    async def delta(self, delta: Delta) -> None:
+        if self.consumer.closed:
+            self.call.cancel()  # the socket is gone: stop at once rather than write to it
+            return
+        text = []
+        for chunk in delta.chunks():
+            for choice in chunk.get("choices") or ():
+                if choice.get("index", 0) != 0:
+                    continue
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    text.append(content)
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
+        if text:
+            await self.consumer._send({"type": "delta", "id": self.id, "content": "".join(text)})
+
+    async def events(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, Delta):
+                await self.delta(event)
+            elif isinstance(event, Opened):
+                self.opened = True
+                ctx = self.call.ctx
+                await self.consumer._send({"type": "start", "id": self.id, "request_id": ctx.request_id,
+                                           "model": ctx.model})
+            elif isinstance(event, Failed):
+                self.failure = event
+            elif isinstance(event, Usage):
+                pass  # the counts are on the request's context once it has settled (the done frame)

@@ -1,0 +1,171 @@
+"""What the playground's socket (``inference.consumers.PlaygroundConsumer``) decides without the data plane: who
+may use it, what a browser's frame may hold, and how often a connection may send one. docs/playground.md
+describes the protocol.
+
+The socket has no HTTP request to hand to ``tenants.access.resolve_tenant``, so ``playground_access`` asks the
+same questions of the database itself, on connect and again for every frame: is the session still signed in
+(Django's own check, so a sign-out or a password change elsewhere ends it), is the user a member of the
+tenant, does the role allow ``playground.use``, and has an owner or admin their second factor
+(``role_mfa_satisfied``, the resolver's rule). Platform staff acting as a tenant never reach it: support may
+not use the playground.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+from importlib import import_module
+from types import SimpleNamespace
+
+import orjson
+from django.conf import settings
+from django.contrib import auth
+
+from inference.gateway import errors
+from inference.gateway.errors import GatewayError
+from tenants.access import role_mfa_satisfied
+from tenants.models import Membership
+from tenants.permissions import Action, can
+
+
+class Close(IntEnum):
+    """Close codes of the playground's socket (the page reconnects after any other)."""
+
+    NOT_SIGNED_IN = 4401  # no session, or it ended (signed out, password changed)
+    FORBIDDEN = 4403  # the role may not use the playground, or the membership ended mid-session
+    NOT_FOUND = 4404  # not a member of this tenant (whether it exists is not revealed)
+    FLOODING = 4429  # kept sending after being told to slow down
+
+
+# --- who -------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PlaygroundAccess:
+    tenant_id: str
+    slug: str
+    user_id: str
+    role: str
+
+
+def playground_access(*, session_key: str | None, user_id: str, slug: str) -> PlaygroundAccess | Close:
+    """The caller's access to the playground of tenant ``slug``, read from the database now, or the close code
+    that ends the socket. ``user_id`` is the user the socket was opened as: a session that has since become
+    someone else's is refused too. Synchronous (ORM): the consumer runs it in a thread."""
+    if not session_key:
+        return Close.NOT_SIGNED_IN
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = auth.get_user(SimpleNamespace(session=store))  # verifies the session's auth hash, as a request would
+    if not user.is_authenticated or str(user.pk) != user_id:
+        return Close.NOT_SIGNED_IN
+    membership = Membership.objects.select_related("tenant").filter(tenant__slug=slug, user=user).first()
+    if membership is None:
+        return Close.NOT_FOUND
+    if not can(membership.role, Action.PLAYGROUND_USE) or not role_mfa_satisfied(user, membership.role):
+        return Close.FORBIDDEN
+    return PlaygroundAccess(tenant_id=str(membership.tenant_id), slug=slug, user_id=user_id, role=membership.role)
+
+
+# --- what ------------------------------------------------------------------------------------------
+_TURN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ROLES = frozenset({"system", "user", "assistant"})
+MAX_MESSAGES = 256
+_MAX_MODEL_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    turn: str
+    payload: dict  # the /v1 chat body the dispatch prepares (streamed)
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    turn: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+Frame = Chat | Stop | Ping
+
+
+def parse_frame(text: str) -> Frame:
+    """A browser's frame, or the 400 to answer it with. Only the fields the playground sends are taken, each
+    bounded; the chat body is then validated by the dispatch exactly as a `/v1` body is (temperature,
+    max_tokens, the model and its context)."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise errors.bad_request("A frame must be a JSON object.", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise errors.bad_request("A frame must be a JSON object.", code="invalid_json")
+    kind = data.get("type")
+    if kind == "ping":
+        return Ping()
+    turn = data.get("id")
+    if turn is not None and (not isinstance(turn, str) or not _TURN_ID.fullmatch(turn)):
+        raise errors.bad_request("`id` must be 1 to 64 letters, digits, '-' or '_'.", param="id", code="invalid_id")
+    if kind == "stop":
+        return Stop(turn)
+    if kind != "chat":
+        raise errors.bad_request("`type` must be chat, stop or ping.", param="type", code="unknown_type")
+    if turn is None:
+        raise errors.bad_request("A chat frame needs an `id`.", param="id", code="invalid_id")
+    model = data.get("model")
+    if not isinstance(model, str) or not model or len(model) > _MAX_MODEL_CHARS:
+        raise errors.bad_request("Choose a model.", param="model")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not 1 <= len(messages) <= MAX_MESSAGES:
+        raise errors.bad_request(f"`messages` must be a list of 1 to {MAX_MESSAGES} messages.", param="messages")
+    clean = []
+    for message in messages:
+        if (not isinstance(message, dict) or message.get("role") not in _ROLES
+                or not isinstance(message.get("content"), str)):
+            raise errors.bad_request("Each message needs a role (system, user or assistant) and text content.",
+                                     param="messages")
+        clean.append({"role": message["role"], "content": message["content"]})
+    payload: dict = {"model": model, "messages": clean, "stream": True}
+    for name in ("temperature", "max_tokens"):
+        if data.get(name) is not None:
+            payload[name] = data[name]  # its type and range are the dispatch's to check, as on /v1
+    return Chat(turn, payload)
+
+
+# --- how often -------------------------------------------------------------------------------------
+class FrameAllowance:
+    """A token bucket per connection: ``rate`` frames a second, ``burst`` at once. Refusals in a row are counted,
+    so the consumer can hang up on a client that ignores them."""
+
+    __slots__ = ("_at", "_burst", "_clock", "_rate", "_tokens", "refused_in_a_row")
+
+    def __init__(self, *, rate: float, burst: int, clock=time.monotonic) -> None:
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._tokens = float(burst)
+        self._at = clock()
+        self.refused_in_a_row = 0
+
+    def take(self) -> float:
+        """0 if a frame may go now; else the seconds until one may."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self.refused_in_a_row = 0
+            return 0.0
+        self.refused_in_a_row += 1
+        return (1 - self._tokens) / self._rate
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"A frame may hold at most {limit} bytes: shorten the conversation or reset it.",
+                        code="message_too_large")
+
+
+def rate_limited(wait_s: float) -> GatewayError:
+    seconds = max(1, round(wait_s + 0.5))
+    return GatewayError(429, "You are sending faster than the playground allows. Please wait a moment.",
+                        type="requests", code="rate_limit_exceeded", headers={"retry-after": str(seconds)})
