@@ -77,3 +77,22 @@ AUTOMATED_DECISIONS = (
                      "about an agent, and can correct or discard it.",
     ),
 )
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    version: str  # the date it took effect, ISO 8601: what sign-up records as accepted
+    changes: str
+
+
+# The privacy policy's versions, newest first. The newest is the one in force (settings.PRIVACY_POLICY_VERSION
+# reads it from here); sign-up records the version each person accepted.
+PRIVACY_POLICY_VERSIONS = (
+    PolicyVersion(
+        version="2026-12-04",
+        changes="Automated decisions described in full ahead of APP 1.7 to 1.9 taking effect on 10 December 2026 "
+                "(what each decides, the information used, human review); sub-processors, retention defaults, "
+                "data breaches and each organisation's data processing summary added.",
+    ),
+    PolicyVersion(version="2026-11-01", changes="First version."),
+)

@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from core.backend_urls import check_backend_url
 from core.env import env_bool, env_float, env_int, env_list, env_name, env_str
+from core.privacy import PRIVACY_POLICY_VERSIONS
 from core.proxies import parse_trusted_proxies
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -569,4 +570,5 @@ API_KEY_PEPPER = env_str("API_KEY_PEPPER") or ("pepper:" + SECRET_KEY)
 INFERENCE_CACHE_SALT_SECRET = env_str("INFERENCE_CACHE_SALT_SECRET") or ("cache-salt:" + SECRET_KEY)
 
 WATTLE_SITE_NAME = "Wattle"
-PRIVACY_POLICY_VERSION = "2026-11-01"
+# The privacy policy in force: the newest of core.privacy's versions (the page lists them all).
+PRIVACY_POLICY_VERSION = PRIVACY_POLICY_VERSIONS[0].version

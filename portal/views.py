@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import date
 
 import aiohttp
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import JsonResponse
@@ -12,6 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from core.privacy import AUDIT_METADATA_YEARS, PRIVACY_POLICY_VERSIONS, SUBPROCESSORS, region_label
 from core.redis import new_async_redis
 from inference.gateway.metrics import internal_callers
 from inference.models import Backend
@@ -143,7 +146,14 @@ def home(request):
 
 
 def privacy_policy(request):
-    return render(request, "portal/privacy.html")
+    context = {
+        "versions": PRIVACY_POLICY_VERSIONS,
+        "effective": date.fromisoformat(settings.PRIVACY_POLICY_VERSION),
+        "subprocessors": SUBPROCESSORS,
+        "storage_region": region_label(settings.AWS_REGION),
+        "audit_metadata_years": AUDIT_METADATA_YEARS,
+    }
+    return render(request, "portal/privacy.html", context)
 
 
 def terms(request):
