@@ -123,3 +123,11 @@ def audit_jobs() -> None:
     if count:
         logger.info("sealed %s audit entries in %.3fs", count, time.monotonic() - started)
     segment_seal_due()
+
+
+def audit_exported(*, actor, tenant, request, filters: dict[str, str], fmt: str, count: int,
+                   truncated: bool) -> None:
+    """Exports are security events (R-AUD-4): who took which part of the trail away."""
+    with transaction.atomic():
+        record(action="audit.exported", actor=actor, tenant=tenant, request=request,
+               data={"format": fmt, "count": count, "truncated": truncated, "filters": filters})

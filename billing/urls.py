@@ -1,6 +1,7 @@
 from django.urls import path
 
 from billing import (
+    audit_browser,
     billing_console,
     request_logs,
     staff_billing,
@@ -49,6 +50,9 @@ urlpatterns = [
     path("staff/incidents/<uuid:incident_id>/decide/", staff_incidents.incident_decide, name="staff_incident_decide"),
     path("staff/incidents/<uuid:incident_id>/close/", staff_incidents.incident_close, name="staff_incident_close"),
     path("staff/incidents/<uuid:incident_id>/notify/", staff_incidents.incident_notify, name="staff_incident_notify"),
+    # The audit browser (audit.selectors): staff see every tenant's trail, owners and admins their own.
+    path("staff/audit/", audit_browser.staff_audit, name="staff_audit"),
+    path("t/<slug:slug>/audit/", audit_browser.tenant_audit, name="tenant_audit"),
     path("staff/reconciliation/", staff_billing.reconciliation, name="staff_reconciliation"),
     path("staff/reconciliation/<slug:slug>/", staff_billing.reconciliation_tenant, name="staff_reconciliation_tenant"),
 ]

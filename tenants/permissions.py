@@ -37,6 +37,7 @@ class Action(StrEnum):
     PLAYGROUND_USE = "playground.use"
     BILLING_VIEW = "billing.view"
     BILLING_MANAGE = "billing.manage"
+    AUDIT_VIEW = "audit.view"
 
 
 _ALL_ROLES = (Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.BILLING, Role.AGENT)
@@ -73,6 +74,9 @@ MATRIX: dict[Action, frozenset[str]] = {
     # key may read it too (a key with those scopes is only ever given by an owner or admin).
     Action.BILLING_VIEW: frozenset({Role.OWNER, Role.ADMIN, Role.BILLING, SUPPORT, API_KEY}),
     Action.BILLING_MANAGE: frozenset({Role.OWNER, Role.BILLING}),
+    # The organisation's audit trail (who signed in, changed roles, keys and settings) is for the roles that run
+    # it; staff read every tenant's trail from the staff console instead.
+    Action.AUDIT_VIEW: frozenset({Role.OWNER, Role.ADMIN}),
 }
 
 # Roles whose holders must protect their account with a second factor before any tenant page.
