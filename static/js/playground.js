@@ -1,1 +1,359 @@
-// The playground's page behaviour (filled in below).
+// The playground page: a chat over the playground's WebSocket (inference/consumers.py; protocol in
+// docs/playground.md). Loaded from a file so the strict Content-Security-Policy (no inline script) holds.
+// Everything the model or the person types is shown with textContent, never parsed as HTML.
+(function () {
+  'use strict'
+
+  const root = document.getElementById('playground')
+  if (!root) return
+
+  const el = function (id) { return document.getElementById(id) }
+  const modelSelect = el('pg-model')
+  const systemBox = el('pg-system')
+  const temperatureBox = el('pg-temperature')
+  const maxTokensBox = el('pg-max-tokens')
+  const log = el('pg-log')
+  const statusLine = el('pg-status')
+  const errorLine = el('pg-error')
+  const compose = el('pg-compose')
+  const messageBox = el('pg-message')
+  const sendButton = el('pg-send')
+  const stopButton = el('pg-stop')
+  const resetButton = el('pg-reset')
+  const exportButton = el('pg-export')
+
+  let maxBytes = parseInt(root.dataset.maxBytes, 10) || 65536
+  const encoder = new TextEncoder()
+
+  // Close codes after which reconnecting cannot help (docs/playground.md).
+  const FINAL_CLOSES = {
+    4401: 'You are signed out. Sign in again to use the playground.',
+    4403: 'Your role no longer allows the playground in this organisation.',
+    4404: 'This organisation’s playground is not available to you.'
+  }
+  const FLOODING = 4429
+  const BACKOFF_MIN_MS = 500
+  const BACKOFF_MAX_MS = 30000
+  const PING_EVERY_MS = 25000
+
+  let socket = null
+  let attempts = 0
+  let reconnectTimer = null
+  let pingTimer = null
+  let finalClose = false
+  let ready = false
+  let models = {} // id -> {input_per_1k_aud, output_per_1k_aud, max_model_len}
+
+  // The conversation: what was said, with each reply's figures. Kept in the page only.
+  let history = [] // {role, content, stats?}
+  let current = null // the reply in flight: {id, entry, textNode, item}
+  let turnCounter = 0
+
+  // --- the socket -------------------------------------------------------------------------------
+  function socketUrl () {
+    const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:'
+    return scheme + '//' + window.location.host + root.dataset.socketPath
+  }
+
+  function connect () {
+    reconnectTimer = null
+    setStatus(attempts ? 'Reconnecting…' : 'Connecting…')
+    try {
+      socket = new WebSocket(socketUrl())
+    } catch (e) {
+      scheduleReconnect()
+      return
+    }
+    socket.addEventListener('message', function (event) { onFrame(event.data) })
+    socket.addEventListener('close', onClose)
+  }
+
+  function scheduleReconnect (minimumMs) {
+    if (finalClose || reconnectTimer) return
+    // Exponential backoff with jitter, so a restarted server isn't met by every page at once.
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, attempts))
+    const delay = Math.max(minimumMs || 0, base / 2 + Math.random() * base / 2)
+    attempts += 1
+    setStatus('Connection lost. Reconnecting in ' + Math.ceil(delay / 1000) + ' s…')
+    reconnectTimer = window.setTimeout(connect, delay)
+  }
+
+  function onClose (event) {
+    ready = false
+    socket = null
+    window.clearInterval(pingTimer)
+    if (current) endReply({ interrupted: true })
+    updateButtons()
+    if (FINAL_CLOSES[event.code]) {
+      finalClose = true
+      setStatus(FINAL_CLOSES[event.code])
+      showError(FINAL_CLOSES[event.code])
+      return
+    }
+    scheduleReconnect(event.code === FLOODING ? BACKOFF_MAX_MS : 0)
+  }
+
+  function send (frame) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return false
+    socket.send(JSON.stringify(frame))
+    return true
+  }
+
+  // --- frames from the server -------------------------------------------------------------------
+  function onFrame (raw) {
+    let frame
+    try {
+      frame = JSON.parse(raw)
+    } catch (e) {
+      return
+    }
+    switch (frame.type) {
+      case 'ready': onReady(frame); break
+      case 'start': if (current && frame.id === current.id) current.requestId = frame.request_id; break
+      case 'delta': if (current && frame.id === current.id) appendText(frame.content); break
+      case 'done': if (current && frame.id === current.id) endReply({ done: frame }); break
+      case 'error': onError(frame); break
+      default: break // pong, and anything newer than this page
+    }
+  }
+
+  function onReady (frame) {
+    ready = true
+    attempts = 0
+    maxBytes = frame.max_message_bytes || maxBytes
+    models = {}
+    const chosen = modelSelect.value
+    modelSelect.textContent = ''
+    frame.models.forEach(function (model) {
+      models[model.id] = model
+      const option = document.createElement('option')
+      option.value = model.id
+      option.textContent = model.id
+      modelSelect.appendChild(option)
+    })
+    if (models[chosen]) modelSelect.value = chosen
+    if (!frame.models.length) {
+      const option = document.createElement('option')
+      option.value = ''
+      option.textContent = 'No model is available right now'
+      modelSelect.appendChild(option)
+    }
+    setStatus(frame.models.length ? 'Connected.' : 'Connected, but no model is being served right now.')
+    window.clearInterval(pingTimer)
+    pingTimer = window.setInterval(function () { send({ type: 'ping' }) }, PING_EVERY_MS)
+    updateButtons()
+  }
+
+  function onError (frame) {
+    const message = frame.message || 'Something went wrong.'
+    if (current && frame.id === current.id) {
+      current.error = message
+      if (!current.requestId) endReply({ refused: frame }) // refused before the reply began
+      return
+    }
+    showError(message)
+  }
+
+  // --- the conversation -------------------------------------------------------------------------
+  function addMessage (role, content) {
+    const item = document.createElement('li')
+    item.className = 'pg-message pg-' + role
+    const who = document.createElement('p')
+    who.className = 'pg-role'
+    who.textContent = role === 'user' ? 'You' : 'Model'
+    const body = document.createElement('p')
+    body.className = 'pg-content'
+    const text = document.createTextNode(content)
+    body.appendChild(text)
+    item.appendChild(who)
+    item.appendChild(body)
+    log.appendChild(item)
+    item.scrollIntoView({ block: 'end' })
+    return { item: item, text: text }
+  }
+
+  function appendText (content) {
+    current.text.appendData(content)
+    current.entry.content += content
+    if (current.item.getBoundingClientRect().bottom > window.innerHeight) current.item.scrollIntoView({ block: 'end' })
+  }
+
+  function buildMessages (userText) {
+    const messages = []
+    const system = systemBox.value.trim()
+    if (system) messages.push({ role: 'system', content: system })
+    history.forEach(function (entry) {
+      if (entry.content) messages.push({ role: entry.role, content: entry.content })
+    })
+    messages.push({ role: 'user', content: userText })
+    return messages
+  }
+
+  function onSubmit (event) {
+    event.preventDefault()
+    hideError()
+    const text = messageBox.value.trim()
+    if (!text || current || !ready) return
+    const model = modelSelect.value
+    if (!model) {
+      showError('Choose a model first.')
+      return
+    }
+    turnCounter += 1
+    const id = 't' + Date.now().toString(36) + '-' + turnCounter
+    const frame = {
+      type: 'chat',
+      id: id,
+      model: model,
+      messages: buildMessages(text),
+      temperature: numberOrNull(temperatureBox.value),
+      max_tokens: integerOrNull(maxTokensBox.value)
+    }
+    const size = encoder.encode(JSON.stringify(frame)).length
+    if (size > maxBytes) {
+      showError('This conversation is too long to send (' + size + ' of at most ' + maxBytes +
+        ' bytes). Reset it, or shorten the system prompt or the message.')
+      return
+    }
+    if (!send(frame)) {
+      showError('Not connected yet. Try again in a moment.')
+      return
+    }
+    history.push({ role: 'user', content: text })
+    addMessage('user', text)
+    const entry = { role: 'assistant', content: '', model: model }
+    const shown = addMessage('assistant', '')
+    shown.item.setAttribute('aria-busy', 'true')
+    current = { id: id, entry: entry, text: shown.text, item: shown.item, requestId: null, error: null, asked: text }
+    messageBox.value = ''
+    setStatus('The model is answering…')
+    updateButtons()
+  }
+
+  function endReply (outcome) {
+    const reply = current
+    current = null
+    reply.item.removeAttribute('aria-busy')
+    const stats = document.createElement('p')
+    stats.className = 'pg-stats muted'
+    if (outcome.done) {
+      const d = outcome.done
+      reply.entry.stats = {
+        request_id: d.request_id,
+        prompt_tokens: d.prompt_tokens,
+        completion_tokens: d.completion_tokens,
+        ttft_ms: d.ttft_ms,
+        total_ms: d.total_ms,
+        cost_aud: d.cost_aud,
+        stopped: d.stopped,
+        finish_reason: d.finish_reason
+      }
+      history.push(reply.entry)
+      stats.textContent = [
+        d.completion_tokens + ' tokens out, ' + d.prompt_tokens + ' in',
+        'first token ' + (d.ttft_ms === null ? '—' : Math.round(d.ttft_ms) + ' ms'),
+        'total ' + Math.round(d.total_ms) + ' ms',
+        'A$' + d.cost_aud
+      ].join(' · ') + (d.stopped ? ' · stopped' : '') + (reply.error ? ' · ' + reply.error : '')
+      setStatus('Reply complete: ' + stats.textContent)
+    } else if (outcome.refused) {
+      // Nothing was generated: the message leaves the conversation and goes back in the box to send again.
+      history.pop()
+      if (!messageBox.value) messageBox.value = reply.asked
+      reply.item.classList.add('pg-refused')
+      stats.textContent = outcome.refused.message
+      setStatus('Refused: ' + outcome.refused.message)
+    } else {
+      if (reply.entry.content) history.push(reply.entry)
+      stats.textContent = 'The connection dropped during this reply; what was generated is billed.'
+    }
+    reply.item.appendChild(stats)
+    updateButtons()
+  }
+
+  function stop () {
+    if (current) send({ type: 'stop', id: current.id })
+  }
+
+  function reset () {
+    stop()
+    if (current) endReply({ interrupted: true })
+    history = []
+    log.textContent = ''
+    hideError()
+    setStatus(ready ? 'Conversation cleared.' : statusLine.textContent)
+    messageBox.focus()
+  }
+
+  function exportJson () {
+    const data = {
+      exported_at: new Date().toISOString(),
+      organisation: root.dataset.tenant,
+      model: modelSelect.value,
+      system_prompt: systemBox.value,
+      temperature: numberOrNull(temperatureBox.value),
+      max_tokens: integerOrNull(maxTokensBox.value),
+      messages: history
+    }
+    const blob = new Blob([JSON.stringify(data, null, 2)], { type: 'application/json' })
+    const link = document.createElement('a')
+    link.href = URL.createObjectURL(blob)
+    link.download = 'playground-' + root.dataset.tenant + '-' + data.exported_at.replace(/[:.]/g, '-') + '.json'
+    document.body.appendChild(link)
+    link.click()
+    link.remove()
+    window.setTimeout(function () { URL.revokeObjectURL(link.href) }, 1000)
+  }
+
+  // --- small things -----------------------------------------------------------------------------
+  function numberOrNull (value) {
+    const n = parseFloat(value)
+    return isNaN(n) ? null : n
+  }
+
+  function integerOrNull (value) {
+    const n = parseInt(value, 10)
+    return isNaN(n) ? null : n
+  }
+
+  function setStatus (text) { statusLine.textContent = text }
+
+  function showError (text) {
+    errorLine.textContent = text
+    errorLine.hidden = false
+  }
+
+  function hideError () {
+    errorLine.hidden = true
+    errorLine.textContent = ''
+  }
+
+  function updateButtons () {
+    sendButton.disabled = !ready || current !== null
+    stopButton.disabled = current === null
+    exportButton.disabled = history.length === 0
+  }
+
+  compose.addEventListener('submit', onSubmit)
+  messageBox.addEventListener('keydown', function (event) {
+    // Enter writes a new line; Ctrl+Enter or Cmd+Enter sends.
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault()
+      compose.requestSubmit()
+    }
+  })
+  stopButton.addEventListener('click', stop)
+  resetButton.addEventListener('click', reset)
+  exportButton.addEventListener('click', exportJson)
+  el('pg-settings').addEventListener('submit', function (event) { event.preventDefault() })
+  window.addEventListener('online', function () {
+    if (!socket && !finalClose) {
+      window.clearTimeout(reconnectTimer)
+      reconnectTimer = null
+      connect()
+    }
+  })
+
+  updateButtons()
+  connect()
+})()
