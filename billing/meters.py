@@ -2,21 +2,27 @@
 
 Two jobs, each safe to run on several workers at once:
 
-- ``meter_reports_plan`` writes one row per (tenant, meter, hour) once the hour has closed (its end plus
-  ``BILLING_METER_SETTLE_S``): the hour's input or output tokens of one model, from the hourly rollups. When usage
-  for an hour grows after it was planned (late events), it writes a correcting row with the difference and the
-  next sequence number. Rows are never changed or deleted, so the sum of an hour's rows is what it reported, and
-  a row's ``identifier`` (``wtl-<tenant>-<meter>-<YYYYMMDDHH>-<sequence>``) never changes.
-- ``meter_reports_send`` sends the due rows (``meter_event_create``, timestamped at the hour's start), marks a
-  row sent only once Stripe acknowledged it, backs off exponentially while Stripe is unavailable, and marks a row
-  ``refused`` (logged, shown on the staff reconciliation page) when Stripe refuses it for good. A row is claimed
-  (skip-locked on PostgreSQL) and leased before it is sent, so two senders never send it at the same time; if a
-  sender dies after Stripe took the event but before the row was marked, the retry carries the same identifier
-  and Stripe keeps the first (``stripe_gateway.meter_event_create`` treats "already exists" as delivered).
+- ``meter_reports_plan`` writes one row per (tenant, meter, span) once the span has closed (its end plus
+  ``BILLING_METER_SETTLE_S``). A span is a UTC hour, from the hourly rollups; or, in an hour that holds the
+  subscription's start or a billing period's boundary (Stripe's periods start and end at any second), the part of
+  the hour on one side of it, from the usage events of that part (``billing.usage_spans``). The part before the
+  subscription started is never reported. When usage for a span grows after it was planned (late events), it
+  writes a correcting row with the difference and the next sequence number. Rows are never changed or deleted,
+  so the sum of a span's rows is what it reported, and a row's ``identifier``
+  (``wtl-<tenant>-<meter>-<YYYYMMDDHH>-<sequence>``, ``…-<YYYYMMDDHHMMSS>-…`` for a part) never changes.
+- ``meter_reports_send`` sends the due rows (``meter_event_create``, timestamped at the span's start, so Stripe
+  bills each in the period that holds it), marks a row sent only once Stripe acknowledged it, backs off
+  exponentially while Stripe is unavailable, and marks a row ``refused`` (logged, shown on the staff
+  reconciliation page) when Stripe refuses it for good. A row is claimed (skip-locked on PostgreSQL) and leased
+  before it is sent, so two senders never send it at the same time; if a sender dies after Stripe took the event
+  but before the row was marked, the retry carries the same identifier and Stripe keeps the first
+  (``stripe_gateway.meter_event_create`` treats "already exists" as delivered).
 
-What can go wrong and what it costs: an hour reported while its events were still on their way is corrected
+What can go wrong and what it costs: a span reported while its events were still on their way is corrected
 (never lost, never counted twice); a row older than Stripe's 35 days is refused and stays visible; a tenant's
-hours before its subscription started are never reported.
+usage before its subscription started is never reported. If a boundary becomes known only after its hour was
+reported whole (a period moved), later corrections follow the new parts but what was sent stays where Stripe
+filed it: nothing is counted twice, and the reconciliation page shows the period it landed in.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -47,6 +54,7 @@ from billing.models import (
 from billing.payment_access import LIVE
 from billing.rollups import WATERMARK as ROLLUP_WATERMARK
 from billing.rollups import rollups_update
+from billing.usage_spans import HOUR, hour_floor, span_tokens
 
 if TYPE_CHECKING:
     import uuid
@@ -56,7 +64,7 @@ logger = logging.getLogger("wattle.meters")
 # Stripe refuses meter events timestamped more than 35 days ago.
 STRIPE_MAX_AGE = timedelta(days=35)
 # The planner's own marks (RollupWatermark rows): the last usage event id whose hour it has looked at, and the
-# first hour (epoch seconds) it has not yet seen closed.
+# moment (epoch seconds) up to which it has seen spans close: every span ending by then was planned.
 PLAN_EVENTS = "meter-plan-events"
 PLAN_HOURS = "meter-plan-hours"
 # The newest StripeMeter (by id) the planner has seen: a meter created later (a model's first price synced after
@@ -69,14 +77,13 @@ IDENTIFIER_MAX = 100
 DIRECTIONS = ("input", "output")  # prompt tokens, completion tokens
 
 
-def hour_floor(at: datetime) -> datetime:
-    return datetime.fromtimestamp(int(at.timestamp()) // 3600 * 3600, UTC)
-
-
-def identifier_for(*, tenant_id: uuid.UUID | str, meter: str, hour: datetime, sequence: int) -> str:
-    """``wtl-<tenant id>-<meter>-<YYYYMMDDHH>-<sequence>``, at most 100 characters (Stripe's limit): a meter name
-    too long to fit is cut and followed by a digest of the whole name, so the identifier stays unique and stable."""
-    stamp = hour.astimezone(UTC).strftime("%Y%m%d%H")
+def identifier_for(*, tenant_id: uuid.UUID | str, meter: str, hour: datetime, sequence: int,
+                   part: datetime | None = None) -> str:
+    """``wtl-<tenant id>-<meter>-<YYYYMMDDHH>-<sequence>`` for an hour, ``…-<YYYYMMDDHHMMSS>-…`` (the part's start)
+    for a part of one, even a part starting on the hour, so a part never takes a whole hour's identifier. At most
+    100 characters (Stripe's limit): a meter name too long to fit is cut and followed by a digest of the whole name,
+    so the identifier stays unique and stable."""
+    stamp = (part or hour).astimezone(UTC).strftime("%Y%m%d%H%M%S" if part is not None else "%Y%m%d%H")
     head, tail = f"wtl-{tenant_id}-", f"-{stamp}-{sequence}"
     room = IDENTIFIER_MAX - len(head) - len(tail)
     if len(meter) > room:
@@ -86,22 +93,63 @@ def identifier_for(*, tenant_id: uuid.UUID | str, meter: str, hour: datetime, se
 
 
 # --- who is reported, from when ----------------------------------------------------------------------------------
+def _second(at: datetime) -> datetime:
+    # Stripe's times are whole seconds; a stray fraction would make a part that Stripe's timestamp can't start.
+    return at.replace(microsecond=0)
+
+
 @dataclass(frozen=True)
 class Reporting:
-    """A tenant whose usage goes to Stripe: its customer and the first hour reported."""
+    """A tenant whose usage goes to Stripe: its customer, when its subscription started, and the boundaries of its
+    billing periods since then (where Stripe's invoices change)."""
 
     customer_id: str
-    start: datetime
+    start: datetime  # the subscription's start, to the second: nothing before it is reported
+    boundaries: tuple[datetime, ...]  # period boundaries after ``start``, sorted
     changed_at: datetime
 
+    def _cuts(self, hour: datetime) -> list[datetime]:
+        end = hour + HOUR
+        return sorted({b for b in (self.start, *self.boundaries) if hour < b < end})
 
-def reporting_tenants(*, tenant_ids=None) -> dict[uuid.UUID, Reporting]:
+    def spans(self, hour: datetime) -> list[tuple[datetime, datetime]]:
+        """The spans of ``hour`` that are reported, in order: the whole hour, or its parts between the boundaries
+        inside it; none before the subscription started."""
+        if hour + HOUR <= self.start:
+            return []
+        edges = [hour, *self._cuts(hour), hour + HOUR]
+        return [(a, b) for a, b in pairwise(edges) if a >= self.start]
+
+    def split(self, hour: datetime) -> bool:
+        """Whether ``hour`` is reported in parts (a boundary or the start lies inside it)."""
+        return bool(self._cuts(hour))
+
+    def closed_through(self, cutoff: datetime) -> datetime:
+        """The end of the last span closed by ``cutoff``: the hour it lies in, or a boundary inside that hour."""
+        hour = hour_floor(cutoff)
+        return max([hour, *(b for b in self._cuts(hour) if b <= cutoff)])
+
+
+def _boundaries(tenant_ids, since: datetime) -> dict:
+    """Tenant id -> the period boundaries its invoices name (start and end of each period invoiced), since ``since``."""
+    found: dict = defaultdict(set)
+    rows = (Invoice.objects.filter(tenant_id__in=tenant_ids, period_end__gte=since, period_start__isnull=False)
+            .values_list("tenant_id", "period_start", "period_end"))
+    for tenant_id, start, end in rows:
+        found[tenant_id].update(at for at in (start, end) if at is not None and at >= since)
+    return found
+
+
+def reporting_tenants(*, tenant_ids=None, since: datetime | None = None) -> dict[uuid.UUID, Reporting]:
     """Tenants with a Stripe customer and a running subscription (``payment_access.LIVE``) to a plan with metered
-    prices, keyed by tenant id.
+    prices, keyed by tenant id, each with the boundaries that split its hours (those from ``since`` on: by default
+    as far back as Stripe takes meter events).
 
-    The first hour reported is the first whole hour of the subscription. We keep the current period only, so the
-    subscription's start is taken as the earliest of that period's start and the start of any period Stripe
-    invoiced it for (a correction for last period's hour, after the period rolled over, still goes out)."""
+    The start is Stripe's ``start_date`` of the subscription. A row from before we kept it falls back on the
+    earliest of the current period's start and the start of any period Stripe invoiced. The boundaries are the
+    current period's start and end, the trial's end, and the periods of the tenant's invoices (past periods: a
+    correction for last period's part-hour still splits where it did)."""
+    since = since or timezone.now() - STRIPE_MAX_AGE - timedelta(days=1)
     metered = StripePrice.objects.filter(kind__in=[StripePrice.Kind.INPUT, StripePrice.Kind.OUTPUT])
     subscriptions = (
         Subscription.objects.filter(status__in=LIVE, current_period_start__isnull=False,
@@ -110,17 +158,23 @@ def reporting_tenants(*, tenant_ids=None) -> dict[uuid.UUID, Reporting]:
     )
     if tenant_ids is not None:
         subscriptions = subscriptions.filter(tenant_id__in=tenant_ids)
-    rows = list(subscriptions.values_list("tenant_id", "stripe_customer_id", "current_period_start", "updated_at"))
+    rows = list(subscriptions.values_list("tenant_id", "stripe_customer_id", "started_at", "current_period_start",
+                                          "current_period_end", "trial_end", "updated_at"))
+    unknown_start = [row[0] for row in rows if row[2] is None]
     invoiced = dict(
-        Invoice.objects.filter(tenant_id__in=[row[0] for row in rows], period_start__isnull=False,
+        Invoice.objects.filter(tenant_id__in=unknown_start, period_start__isnull=False,
                                period_end__gt=F("period_start"))
         .values("tenant_id").annotate(first=Min("period_start")).values_list("tenant_id", "first")
-    )
+    ) if unknown_start else {}
+    boundaries = _boundaries([row[0] for row in rows], since)
     reporting = {}
-    for tenant_id, customer_id, period_start, changed_at in rows:
-        start = min(period_start, invoiced.get(tenant_id, period_start))
-        first_hour = hour_floor(start) if start == hour_floor(start) else hour_floor(start) + timedelta(hours=1)
-        reporting[tenant_id] = Reporting(customer_id=customer_id, start=first_hour, changed_at=changed_at)
+    for tenant_id, customer_id, started_at, period_start, period_end, trial_end, changed_at in rows:
+        start = _second(started_at or min(period_start, invoiced.get(tenant_id, period_start)))
+        cuts = {_second(at) for at in (period_start, period_end, trial_end, *boundaries.get(tenant_id, ()))
+                if at is not None}
+        reporting[tenant_id] = Reporting(customer_id=customer_id, start=start,
+                                         boundaries=tuple(sorted(at for at in cuts if at > start)),
+                                         changed_at=changed_at)
     return reporting
 
 
@@ -131,16 +185,18 @@ def _mark(name: str) -> tuple[RollupWatermark, bool]:
     return mark, mark.last_id == 0
 
 
-def _hourly_totals(query: Q) -> dict[tuple, list[int]]:
-    """(tenant_id, hour, model) -> [prompt tokens, completion tokens] over every key, from the hourly rollups."""
+def _hourly_totals(query: Q) -> dict[tuple, dict[str, list[int]]]:
+    """(tenant_id, hour) -> model -> [prompt tokens, completion tokens] over every key, from the hourly rollups."""
     rows = (
         UsageRollup.objects.filter(query, period=UsageRollup.Period.HOUR)
         .values("tenant_id", "start", "model")
         .annotate(prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"))
         .order_by()
     )
-    return {(r["tenant_id"], r["start"], r["model"]): [r["prompt_tokens"] or 0, r["completion_tokens"] or 0]
-            for r in rows}
+    totals: dict[tuple, dict[str, list[int]]] = defaultdict(dict)
+    for r in rows:
+        totals[(r["tenant_id"], r["start"])][r["model"]] = [r["prompt_tokens"] or 0, r["completion_tokens"] or 0]
+    return totals
 
 
 def _late_hours(*, after_id: int, upto_id: int, before: datetime, oldest: datetime, tenants) -> set[tuple]:
@@ -156,46 +212,52 @@ def _late_hours(*, after_id: int, upto_id: int, before: datetime, oldest: dateti
 
 @transaction.atomic
 def meter_reports_plan(*, now: datetime | None = None) -> list[MeterReport]:
-    """Write the outbox rows for every closed hour not yet (fully) reported; returns the rows written.
+    """Write the outbox rows for every closed span not yet (fully) reported; returns the rows written.
 
     Which (tenant, hour) pairs it looks at: the hours that closed since its last run, for every reporting tenant;
-    hours with usage events rolled up since its last run that it had already closed (late events); and, for a
-    tenant whose subscription changed since then (every tenant, when a meter is new), every hour from the
-    subscription's start. For each, what the rollups hold minus what the hour's rows already carry becomes a new
-    row: planning twice writes nothing new. Runs one at a time (its marks are locked for the transaction)."""
+    the hour in progress, for a tenant with a boundary in it that has passed (the part before it is closed, and
+    Stripe finalises the period's invoice about an hour after it ends); hours with usage events rolled up since its
+    last run that it had already closed (late events); and, for a tenant whose subscription changed since then
+    (every tenant, when a meter is new), every hour from the subscription's start. For each closed span, what the
+    usage holds minus what the span's rows already carry becomes a new row: planning twice writes nothing new.
+    Runs one at a time (its marks are locked for the transaction)."""
     now = now or timezone.now()
-    closed = hour_floor(now - timedelta(seconds=settings.BILLING_METER_SETTLE_S))  # hours before this have closed
-    oldest = hour_floor(now - STRIPE_MAX_AGE) + timedelta(hours=1)
+    cutoff = now - timedelta(seconds=settings.BILLING_METER_SETTLE_S)  # spans ending by then have closed
+    closed = hour_floor(cutoff)  # hours before this have closed
+    oldest = hour_floor(now - STRIPE_MAX_AGE) + HOUR
     hours_mark, fresh = _mark(PLAN_HOURS)
     events_mark, _ = _mark(PLAN_EVENTS)
     meters_mark, _ = _mark(PLAN_METERS)
     rolled_up = RollupWatermark.objects.filter(name=ROLLUP_WATERMARK).values_list("last_id", flat=True).first() or 0
-    hours_from = max(datetime.fromtimestamp(hours_mark.last_id, UTC), oldest)
+    hours_from = max(hour_floor(datetime.fromtimestamp(hours_mark.last_id, UTC)), oldest)
 
-    tenants = reporting_tenants()
+    tenants = reporting_tenants(since=oldest)
     meter_rows = list(StripeMeter.objects.all())
     meters = {(m.model, m.direction): m.event_name for m in meter_rows}
     newest_meter = max((m.pk for m in meter_rows), default=0)
     written: list[MeterReport] = []
     if tenants and meters:
-        totals: dict[tuple, list[int]] = {}
+        hours: dict[tuple, dict[str, list[int]]] = {}
         if closed > hours_from:  # the hours that closed since the last run
-            totals |= _hourly_totals(Q(tenant_id__in=list(tenants), start__gte=hours_from, start__lt=closed))
+            hours |= _hourly_totals(Q(tenant_id__in=list(tenants), start__gte=hours_from, start__lt=closed))
+        for tenant_id, reporting in tenants.items():
+            if reporting.closed_through(cutoff) > closed:  # a part of the hour in progress has closed
+                hours.setdefault((tenant_id, closed), {})
         if not fresh:  # the first run looks at every hour from ``oldest``: nothing is late or changed yet
             late = _late_hours(after_id=events_mark.last_id, upto_id=rolled_up, before=hours_from, oldest=oldest,
                                tenants=tenants)
             if late:
                 found = _hourly_totals(Q(tenant_id__in={t for t, _h in late}, start__in={h for _t, h in late}))
-                totals |= {key: value for key, value in found.items() if (key[0], key[1]) in late}
+                hours |= {key: value for key, value in found.items() if key in late}
             since = hours_mark.updated_at - _CHANGED_OVERLAP
             new_meter = newest_meter > meters_mark.last_id
             changed = [tenant_id for tenant_id, r in tenants.items() if new_meter or r.changed_at >= since]
             if changed:
-                totals |= _hourly_totals(Q(tenant_id__in=changed, start__gte=oldest, start__lt=closed))
-        written = _plan(totals, tenants=tenants, meters=meters, now=now)
+                hours |= _hourly_totals(Q(tenant_id__in=changed, start__gte=oldest, start__lt=closed))
+        written = _plan(hours, tenants=tenants, meters=meters, now=now, cutoff=cutoff)
 
     events_mark.last_id = max(events_mark.last_id, rolled_up)
-    hours_mark.last_id = max(hours_mark.last_id, int(closed.timestamp()))
+    hours_mark.last_id = max(hours_mark.last_id, int(cutoff.timestamp()))
     meters_mark.last_id = max(meters_mark.last_id, newest_meter)
     for mark in (events_mark, hours_mark, meters_mark):
         mark.save(update_fields=["last_id", "updated_at"])
@@ -205,41 +267,86 @@ def meter_reports_plan(*, now: datetime | None = None) -> list[MeterReport]:
     return written
 
 
-def _plan(totals: dict[tuple, list[int]], *, tenants: dict, meters: dict, now: datetime) -> list[MeterReport]:
-    """New rows for what ``totals`` hold beyond what the hours' rows already carry."""
-    wanted: dict[tuple, int] = defaultdict(int)  # (tenant_id, meter, hour) -> tokens
-    for (tenant_id, hour, model), counts in totals.items():
-        if hour < tenants[tenant_id].start:
+@dataclass
+class _Hour:
+    """One (tenant, meter, hour) being planned: the tokens each closed span holds, and the layout of its spans."""
+
+    spans: list[tuple[datetime, datetime]]
+    split: bool
+    wanted: dict[datetime, int]
+
+
+def _plan(hours: dict[tuple, dict[str, list[int]]], *, tenants: dict, meters: dict, now: datetime,
+          cutoff: datetime) -> list[MeterReport]:
+    """New rows for what the closed spans of ``hours`` hold beyond what their rows already carry. ``hours``: the
+    hourly rollups' tokens per model, used as they are for a whole hour; an hour reported in parts is read from
+    its events, part by part."""
+    planned: dict[tuple, _Hour] = {}  # (tenant_id, meter, hour)
+    for (tenant_id, hour), by_model in hours.items():
+        reporting = tenants[tenant_id]
+        spans = reporting.spans(hour)
+        closed_spans = [span for span in spans if span[1] <= cutoff]
+        if not closed_spans:
             continue
-        for index, direction in enumerate(DIRECTIONS):
-            meter = meters.get((model, direction))
-            if meter is not None and counts[index]:
-                wanted[(tenant_id, meter, hour)] += counts[index]
-    if not wanted:
+        split = reporting.split(hour)
+        per_span = ({start: span_tokens(tenant_id=tenant_id, start=start, end=end) for start, end in closed_spans}
+                    if split else {hour: by_model})
+        for span_start, models in per_span.items():
+            for model, counts in models.items():
+                for index, direction in enumerate(DIRECTIONS):
+                    meter = meters.get((model, direction))
+                    if meter is None or not counts[index]:
+                        continue
+                    entry = planned.setdefault((tenant_id, meter, hour), _Hour(spans=spans, split=split, wanted={}))
+                    entry.wanted[span_start] = entry.wanted.get(span_start, 0) + counts[index]
+    if not planned:
         return []
-    existing = {
-        (r["tenant_id"], r["meter"], r["hour"]): (r["quantity"], r["sequence"])
-        for r in MeterReport.objects.filter(tenant_id__in={t for t, _m, _h in wanted},
-                                            hour__in={h for _t, _m, h in wanted})
-        .values("tenant_id", "meter", "hour").annotate(quantity=Sum("quantity"), sequence=Max("sequence")).order_by()
-    }
+    existing: dict[tuple, dict[datetime, tuple[int, int]]] = defaultdict(dict)
+    for r in (MeterReport.objects.filter(tenant_id__in={t for t, _m, _h in planned},
+                                         hour__in={h for _t, _m, h in planned})
+              .values("tenant_id", "meter", "hour", "span_start")
+              .annotate(quantity=Sum("quantity"), sequence=Max("sequence")).order_by()):
+        existing[(r["tenant_id"], r["meter"], r["hour"])][r["span_start"]] = (r["quantity"], r["sequence"])
     rows = []
-    for (tenant_id, meter, hour), tokens in sorted(wanted.items(), key=lambda kv: (kv[0][2], str(kv[0][0]), kv[0][1])):
-        reported, last_sequence = existing.get((tenant_id, meter, hour), (0, -1))
-        missing = tokens - reported
-        if missing < 0:
-            # Usage events are never deleted: a smaller total means the rollups were rebuilt differently.
-            logger.error("meter outbox: %s %s %s reported %s tokens but the rollups now hold %s", tenant_id, meter,
-                         hour, reported, tokens)
-        if missing <= 0:
-            continue
-        sequence = last_sequence + 1
-        rows.append(MeterReport(
-            tenant_id=tenant_id, meter=meter, hour=hour, sequence=sequence, quantity=missing,
-            identifier=identifier_for(tenant_id=tenant_id, meter=meter, hour=hour, sequence=sequence),
-            stripe_customer_id=tenants[tenant_id].customer_id, created_at=now, next_attempt_at=now,
-        ))
+    for key in sorted(planned, key=lambda k: (k[2], str(k[0]), k[1])):
+        rows += _rows_for(key, planned[key], existing.get(key, {}), customer_id=tenants[key[0]].customer_id,
+                          now=now, cutoff=cutoff)
     return MeterReport.objects.bulk_create(rows)
+
+
+def _rows_for(key: tuple, entry: _Hour, reported: dict[datetime, tuple[int, int]], *, customer_id: str,
+              now: datetime, cutoff: datetime) -> list[MeterReport]:
+    tenant_id, meter, hour = key
+    starts = [start for start, _end in entry.spans]
+    # Rows already written count for the span holding their timestamp (one before the first span, in the first):
+    # the same spans as when they were written, unless a boundary was learnt since.
+    carried: dict[datetime, int] = defaultdict(int)
+    for stamp, (quantity, _sequence) in reported.items():
+        carried[max([s for s in starts if s <= stamp], default=starts[0])] += quantity
+    closed = [start for start, end in entry.spans if end <= cutoff]
+    # Never more for the hour than its usage, even if tokens sent before a boundary was known sit in the wrong part.
+    room = sum(entry.wanted.get(s, 0) for s in closed) - sum(carried[s] for s in closed)
+    rows = []
+    for span_start in closed:
+        tokens = entry.wanted.get(span_start, 0)
+        missing = tokens - carried[span_start]
+        if missing < 0:
+            # Usage events are never deleted: a smaller total means the rollups were rebuilt differently, or the
+            # hour's boundaries moved after it was reported.
+            logger.error("meter outbox: %s %s %s reported %s tokens but the usage now holds %s", tenant_id, meter,
+                         span_start, carried[span_start], tokens)
+        quantity = min(missing, room)
+        if quantity <= 0:
+            continue
+        room -= quantity
+        sequence = reported.get(span_start, (0, -1))[1] + 1
+        rows.append(MeterReport(
+            tenant_id=tenant_id, meter=meter, hour=hour, span_start=span_start, sequence=sequence, quantity=quantity,
+            identifier=identifier_for(tenant_id=tenant_id, meter=meter, hour=hour, sequence=sequence,
+                                      part=span_start if entry.split else None),
+            stripe_customer_id=customer_id, created_at=now, next_attempt_at=now,
+        ))
+    return rows
 
 
 # --- sending -------------------------------------------------------------------------------------------------------
@@ -286,14 +393,14 @@ def _settle(report: MeterReport, **fields) -> None:
 
 def meter_report_send(report: MeterReport, *, now: datetime) -> str:
     """Send one claimed row; returns "sent", "retrying" or "refused"."""
-    if report.hour < now - STRIPE_MAX_AGE:
+    if report.span_start < now - STRIPE_MAX_AGE:
         _settle(report, refused=True, last_error="older than the 35 days Stripe accepts")
-        logger.error("meter event %s not sent: its hour is older than 35 days", report.identifier)
+        logger.error("meter event %s not sent: its time is older than 35 days", report.identifier)
         return "refused"
     try:
         stripe_gateway.meter_event_create(
             event_name=report.meter, customer_id=report.stripe_customer_id, value=report.quantity,
-            timestamp=int(report.hour.timestamp()), identifier=report.identifier,
+            timestamp=int(report.span_start.timestamp()), identifier=report.identifier,
         )
     except stripe_gateway.StripeRefused as exc:
         _settle(report, refused=True, last_error=str(exc)[:200])

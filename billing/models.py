@@ -257,6 +257,9 @@ class Subscription(models.Model):
     stripe_customer_id = models.CharField(max_length=64, blank=True, db_index=True)
     stripe_subscription_id = models.CharField(max_length=64, blank=True, db_index=True)
     status = models.CharField(max_length=24, choices=Status.choices, blank=True, default=Status.NONE)
+    # Stripe's ``start_date``: usage before it (on the free plan) is never billed under the subscription, and the
+    # meter reports split the hour it falls in (``billing.meters``).
+    started_at = models.DateTimeField(null=True, blank=True)
     current_period_start = models.DateTimeField(null=True, blank=True)
     current_period_end = models.DateTimeField(null=True, blank=True)
     trial_end = models.DateTimeField(null=True, blank=True)
@@ -394,14 +397,17 @@ class RollupWatermark(models.Model):
 
 
 class MeterReport(models.Model):
-    """The outbox of Stripe meter events: one row per (tenant, meter, hour), plus a correcting row when usage for
-    an hour arrives after it was reported. Marked sent only after Stripe acknowledged it; ``identifier`` is
-    stable across retries, so Stripe drops a second delivery."""
+    """The outbox of Stripe meter events: one row per (tenant, meter, span), plus a correcting row when usage for
+    a span arrives after it was reported. A span is an hour, or, in an hour a subscription starts or a billing
+    period ends in, the part of the hour on one side of that moment. Marked sent only after Stripe acknowledged
+    it; ``identifier`` is stable across retries, so Stripe drops a second delivery."""
 
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+")
     meter = models.CharField(max_length=100, help_text="The meter's event name.")
-    hour = models.DateTimeField()
-    sequence = models.PositiveSmallIntegerField(default=0, help_text="0 for the hour's report, 1… corrections.")
+    hour = models.DateTimeField(help_text="The UTC hour the span lies in.")
+    # The meter event's timestamp: Stripe bills it in the period that holds it.
+    span_start = models.DateTimeField(help_text="Where the span starts: the hour, or a part of it.")
+    sequence = models.PositiveSmallIntegerField(default=0, help_text="0 for the span's report, 1… corrections.")
     quantity = models.PositiveBigIntegerField()
     identifier = models.CharField(max_length=100, unique=True)
     stripe_customer_id = models.CharField(max_length=64)
@@ -413,9 +419,9 @@ class MeterReport(models.Model):
     refused = models.BooleanField(default=False, help_text="Stripe refused it for good (staff must look).")
 
     class Meta:
-        ordering = ["hour", "meter", "sequence"]
+        ordering = ["span_start", "meter", "sequence"]
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "meter", "hour", "sequence"], name="meter_report_once"),
+            models.UniqueConstraint(fields=["tenant", "meter", "span_start", "sequence"], name="meter_report_once"),
         ]
         indexes = [
             models.Index(fields=["sent_at", "next_attempt_at"], name="meter_report_due"),

@@ -1,9 +1,11 @@
 """Staff reconciliation of metered usage: for a tenant and billing period, per meter, what our usage events hold
-(through the hourly rollups), what the outbox reported to Stripe (sent, waiting, refused), what Stripe holds (its
-meter event summaries) and what Stripe invoiced, with every difference flagged.
+(through the rollups, and the events themselves for the part-hours at the period's ends), what the outbox reported
+to Stripe (sent, waiting, refused), what Stripe holds (its meter event summaries) and what Stripe invoiced, with
+every difference flagged.
 
-A period holds the hours that start in it: Stripe files a meter event by its timestamp, and ours is the hour's start,
-so the hour a period starts in (when it does not start on the hour) belongs to the period before, on both sides.
+A period holds exactly the usage inside it: Stripe files a meter event by its timestamp, and the outbox stamps each
+span at its start, splitting an hour at the subscription's start and at every period boundary inside it
+(``billing.meters``), so both sides count the same tokens in each period.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from django.utils import timezone
 from billing import stripe_gateway
 from billing.billing_reads import calendar_month
 from billing.meters import PLAN_HOURS, reporting_tenants
-from billing.models import Invoice, MeterReport, RollupWatermark, StripeMeter, StripePrice, Subscription, UsageRollup
+from billing.models import Invoice, MeterReport, RollupWatermark, StripeMeter, StripePrice, Subscription
+from billing.usage_reads import tokens_by_model
+from billing.usage_spans import hour_floor
 from tenants.models import Tenant
 
 logger = logging.getLogger("wattle.reconciliation")
@@ -27,9 +31,8 @@ logger = logging.getLogger("wattle.reconciliation")
 TOKENS = {"input": "prompt_tokens", "output": "completion_tokens"}
 
 
-def hour_ceil(at: datetime) -> datetime:
-    seconds = int(at.timestamp())
-    return datetime.fromtimestamp(-(-seconds // 3600) * 3600, UTC)
+def minute_floor(at: datetime) -> datetime:
+    return datetime.fromtimestamp(int(at.timestamp()) // 60 * 60, UTC)
 
 
 def _month_before(at: datetime) -> datetime:
@@ -44,12 +47,15 @@ class MeterLine:
     """One meter in one period. ``None``: not known (no Stripe figure asked for, or no invoice for the period)."""
 
     meter: StripeMeter
-    ours: int = 0  # tokens in the period's hours so far, from our rollups
-    due: int | None = None  # of those, what the outbox should hold by now (closed hours since reporting began)
+    ours: int = 0  # tokens in the period so far, from our rollups and the part-hours' events
+    due: int | None = None  # of those, what the outbox should hold by now (closed spans since reporting began)
     reported: int = 0  # sent and acknowledged by Stripe
     waiting: int = 0  # in the outbox, not sent yet (retrying)
     refused: int = 0  # Stripe refused for good
     stripe: int | None = None
+    # What the outbox reported over the minutes Stripe was asked about (its summaries take whole minutes; a period
+    # boundary need not be one), which is what ``stripe`` must equal.
+    stripe_reported: int = 0
     invoiced: int | None = None
     flags: list[str] = field(default_factory=list)
 
@@ -63,8 +69,6 @@ class PeriodReconciliation:
     label: str
     start: datetime
     end: datetime
-    first_hour: datetime
-    end_hour: datetime
     lines: list[MeterLine]
     stripe_error: str = ""  # why the Stripe column is empty ("" when it was asked and answered, or not asked)
 
@@ -110,14 +114,10 @@ def billing_periods(*, subscription: Subscription | None, now: datetime) -> list
     return [("This month", start, end), ("Last month", previous, start)]
 
 
-def _rollup_tokens(tenant: Tenant, query: Q) -> dict[str, tuple[int, int]]:
-    rows = (UsageRollup.objects.filter(query, tenant=tenant, period=UsageRollup.Period.HOUR).values("model")
-            .annotate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")).order_by())
-    return {r["model"]: (r["prompt"] or 0, r["completion"] or 0) for r in rows}
-
-
-def _outbox(tenant: Tenant, first: datetime, end: datetime) -> dict[tuple[str, str], int]:
-    rows = (MeterReport.objects.filter(tenant=tenant, hour__gte=first, hour__lt=end)
+def _outbox(tenant: Tenant, start: datetime, end: datetime) -> dict[tuple[str, str], int]:
+    """Tokens of the outbox rows stamped in ``[start, end)`` per (meter, state)."""
+    rows = (MeterReport.objects.filter(tenant=tenant, hour__gte=hour_floor(start), hour__lt=end,
+                                       span_start__gte=start, span_start__lt=end)
             .annotate(state=_state()).values("meter", "state").annotate(quantity=Sum("quantity")).order_by())
     return {(r["meter"], r["state"]): r["quantity"] or 0 for r in rows}
 
@@ -157,8 +157,8 @@ def _invoiced(tenant: Tenant, start: datetime, end: datetime, meters: list[Strip
 
 
 def _stripe_totals(customer_id: str, lines: list[MeterLine], first: datetime, end: datetime) -> str:
-    """Fill each line's ``stripe`` from Stripe's meter summaries; returns why not, or "". One failure ends the asking
-    (the page must not wait out a timeout per meter)."""
+    """Fill each line's ``stripe`` from Stripe's meter summaries over ``[first, end)`` (whole minutes); returns why
+    not, or "". One failure ends the asking (the page must not wait out a timeout per meter)."""
     if end <= first:
         for line in lines:
             line.stripe = 0
@@ -190,14 +190,16 @@ def tenant_reconciliation(*, tenant: Tenant, now: datetime | None = None, ask_st
     meters = list(StripeMeter.objects.all())
     periods = []
     for label, start, end in billing_periods(subscription=subscription, now=now):
-        first, end_hour = hour_ceil(start), hour_ceil(end)
-        upto = min(end_hour, hour_ceil(now))
-        ours = _rollup_tokens(tenant, Q(start__gte=first, start__lt=end_hour))
+        ours = tokens_by_model(tenant=tenant, start=start, end=end)
         due = None
         if reporting is not None:
-            due_from, due_to = max(first, reporting.start), min(end_hour, planned_through)
-            due = _rollup_tokens(tenant, Q(start__gte=due_from, start__lt=due_to)) if due_to > due_from else {}
-        outbox = _outbox(tenant, first, end_hour)
+            due_from, due_to = max(start, reporting.start), min(end, reporting.closed_through(planned_through))
+            due = tokens_by_model(tenant=tenant, start=due_from, end=due_to) if due_to > due_from else {}
+        outbox = _outbox(tenant, start, end)
+        # Stripe's summaries take whole minutes: ask from the minute the period starts in, up to the one it ends in
+        # (or now), and compare with what was reported over those same minutes.
+        stripe_from, stripe_to = minute_floor(start), minute_floor(min(end, now))
+        stripe_window = _outbox(tenant, stripe_from, stripe_to) if stripe_to > stripe_from else {}
         invoiced = _invoiced(tenant, start, end, meters)
         lines = []
         for meter in meters:
@@ -208,17 +210,18 @@ def tenant_reconciliation(*, tenant: Tenant, now: datetime | None = None, ask_st
                 reported=outbox.get((meter.event_name, "reported"), 0),
                 waiting=outbox.get((meter.event_name, "waiting"), 0),
                 refused=outbox.get((meter.event_name, "refused"), 0),
+                stripe_reported=stripe_window.get((meter.event_name, "reported"), 0),
                 invoiced=None if invoiced is None else invoiced.get(meter.event_name, 0),
             )
             if line.ours or line.outbox or line.invoiced:
                 lines.append(line)
         stripe_error = ""
         if ask_stripe and lines and subscription is not None and subscription.stripe_customer_id:
-            stripe_error = _stripe_totals(subscription.stripe_customer_id, lines, first, upto)
+            stripe_error = _stripe_totals(subscription.stripe_customer_id, lines, stripe_from, stripe_to)
         for line in lines:
             _flag(line)
-        periods.append(PeriodReconciliation(label=label, start=start, end=end, first_hour=first, end_hour=end_hour,
-                                            lines=lines, stripe_error=stripe_error))
+        periods.append(PeriodReconciliation(label=label, start=start, end=end, lines=lines,
+                                            stripe_error=stripe_error))
     return TenantReconciliation(tenant=tenant, subscription=subscription, periods=periods)
 
 
@@ -231,7 +234,7 @@ def _flag(line: MeterLine) -> None:
         line.flags.append("reported, but no longer reporting: our usage and the outbox differ")
     if line.refused:
         line.flags.append(f"{line.refused:,} tokens refused by Stripe")
-    if line.stripe is not None and line.stripe != line.reported:
+    if line.stripe is not None and line.stripe != line.stripe_reported:
         line.flags.append("Stripe holds a different total than was reported")
     if line.invoiced is not None:
         billed_against = line.stripe if line.stripe is not None else line.reported

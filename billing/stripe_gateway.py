@@ -471,6 +471,7 @@ def _subscription_dict(sub: dict[str, Any]) -> dict[str, Any]:
         "id": sub["id"],
         "customer": _id(sub.get("customer")),
         "status": sub.get("status"),
+        "start_date": sub.get("start_date"),
         "current_period_start": min(starts) if starts else sub.get("current_period_start"),
         "current_period_end": max(ends) if ends else sub.get("current_period_end"),
         "trial_end": sub.get("trial_end"),
@@ -486,7 +487,8 @@ def _subscription_dict(sub: dict[str, Any]) -> dict[str, Any]:
 
 
 def subscription_retrieve(subscription_id: str) -> dict[str, Any]:
-    """The subscription's current state, its period as epoch ints (``items`` carry each price id)."""
+    """The subscription's current state, its start (``start_date``) and period as epoch ints (``items`` carry each
+    price id)."""
     client = _client()
     with _calling("subscription retrieve"):
         sub = _plain(client.v1.subscriptions.retrieve(subscription_id))

@@ -250,6 +250,7 @@ def subscription_apply(*, data: dict[str, Any], seen: int = 0) -> Subscription |
         subscription.stripe_subscription_id = data["id"]
         subscription.status = incoming
         subscription.plan = plan
+        subscription.started_at = _epoch(data.get("start_date"))
         subscription.current_period_start = _epoch(data.get("current_period_start"))
         subscription.current_period_end = _epoch(data.get("current_period_end"))
         subscription.trial_end = _epoch(data.get("trial_end"))
@@ -332,8 +333,10 @@ def invoice_refresh(*, invoice_id: str, seen: int = 0) -> Invoice | None:
     tenant = Tenant.objects.filter(subscription__stripe_customer_id=data.get("customer") or "x").first()
     if tenant is None:
         return None
+    # Each line's own period too: a usage line bills the period it names (the staff reconciliation reads it).
     lines = [{"price": line.get("price"), "meter": line.get("meter"), "quantity": line.get("quantity"),
-              "amount": line.get("amount"), "description": (line.get("description") or "")[:200]}
+              "amount": line.get("amount"), "description": (line.get("description") or "")[:200],
+              "period_start": line.get("period_start"), "period_end": line.get("period_end")}
              for line in data.get("lines") or []]
     with transaction.atomic():
         invoice, created = Invoice.objects.select_for_update().get_or_create(

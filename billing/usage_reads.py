@@ -1,10 +1,13 @@
-"""Reads of usage for the consoles, the export and the management API: always over ``UsageRollup``, never the raw
-usage events, and always bounded to a range, so a page costs the same with ten events or ten million.
+"""Reads of usage for the consoles, the export and the management API: over ``UsageRollup`` and always bounded to
+a range, so a page costs the same with ten events or ten million.
 
-Daily rollups (Sydney days) cover whole days; hourly rollups (UTC hours) cover the part-days at the ends of a
-billing period, which starts at any hour (Stripe's period; Stripe's meter events are hourly too, so the two agree
-on which hours a period holds). Sydney is a whole number of hours from UTC, so an hour belongs to exactly one Sydney
-day, and the rollup job adds each event to its hour and its day in the same transaction.
+Daily rollups (Sydney days) cover whole days; hourly rollups (UTC hours) cover the whole hours of the part-days at
+the ends of a billing period. Stripe's periods start and end at any second (a subscription started at 10:37:12
+renews at 10:37:12), so the part-hours at a period's ends come from the usage events themselves
+(``billing.usage_spans``: at most an hour at each end, on the events' (tenant, time) index): a period counts exactly
+the events inside it, as Stripe bills the meter events our outbox stamps at the same boundaries. Sydney is a whole
+number of hours from UTC, so an hour belongs to exactly one Sydney day, and the rollup job adds each event to its
+hour and its day in the same transaction.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from decimal import Decimal
 from django.db.models import Q, Sum
 
 from billing.models import UsageRollup
+from billing.usage_spans import hour_ceil, hour_floor, span_tokens, span_usage
 from core.keys import PLAYGROUND_KEY_ID, PLAYGROUND_KEY_NAME
 from core.quotas import MICRO, SYDNEY
 from tenants.models import ApiKey, Tenant
@@ -35,7 +39,10 @@ class UsageLine:
     completion_tokens: int = 0
     cost_micro_aud: int = 0
 
-    def add(self, row: dict) -> None:
+    def add(self, row) -> None:
+        """Add a rollup's sums (a dict of them, or anything with those attributes)."""
+        if not isinstance(row, dict):
+            row = vars(row)
         self.requests += row["requests"] or 0
         self.errors += row["errors"] or 0
         self.prompt_tokens += row["prompt_tokens"] or 0
@@ -135,10 +142,10 @@ def _midnight_on_or_before(moment: datetime) -> datetime:
 
 
 def _buckets(tenant: Tenant, start: datetime, end: datetime) -> Q:
-    """The rollups covering ``[start, end)`` exactly, fewest first: daily ones for the whole Sydney days inside it,
-    hourly ones for the part-days at either end (a billing period starts at any hour). Each term names the tenant,
-    the period and a range of starts, the rollups' unique index in order, so the database reads each range from the
-    index (SQLite included: it only turns an OR into index lookups when every branch can use the index alone)."""
+    """The rollups covering ``[start, end)`` (on whole hours) exactly, fewest first: daily ones for the whole Sydney
+    days inside it, hourly ones for the part-days at either end. Each term names the tenant, the period and a range
+    of starts, the rollups' unique index in order, so the database reads each range from the index (SQLite
+    included: it only turns an OR into index lookups when every branch can use the index alone)."""
     first, last = _midnight_on_or_after(start), _midnight_on_or_before(end)
     if first >= last:
         return Q(tenant=tenant, period=HOUR, start__gte=start, start__lt=end)
@@ -150,28 +157,76 @@ def _buckets(tenant: Tenant, start: datetime, end: datetime) -> Q:
     return query
 
 
+def period_pieces(start: datetime, end: datetime) -> tuple[tuple[datetime, datetime] | None,
+                                                           list[tuple[datetime, datetime]]]:
+    """``[start, end)`` as the whole hours inside it (None: none), read from the rollups, and the part-hours at its
+    ends (at most two, each within one hour), read from the usage events."""
+    if end <= start:
+        return None, []
+    whole_start, whole_end = hour_ceil(start), hour_floor(end)
+    if whole_start > whole_end:  # both ends inside one hour
+        return None, [(start, end)]
+    parts = []
+    if start < whole_start:
+        parts.append((start, whole_start))
+    if whole_end < end:
+        parts.append((whole_end, end))
+    return ((whole_start, whole_end) if whole_start < whole_end else None), parts
+
+
+def _sorted_lines(lines: dict[str, UsageLine]) -> dict[str, UsageLine]:
+    return dict(sorted(lines.items(), key=lambda kv: (-kv[1].cost_micro_aud, -kv[1].total_tokens, kv[0])))
+
+
 def usage_breakdown(*, tenant: Tenant, start: datetime, end: datetime) -> Breakdown:
-    """Three grouped queries over the rollups covering ``[start, end)`` (``_buckets``): sums per bucket start (folded
-    into Sydney days here, a few hundred rows at most), per key and per model. The database sums on the rollups'
-    (tenant, period, start, …) index; there is no time-zone arithmetic per row."""
-    rollups = UsageRollup.objects.filter(_buckets(tenant, start, end))
+    """Usage over exactly ``[start, end)``: three grouped queries over the rollups covering its whole hours
+    (``_buckets``): sums per bucket start (folded into Sydney days here, a few hundred rows at most), per key and
+    per model; and, when the range starts or ends inside an hour (a Stripe period), one query per part-hour over
+    the usage events. The database sums on the rollups' (tenant, period, start, …) index; there is no time-zone
+    arithmetic per row."""
+    whole, parts = period_pieces(start, end)
     days = _days(start, end)
     by_day = {day: UsageLine() for day in days}
-    for row in rollups.values("start").annotate(**_SUMS).order_by():
-        by_day.setdefault(row["start"].astimezone(SYDNEY).date(), UsageLine()).add(row)
+    by_key: dict[str, UsageLine] = {}
+    by_model: dict[str, UsageLine] = {}
+    if whole is not None:
+        rollups = UsageRollup.objects.filter(_buckets(tenant, *whole))
+        for row in rollups.values("start").annotate(**_SUMS).order_by():
+            by_day.setdefault(row["start"].astimezone(SYDNEY).date(), UsageLine()).add(row)
+        for field, lines in (("key_id", by_key), ("model", by_model)):
+            for row in rollups.values(field).annotate(**_SUMS).order_by():
+                lines.setdefault(row[field], UsageLine()).add(row)
+    for part_start, part_end in parts:
+        day = part_start.astimezone(SYDNEY).date()
+        for row in span_usage(tenant_id=tenant.pk, start=part_start, end=part_end):
+            by_day.setdefault(day, UsageLine()).add(row)
+            by_key.setdefault(row.key_id, UsageLine()).add(row)
+            by_model.setdefault(row.model, UsageLine()).add(row)
     totals = UsageLine()
     for line in by_day.values():
         totals.add(vars(line))
-
-    def grouped(field: str) -> dict[str, UsageLine]:
-        lines = {}
-        for row in rollups.values(field).annotate(**_SUMS).order_by():
-            lines.setdefault(row[field], UsageLine()).add(row)
-        return dict(sorted(lines.items(), key=lambda kv: (-kv[1].cost_micro_aud, -kv[1].total_tokens, kv[0])))
-
-    by_key = grouped("key_id")
+    by_key = _sorted_lines(by_key)
     return Breakdown(start=start, end=end, days=sorted(by_day), by_day=by_day, by_key=by_key,
-                     by_model=grouped("model"), totals=totals, key_names=key_names(tenant=tenant, key_ids=by_key))
+                     by_model=_sorted_lines(by_model), totals=totals,
+                     key_names=key_names(tenant=tenant, key_ids=by_key))
+
+
+def tokens_by_model(*, tenant: Tenant, start: datetime, end: datetime) -> dict[str, tuple[int, int]]:
+    """Model -> (prompt tokens, completion tokens) over exactly ``[start, end)``, read as ``usage_breakdown`` reads
+    it (one grouped query over the rollups, one per part-hour over the usage events)."""
+    whole, parts = period_pieces(start, end)
+    totals: dict[str, list[int]] = {}
+    if whole is not None:
+        rows = (UsageRollup.objects.filter(_buckets(tenant, *whole)).values("model")
+                .annotate(prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")).order_by())
+        for row in rows:
+            totals[row["model"]] = [row["prompt"] or 0, row["completion"] or 0]
+    for part_start, part_end in parts:
+        for model, (prompt, completion) in span_tokens(tenant_id=tenant.pk, start=part_start, end=part_end).items():
+            acc = totals.setdefault(model, [0, 0])
+            acc[0] += prompt
+            acc[1] += completion
+    return {model: (prompt, completion) for model, (prompt, completion) in totals.items()}
 
 
 def usage_days(*, tenant: Tenant, since: date, until: date) -> Breakdown:

@@ -52,7 +52,9 @@ def metered_plan(*, with_stripe: bool) -> Metered:
 
 
 def subscribe(tenant, plan: Plan, *, since: datetime, with_stripe: bool, status: str = "active",
-              period_end: datetime | None = None) -> Subscription:
+              period_end: datetime | None = None, started_at: datetime | None = None) -> Subscription:
+    """``since``: the current period's start; ``started_at``: the subscription's (Stripe's ``start_date``), unknown
+    when not given (as for rows from before it was kept)."""
     customer_id = (
         stripe_gateway.customer_create(tenant_id=str(tenant.pk), name=tenant.name, email="billing@example.com",
                                        idempotency_key=f"customer-{tenant.pk}")
@@ -60,7 +62,7 @@ def subscribe(tenant, plan: Plan, *, since: datetime, with_stripe: bool, status:
     )
     subscription, _ = Subscription.objects.update_or_create(tenant=tenant, defaults={
         "plan": plan, "stripe_customer_id": customer_id, "stripe_subscription_id": f"sub_{uuid.uuid4().hex[:14]}",
-        "status": status, "current_period_start": since,
+        "status": status, "started_at": started_at, "current_period_start": since,
         "current_period_end": period_end or since + timedelta(days=30),
     })
     return subscription

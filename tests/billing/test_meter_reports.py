@@ -10,6 +10,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.db.models import Sum
 from django.utils import timezone
 
 from billing import meters
@@ -168,15 +169,111 @@ def test_a_late_event_gets_a_correcting_report_with_the_difference(acme, metered
                       (metered.meter(LARGE, "output").event_name, 0): 10}
 
 
-def test_hours_before_the_subscription_started_are_not_reported(acme, metered):
+def test_the_hour_a_subscription_starts_in_is_reported_from_the_start_on(acme, metered):
     now = timezone.now()
-    started = hour_floor(now) - timedelta(hours=3) + timedelta(minutes=20)  # in the middle of an hour
-    subscribe(acme, metered.plan, since=started, with_stripe=False)
-    add_event(acme, started - timedelta(hours=1))  # before
-    add_event(acme, started + timedelta(minutes=5))  # the hour the subscription started in: began before it
-    add_event(acme, started + timedelta(hours=1))  # the first whole hour
+    hour = hour_floor(now) - timedelta(hours=3)
+    started = hour + timedelta(minutes=37, seconds=12)
+    subscribe(acme, metered.plan, since=started, started_at=started, with_stripe=False)
+    add_event(acme, started - timedelta(hours=1), prompt=1, completion=1)  # on the free plan: never billed
+    add_event(acme, hour + timedelta(minutes=20), prompt=20, completion=2)  # that hour, before it started
+    add_event(acme, hour + timedelta(minutes=40), prompt=40, completion=4)  # after: billed
+    add_event(acme, hour + timedelta(hours=1, minutes=5), prompt=65, completion=6)  # the next hour, whole
     rows = plan_after(now)
-    assert {r.hour for r in rows} == {hour_floor(started) + timedelta(hours=1)}
+    large_in = metered.meter(LARGE, "input").event_name
+    assert {(r.meter, r.hour, r.span_start, r.quantity) for r in rows} == {
+        (large_in, hour, started, 40), (metered.meter(LARGE, "output").event_name, hour, started, 4),
+        (large_in, hour + timedelta(hours=1), hour + timedelta(hours=1), 65),
+        (metered.meter(LARGE, "output").event_name, hour + timedelta(hours=1), hour + timedelta(hours=1), 6),
+    }
+    part = next(r for r in rows if r.meter == large_in and r.hour == hour)
+    assert part.identifier == identifier_for(tenant_id=acme.pk, meter=large_in, hour=hour, sequence=0, part=started)
+    assert part.identifier.endswith(f"-{started:%Y%m%d%H%M%S}-0")
+    assert plan_after(now + timedelta(minutes=1)) == []
+
+
+def test_without_a_known_start_the_current_period_start_is_used_to_the_second(acme, metered):
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=3)
+    since = hour + timedelta(minutes=20)
+    subscribe(acme, metered.plan, since=since, with_stripe=False)  # a row from before ``started_at`` was kept
+    add_event(acme, hour + timedelta(minutes=10), prompt=10, completion=0)
+    add_event(acme, hour + timedelta(minutes=30), prompt=30, completion=0)
+    [row] = plan_after(now)
+    assert (row.span_start, row.quantity) == (since, 30)
+
+
+def test_an_hour_holding_a_renewal_is_reported_in_two_parts_each_at_its_start(acme, metered):
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=3)
+    renewal = hour + timedelta(minutes=37, seconds=12)
+    subscribe(acme, metered.plan, since=renewal, started_at=renewal - timedelta(days=30), with_stripe=False)
+    add_event(acme, hour + timedelta(minutes=10), prompt=100, completion=10)
+    add_event(acme, renewal - timedelta(seconds=1), prompt=1, completion=0)
+    add_event(acme, renewal, prompt=1000, completion=0)  # the new period's first second
+    add_event(acme, hour + timedelta(minutes=50), prompt=500, completion=50)
+    rows = plan_after(now)
+    large_in, large_out = metered.meter(LARGE, "input").event_name, metered.meter(LARGE, "output").event_name
+    assert {(r.meter, r.span_start, r.quantity) for r in rows} == {
+        (large_in, hour, 101), (large_out, hour, 10), (large_in, renewal, 1500), (large_out, renewal, 50)}
+    assert {r.hour for r in rows} == {hour}
+    identifiers = {r.identifier for r in rows}
+    assert len(identifiers) == 4
+    assert identifier_for(tenant_id=acme.pk, meter=large_in, hour=hour, sequence=0, part=hour) in identifiers
+    assert identifier_for(tenant_id=acme.pk, meter=large_in, hour=hour, sequence=0) not in identifiers
+
+
+def test_a_late_event_in_a_part_gets_a_correction_for_that_part(acme, metered):
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=3)
+    renewal = hour + timedelta(minutes=37, seconds=12)
+    subscribe(acme, metered.plan, since=renewal, started_at=renewal - timedelta(days=30), with_stripe=False)
+    add_event(acme, hour + timedelta(minutes=10), prompt=100, completion=0)
+    add_event(acme, hour + timedelta(minutes=50), prompt=500, completion=0)
+    assert len(plan_after(now)) == 2
+    add_event(acme, hour + timedelta(minutes=45), prompt=7, completion=0)  # after the renewal, late
+    [row] = plan_after(now + timedelta(minutes=1))
+    assert (row.span_start, row.sequence, row.quantity) == (renewal, 1, 7)
+    assert row.identifier.endswith(f"-{renewal:%Y%m%d%H%M%S}-1")
+    add_event(acme, hour + timedelta(minutes=5), prompt=3, completion=0)  # before it, late
+    [row] = plan_after(now + timedelta(minutes=2))
+    assert (row.span_start, row.sequence, row.quantity) == (hour, 1, 3)
+    by_span = {s: q for s, q in MeterReport.objects.values_list("span_start").annotate(q=Sum("quantity"))}
+    assert by_span == {hour: 103, renewal: 507}
+
+
+def test_the_part_before_a_boundary_is_reported_once_the_boundary_has_passed(acme, metered, settings):
+    settings.BILLING_METER_SETTLE_S = 300
+    hour = hour_floor(timezone.now()) - timedelta(hours=3)
+    renewal = hour + timedelta(minutes=20)
+    subscribe(acme, metered.plan, since=renewal - timedelta(days=30), period_end=renewal,
+              started_at=renewal - timedelta(days=30), with_stripe=False)
+    add_event(acme, hour + timedelta(minutes=5), prompt=5, completion=0)
+    add_event(acme, hour + timedelta(minutes=40), prompt=40, completion=0)
+    assert plan_after(renewal + timedelta(minutes=4)) == []  # the part ended 4 minutes ago
+    [row] = plan_after(renewal + timedelta(minutes=5))  # Stripe finalises that period's invoice within the hour
+    assert (row.span_start, row.quantity) == (hour, 5)
+    assert plan_after(hour + timedelta(minutes=64)) == []
+    [row] = plan_after(hour + timedelta(minutes=65))
+    assert (row.span_start, row.quantity) == (renewal, 40)
+
+
+def test_an_hour_reported_whole_before_a_boundary_was_known_is_not_counted_twice(acme, metered, caplog):
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=3)
+    subscription = subscribe(acme, metered.plan, since=hour - timedelta(days=3), started_at=hour - timedelta(days=3),
+                             with_stripe=False)
+    add_event(acme, hour + timedelta(minutes=10), prompt=100, completion=0)
+    add_event(acme, hour + timedelta(minutes=50), prompt=500, completion=0)
+    [whole] = plan_after(now)
+    assert (whole.span_start, whole.quantity) == (hour, 600)
+    # Stripe moves the period to start inside that hour (a billing cycle reset), and a late event arrives there.
+    subscription.current_period_start = hour + timedelta(minutes=30)
+    subscription.save()
+    add_event(acme, hour + timedelta(minutes=55), prompt=9, completion=0)
+    with caplog.at_level(logging.ERROR, logger="wattle.meters"):
+        [row] = plan_after(now + timedelta(minutes=1))
+    assert (row.span_start, row.quantity) == (hour + timedelta(minutes=30), 9)  # only what is new
+    assert MeterReport.objects.aggregate(n=Sum("quantity"))["n"] == 609
 
 
 @pytest.mark.parametrize("change", ["no customer", "cancelled", "not metered"])
@@ -243,7 +340,7 @@ def test_stripe_unavailable_backs_off_exponentially(acme, metered, settings, mon
     assert delays == [60, 120, 240, 480, 600, 600]
     assert row.attempts == 6 and row.sent_at is None and "APIConnectionError" in row.last_error
     assert {c["identifier"] for c in calls} == {row.identifier}  # every retry carries the same identifier
-    assert calls[0]["timestamp"] == int(row.hour.timestamp()) and calls[0]["value"] == 10
+    assert calls[0]["timestamp"] == int(row.span_start.timestamp()) and calls[0]["value"] == 10
     assert retry_delay(1) == timedelta(seconds=60)
 
 

@@ -589,7 +589,6 @@ class Subscriptions:
         subtotal = sum(line["amount"] for line in lines)
         tax = sum(t["amount"] for line in lines for t in line["taxes"])
         self._invoice_seq[customer["id"]] = self._invoice_seq.get(customer["id"], 0) + 1
-        periods = [line["period"] for line in lines]
         invoice = {
             "id": invoice_id,
             "object": "invoice",
@@ -635,8 +634,10 @@ class Subscriptions:
                 "subscription_details": {"metadata": dict(sub["metadata"]), "subscription": sub["id"]},
                 "type": "subscription_details",
             },
-            "period_end": max((p["end"] for p in periods), default=now),
-            "period_start": min((p["start"] for p in periods), default=now),
+            # As Stripe: "the usage period", one period back for a subscription's invoice (the period it closes);
+            # an invoice billing no usage (the first one) has an empty period at its creation.
+            "period_end": usage_period[1] if usage_period else now,
+            "period_start": usage_period[0] if usage_period else now,
             "status": "open",
             "status_transitions": {
                 "finalized_at": now,
