@@ -159,3 +159,6 @@ class IncidentNotification(models.Model):
 
     class Meta:
         ordering = ["-sent_at"]
+
+    def __str__(self) -> str:
+        return f"{self.incident} → {self.tenant} ({self.sent_at:%Y-%m-%d})"
