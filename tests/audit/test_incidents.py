@@ -163,3 +163,21 @@ def test_incident_pages_are_staff_only(client, alice, acme, staff, path):
 def test_staff_navigation_links_the_register(staff_client, staff):
     page = staff_client.get("/staff/incidents/").content.decode()
     assert 'href="/staff/incidents/"' in page and "Incident register" in page
+
+
+def test_what_is_known_can_be_updated_and_is_audited(staff, staff_client, acme):
+    incident = _open(staff)
+    _usage(acme, key_id="acmekey1", backend="vllm-a")
+    start = (timezone.localtime() - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M")
+    end = timezone.localtime().strftime("%Y-%m-%dT%H:%M")
+    aware = timezone.localtime(incident.became_aware_at).strftime("%Y-%m-%dT%H:%M")
+    form = {"title": incident.title, "summary": incident.summary, "became_aware_at": aware,
+            "window_start": start, "window_end": end, "backend": "vllm-a"}
+    assert staff_client.post(f"/staff/incidents/{incident.pk}/", {**form, "window_end": start}).status_code == 400
+    assert staff_client.post(f"/staff/incidents/{incident.pk}/", form).status_code == 302
+    incident.refresh_from_db()
+    assert incident.backend == "vllm-a" and incident.window_start is not None
+    entry = AuditEntry.objects.get(action="incident.updated")
+    assert set(entry.data["changed"]) >= {"backend", "window_start", "window_end"}
+    page = staff_client.get(f"/staff/incidents/{incident.pk}/").content.decode()
+    assert "acmekey1" in page and "End-customer ids are not recorded" in page
