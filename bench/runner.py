@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import console, ingest
+from bench import audit_chain, console, ingest, redaction
 from bench.environment import (
     PYTHON,
     REPO_ROOT,
@@ -38,9 +38,13 @@ class Options:
     quick: bool = False
     duration_s: float | None = None
     p7_events: int = 30_000
+    p8: bool = False
+    p8_repeats: int = 200
     p9: bool = False
     p9_events: int = 10_000_000
     p9_requests: int = 40
+    p10: bool = False
+    p10_entries: int = 1_000_000
 
 
 @dataclass
@@ -125,8 +129,12 @@ class BenchRun:
             self.env.stop_gateway(workers)
         if self.options.p7:
             self._run_p7()
+        if self.options.p8:
+            self._run_p8()
         if self.options.p9:
             self._run_p9()
+        if self.options.p10:
+            self._run_p10()
         return self.verdicts
 
     # --- load scenarios ----------------------------------------------------------------------------
@@ -279,6 +287,13 @@ class BenchRun:
         self.verdicts.append(verdict)
         self.results.write("verdict", verdict=verdict)
 
+    # --- P8 ----------------------------------------------------------------------------------------
+    def _run_p8(self) -> None:
+        self.log(f"\nP8: {redaction.P8_TITLE} ({self.options.p8_repeats} runs per text)")
+        verdict = redaction.run(repeats=self.options.p8_repeats, log=self.log)
+        self.verdicts.append(verdict)
+        self.results.write("verdict", verdict=verdict)
+
     # --- P9 ----------------------------------------------------------------------------------------
     def _run_p9(self) -> None:
         self.log(f"\nP9: {console.P9_TITLE} ({self.options.p9_events:,} events, "
@@ -288,6 +303,13 @@ class BenchRun:
         for timing in timings:
             self.results.write("p9_page", page=timing.page, samples_ms=timing.samples_ms,
                                empty_samples_ms=timing.empty_ms, status=timing.status)
+        self.verdicts.append(verdict)
+        self.results.write("verdict", verdict=verdict)
+
+    # --- P10 ---------------------------------------------------------------------------------------
+    def _run_p10(self) -> None:
+        self.log(f"\nP10: {audit_chain.P10_TITLE} ({self.options.p10_entries:,} entries)")
+        verdict = audit_chain.run(entries=self.options.p10_entries, log=self.log)
         self.verdicts.append(verdict)
         self.results.write("verdict", verdict=verdict)
 

@@ -317,13 +317,14 @@ SCENARIOS: dict[str, Scenario] = {
 
 P7_TARGET = ">= 20,000 events/s, 0 lost"
 P7_TITLE = "usage ingest: Redis stream -> PostgreSQL"
-ALL_KEYS = ["P1", "P2", "P3", "P4", "P5", "P7", "P9"]
-# Not load scenarios: run in-process after the gateways are down (``bench.ingest``, ``bench.console``).
-IN_PROCESS = ("P7", "P9")
+ALL_KEYS = ["P1", "P2", "P3", "P4", "P5", "P7", "P8", "P9", "P10"]
+# Not load scenarios: run in-process after the gateways are down (``bench.ingest``, ``bench.redaction``,
+# ``bench.console``).
+IN_PROCESS = ("P7", "P8", "P9", "P10")
 
 
 def select(keys: list[str]) -> tuple[list[Scenario], bool]:
-    """The load scenarios named (``P4`` means both of its concurrencies) and whether P7 was asked for (P9: see
+    """The load scenarios named (``P4`` means both of its concurrencies) and whether P7 was asked for (P8, P9: see
     ``selected_in_process``)."""
     chosen: list[Scenario] = []
     for key in keys:

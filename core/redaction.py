@@ -66,6 +66,25 @@ _PARTIAL_TAIL = re.compile(r"\[(?:A(?:U(?:_[A-Z_]*\d*)?)?)?$")
 
 
 # --- validators ------------------------------------------------------------------------------------
+# The candidates are clean digit strings of the right length already, so python-stdnum's checksum functions are
+# called directly: its ``is_valid`` first normalises the text character by character, which cost more than the
+# rest of the detection together.
+def _tfn_valid(digits: str) -> bool:
+    return _tfn.checksum(digits) == 0
+
+
+def _acn_valid(digits: str) -> bool:
+    return _acn.calc_check_digit(digits[:8]) == digits[8]
+
+
+def _abn_valid(digits: str) -> bool:
+    return _abn.calc_check_digits(digits[2:]) == digits[:2]
+
+
+def _luhn_valid(digits: str) -> bool:
+    return luhn.checksum(digits) == 0
+
+
 def _medicare(digits: str) -> bool:
     """10 digits, first 2-6; digits 1-8 weighted 1,3,7,9,1,3,7,9, sum mod 10 is digit 9 (10th: issue number)."""
     if len(digits) != 10 or digits[0] not in "23456":
@@ -75,12 +94,25 @@ def _medicare(digits: str) -> bool:
 
 
 def _ihi(digits: str) -> bool:
-    return len(digits) == 16 and digits.startswith("800360") and luhn.is_valid(digits)
+    return len(digits) == 16 and digits.startswith("800360") and _luhn_valid(digits)
 
 
 def _legacy_tfn(digits: str) -> bool:
     total = sum(int(d) * w for d, w in zip(digits, (10, 7, 8, 4, 6, 3, 5, 1), strict=True))
     return total % 11 == 0
+
+
+# phonenumbers' AU patterns, compiled once: matching them is what ``is_valid_number`` does after parsing, at a
+# thirtieth of the cost.
+_AU_METADATA = phonenumbers.PhoneMetadata.metadata_for_region("AU")
+_AU_NUMBER = re.compile(_AU_METADATA.general_desc.national_number_pattern)
+_AU_NUMBER_TYPES = tuple(
+    re.compile(desc.national_number_pattern)
+    for desc in (_AU_METADATA.fixed_line, _AU_METADATA.mobile, _AU_METADATA.toll_free, _AU_METADATA.premium_rate,
+                 _AU_METADATA.shared_cost, _AU_METADATA.voip, _AU_METADATA.personal_number, _AU_METADATA.uan,
+                 _AU_METADATA.pager, _AU_METADATA.voicemail)
+    if desc is not None and desc.national_number_pattern
+)
 
 
 def _phone(text: str, digits: str) -> bool:
@@ -104,7 +136,11 @@ def _phone(text: str, digits: str) -> bool:
             return False
     elif not (national.startswith("1800") and len(national) == 10):
         return False
+    nsn = national[1:] if national.startswith("0") else national
+    if _AU_NUMBER.fullmatch(nsn) is not None and any(p.fullmatch(nsn) for p in _AU_NUMBER_TYPES):
+        return True
     try:
+        # phonenumbers' own check for what its patterns alone don't accept (a parse costs ~50 µs: only here).
         return phonenumbers.is_valid_number(phonenumbers.parse(national, "AU"))
     except phonenumbers.NumberParseException:
         return False
@@ -119,15 +155,15 @@ def _classify(text: str, digits: str, before: str) -> str | None:
         if text.startswith("+"):
             return None
     if n == 9:
-        if _tfn.is_valid(digits):
-            return ACN if _acn.is_valid(digits) and re.search(r"(?i)\b(?:acn|company)\b", before) else TFN
-        if _acn.is_valid(digits):
+        if _tfn_valid(digits):
+            return ACN if _acn_valid(digits) and re.search(r"(?i)\b(?:acn|company)\b", before) else TFN
+        if _acn_valid(digits):
             return ACN
         return None
     if n == 8:
         return TFN if _legacy_tfn(digits) and _TFN_CONTEXT.search(before) else None
     if n == 11:
-        if _abn.is_valid(digits):
+        if _abn_valid(digits):
             return ABN
         if _medicare(digits[:10]) and digits[10] != "0":
             return MEDICARE
@@ -135,7 +171,7 @@ def _classify(text: str, digits: str, before: str) -> str | None:
         return MEDICARE
     if n == 16 and _ihi(digits):
         return IHI
-    if 13 <= n <= 19 and luhn.is_valid(digits):
+    if 13 <= n <= 19 and _luhn_valid(digits):
         return CARD
     return None
 
