@@ -1,0 +1,70 @@
+"""An agent uses the playground in a real browser: signs in, sends a message and watches the reply stream in,
+stops a long generation (the replica counts the abort), and sees each reply's figures."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.conftest import PASSWORD, wait_for
+from tests.e2e.helpers import A11Y_SCRIPT
+
+pytestmark = pytest.mark.django_db(transaction=True)
+MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
+
+
+def _sign_in(page, base_url: str, email: str) -> None:
+    page.goto(f"{base_url}/accounts/login/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign In", exact=True).click()
+
+
+@pytest.fixture
+def paced(simulator):
+    simulator.control(tpot_ms=30)
+    yield
+    simulator.control(tpot_ms=0)
+
+
+def test_an_agent_watches_a_reply_stream_then_stops_a_long_one(page, gateway_ready, acme, member_of, simulator,
+                                                                paced):
+    agent = member_of(acme, "agent")
+    _sign_in(page, gateway_ready.base_url, agent.email)
+    page.wait_for_url(f"**/t/{acme.slug}/**")
+    page.get_by_role("link", name="Playground").click()
+    page.wait_for_url(f"**/t/{acme.slug}/playground/")
+    expect(page.locator("#pg-status")).to_have_text("Connected.")
+    page.get_by_label("Model", exact=True).select_option(MODEL)  # the served models arrived with "ready"
+
+    page.get_by_label("Max tokens").fill("40")
+    page.get_by_label("Message").fill("Hello, how are you?")
+    page.get_by_role("button", name="Send").click()
+    reply = page.locator(".pg-assistant").last
+    # Streaming: text is on the page while the reply is still being written.
+    expect(page.locator(".pg-assistant[aria-busy=true] .pg-content")).not_to_have_text("")
+    expect(reply.locator(".pg-stats")).to_contain_text(
+        re.compile(r"\d+ tokens out, \d+ in · first token \d+ ms · total \d+ ms · A\$\d+\.\d{6}"), timeout=10_000)
+
+    disconnects = simulator.state()["counters"]["client_disconnects"]
+    page.get_by_label("Max tokens").fill("2000")
+    page.get_by_label("Message").fill("Tell me a long story.")
+    page.get_by_role("button", name="Send").click()
+    long_reply = page.locator(".pg-assistant").last
+    expect(long_reply.locator(".pg-content")).not_to_have_text("")
+    page.get_by_role("button", name="Stop").click()
+    expect(long_reply.locator(".pg-stats")).to_contain_text("stopped", timeout=10_000)
+    wait_for(lambda: simulator.state()["counters"]["client_disconnects"] == disconnects + 1)  # vLLM aborted it
+    out = int(re.search(r"(\d+) tokens out", long_reply.locator(".pg-stats").inner_text()).group(1))
+    assert 0 < out < 2000
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export as JSON").click()
+    assert download.value.suggested_filename.endswith(".json")
+    page.get_by_role("button", name="Reset").click()
+    expect(page.locator(".pg-message")).to_have_count(0)
+
+    assert page.evaluate(A11Y_SCRIPT) == []
+    assert not [e for e in page.console_errors if "Content Security Policy" in e]
