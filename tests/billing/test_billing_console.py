@@ -62,6 +62,47 @@ def test_projected_bill_charges_tokens_past_the_included_ones_and_projects_linea
         ("mistral-7b", "input", 1_000_000), ("mistral-7b", "output", 0)]
 
 
+def test_a_period_starting_and_ending_inside_an_hour_counts_exactly_the_usage_inside_it(
+        acme, business, prices, django_assert_max_num_queries):
+    start = datetime(2026, 11, 3, 5, 37, 12, tzinfo=UTC)  # Stripe's periods start and end at any second
+    end = subscribe(acme, business, start=start).current_period_end
+    used(acme, start - timedelta(seconds=1), prompt=1)  # the Trial plan's, before the subscription
+    used(acme, start, key="keyA", prompt=10, completion=1)  # its first second
+    used(acme, start + timedelta(minutes=10), key="keyB", model="mistral-7b", prompt=100)
+    used(acme, start + timedelta(hours=1), key="keyA", prompt=1_000)  # a whole hour: hourly totals
+    used(acme, start + timedelta(days=2), key="keyA", prompt=10_000)  # a whole day: daily totals
+    used(acme, end - timedelta(seconds=1), key="keyA", prompt=100_000)  # its last second
+    used(acme, end, key="keyA", prompt=1_000_000)  # the next period's
+    rollups_update()
+
+    with django_assert_max_num_queries(30) as captured:
+        usage = billing_overview(tenant=acme, now=start + timedelta(days=10)).usage
+    # The part-hours at the two ends, and nothing else, are read from the usage events.
+    assert sum("billing_usageevent" in q["sql"] for q in captured.captured_queries) == 2
+    assert (usage.totals.requests, usage.totals.prompt_tokens, usage.totals.completion_tokens) == (5, 111_110, 1)
+    # Each request rated and rounded up as the rollups rate it: 2 µA$ an input token and 6 an output token of
+    # mistral-large, 0.2 an input token of mistral-7b.
+    assert usage.totals.cost_micro_aud == 26 + 20 + 2_000 + 20_000 + 200_000
+    assert usage.by_model["mistral-7b"].prompt_tokens == 100
+    assert usage.by_model["mistral-large"].prompt_tokens == 111_010
+    assert {k: line.prompt_tokens for k, line in usage.by_key.items()} == {"keyA": 111_010, "keyB": 100}
+    sydney = {day.isoformat(): line.prompt_tokens for day, line in usage.by_day.items() if line.prompt_tokens}
+    assert sydney == {"2026-11-03": 1_110, "2026-11-05": 10_000, "2026-12-03": 100_000}
+    assert len(usage.days) == 31
+
+
+def test_a_period_within_one_hour_is_read_from_its_events(acme, business, prices):
+    start = datetime(2026, 11, 3, 5, 10, tzinfo=UTC)
+    subscription = subscribe(acme, business, start=start)
+    subscription.current_period_end = start + timedelta(minutes=30)
+    subscription.save()
+    for minutes, prompt in ((5, 1), (10, 10), (39, 100), (40, 1_000)):
+        used(acme, start - timedelta(minutes=10) + timedelta(minutes=minutes), prompt=prompt)
+    rollups_update()
+    usage = billing_overview(tenant=acme, now=start + timedelta(minutes=20)).usage
+    assert usage.totals.prompt_tokens == 110
+
+
 def test_projection_counts_at_least_a_day_elapsed(acme, business, prices):
     start = datetime(2026, 11, 3, 5, tzinfo=UTC)
     subscribe(acme, business, start=start)
