@@ -11,8 +11,9 @@ from decimal import Decimal
 from django.db.models import Q
 from django.utils import timezone
 
+from billing import pricing
 from billing.bill_estimate import Estimate, Rate, estimate_bill
-from billing.models import Invoice, ModelPrice, Plan
+from billing.models import Invoice, Plan
 from billing.quota_reads import Meter, quota_report
 from billing.subscriptions import BillingState, billing_state
 from billing.usage_reads import Breakdown, usage_breakdown
@@ -56,8 +57,9 @@ def current_period(state: BillingState, now: datetime) -> Period:
 
 
 # --- prices ----------------------------------------------------------------------------------------
-def rates() -> dict[str, Rate]:
-    return {p.model: Rate(p.input_per_1k_aud, p.output_per_1k_aud) for p in ModelPrice.objects.all()}
+def rates(plan: Plan | None = None) -> dict[str, Rate]:
+    """The plan's prices per 1,000 tokens: its own for a model where it sets one, else the platform's."""
+    return {model: Rate(p.input_per_1k, p.output_per_1k) for model, p in pricing.prices_for_plan(plan).items()}
 
 
 # --- invoices (keyset pages: newest first) ---------------------------------------------------------
@@ -124,7 +126,7 @@ def billing_overview(*, tenant: Tenant, now: datetime | None = None) -> BillingO
     plan = state.plan or report.plan
     period = current_period(state, now)
     usage = usage_breakdown(tenant=tenant, start=period.start, end=period.end)
-    prices = rates()
+    prices = rates(plan)
     estimate = estimate_bill(
         fee=plan.monthly_fee_aud if plan is not None else Decimal(0),
         included_tokens=plan.included_tokens if plan is not None else 0,
