@@ -13,6 +13,7 @@ import pytest
 
 from inference.gateway import validation
 from tenants.services import tenant_redaction_set
+from tests.conftest import wait_for
 from tests.inference.redaction_corpus import VALID
 
 MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
@@ -98,6 +99,8 @@ def test_redact_mode_keeps_every_corpus_identifier_from_the_backend(gateway_read
         echoed = _chat(gateway_ready, key, _echo_prompt(batch))
         assert _leaks(batch, echoed) == []
         assert "[AU_" in echoed  # the placeholders are what the model saw, and what the tenant gets back
+    # The line is written as the request settles, just after the answer went out.
+    wait_for(lambda: len([line for line in access_lines if line.get("tenant") == str(acme.pk)]) >= len(_batches()))
     counts = [line["redactions"] for line in access_lines if line.get("tenant") == str(acme.pk)]
     assert len(counts) == len(_batches()) and all(counts)
     assert sum(sum(c.values()) for c in counts) >= len(VALID)
@@ -120,6 +123,7 @@ def test_off_leaves_the_body_alone_on_the_zero_copy_path(gateway_ready, acme, is
     prompt = _echo_prompt(VALID[:20])
     assert _chat(gateway_ready, key, prompt) == prompt
     assert len(splices) == 1  # the client's bytes went upstream, the salt spliced in
+    wait_for(lambda: access_lines)
     assert access_lines[-1]["redactions"] is None
 
 
@@ -130,6 +134,7 @@ def test_redaction_that_finds_nothing_keeps_the_zero_copy_path(gateway_ready, ac
     assert _chat(gateway_ready, key, "/echo Order 4567891 arrived on 12/03/2026.") == (
         "/echo Order 4567891 arrived on 12/03/2026.")
     assert len(splices) == 1
+    wait_for(lambda: access_lines)
     assert access_lines[-1]["redactions"] == {}
 
 
