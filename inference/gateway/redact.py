@@ -30,6 +30,12 @@ def apply(ctx: RequestContext, prepared, *, mode: str) -> None:
                 for part in content:
                     part["text"], delta = _redact(redactor, part["text"])
                     grown += delta
+            for call in message.get("tool_calls") or ():
+                # Earlier turns' tool-call arguments (a JSON string) carry what the customer said, too.
+                function = call["function"]
+                if isinstance(function.get("arguments"), str):
+                    function["arguments"], delta = _redact(redactor, function["arguments"])
+                    grown += delta
     else:
         name = "prompt" if ctx.endpoint == "completions" else "input"
         texts = payload.get(name)
@@ -112,11 +118,25 @@ class RestoringSink:
             text = holder.get(field)
             if isinstance(text, str):
                 holder[field] = text = restorer.feed(index, text)
+            for call in (holder.get("tool_calls") or ()) if field == "content" else ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                    key = (index, "tool", call.get("index", 0))
+                    function["arguments"] = restorer.feed(key, function["arguments"])
             if choice.get("finish_reason") is not None:
-                tail = restorer.flush(index)
-                if tail:
-                    holder[field] = (text or "") + tail
+                self._flush_into(index, holder, field)
         self._last = chunk
+
+    def _flush_into(self, index: int, holder: dict, field: str) -> None:
+        """Add what is held back for choice ``index`` (its text, its tool calls' arguments) to ``holder``."""
+        restorer = self._restorer
+        tail = restorer.flush(index)
+        if tail:
+            holder[field] = (holder.get(field) or "") + tail
+        for key in restorer.pending():
+            if isinstance(key, tuple) and key[0] == index:
+                holder.setdefault("tool_calls", []).append(
+                    {"index": key[2], "function": {"arguments": restorer.flush(key)}})
 
     def _held_back(self) -> Delta | None:
         """A closing chunk for choices whose stream ended with a piece held back (no finish_reason came)."""
@@ -124,12 +144,14 @@ class RestoringSink:
         if not pending or self._last is None:
             return None
         choices = []
-        for index in pending:
-            text = self._restorer.flush(index)
+        for index in sorted({key[0] if isinstance(key, tuple) else key for key in pending}):
             if self._text_key == "delta":
-                choices.append({"index": index, "delta": {"content": text}, "finish_reason": None})
+                choice = {"index": index, "delta": {}, "finish_reason": None}
+                self._flush_into(index, choice["delta"], "content")
             else:
-                choices.append({"index": index, "text": text, "finish_reason": None})
+                choice = {"index": index, "text": "", "finish_reason": None}
+                self._flush_into(index, choice, "text")
+            choices.append(choice)
         chunk = {k: v for k, v in self._last.items() if k in ("id", "object", "created", "model")}
         chunk["choices"] = choices
         return Delta(b"data: " + orjson.dumps(chunk) + b"\n\n", 1)

@@ -78,3 +78,56 @@ async def test_completion_text_and_json_answers_are_restored():
     answer = orjson.dumps({"choices": [{"message": {"content": "TFN [AU_TFN_1]"}}]})
     await sink.events([Answer(answer)])
     assert orjson.loads(inner.seen[-1].body)["choices"][0]["message"]["content"] == "TFN 123 456 782"
+
+
+async def test_streamed_tool_call_arguments_are_restored_and_flushed_at_the_finish():
+    inner = Recorder()
+    sink = RestoringSink(inner, _redactor(), "chat.completions")
+
+    def tool_event(arguments: str, finish: str | None = None) -> bytes:
+        delta = {"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]} if arguments else {}
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    for piece in ('{"tfn": "[AU_T', 'FN_1]", "x": "[AU_'):
+        await sink.delta(Delta(tool_event(piece), 1))
+    await sink.events([Delta(tool_event("", finish="tool_calls"), 1), Done()])
+    arguments = "".join(
+        call["function"]["arguments"]
+        for event in inner.seen if isinstance(event, Delta)
+        for chunk in event.chunks() for choice in chunk["choices"]
+        for call in choice["delta"].get("tool_calls") or ()
+    )
+    assert arguments == '{"tfn": "123 456 782", "x": "[AU_'
+
+
+def test_apply_redacts_every_text_of_a_chat_and_marks_the_body_changed_only_then():
+    from core.redaction import RESTORE
+    from inference.gateway import redact, validation
+    from inference.gateway.exchange import RequestContext
+
+    payload = {"model": "m", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "My TFN is 123 456 782"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "abcdefghi", "type": "function",
+             "function": {"name": "lookup", "arguments": '{"phone": "0412 345 678"}'}}]},
+        {"role": "tool", "tool_call_id": "abcdefghi", "content": "jo@example.com.au, TFN 123456782"},
+    ]}
+    prepared = validation.Prepared(payload, False, 100, 16, 1)
+    ctx = RequestContext("chat.completions", "req_test")
+    redact.apply(ctx, prepared, mode=RESTORE)
+    messages = prepared.payload["messages"]
+    assert messages[1]["content"][0]["text"] == "My TFN is [AU_TFN_1]"
+    assert messages[2]["tool_calls"][0]["function"]["arguments"] == '{"phone": "[AU_PHONE_1]"}'
+    assert messages[3]["content"] == "[AU_EMAIL_1], TFN [AU_TFN_1]"
+    assert prepared.changed and ctx.redactor is not None
+    assert ctx.redactions == {"AU_TFN": 2, "AU_PHONE": 1, "AU_EMAIL": 1}
+    assert prepared.prompt_tokens_upper >= 100  # a placeholder longer than its value raises the bound
+
+    plain = validation.Prepared({"model": "m", "messages": [{"role": "user", "content": "Order 4567891"}]},
+                                False, 10, 16, 1)
+    ctx = RequestContext("chat.completions", "req_test_2")
+    redact.apply(ctx, plain, mode=RESTORE)
+    assert not plain.changed and ctx.redactor is None and ctx.redactions == {}
