@@ -66,10 +66,19 @@ def test_entries_recorded_before_a_seal_are_unsealed_until_then(db):
     assert audit_seal() == 0
 
 
-def test_verify_audit_passes_a_clean_chain(db, capsys):
-    _entries(5)
+def test_verify_audit_passes_a_clean_chain(db, acme, alice, capsys):
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/", HTTP_USER_AGENT="Mozilla/5.0 ✓ " + "x" * 400, REMOTE_ADDR="203.0.113.9")
+    request.user, request.request_id = alice, "req-123"
+    record(action="test.with_context", actor=alice, tenant=acme, request=request, data={"nested": {"b": 1, "a": [2]}})
+    _entries(4, tenant=acme)
     call_command("verify_audit")
-    assert "5 entries verified" in capsys.readouterr().out
+    total = AuditEntry.objects.count()  # acme's creation is audited too
+    assert f"{total} entries verified" in capsys.readouterr().out
+    entry = AuditEntry.objects.get(action="test.with_context")
+    assert (entry.actor_kind, entry.request_id, entry.ip) == ("user", "req-123", "203.0.113.9")
+    assert len(entry.user_agent) == 256
 
 
 def test_verify_audit_names_an_edited_entry(unguarded):
@@ -99,3 +108,21 @@ def test_verify_audit_names_a_reordering(unguarded):
     _raw("UPDATE audit_auditentry SET seq = 3 WHERE id = %s", [fourth])
     _raw("UPDATE audit_auditentry SET seq = 4 WHERE id = %s", [third])
     assert f"seq 3 (id {fourth}): reordered: it was chained after id {third}" in _verify_fails()
+
+
+def test_fast_canonical_encoding_matches_its_definition():
+    import uuid
+    from datetime import UTC, datetime
+    from ipaddress import ip_address
+
+    row = {"seq": 7, "id": 9, "created_at": datetime(2026, 12, 4, 3, 55, 2, 0, tzinfo=UTC), "action": "key.created",
+           "actor_kind": "user", "actor_id": None, "actor_label": 'Zoë "quoted" \\ <x>\n', "api_key_id": "",
+           "tenant_id": uuid.UUID("0b8f6a52-3c1e-4f7e-9a51-2f7d7a0c1e11"), "target_type": "tenants.apikey",
+           "target_id": "12", "ip": ip_address("2001:db8::1"),
+           "user_agent": "Mozilla/5.0 ✓", "request_id": "", "data": {"b": [1, 2.5, None], "a": {"z": "ü", "y": True}}}
+    assert chain.canonical(row) == chain.canonical_reference(row)
+    assert b'"created_at":"2026-12-04T03:55:02.000000Z"' in chain.canonical(row)
+    assert b'"tenant_id":"0b8f6a52-3c1e-4f7e-9a51-2f7d7a0c1e11"' in chain.canonical(row)
+    as_text = {**row, "created_at": "2026-12-04 03:55:02", "tenant_id": "0b8f6a523c1e4f7e9a512f7d7a0c1e11",
+               "data": '{"a": {"y": true, "z": "\\u00fc"}, "b": [1, 2.5, null]}'}
+    assert chain.canonical(as_text) == chain.canonical(row)
