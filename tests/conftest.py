@@ -207,6 +207,32 @@ def portal_server() -> Iterator[RunningServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(request, django_db_modify_db_settings_parallel_suffix) -> Iterator[None]:
+    """A session that serves the portal from threads (``portal_server``: browser and gateway tests) keeps its SQLite
+    test database in a file of its own. Django's default in-memory test database is one shared cache, where a
+    second connection writing at the same time fails at once with "database table is locked" instead of waiting
+    its turn (the busy timeout does not apply there): a Checkout return page racing Stripe's webhooks did. In a file,
+    connections wait as they do in production. Other sessions keep the faster in-memory database."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    serves = any("portal_server" in getattr(item, "fixturenames", ()) for item in request.session.items)
+    if not db["ENGINE"].endswith("sqlite3") or not serves:
+        yield
+        return
+    folder = Path(tempfile.mkdtemp(prefix="wattle-test-db-"))
+    db.setdefault("TEST", {})["NAME"] = str(folder / "db.sqlite3")
+    # A throwaway database needs no durability; WAL lets readers go on beside a writer.
+    db["OPTIONS"] = {**db.get("OPTIONS", {}), "init_command": "PRAGMA synchronous=OFF; PRAGMA journal_mode=WAL"}
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def published_caller(key_id: str, client=None):
     """What the data plane learns of a key from Redis: its published record joined with its tenant's."""
     from core import contract
