@@ -103,6 +103,27 @@ def test_a_period_within_one_hour_is_read_from_its_events(acme, business, prices
     assert usage.totals.prompt_tokens == 110
 
 
+def test_a_part_hour_is_rated_as_the_rollups_rate_it(acme, business, prices):
+    import random
+
+    from billing.models import UsageRollup
+    from billing.usage_spans import span_usage
+
+    subscribe(acme, business, start=datetime(2026, 11, 1, tzinfo=UTC))
+    hour = datetime(2026, 11, 3, 5, tzinfo=UTC)
+    rng = random.Random(7)
+    for _ in range(200):
+        used(acme, hour + timedelta(seconds=rng.randrange(3600)), key=rng.choice(["keyA", "keyB"]),
+             model=rng.choice(["mistral-large", "mistral-7b", "unpriced"]), prompt=rng.randrange(30_000),
+             completion=rng.randrange(9_000))
+    rollups_update()
+    rolled = {(r.key_id, r.model): (r.requests, r.prompt_tokens, r.completion_tokens, r.cost_micro_aud)
+              for r in UsageRollup.objects.filter(tenant=acme, period="h", start=hour)}
+    read = {(r.key_id, r.model): (r.requests, r.prompt_tokens, r.completion_tokens, r.cost_micro_aud)
+            for r in span_usage(tenant_id=acme.pk, start=hour, end=hour + timedelta(hours=1))}
+    assert read == rolled and len(read) == 6
+
+
 def test_projection_counts_at_least_a_day_elapsed(acme, business, prices):
     start = datetime(2026, 11, 3, 5, tzinfo=UTC)
     subscribe(acme, business, start=start)
