@@ -123,7 +123,7 @@ class BillingSerializer(serializers.Serializer):
     plan = BillingPlanSerializer(allow_null=True)
     subscription = SubscriptionStateSerializer()
     period = PeriodSerializer()
-    usage = PeriodUsageSerializer(help_text="The current period's usage, from hourly totals.")
+    usage = PeriodUsageSerializer(help_text="The current period's usage: every request inside it, to the second.")
     projected_bill = ProjectedBillSerializer()
     spend = SpendSerializer()
     prices = PriceSerializer(many=True)
