@@ -29,6 +29,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--p7-events", type=int, default=30_000, help="usage events per P7 round")
     parser.add_argument("--p9-events", type=int, default=10_000_000, help="usage events P9 loads (kept for later runs)")
     parser.add_argument("--p9-requests", type=int, default=40, help="timed requests per P9 page")
+    parser.add_argument("--p10-entries", type=int, default=1_000_000,
+                        help="chained audit entries P10 verifies (kept for later runs)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the gateway/simulator logs")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
                         help="the ASGI server the gateway runs under (default uvicorn)")
@@ -51,6 +53,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.selected, args.p7 = select(keys)
         args.p8 = "P8" in selected_in_process(keys)
         args.p9 = "P9" in selected_in_process(keys)
+        args.p10 = "P10" in selected_in_process(keys)
     except ValueError as exc:
         parser.error(str(exc))
     return args
@@ -78,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p9=args.p9,
         p9_events=args.p9_events // (100 if args.quick else 1),
         p9_requests=args.p9_requests,
+        p10=args.p10,
+        p10_entries=args.p10_entries // (100 if args.quick else 1),
     )
     if args.serve:
         return _serve(args)

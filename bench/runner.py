@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import console, ingest, redaction
+from bench import audit_chain, console, ingest, redaction
 from bench.environment import (
     PYTHON,
     REPO_ROOT,
@@ -43,6 +43,8 @@ class Options:
     p9: bool = False
     p9_events: int = 10_000_000
     p9_requests: int = 40
+    p10: bool = False
+    p10_entries: int = 1_000_000
 
 
 @dataclass
@@ -131,6 +133,8 @@ class BenchRun:
             self._run_p8()
         if self.options.p9:
             self._run_p9()
+        if self.options.p10:
+            self._run_p10()
         return self.verdicts
 
     # --- load scenarios ----------------------------------------------------------------------------
@@ -299,6 +303,13 @@ class BenchRun:
         for timing in timings:
             self.results.write("p9_page", page=timing.page, samples_ms=timing.samples_ms,
                                empty_samples_ms=timing.empty_ms, status=timing.status)
+        self.verdicts.append(verdict)
+        self.results.write("verdict", verdict=verdict)
+
+    # --- P10 ---------------------------------------------------------------------------------------
+    def _run_p10(self) -> None:
+        self.log(f"\nP10: {audit_chain.P10_TITLE} ({self.options.p10_entries:,} entries)")
+        verdict = audit_chain.run(entries=self.options.p10_entries, log=self.log)
         self.verdicts.append(verdict)
         self.results.write("verdict", verdict=verdict)
 

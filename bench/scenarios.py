@@ -317,10 +317,10 @@ SCENARIOS: dict[str, Scenario] = {
 
 P7_TARGET = ">= 20,000 events/s, 0 lost"
 P7_TITLE = "usage ingest: Redis stream -> PostgreSQL"
-ALL_KEYS = ["P1", "P2", "P3", "P4", "P5", "P7", "P8", "P9"]
+ALL_KEYS = ["P1", "P2", "P3", "P4", "P5", "P7", "P8", "P9", "P10"]
 # Not load scenarios: run in-process after the gateways are down (``bench.ingest``, ``bench.redaction``,
 # ``bench.console``).
-IN_PROCESS = ("P7", "P8", "P9")
+IN_PROCESS = ("P7", "P8", "P9", "P10")
 
 
 def select(keys: list[str]) -> tuple[list[Scenario], bool]:
