@@ -118,8 +118,8 @@ class BillingOverview:
 
 
 def billing_overview(*, tenant: Tenant, now: datetime | None = None) -> BillingOverview:
-    """Everything but the invoices (paged apart). About ten queries and one Redis round trip, none of them over
-    usage events: the period's hourly rollups, summed in the database."""
+    """Everything but the invoices (paged apart). About ten queries and one Redis round trip: the period's rollups,
+    summed in the database, and, when the period starts or ends inside an hour, that part-hour's usage events."""
     now = now or timezone.now()
     report = quota_report(tenant=tenant, api_keys=[], now=now.timestamp())
     state = billing_state(tenant, now=now)

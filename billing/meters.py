@@ -133,7 +133,9 @@ class Reporting:
 def _boundaries(tenant_ids, since: datetime) -> dict:
     """Tenant id -> the period boundaries its invoices name (start and end of each period invoiced), since ``since``."""
     found: dict = defaultdict(set)
-    rows = (Invoice.objects.filter(tenant_id__in=tenant_ids, period_end__gte=since, period_start__isnull=False)
+    # An invoice with an empty period (a subscription's first, billing no usage) names no boundary.
+    rows = (Invoice.objects.filter(tenant_id__in=tenant_ids, period_end__gte=since, period_start__isnull=False,
+                                   period_end__gt=F("period_start"))
             .values_list("tenant_id", "period_start", "period_end"))
     for tenant_id, start, end in rows:
         found[tenant_id].update(at for at in (start, end) if at is not None and at >= since)
@@ -326,15 +328,18 @@ def _rows_for(key: tuple, entry: _Hour, reported: dict[datetime, tuple[int, int]
     closed = [start for start, end in entry.spans if end <= cutoff]
     # Never more for the hour than its usage, even if tokens sent before a boundary was known sit in the wrong part.
     room = sum(entry.wanted.get(s, 0) for s in closed) - sum(carried[s] for s in closed)
+    if room < 0:
+        # Usage events are never deleted: a smaller total means the rollups were rebuilt differently.
+        logger.error("meter outbox: %s %s hour %s reported %s tokens more than its usage now holds", tenant_id,
+                     meter, hour, -room)
     rows = []
     for span_start in closed:
         tokens = entry.wanted.get(span_start, 0)
         missing = tokens - carried[span_start]
-        if missing < 0:
-            # Usage events are never deleted: a smaller total means the rollups were rebuilt differently, or the
-            # hour's boundaries moved after it was reported.
-            logger.error("meter outbox: %s %s %s reported %s tokens but the usage now holds %s", tenant_id, meter,
-                         span_start, carried[span_start], tokens)
+        if missing < 0 and room >= 0:
+            logger.warning("meter outbox: %s %s %s reported %s tokens before a boundary inside its hour was known; "
+                           "its usage is %s, and the difference stays in the period Stripe filed it in", tenant_id,
+                           meter, span_start, carried[span_start], tokens)
         quantity = min(missing, room)
         if quantity <= 0:
             continue

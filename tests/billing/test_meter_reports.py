@@ -270,10 +270,12 @@ def test_an_hour_reported_whole_before_a_boundary_was_known_is_not_counted_twice
     subscription.current_period_start = hour + timedelta(minutes=30)
     subscription.save()
     add_event(acme, hour + timedelta(minutes=55), prompt=9, completion=0)
-    with caplog.at_level(logging.ERROR, logger="wattle.meters"):
+    with caplog.at_level(logging.WARNING, logger="wattle.meters"):
         [row] = plan_after(now + timedelta(minutes=1))
     assert (row.span_start, row.quantity) == (hour + timedelta(minutes=30), 9)  # only what is new
     assert MeterReport.objects.aggregate(n=Sum("quantity"))["n"] == 609
+    assert "before a boundary inside its hour was known" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize("change", ["no customer", "cancelled", "not metered"])

@@ -119,6 +119,25 @@ def test_the_tenant_page_says_unavailable_when_stripe_fails(acme, reported, staf
     assert "Stripe: unavailable." in page and "3,003" in page
 
 
+def test_a_period_starting_in_the_first_minute_of_an_hour_reconciles_clean(acme, stripe_fake):
+    """Stripe's summaries take whole minutes: asked from 05:00 for a period starting at 05:00:30, they include the
+    previous period's part-hour stamped 05:00, which the comparison counts on our side too."""
+    metered = metered_plan(with_stripe=True)
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=3)
+    renewal = hour + timedelta(seconds=30)
+    subscribe(acme, metered.plan, since=renewal, started_at=renewal - timedelta(days=30), with_stripe=True)
+    add_event(acme, hour + timedelta(seconds=10), model=LARGE, prompt=7, completion=0)  # the previous period's
+    add_event(acme, hour + timedelta(minutes=20), model=LARGE, prompt=1_000, completion=0)
+    meter_jobs(now=now)
+    report = tenant_reconciliation(tenant=acme, now=now)
+    current, previous = (lines_of(report, period)[metered.meter(LARGE, "input").event_name] for period in (0, 1))
+    assert (current.ours, current.due, current.reported) == (1_000, 1_000, 1_000)
+    assert (previous.ours, previous.due, previous.reported) == (7, 7, 7)
+    assert current.stripe == current.stripe_reported == 1_007
+    assert not report.flagged
+
+
 def test_a_tenant_without_a_subscription_is_reconciled_by_calendar_month(acme):
     add_event(acme, timezone.now() - timedelta(minutes=5))
     report = tenant_reconciliation(tenant=acme)
