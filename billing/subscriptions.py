@@ -105,6 +105,7 @@ def checkout_start(*, tenant: Tenant, plan: Plan, urls: Callable[[uuid.UUID], tu
     fee = next((p for p in prices if p.kind == StripePrice.Kind.FEE), None)
     if not plan.stripe_product_id or fee is None:
         raise BillingUnavailable(f"The {plan.name} plan isn't open for subscriptions yet. Please try again later.")
+    _unpaid_invoices_refuse(tenant=tenant)
     try:
         subscription = _customer_ensure(tenant=tenant, actor=actor, request=request)
         if subscription.stripe_subscription_id and subscription.status in LIVE:
@@ -131,6 +132,22 @@ def checkout_start(*, tenant: Tenant, plan: Plan, urls: Callable[[uuid.UUID], tu
         record(action="billing.checkout.start", actor=actor, tenant=tenant, target=session, request=request,
                data={"plan": plan.slug, "session": stripe_session_id, "trial_days": trial_days})
     return CheckoutStart(url=url, session=session)
+
+
+# Stripe leaves these invoices owed when a subscription ends unpaid (``uncollectible``: written off, still owed).
+UNPAID_INVOICE = ("open", "uncollectible")
+
+
+def _unpaid_invoices_refuse(*, tenant: Tenant) -> None:
+    """A tenant whose subscription ended unpaid must settle before subscribing again: a fresh Checkout would pay
+    the new subscription's first invoice and leave the old period's fee and usage owed for ever, while lifting the
+    402 (a running subscription is sent to the Portal instead, where the open invoice is paid)."""
+    status = Subscription.objects.filter(tenant=tenant).values_list("status", flat=True).first()
+    if status in LIVE:
+        return
+    if Invoice.objects.filter(tenant=tenant, status__in=UNPAID_INVOICE).exists():
+        raise BillingUnavailable("An earlier subscription left an open invoice unpaid. Pay the open invoice "
+                                 "(Manage billing opens Stripe's portal), then choose a plan again.")
 
 
 def portal_start(*, tenant: Tenant, return_url: str, actor: AbstractBaseUser | None = None,
@@ -431,7 +448,7 @@ def billing_state(tenant: Tenant, *, now: datetime | None = None) -> BillingStat
         tone = "error"
         message = (f"Your {name} plan needs a subscription in good standing, and it is "
                    f"{label.lower() if status else 'missing'}: the API answers 402 payment_required. Pay the open "
-                   "invoice in the Stripe portal, or choose a plan again.")
+                   "invoice in the Stripe portal, then choose a plan again.")
     elif status == Subscription.Status.TRIALING:
         message = f"You're on a free trial of {name} until {_day(subscription.trial_end)}."
         if subscription.cancel_at_period_end:
