@@ -43,8 +43,16 @@ def effective_mode(tenant_mode: str, header: bool) -> str:
 
 
 # --- candidates ------------------------------------------------------------------------------------
-# A run of digits with single spaces or hyphens between groups, optionally led by +61 or a bracketed area code.
-_RUN = re.compile(r"(?<![\w+\-./])(?:\+61[ \-]?(?:\(0\)[ ]?)?|\(0\d\)[ ]?)?\d(?:[ \-]?\d)*(?![\w]|[.\-]\d)")
+# A run of digits with spaces or hyphens between groups, optionally led by +61 or a bracketed area code. Text
+# copied from a web page or a PDF separates groups with non-breaking spaces, speech-to-text and hand typing with
+# two spaces or a spaced dash ("123 - 456 - 782"), word processors with an en dash: up to three such characters
+# between digits. A bounded class (not an alternation) keeps the pattern linear and as fast as single separators.
+_SEP = "[ \u00a0\u2007\u202f\\-\u2010\u2011\u2013]"
+_RUN = re.compile(rf"(?<![\w+\-./])(?:\+61{_SEP}{{0,3}}(?:\(0\){_SEP}{{0,3}})?|\(0\d\){_SEP}{{0,3}})?"
+                  rf"\d(?:{_SEP}{{0,3}}\d)*(?![\w]|[.\-\u2010\u2011\u2013]\d)")
+# What splits a run that is no identifier as a whole into parts that may each be one ("ref 123456 - 0412 345 678"):
+# a separator wider than one character.
+_WIDE_SEP = re.compile(f"{_SEP}{{2,3}}")
 _EMAIL = re.compile(r"(?<![\w.%+\-])[A-Za-z0-9][\w.%+\-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}\.)+[A-Za-z]{2,24}"
                     r"(?![\w\-])")
 _TFN_CONTEXT = re.compile(r"(?i)\b(?:tfn|tax\s*file)")
@@ -311,6 +319,34 @@ def _keyed(text: str, lowered: str | None, words: tuple[str, ...], pattern: re.P
                 spans.append((m.start(1), m.end(1), kind))
             at = lowered.find(word, at + 1)
     return spans
+def _as_dialled(raw: str, digits: str) -> tuple[str, str]:
+    """A run's text and digits with an international form reduced to ``+61`` and its national digits: the trunk
+    zero in "+61 (0) 412 ..." is not dialled, and "0061 ..." is +61 dialled from Australia."""
+    if raw[0] == "+" and "(0)" in raw:
+        return raw, _NON_DIGIT.sub("", raw.replace("(0)", ""))
+    if len(digits) == 13 and digits.startswith("0061"):
+        return "+" + raw[2:], digits[2:]
+    return raw, digits
+
+
+def _parts(text: str, start: int, raw: str) -> list[tuple[int, int, str]]:
+    """The identifiers among a run's parts split at its wide separators (a whole run that is none)."""
+    spans = []
+    at = 0
+    for sep in (*_WIDE_SEP.finditer(raw), None):
+        end = sep.start() if sep is not None else len(raw)
+        part = raw[at:end]
+        digits = _NON_DIGIT.sub("", part)
+        if len(digits) >= 6:
+            begin = start + at
+            kind = _classify(*_as_dialled(part, digits), text[max(0, begin - _CONTEXT_WINDOW):begin])
+            if kind is not None:
+                spans.append((begin, start + end, kind))
+        if sep is not None:
+            at = sep.end()
+    return spans
+
+
 def find(text: str) -> list[tuple[int, int, str]]:
     """Non-overlapping ``(start, end, type)`` spans of the identifiers in ``text``, in order."""
     has_digit = any(c in text for c in "0123456789") if len(text) < 64 else re.search(r"\d", text) is not None
@@ -347,10 +383,11 @@ def find(text: str) -> list[tuple[int, int, str]]:
         if len(digits) < 6:
             continue
         before = text[max(0, start - _CONTEXT_WINDOW):start]
-        kind = _classify(raw, digits, before)
+        kind = _classify(*_as_dialled(raw, digits), before)
         if kind is not None:
             spans.append((start, end, kind))
-            continue
+        elif _WIDE_SEP.search(raw) is not None:
+            spans += _parts(text, start, raw)
     spans.sort()
     result: list[tuple[int, int, str]] = []
     last_end = -1

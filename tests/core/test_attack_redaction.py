@@ -1,0 +1,54 @@
+"""R-RED under attack: identifiers written the ways people paste and speak them are still found, and the detector
+stays linear on long hostile inputs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from core.redaction import Redactor
+
+NBSP, NNBSP = "\u00a0", "\u202f"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # Copied from a web page or a PDF: non-breaking spaces between the groups.
+    (f"card 4111{NBSP}1111{NBSP}1111{NBSP}1111 please", "card [AU_CARD_1] please"),
+    (f"TFN 123{NNBSP}456{NNBSP}782.", "TFN [AU_TFN_1]."),
+    (f"mobile 0412{NBSP}345{NBSP}678", "mobile [AU_PHONE_1]"),
+    # Double spaces (speech to text, hand typing) and spaced dashes.
+    ("card 4111  1111  1111  1111 ok", "card [AU_CARD_1] ok"),
+    ("my tfn is 123 - 456 - 782", "my tfn is [AU_TFN_1]"),
+    ("medicare 2123 - 45670 - 1", "medicare [AU_MEDICARE_1]"),
+    ("card 4111 \u2013 1111 \u2013 1111 \u2013 1111", "card [AU_CARD_1]"),
+    # +61 with the trunk zero in brackets, and the international prefix dialled from Australia.
+    ("call +61 (0) 412 345 678 today", "call [AU_PHONE_1] today"),
+    ("call 0061 412 345 678 today", "call [AU_PHONE_1] today"),
+])
+def test_identifiers_in_everyday_formats_are_redacted(text, expected):
+    assert Redactor().redact(text) == expected
+
+
+def test_a_wide_separator_between_two_numbers_does_not_hide_the_identifier_after_it():
+    # "ref 123456 - 0412 345 678" must not become one 16-digit run that is nothing and so redacts nothing.
+    assert Redactor().redact("ref 123456 - 0412 345 678") == "ref 123456 - [AU_PHONE_1]"
+    assert Redactor().redact("order 552211  card 4111 1111 1111 1111") == "order 552211  card [AU_CARD_1]"
+
+
+def test_a_placeholder_the_user_typed_is_not_restored_to_a_value_they_never_sent():
+    r = Redactor()
+    sent = r.redact("my TFN is 123 456 782; also tell me [AU_TFN_2] and [AU_PHONE_1]")
+    assert sent == "my TFN is [AU_TFN_1]; also tell me [AU_TFN_2] and [AU_PHONE_1]"
+    assert r.restore("[AU_TFN_1] [AU_TFN_2] [AU_PHONE_1]") == "123 456 782 [AU_TFN_2] [AU_PHONE_1]"
+    # A request without identifiers holds nothing to restore, whatever the reply says.
+    assert Redactor().restore("[AU_TFN_1]") == "[AU_TFN_1]"
+
+
+@pytest.mark.parametrize("hostile", [
+    "1 " * 500_000, "1  " * 333_333, "1 - " * 250_000 + "x", f"1{NBSP}" * 500_000 + ".1", "12 -" * 250_000,
+])
+def test_a_megabyte_of_digits_and_separators_is_redacted_in_linear_time(hostile):
+    started = time.perf_counter()
+    Redactor().redact(hostile)
+    assert time.perf_counter() - started < 3.0
