@@ -3,6 +3,7 @@ billing page's usage export. They validate; ``billing.services`` changes state."
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 from django import forms
@@ -132,6 +133,8 @@ class PlanModelPriceRemoveForm(forms.Form):
 
 # --- tenants: the billing page's usage export ------------------------------------------------------
 EXPORT_MAX_DAYS = 366
+EXPORT_FIRST_DAY = date(2000, 1, 1)
+EXPORT_LAST_DAY = date(2999, 12, 31)
 
 
 class UsageExportForm(NoSuffixMixin, forms.Form):
@@ -150,6 +153,10 @@ class UsageExportForm(NoSuffixMixin, forms.Form):
         start, end = data.get("start"), data.get("end")
         if start and end and start > end:
             raise ValidationError("“From” must be on or before “To”.")
+        # Days at the calendar's ends overflow when turned into Sydney times: a 400, not a 500.
+        if any(day and not EXPORT_FIRST_DAY <= day <= EXPORT_LAST_DAY for day in (start, end)):
+            raise ValidationError(f"Give days between {EXPORT_FIRST_DAY.isoformat()} and "
+                                  f"{EXPORT_LAST_DAY.isoformat()}.")
         if start and end and (end - start).days >= EXPORT_MAX_DAYS:
             raise ValidationError(f"Export at most {EXPORT_MAX_DAYS} days at a time.")
         return data

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 from django.utils import timezone
@@ -194,15 +194,25 @@ class ApiKeyRotateSerializer(serializers.Serializer):
         return timedelta(seconds=self.validated_data["grace_seconds"])
 
 
+USAGE_FIRST_DAY = date(2000, 1, 1)
+USAGE_LAST_DAY = date(2999, 12, 31)
+
+
 class UsageQuerySerializer(serializers.Serializer):
     since = serializers.DateField(required=False, help_text="First day (Sydney time), default 30 days ago.")
     until = serializers.DateField(required=False, help_text="Last day (Sydney time), default today.")
 
     def validate(self, attrs):
         since, until = attrs.get("since"), attrs.get("until")
+        for name, day in (("since", since), ("until", until)):
+            # Days at the calendar's ends overflow when turned into Sydney times.
+            if day is not None and not USAGE_FIRST_DAY <= day <= USAGE_LAST_DAY:
+                raise serializers.ValidationError(
+                    {name: f"Give a day between {USAGE_FIRST_DAY.isoformat()} and {USAGE_LAST_DAY.isoformat()}."})
         if since and until and since > until:
             raise serializers.ValidationError({"since": "`since` must be on or before `until`."})
-        if since and until and (until - since).days > 366:
+        # ``since`` alone runs to today: held to the same bound, as the summary reads usage events.
+        if since and ((until or timezone.localdate()) - since).days > 366:
             raise serializers.ValidationError({"since": "Ask for at most 366 days at a time."})
         return attrs
 

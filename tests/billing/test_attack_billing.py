@@ -51,3 +51,27 @@ def test_once_the_open_invoice_is_paid_checkout_opens_again(owner_client, client
     assert Invoice.objects.get(pk=invoice.pk).status == "paid"
     response, _session = start_checkout(owner_client, acme, ended_unpaid.plan)
     assert response.status_code == 303
+
+
+# --- unbounded inputs -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("query", ["start=9999-12-30&end=9999-12-31", "start=0001-01-01&end=0001-01-02"])
+def test_usage_export_with_days_at_the_calendars_ends_is_a_clear_400(owner_client, acme, query):
+    response = owner_client.get(f"/t/{acme.slug}/billing/usage.csv?{query}")
+    assert response.status_code == 400
+    assert "between" in text(response)
+
+
+@pytest.mark.parametrize("query", ["since=0001-01-01", "since=0001-01-01&until=0001-01-02", "until=9999-12-31"])
+def test_api_usage_with_days_at_the_calendars_ends_is_a_clear_400(owner_client, acme, query):
+    response = owner_client.get(f"/api/v1/usage?{query}")
+    assert response.status_code == 400
+
+
+def test_api_usage_since_alone_is_held_to_the_same_366_days(owner_client, acme):
+    """``since`` without ``until`` runs to today: years of raw usage events read in one request otherwise."""
+    from django.utils import timezone
+
+    since = timezone.localdate().replace(year=timezone.localdate().year - 5)
+    response = owner_client.get(f"/api/v1/usage?since={since.isoformat()}")
+    assert response.status_code == 400
+    assert "366" in response.content.decode()
