@@ -126,3 +126,26 @@ def test_fast_canonical_encoding_matches_its_definition():
     as_text = {**row, "created_at": "2026-12-04 03:55:02", "tenant_id": "0b8f6a523c1e4f7e9a512f7d7a0c1e11",
                "data": '{"a": {"y": true, "z": "\\u00fc"}, "b": [1, 2.5, null]}'}
     assert chain.canonical(as_text) == chain.canonical(row)
+
+
+@pytest.mark.services
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the chain is verified in parallel on PostgreSQL only")
+@pytest.mark.django_db(transaction=True)
+def test_parallel_verification_checks_every_range_and_its_seams(monkeypatch):
+    """Ranges verified by separate processes: a link broken at a seam between ranges, or a deletion at the end
+    of one, is still found, and named as the first broken link."""
+    import audit.verify
+
+    monkeypatch.setattr(audit.verify, "PARALLEL_MIN", 0)
+    entries = _entries(40)
+    result = audit.verify.verify(processes=2)  # 8 ranges of 5
+    assert result.broken is None and result.entries == 40
+    guard.uninstall(connection)
+    try:
+        _raw("DELETE FROM audit_auditentry WHERE id = %s", [entries[9].id])  # the last of the second range
+        _raw("UPDATE audit_auditentry SET action = 'x' WHERE id = %s", [entries[30].id])
+    finally:
+        guard.install(connection)
+    result = audit.verify.verify(processes=2)
+    assert result.broken == "seq 10 missing before seq 11: deleted"
+    assert result.entries == 9
