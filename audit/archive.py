@@ -108,6 +108,51 @@ def _ship(key: str, body: bytes) -> str:
     return "file"
 
 
+def newest_archived() -> tuple[int, str] | None:
+    """The seq and hash of the newest entry in the archive (the last line of the segment with the highest key;
+    keys are zero-padded seq ranges), or None before the first segment. ``verify_audit`` holds the database to it:
+    entries deleted from the end of the chain leave a chain that is whole by itself."""
+    prefix = "audit/segments/"
+    bucket = settings.AUDIT_ARCHIVE_BUCKET
+    if bucket:
+        s3 = _s3_client()
+        newest = ""
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys = [item["Key"] for item in page.get("Contents", ()) if item["Key"].endswith(".jsonl")]
+            newest = max([newest, *keys])
+        if not newest:
+            return None
+        body = s3.get_object(Bucket=bucket, Key=newest)["Body"].read()
+    else:
+        folder = settings.AUDIT_ARCHIVE_DIR / prefix
+        paths = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+        if not paths:
+            return None
+        body = paths[-1].read_bytes()
+    last = json.loads(body.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    return int(last["seq"]), str(last["hash"])
+
+
+def check_archived_end() -> str | None:
+    """The first broken link that only the archive shows, or None: the newest archived entry must still be in the
+    database with the hash it was archived with. Deleting the newest entries (their sealing and archive records
+    with them) leaves a chain that verifies by itself, and so does deleting them and chaining new entries in
+    their place; neither survives this comparison."""
+    newest = newest_archived()
+    if newest is None:
+        return None
+    seq, digest = newest
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id, hash FROM audit_auditentry WHERE seq = %s", [seq])
+        row = cursor.fetchone()
+    if row is None:
+        return f"seq {seq}: archived, but no longer in the database: the end of the chain was deleted"
+    if row[1] != digest:
+        return (f"seq {seq} (id {row[0]}): differs from its archived copy: the end of the chain was deleted "
+                "and chained again")
+    return None
+
+
 def segment_seal(*, force: bool = False) -> Segment | None:
     """Ship the entries sealed since the last segment, if the last is older than ``AUDIT_ARCHIVE_SEGMENT_S``
     (or ``force``), and record the segment into the chain. None when nothing is due.

@@ -1,0 +1,91 @@
+"""R-AUD-2/3 under attack: entries deleted from the end of the chain (the newest, sealing and archive records
+included) leave a chain that is whole by itself; verify_audit holds it to the newest archived segment."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from moto import mock_aws
+
+from audit import guard
+from audit.archive import REGION, segment_seal
+from audit.models import AuditEntry
+from audit.services import audit_seal, record
+
+
+@pytest.fixture
+def unguarded(db):
+    """The trigger off for one test (as a DBA could), back on after."""
+    guard.uninstall(connection)
+    yield connection
+    guard.install(connection)
+
+
+def _sealed(n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        record(action="test.tail", data={"i": i})
+    audit_seal()
+
+
+def _delete_from(seq: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audit_auditentry WHERE seq >= %s OR seq IS NULL", [seq])
+
+
+def _verify_fails() -> str:
+    with pytest.raises(CommandError) as caught:
+        call_command("verify_audit")
+    return str(caught.value)
+
+
+def test_deleting_the_newest_archived_entries_is_found(unguarded):
+    _sealed(5)
+    segment = segment_seal(force=True)  # seq 1..5 archived; its record becomes seq 6
+    audit_seal()
+    call_command("verify_audit")
+    _delete_from(4)
+    assert AuditEntry.objects.count() == 3  # what is left chains cleanly from the start ...
+    message = _verify_fails()  # ... but the archive knows seq 5
+    assert f"seq {segment.last_seq}" in message and "deleted" in message
+
+
+def test_a_rewritten_end_of_the_chain_is_found(unguarded):
+    _sealed(5)
+    segment_seal(force=True)
+    audit_seal()
+    _delete_from(4)
+    _sealed(3, start=100)  # new entries chained in place of the deleted ones: seq 4, 5, 6
+    assert AuditEntry.objects.filter(seq=5).exists()
+    message = _verify_fails()
+    assert "seq 5" in message and "archived" in message
+
+
+def test_entries_after_the_newest_segment_do_not_break_verification(db):
+    _sealed(3)
+    segment_seal(force=True)
+    _sealed(4, start=10)
+    call_command("verify_audit")
+
+
+def test_the_s3_archive_is_checked_too(unguarded, monkeypatch, settings):
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION}.items():
+        monkeypatch.setenv(name, value)
+    settings.AWS_ENDPOINT_URL = None
+    with mock_aws():
+        boto3.client("s3", region_name=REGION).create_bucket(
+            Bucket="wattle-audit", ObjectLockEnabledForBucket=True,
+            CreateBucketConfiguration={"LocationConstraint": REGION})
+        settings.AUDIT_ARCHIVE_BUCKET = "wattle-audit"
+        settings.AUDIT_ARCHIVE_KMS_KEY_ID = boto3.client("kms", region_name=REGION).create_key()["KeyMetadata"]["KeyId"]
+        _sealed(4)
+        segment_seal(force=True)
+        audit_seal()
+        _sealed(2, start=50)
+        segment_seal(force=True)  # a second segment: the newest is the one checked
+        audit_seal()
+        call_command("verify_audit")
+        _delete_from(6)
+        assert "seq 7" in _verify_fails()
