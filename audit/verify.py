@@ -1,6 +1,7 @@
 """Recompute the audit chain and name its first broken link (``manage.py verify_audit``, ``make bench`` P10).
 
-Streams raw rows in ``seq`` order (a server-side cursor on PostgreSQL) and hashes them with ``audit.chain``: no
+Streams raw rows in ``seq`` order (a server-side cursor on PostgreSQL; a long chain in parallel ranges, one
+process per CPU) and hashes them with ``audit.chain``: no
 ORM objects, so it runs at hundreds of thousands of entries a second.
 """
 
@@ -10,6 +11,7 @@ import hashlib
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -169,6 +171,13 @@ def _verify_range_in_child(bounds: tuple[int, int]) -> _Range:
         connections.close_all()
 
 
+def _child_signals() -> None:
+    # A forked child inherits the caller's handlers (the bench turns SIGTERM into KeyboardInterrupt): the pool
+    # stops its children with SIGTERM, which should just end them.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _bounds(head: int, parts: int) -> list[tuple[int, int]]:
     step = -(-head // parts)
     return [(lo, min(head, lo + step - 1)) for lo in range(1, head + 1, step)]
@@ -186,13 +195,21 @@ def verify(*, processes: int | None = None) -> Result:
         cursor.execute("SELECT COUNT(*) FROM audit_auditentry WHERE hash = ''")
         unsealed = int(cursor.fetchone()[0])
     processes = processes or min(4, os.cpu_count() or 1)
+    ranges = None
     if head == 0:
         ranges = []
     elif (processes > 1 and head >= PARALLEL_MIN and connection.vendor == "postgresql"
           and not connection.in_atomic_block):  # a test's transaction: children could not see its rows
         connections.close_all()  # children open their own; a forked socket must not be shared
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
+        pool = multiprocessing.get_context("fork").Pool(processes, initializer=_child_signals)
+        try:
             ranges = pool.map(_verify_range_in_child, _bounds(head, processes * 4))
+            pool.close()  # let the children exit on their own
+        finally:
+            if ranges is None:
+                pool.terminate()
+            else:
+                pool.join()
     else:
         ranges = [_verify_range(1, head)]
     entries, broken = 0, None
