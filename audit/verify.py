@@ -1,8 +1,8 @@
 """Recompute the audit chain and name its first broken link (``manage.py verify_audit``, ``make bench`` P10).
 
 Streams raw rows in ``seq`` order (a server-side cursor on PostgreSQL; a long chain in parallel ranges, one
-process per CPU) and hashes them with ``audit.chain``: no
-ORM objects, so it runs at hundreds of thousands of entries a second.
+process per CPU) and hashes them with ``audit.chain``: no ORM objects, so each process verifies over a hundred
+thousand entries a second.
 """
 
 from __future__ import annotations
