@@ -6,7 +6,8 @@ Two jobs, each safe to run on several workers at once:
   ``BILLING_METER_SETTLE_S``). A span is a UTC hour, from the hourly rollups; or, in an hour that holds the
   subscription's start or a billing period's boundary (Stripe's periods start and end at any second), the part of
   the hour on one side of it, from the usage events of that part (``billing.usage_spans``). The part before the
-  subscription started is never reported. When usage for a span grows after it was planned (late events), it
+  subscription started, or after a cancelled one ended, is never reported; what came before the end is, even
+  when the news of the end came first. When usage for a span grows after it was planned (late events), it
   writes a correcting row with the difference and the next sequence number. Rows are never changed or deleted,
   so the sum of a span's rows is what it reported, and a row's ``identifier``
   (``wtl-<tenant>-<meter>-<YYYYMMDDHH>-<sequence>``, ``…-<YYYYMMDDHHMMSS>-…`` for a part) never changes.
@@ -51,7 +52,7 @@ from billing.models import (
     UsageEvent,
     UsageRollup,
 )
-from billing.payment_access import LIVE
+from billing.payment_access import ENDED, LIVE
 from billing.rollups import WATERMARK as ROLLUP_WATERMARK
 from billing.rollups import rollups_update
 from billing.usage_spans import HOUR, hour_floor, span_tokens
@@ -107,18 +108,22 @@ class Reporting:
     start: datetime  # the subscription's start, to the second: nothing before it is reported
     boundaries: tuple[datetime, ...]  # period boundaries after ``start``, sorted
     changed_at: datetime
+    # When a cancelled subscription ended: its usage up to then is still reported (the news of the end usually
+    # comes before its last hour has closed), and nothing after it (None: it runs).
+    end: datetime | None = None
 
     def _cuts(self, hour: datetime) -> list[datetime]:
         end = hour + HOUR
-        return sorted({b for b in (self.start, *self.boundaries) if hour < b < end})
+        edges = (self.start, *self.boundaries, *((self.end,) if self.end is not None else ()))
+        return sorted({b for b in edges if hour < b < end})
 
     def spans(self, hour: datetime) -> list[tuple[datetime, datetime]]:
         """The spans of ``hour`` that are reported, in order: the whole hour, or its parts between the boundaries
-        inside it; none before the subscription started."""
-        if hour + HOUR <= self.start:
+        inside it; none before the subscription started or after it ended."""
+        if hour + HOUR <= self.start or (self.end is not None and hour >= self.end):
             return []
         edges = [hour, *self._cuts(hour), hour + HOUR]
-        return [(a, b) for a, b in pairwise(edges) if a >= self.start]
+        return [(a, b) for a, b in pairwise(edges) if a >= self.start and (self.end is None or b <= self.end)]
 
     def split(self, hour: datetime) -> bool:
         """Whether ``hour`` is reported in parts (a boundary or the start lies inside it)."""
@@ -143,9 +148,10 @@ def _boundaries(tenant_ids, since: datetime) -> dict:
 
 
 def reporting_tenants(*, tenant_ids=None, since: datetime | None = None) -> dict[uuid.UUID, Reporting]:
-    """Tenants with a Stripe customer and a running subscription (``payment_access.LIVE``) to a plan with metered
-    prices, keyed by tenant id, each with the boundaries that split its hours (those from ``since`` on: by default
-    as far back as Stripe takes meter events).
+    """Tenants with a Stripe customer and a running subscription (``payment_access.LIVE``), or one that ended since
+    ``since`` (``payment_access.ENDED``: reported up to its end), to a plan with metered prices, keyed by tenant id,
+    each with the boundaries that split its hours (those from ``since`` on: by default as far back as Stripe takes
+    meter events).
 
     The start is Stripe's ``start_date`` of the subscription. A row from before we kept it falls back on the
     earliest of the current period's start and the start of any period Stripe invoiced. The boundaries are the
@@ -154,14 +160,14 @@ def reporting_tenants(*, tenant_ids=None, since: datetime | None = None) -> dict
     since = since or timezone.now() - STRIPE_MAX_AGE - timedelta(days=1)
     metered = StripePrice.objects.filter(kind__in=[StripePrice.Kind.INPUT, StripePrice.Kind.OUTPUT])
     subscriptions = (
-        Subscription.objects.filter(status__in=LIVE, current_period_start__isnull=False,
-                                    plan__in=metered.values("plan_id"))
+        Subscription.objects.filter(Q(status__in=LIVE) | Q(status__in=ENDED, current_period_end__gt=since),
+                                    current_period_start__isnull=False, plan__in=metered.values("plan_id"))
         .exclude(stripe_customer_id="")
     )
     if tenant_ids is not None:
         subscriptions = subscriptions.filter(tenant_id__in=tenant_ids)
     rows = list(subscriptions.values_list("tenant_id", "stripe_customer_id", "started_at", "current_period_start",
-                                          "current_period_end", "trial_end", "updated_at"))
+                                          "current_period_end", "trial_end", "updated_at", "status"))
     unknown_start = [row[0] for row in rows if row[2] is None]
     invoiced = dict(
         Invoice.objects.filter(tenant_id__in=unknown_start, period_start__isnull=False,
@@ -170,13 +176,16 @@ def reporting_tenants(*, tenant_ids=None, since: datetime | None = None) -> dict
     ) if unknown_start else {}
     boundaries = _boundaries([row[0] for row in rows], since)
     reporting = {}
-    for tenant_id, customer_id, started_at, period_start, period_end, trial_end, changed_at in rows:
+    for tenant_id, customer_id, started_at, period_start, period_end, trial_end, changed_at, status in rows:
         start = _second(started_at or min(period_start, invoiced.get(tenant_id, period_start)))
         cuts = {_second(at) for at in (period_start, period_end, trial_end, *boundaries.get(tenant_id, ()))
                 if at is not None}
+        # An ended subscription's period ends when it did (``subscription_apply``); a row from before that was
+        # kept ended by the time it was last written, at the latest.
+        end = _second(min(period_end, changed_at)) if status in ENDED else None
         reporting[tenant_id] = Reporting(customer_id=customer_id, start=start,
                                          boundaries=tuple(sorted(at for at in cuts if at > start)),
-                                         changed_at=changed_at)
+                                         changed_at=changed_at, end=end)
     return reporting
 
 

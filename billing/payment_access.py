@@ -21,6 +21,8 @@ from billing.models import Plan, Subscription
 GOOD_STANDING = frozenset({Subscription.Status.ACTIVE, Subscription.Status.TRIALING})
 # A subscription in these states runs (Stripe will bill it): the tenant is on its plan.
 LIVE = frozenset({Subscription.Status.ACTIVE, Subscription.Status.TRIALING, Subscription.Status.PAST_DUE})
+# A subscription in these states has ended: its usage up to the end is still reported to Stripe (``billing.meters``).
+ENDED = frozenset({Subscription.Status.CANCELED})
 REFUSED_NOW = 0.0
 
 

@@ -27,7 +27,7 @@ from audit.services import record
 from billing import payment_access, stripe_gateway
 from billing.limits import default_plan
 from billing.models import CheckoutSession, Invoice, Plan, StripePrice, Subscription, TenantQuota
-from billing.payment_access import GOOD_STANDING, LIVE
+from billing.payment_access import ENDED, GOOD_STANDING, LIVE
 from tenants.models import Tenant
 
 if TYPE_CHECKING:
@@ -269,7 +269,13 @@ def subscription_apply(*, data: dict[str, Any], seen: int = 0) -> Subscription |
         subscription.plan = plan
         subscription.started_at = _epoch(data.get("start_date"))
         subscription.current_period_start = _epoch(data.get("current_period_start"))
-        subscription.current_period_end = _epoch(data.get("current_period_end"))
+        period_end = _epoch(data.get("current_period_end"))
+        ended_at = _epoch(data.get("ended_at"))
+        if incoming in ENDED and ended_at is not None and (period_end is None or ended_at < period_end):
+            # Cancelled before its period's end: the period stopped there (the meter reports bill usage up to this
+            # moment and nothing after it; the console's period follows).
+            period_end = ended_at
+        subscription.current_period_end = period_end
         subscription.trial_end = _epoch(data.get("trial_end"))
         subscription.cancel_at_period_end = bool(data.get("cancel_at_period_end"))
         subscription.stripe_seen = max(subscription.stripe_seen, seen)

@@ -75,3 +75,52 @@ def test_api_usage_since_alone_is_held_to_the_same_366_days(owner_client, acme):
     response = owner_client.get(f"/api/v1/usage?since={since.isoformat()}")
     assert response.status_code == 400
     assert "366" in response.content.decode()
+
+
+# --- a cancelled subscription's last hours ----------------------------------------------------------------------
+def test_a_cancellation_keeps_when_the_subscription_ended_as_its_periods_end(owner_client, acme, stripe_fake):
+    from billing.subscriptions import subscription_refresh
+
+    subscription = subscribe(owner_client, acme, paid_plan(), stripe_fake)
+    assert subscription.current_period_end > subscription.current_period_start
+    ended = stripe_fake.cancel(subscription.stripe_subscription_id)["ended_at"]
+    subscription = subscription_refresh(subscription_id=subscription.stripe_subscription_id)
+    assert subscription.status == "canceled"
+    assert int(subscription.current_period_end.timestamp()) == ended
+
+
+def test_usage_up_to_a_cancellation_is_reported_after_the_cancellation_and_nothing_after_it(acme):
+    """The webhook saying a subscription ended usually arrives before its last hour has closed (and settled): the
+    planner used to drop the tenant at once, so the usage of that last hour (and any late events) never reached
+    Stripe. It is reported up to the moment the subscription ended, and usage after it (free plan) is not."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.meters import meter_reports_plan
+    from billing.rollups import rollups_update
+    from tests.billing.metering_setup import LARGE, add_event, hour_floor, metered_plan
+    from tests.billing.metering_setup import subscribe as subscribe_row
+
+    metered = metered_plan(with_stripe=False)
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=3)
+    ended_at = hour + timedelta(minutes=20)
+    row = subscribe_row(acme, metered.plan, since=hour - timedelta(days=10), with_stripe=False,
+                        started_at=hour - timedelta(days=10))
+    add_event(acme, hour - timedelta(minutes=30), prompt=7, completion=0)  # the hour before: a whole hour
+    add_event(acme, hour + timedelta(minutes=10), prompt=100, completion=0)  # before the end: billed
+    add_event(acme, hour + timedelta(minutes=40), prompt=5000, completion=0)  # after it, on the free plan
+    row.status, row.current_period_end = "canceled", ended_at
+    row.save()
+    rollups_update()
+    rows = meter_reports_plan(now=now)
+    event_name = metered.meter(LARGE, "input").event_name
+    assert sorted((r.meter, r.span_start, r.quantity) for r in rows) == [
+        (event_name, hour - timedelta(hours=1), 7), (event_name, hour, 100)]
+    # A late event before the end still gets its correction; one after it still doesn't.
+    add_event(acme, hour + timedelta(minutes=19), prompt=3, completion=0)
+    add_event(acme, hour + timedelta(minutes=50), prompt=3, completion=0)
+    rollups_update()
+    rows = meter_reports_plan(now=now + timedelta(minutes=2))
+    assert [(r.span_start, r.quantity, r.sequence) for r in rows] == [(hour, 3, 1)]

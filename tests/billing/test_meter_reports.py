@@ -286,7 +286,9 @@ def test_tenants_without_a_running_metered_subscription_are_not_reported(acme, m
     if change == "no customer":
         subscription.stripe_customer_id = ""
     elif change == "cancelled":
+        # Ended before the usage (its usage up to the end is reported: tests/billing/test_attack_billing.py).
         subscription.status = "canceled"
+        subscription.current_period_end = hour - timedelta(minutes=1)
     else:
         metered.plan.stripe_prices.exclude(kind="fee").delete()
     subscription.save()
