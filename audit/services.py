@@ -36,13 +36,14 @@ def record(
     the key that authenticated ``request`` on the management API), or the system."""
     if actor is None and request is not None and getattr(request, "user", None) is not None:
         actor = request.user if request.user.is_authenticated else None
-    if api_key is None and request is not None:
-        auth = getattr(request, "auth", None)
-        api_key = auth if getattr(auth, "key_id", None) else None
+    key_id = getattr(api_key, "key_id", "") or ""
+    if not key_id and request is not None:
+        # DRF's request carries the key as .auth; the Django request under it is tagged by the key authenticator.
+        key_id = getattr(getattr(request, "auth", None), "key_id", None) or getattr(request, "wattle_api_key_id", "")
     if actor is not None:
         kind, label = AuditEntry.ActorKind.USER, getattr(actor, "email", "") or str(actor)
-    elif api_key is not None:
-        kind, label = AuditEntry.ActorKind.API_KEY, f"key {api_key.key_id}"
+    elif key_id:
+        kind, label = AuditEntry.ActorKind.API_KEY, f"key {key_id}"
     else:
         kind, label = AuditEntry.ActorKind.SYSTEM, "system"
     meta = getattr(request, "META", None) or {}
@@ -51,7 +52,7 @@ def record(
         actor_kind=kind,
         actor=actor,
         actor_label=label,
-        api_key_id=getattr(api_key, "key_id", "") or "",
+        api_key_id=str(key_id or "")[:32],
         tenant=tenant,
         target_type=target._meta.label_lower if target is not None else "",
         target_id=str(target.pk) if target is not None else "",

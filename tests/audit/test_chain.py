@@ -149,3 +149,17 @@ def test_parallel_verification_checks_every_range_and_its_seams(monkeypatch):
     result = audit.verify.verify(processes=2)
     assert result.broken == "seq 10 missing before seq 11: deleted"
     assert result.entries == 9
+
+
+def test_an_entry_made_with_an_api_key_names_the_key_as_actor(api_client, acme, management_key, unthrottled,
+                                                              django_capture_on_commit_callbacks):
+    unthrottled(acme)
+    key = management_key(acme)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_client.post("/api/v1/keys", {"name": "ivr", "scopes": ["inference"]}, format="json",
+                                   HTTP_AUTHORIZATION=f"Bearer {key}", HTTP_USER_AGENT="wattle-cli/1.0")
+    assert response.status_code == 201
+    entry = AuditEntry.objects.get(action="api_key.create", data__key_id=response.json()["key_id"])
+    assert (entry.actor_kind, entry.api_key_id, entry.actor_id) == ("api_key", key.split("_")[1], None)
+    assert entry.actor_label == f"key {key.split('_')[1]}" and entry.user_agent == "wattle-cli/1.0"
+    assert entry.request_id  # the request id the logs carry
