@@ -83,10 +83,8 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.access is None or self.closed:
             return
-        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
-        if size > self.max_bytes:
-            await self._error(None, too_large(self.max_bytes))
-            return
+        # Every frame takes from the allowance first, an oversized one too: else a client could send frames of
+        # the server's maximum (16 MiB) without end, each read, measured and answered, and never be closed.
         wait_s = self.allowance.take()
         if wait_s:
             if self.allowance.refused_in_a_row >= _FLOODING_REFUSALS:
@@ -94,6 +92,14 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
                 await self._close(Close.FLOODING)
             else:
                 await self._error(None, rate_limited(wait_s))
+            return
+        # A character is at least one byte: only a text that might fit is encoded to be measured exactly.
+        if text_data is not None:
+            size = len(text_data) if len(text_data) > self.max_bytes else len(text_data.encode())
+        else:
+            size = len(bytes_data or b"")
+        if size > self.max_bytes:
+            await self._error(None, too_large(self.max_bytes))
             return
         access = await self._check_access()
         if isinstance(access, Close):
