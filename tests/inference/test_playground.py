@@ -66,7 +66,19 @@ async def gateway(backend):
             comm = _SOCKETS.pop()
             with contextlib.suppress(Exception, asyncio.CancelledError):  # closed already, or a test failed midway
                 await comm.disconnect(timeout=WAIT_S)
-        await process_gateway.shutdown()
+        await _shut_down(process_gateway)
+
+
+async def _shut_down(gw) -> None:
+    """``gw.shutdown()``, cancelling again any background task whose cancellation was lost: one that lands
+    inside a call to the in-process Redis stand-in is sometimes swallowed there, and the stop waiting for that
+    task would wait for ever (seen in this suite about once in three runs; Redis itself is not involved)."""
+    stopping = asyncio.create_task(gw.shutdown())
+    while not (await asyncio.wait({stopping}, timeout=1))[0]:
+        for task in asyncio.all_tasks():
+            if task is not stopping and task is not asyncio.current_task() and task.cancelling():
+                task.cancel()
+    stopping.result()
 
 
 def session_cookie(user) -> str:
@@ -146,12 +158,11 @@ async def usage_events(gw, request_id: str) -> list[dict]:
                     found.append(event)
         return found
 
-    await gw.usage.flush()
+    # Polled, not flushed: a flush beside the emitter's own could write the same buffered events twice.
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         if await sync_to_async(read)():
             await asyncio.sleep(0.1)  # a second event, were there one, would have been written with the first
-            await gw.usage.flush()
             return await sync_to_async(read)()
         await asyncio.sleep(0.02)
     return []
