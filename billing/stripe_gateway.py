@@ -445,6 +445,18 @@ def checkout_session_retrieve(session_id: str) -> dict[str, Any]:
     }
 
 
+def checkout_session_expire(session_id: str) -> dict[str, Any]:
+    """Expire an open Checkout so it can no longer be paid; returns the session as ``checkout_session_retrieve``
+    gives it. One that is no longer open (paid in another tab meanwhile) can't be expired and is returned as it is."""
+    try:
+        with _calling("checkout session expire"):
+            _client().v1.checkout.sessions.expire(session_id)
+    except StripeRefused as exc:
+        if exc.status != 400:
+            raise
+    return checkout_session_retrieve(session_id)
+
+
 def portal_session_create(*, customer_id: str, return_url: str) -> str:
     """A Customer Portal link (payment methods, plan changes, cancellation); returns its url."""
     with _calling("portal session create"):

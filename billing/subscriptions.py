@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
@@ -108,6 +108,8 @@ def checkout_start(*, tenant: Tenant, plan: Plan, urls: Callable[[uuid.UUID], tu
     _unpaid_invoices_refuse(tenant=tenant)
     try:
         subscription = _customer_ensure(tenant=tenant, actor=actor, request=request)
+        if _open_checkouts_close(tenant=tenant):
+            subscription.refresh_from_db()
         if subscription.stripe_subscription_id and subscription.status in LIVE:
             url = stripe_gateway.portal_session_create(customer_id=subscription.stripe_customer_id,
                                                        return_url=portal_return)
@@ -148,6 +150,27 @@ def _unpaid_invoices_refuse(*, tenant: Tenant) -> None:
     if Invoice.objects.filter(tenant=tenant, status__in=UNPAID_INVOICE).exists():
         raise BillingUnavailable("An earlier subscription left an open invoice unpaid. Pay the open invoice "
                                  "(Manage billing opens Stripe's portal), then choose a plan again.")
+
+
+# Stripe keeps a Checkout open for 24 hours: older ones have expired there.
+CHECKOUT_OPEN_FOR = timedelta(hours=25)
+
+
+def _open_checkouts_close(*, tenant: Tenant) -> bool:
+    """Expire the tenant's Checkouts still open at Stripe (another tab, an abandoned page) before a new one starts:
+    two paid Checkouts would be two subscriptions to the same meters, each billing every token and its fee, while
+    Wattle follows one. One paid meanwhile is applied instead (the tenant then subscribes, and goes to the Portal).
+    Returns whether there were any. Stripe is called outside any transaction."""
+    sessions = list(CheckoutSession.objects.select_related("plan", "tenant").filter(
+        tenant=tenant, status=CheckoutSession.Status.OPEN, created_at__gte=timezone.now() - CHECKOUT_OPEN_FOR,
+    ).order_by("-created_at")[:10])
+    for session in sessions:
+        try:
+            data = stripe_gateway.checkout_session_expire(session.stripe_session_id)
+        except stripe_gateway.StripeRefused:
+            data = {"status": CheckoutSession.Status.EXPIRED}  # Stripe doesn't know it (any more): it can't be paid
+        _checkout_apply(session=session, data=data)
+    return bool(sessions)
 
 
 def portal_start(*, tenant: Tenant, return_url: str, actor: AbstractBaseUser | None = None,

@@ -124,3 +124,32 @@ def test_usage_up_to_a_cancellation_is_reported_after_the_cancellation_and_nothi
     rollups_update()
     rows = meter_reports_plan(now=now + timedelta(minutes=2))
     assert [(r.span_start, r.quantity, r.sequence) for r in rows] == [(hour, 3, 1)]
+
+
+# --- two Checkouts at once ----------------------------------------------------------------------------------------
+def test_a_new_checkout_expires_the_tenants_open_one_so_two_subscriptions_cannot_both_start(owner_client, acme,
+                                                                                         stripe_fake):
+    """Two tabs, two Checkouts, both paid: two subscriptions to the same meters, so Stripe would bill every token
+    (and the fee) twice, while Wattle follows only one of them. Starting a Checkout expires the one left open."""
+    plan = paid_plan()
+    _response, first = start_checkout(owner_client, acme, plan)
+    _response, second = start_checkout(owner_client, acme, plan)
+    with stripe_fake.state.lock:
+        assert stripe_fake.state.checkout_sessions[first.stripe_session_id]["status"] == "expired"
+        assert stripe_fake.state.checkout_sessions[second.stripe_session_id]["status"] == "open"
+    assert CheckoutSession.objects.get(pk=first.pk).status == CheckoutSession.Status.EXPIRED
+    with pytest.raises(Exception, match="expired"):
+        stripe_fake.complete_checkout(first.stripe_session_id)
+    stripe_fake.complete_checkout(second.stripe_session_id)
+    with stripe_fake.state.lock:
+        assert len(stripe_fake.state.subscriptions) == 1
+
+
+def test_a_checkout_completed_in_another_tab_sends_the_next_one_to_the_portal(owner_client, acme, stripe_fake):
+    plan = paid_plan()
+    _response, first = start_checkout(owner_client, acme, plan)
+    stripe_fake.complete_checkout(first.stripe_session_id)  # paid, but neither the return page nor a webhook yet
+    response, latest = start_checkout(owner_client, acme, plan)
+    assert response.status_code == 303 and "/portal/" in response["Location"]
+    assert latest.pk == first.pk  # no second Checkout
+    assert Subscription.objects.get(tenant=acme).status == "active"

@@ -356,6 +356,8 @@ _ROUTES: list[_Route] = [
     ("POST", re.compile(r"/v1/billing/meter_events"), lambda f, s, m, p, e: s.meter_event_create(p)),
     ("POST", re.compile(r"/v1/checkout/sessions"), lambda f, s, m, p, e: s.checkout_session_create(p)),
     ("GET", re.compile(rf"/v1/checkout/sessions/{_ID}"), lambda f, s, m, p, e: s.checkout_session(m[1])),
+    ("POST", re.compile(rf"/v1/checkout/sessions/{_ID}/expire"),
+     lambda f, s, m, p, e: s.checkout_session_expire(m[1])),
     (
         "GET",
         re.compile(rf"/v1/checkout/sessions/{_ID}/line_items"),

@@ -30,6 +30,16 @@ class Subscriptions:
             raise missing("checkout.session", session_id)
         return self.checkout_sessions[session_id]
 
+    def checkout_session_expire(self, session_id: str) -> dict:
+        """Stripe's expire: only an open session can be expired (400 otherwise), and it can't be paid after."""
+        session = self.checkout_session(session_id)
+        if session["status"] != "open":
+            raise invalid('Only Checkout Sessions with a status in ["open"] can be expired.', "session",
+                          "checkout_session_not_open")
+        session["status"] = "expired"
+        self.emit("checkout.session.expired", session)
+        return session
+
     def checkout_session_create(self, params: dict) -> dict:
         mode = params.get("mode")
         if mode not in ("payment", "setup", "subscription"):
