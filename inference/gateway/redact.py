@@ -11,6 +11,7 @@ from __future__ import annotations
 import orjson
 
 from core import redaction
+from inference.gateway import errors
 from inference.gateway.exchange import Answer, Delta, Done, Event, Failed, RequestContext, Sink, Usage
 
 
@@ -45,6 +46,11 @@ def apply(ctx: RequestContext, prepared, *, mode: str) -> None:
             for index, text in enumerate(texts):
                 texts[index], delta = _redact(redactor, text)
                 grown += delta
+        elif isinstance(texts, list) and texts:
+            # Token ids can't be read for identifiers: refused, never passed on unredacted (fails closed).
+            raise errors.bad_request(
+                f"Personal-information redaction is on for this request, so `{name}` must be text, not token ids.",
+                param=name, code="redaction_needs_text")
     ctx.redactions = redactor.counts
     if redactor:
         prepared.changed = True
