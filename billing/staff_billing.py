@@ -11,6 +11,7 @@ from tenants.selectors import tenant_by_slug
 from tenants.views.common import staff_view
 
 PAGE_SIZE = 50
+MAX_PAGE = 1_000_000
 
 
 @require_GET
@@ -18,7 +19,8 @@ PAGE_SIZE = 50
 def reconciliation(request):
     """Every tenant with a Stripe customer or meter reports, from our database (flagged first on each page)."""
     try:
-        page = max(1, int(request.GET.get("page", "1")))
+        # Bounded: a page past the database's integers would be a 500, not an empty page.
+        page = min(max(1, int(request.GET.get("page", "1"))), MAX_PAGE)
     except ValueError:
         page = 1
     rows, total = reconciliation_overview(offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)

@@ -153,3 +153,8 @@ def test_a_checkout_completed_in_another_tab_sends_the_next_one_to_the_portal(ow
     assert response.status_code == 303 and "/portal/" in response["Location"]
     assert latest.pk == first.pk  # no second Checkout
     assert Subscription.objects.get(tenant=acme).status == "active"
+
+
+def test_a_huge_page_number_on_the_reconciliation_overview_is_no_500(staff_client, acme):
+    response = staff_client.get("/staff/reconciliation/?page=99999999999999999999999")
+    assert response.status_code == 200
