@@ -102,7 +102,8 @@ def _safe_cell(value) -> str:
 
 def _export(request, form, qs, *, tenant, fmt: str):
     rows, truncated = audit_export(qs)
-    filters = {k: v for k, v in request.GET.items() if k not in ("export", "after") and v}
+    # Only the form's own filters, as given: any other query parameter would be written into the trail verbatim.
+    filters = {k: v for k, v in request.GET.items() if k in form.fields and k not in ("export", "after") and v}
     audit_exported(actor=request.user, tenant=tenant, request=request, filters=filters, fmt=fmt,
                    count=len(rows), truncated=truncated)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")

@@ -89,3 +89,15 @@ def test_the_s3_archive_is_checked_too(unguarded, monkeypatch, settings):
         call_command("verify_audit")
         _delete_from(6)
         assert "seq 7" in _verify_fails()
+
+
+def test_an_export_records_only_the_filters_it_applied(owner_client, acme):
+    from django.urls import reverse
+
+    url = reverse("tenant_audit", kwargs={"slug": acme.slug})
+    response = owner_client.get(url, {"action": "key.", "export": "csv", "note": "approved by the auditor",
+                                      "x" * 40: "y" * 2000})
+    assert response.status_code == 200
+    exported = AuditEntry.objects.get(action="audit.exported")
+    # A caller's own query parameters are not written into the trail as if they were filters.
+    assert exported.data["filters"] == {"action": "key."}
