@@ -23,6 +23,7 @@ import orjson
 from django.conf import settings
 from django.contrib import auth
 
+from core import ccaas
 from inference.gateway import errors
 from inference.gateway.errors import GatewayError
 from tenants.access import role_mfa_satisfied
@@ -77,6 +78,7 @@ _MAX_MODEL_CHARS = 200
 class Chat:
     turn: str
     payload: dict  # the /v1 chat body the dispatch prepares (streamed)
+    context: ccaas.Context | None = None  # customer-conversation mode: channel, language, customer id
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +129,33 @@ def parse_frame(text: str) -> Frame:
             raise errors.bad_request("Each message needs a role (system, user or assistant) and text content.",
                                      param="messages")
         clean.append({"role": message["role"], "content": message["content"]})
+    context = _context(data.get("ccaas"))
+    if context is not None:
+        # The model is told where it is talking, ahead of the page's own system prompt (one system message:
+        # Mistral's templates take one, first).
+        instruction = context.instruction()
+        if clean[0]["role"] == "system":
+            clean[0] = {"role": "system", "content": f"{instruction}\n\n{clean[0]['content']}"}
+        else:
+            clean.insert(0, {"role": "system", "content": instruction})
     payload: dict = {"model": model, "messages": clean, "stream": True}
     for name in ("temperature", "max_tokens"):
         if data.get(name) is not None:
             payload[name] = data[name]  # its type and range are the dispatch's to check, as on /v1
-    return Chat(turn, payload)
+    return Chat(turn, payload, context)
+
+
+def _context(raw: object) -> ccaas.Context | None:
+    """Customer-conversation mode's settings (``core.ccaas``), or None when the page is in plain chat mode."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise errors.bad_request("`ccaas` must be an object.", param="ccaas")
+    try:
+        return ccaas.context(channel=raw.get("channel"), language=raw.get("language"),
+                             customer_id=raw.get("customer_id"))
+    except ccaas.Invalid as exc:
+        raise errors.bad_request(str(exc), param=f"ccaas.{exc.field}") from None
 
 
 # --- how often -------------------------------------------------------------------------------------

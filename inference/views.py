@@ -8,6 +8,7 @@ from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from core import ccaas
 from inference import selectors, services
 from inference.forms import BackendForm
 from inference.models import Backend
@@ -96,5 +97,8 @@ def playground(request, access):
         "tenant": access.tenant,
         "models": selectors.declared_models(),
         "max_message_bytes": settings.INFERENCE_PLAYGROUND_MAX_MESSAGE_BYTES,
+        "channels": [(value, label) for value, (label, _manner) in ccaas.CHANNELS.items()],
+        "default_channel": ccaas.DEFAULT_CHANNEL,
+        "default_language": ccaas.DEFAULT_LANGUAGE,
     }
     return render(request, "inference/playground.html", context)

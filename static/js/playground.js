@@ -12,6 +12,10 @@
   const systemBox = el('pg-system')
   const temperatureBox = el('pg-temperature')
   const maxTokensBox = el('pg-max-tokens')
+  const ccaasBox = el('pg-ccaas')
+  const channelSelect = el('pg-channel')
+  const languageBox = el('pg-language')
+  const customerBox = el('pg-customer')
   const log = el('pg-log')
   const statusLine = el('pg-status')
   const errorLine = el('pg-error')
@@ -209,6 +213,8 @@
       temperature: numberOrNull(temperatureBox.value),
       max_tokens: integerOrNull(maxTokensBox.value)
     }
+    const conversation = customerConversation()
+    if (conversation) frame.ccaas = conversation
     const size = encoder.encode(JSON.stringify(frame)).length
     if (size > maxBytes) {
       showError('This conversation is too long to send (' + size + ' of at most ' + maxBytes +
@@ -293,6 +299,7 @@
       system_prompt: systemBox.value,
       temperature: numberOrNull(temperatureBox.value),
       max_tokens: integerOrNull(maxTokensBox.value),
+      customer_conversation: customerConversation(),
       messages: history
     }
     const blob = new Blob([JSON.stringify(data, null, 2)], { type: 'application/json' })
@@ -306,6 +313,14 @@
   }
 
   // --- small things -----------------------------------------------------------------------------
+  function customerConversation () {
+    if (!ccaasBox.checked) return null
+    const conversation = { channel: channelSelect.value, language: languageBox.value.trim() || 'en-AU' }
+    const customer = customerBox.value.trim()
+    if (customer) conversation.customer_id = customer
+    return conversation
+  }
+
   function numberOrNull (value) {
     const n = parseFloat(value)
     return isNaN(n) ? null : n

@@ -549,3 +549,54 @@ async def test_nothing_anyone_typed_or_the_model_said_reaches_the_logs(acme, age
     await comm.disconnect()
     logged = caplog.text
     assert secret not in logged and said not in logged
+
+
+# --- customer-conversation mode ----------------------------------------------------------------------
+async def test_customer_conversation_mode_tells_the_model_the_channel_and_language(acme, agent_cookie, gateway):
+    comm = await ready(acme.slug, agent_cookie)
+    await comm.send_to(text_data=orjson.dumps(chat("plain", max_tokens=2)).decode())
+    _frames, plain = await reply(comm, "plain")
+    mode = {"channel": "whatsapp", "language": "en-AU", "customer_id": "cust-00042"}
+    await comm.send_to(text_data=orjson.dumps(chat("sim", max_tokens=2, ccaas=mode)).decode())
+    _frames, simulated = await reply(comm, "sim")
+    assert simulated["status"] == 200
+    # The same conversation, with the channel's instruction ahead of the system prompt: a longer prompt, billed.
+    assert simulated["prompt_tokens"] > plain["prompt_tokens"]
+    [event] = await usage_events(gateway, simulated["request_id"])
+    assert event["prompt_tokens"] == simulated["prompt_tokens"] and event["key_id"] == PLAYGROUND_KEY_ID
+
+
+@pytest.mark.parametrize(("mode", "param"), [
+    ({"channel": "pigeon"}, "ccaas.channel"),
+    ({"language": "not a language"}, "ccaas.language"),
+    ({"customer_id": "x" * 65}, "ccaas.customer_id"),
+    ({"customer_id": "<script>"}, "ccaas.customer_id"),
+    ("whatsapp", "ccaas"),
+])
+async def test_customer_conversation_fields_are_validated(acme, agent_cookie, gateway, mode, param):
+    comm = await ready(acme.slug, agent_cookie)
+    await comm.send_to(text_data=orjson.dumps(chat(ccaas=mode)).decode())
+    refused = await next_frame(comm)
+    assert (refused["type"], refused["status"], refused["error"]["param"]) == ("error", 400, param)
+
+
+def test_the_page_offers_the_customer_conversation_settings(acme, agent, client):
+    sign_in(client, agent)
+    html = client.get(f"/t/{acme.slug}/playground/").content.decode()
+    assert '<option value="whatsapp">WhatsApp</option>' in html and 'value="en-AU"' in html
+    assert '<label for="pg-customer">Customer id</label>' in html
+
+
+async def test_a_customer_id_is_neither_sent_to_the_model_nor_logged(acme, agent_cookie, gateway, caplog):
+    from inference.playground import parse_frame
+
+    customer = "cust-sentinel-77413"
+    frame = chat(ccaas={"channel": "sms", "customer_id": customer})
+    assert customer not in orjson.dumps(parse_frame(orjson.dumps(frame).decode()).payload).decode()
+    caplog.set_level(logging.DEBUG)
+    comm = await ready(acme.slug, agent_cookie)
+    await comm.send_to(text_data=orjson.dumps(frame).decode())
+    _frames, done = await reply(comm)
+    assert done["status"] == 200
+    await comm.disconnect()
+    assert customer not in caplog.text
