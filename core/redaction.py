@@ -281,6 +281,16 @@ class StreamRestorer:
 
 # --- detection -------------------------------------------------------------------------------------
 _NON_DIGIT = re.compile(r"\D")
+
+
+def _digits(text: str) -> str:
+    """The decimal digits of ``text`` as ASCII. ``\\d`` matches every script's digits (full-width, Arabic-Indic,
+    Devanagari), which a multilingual chat writes and the model reads as numbers; the validators know only 0-9
+    (stdnum's Luhn raised on anything else)."""
+    digits = _NON_DIGIT.sub("", text)
+    return digits if digits.isascii() else "".join(str(int(c)) for c in digits)
+
+
 _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.%+-")
 
 
@@ -336,7 +346,7 @@ def _parts(text: str, start: int, raw: str) -> list[tuple[int, int, str]]:
     for sep in (*_WIDE_SEP.finditer(raw), None):
         end = sep.start() if sep is not None else len(raw)
         part = raw[at:end]
-        digits = _NON_DIGIT.sub("", part)
+        digits = _digits(part)
         if len(digits) >= 6:
             begin = start + at
             kind = _classify(*_as_dialled(part, digits), text[max(0, begin - _CONTEXT_WINDOW):begin])
@@ -349,7 +359,9 @@ def _parts(text: str, start: int, raw: str) -> list[tuple[int, int, str]]:
 
 def find(text: str) -> list[tuple[int, int, str]]:
     """Non-overlapping ``(start, end, type)`` spans of the identifiers in ``text``, in order."""
-    has_digit = any(c in text for c in "0123456789") if len(text) < 64 else re.search(r"\d", text) is not None
+    # Any script's digits, as the candidates' ``\d`` (a short text is scanned for ASCII first, the common case).
+    has_digit = (any(c in text for c in "0123456789") or (not text.isascii() and re.search(r"\d", text) is not None)
+                 if len(text) < 64 else re.search(r"\d", text) is not None)
     if not has_digit and "@" not in text:
         return []
     spans: list[tuple[int, int, str]] = []
@@ -379,7 +391,7 @@ def find(text: str) -> list[tuple[int, int, str]]:
         if k < len(keyed) and keyed[k][0] < end:
             continue
         raw = m.group(0)
-        digits = _NON_DIGIT.sub("", raw)
+        digits = _digits(raw)
         if len(digits) < 6:
             continue
         before = text[max(0, start - _CONTEXT_WINDOW):start]

@@ -52,3 +52,19 @@ def test_a_megabyte_of_digits_and_separators_is_redacted_in_linear_time(hostile)
     started = time.perf_counter()
     Redactor().redact(hostile)
     assert time.perf_counter() - started < 3.0
+
+
+# Full-width (U+FF10..) and Arabic-Indic (U+0660..) digits, written by code point so the source stays ASCII.
+FULLWIDTH = {ord("0") + i: 0xFF10 + i for i in range(10)}
+ARABIC_INDIC = {ord("0") + i: 0x0660 + i for i in range(10)}
+
+
+@pytest.mark.parametrize("digits", [FULLWIDTH, ARABIC_INDIC])
+@pytest.mark.parametrize(("value", "kind"), [("4111111111111111", "AU_CARD"), ("123456782", "AU_TFN"),
+                                             ("51824753556", "AU_ABN"), ("8003601234567894", "AU_IHI")])
+@pytest.mark.parametrize("padding", ["", "Customer said, after a long hold and two transfers to other queues: "])
+def test_identifiers_in_other_scripts_digits_are_redacted_and_never_crash(digits, value, kind, padding):
+    # A multilingual chat writes numbers in its own script; the model reads them as numbers all the same. These
+    # used to raise inside the Luhn check (a 500 for the whole request) once the text was 64 characters long.
+    written = value.translate(digits)
+    assert Redactor().redact(f"{padding}number {written} thanks") == f"{padding}number [{kind}_1] thanks"
