@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +26,8 @@ from core import contract
 
 logger = logging.getLogger("wattle.backends")
 
+# billing.pricing.UNITS_PER_MICRO: prices are whole numbers of 10⁻⁴ micro-A$ per token.
+PRICE_UNITS_PER_MICRO = 10_000
 _BREAKER_THRESHOLD = 3  # consecutive failures that open a backend's circuit
 
 
@@ -248,7 +249,12 @@ class BackendPool:
         price = self.price_lists.get(price_list, self.prices).get(model)
         if price is None:
             return 0
-        return math.ceil(prompt_tokens * price[0] + completion_tokens * price[1])
+        # Prices have at most four decimals of a micro-A$ per token: counted in those units as integers, a request
+        # costs exactly what the rollups rate it (in floats, 5 tokens at 0.2 came to 1.0000000000000002 and
+        # rounded up to 2).
+        units = (prompt_tokens * round(price[0] * PRICE_UNITS_PER_MICRO)
+                 + completion_tokens * round(price[1] * PRICE_UNITS_PER_MICRO))
+        return -(-units // PRICE_UNITS_PER_MICRO)
 
     def max_model_len(self, model: str) -> int:
         for backend in self.backends.values():

@@ -158,3 +158,26 @@ def test_a_checkout_completed_in_another_tab_sends_the_next_one_to_the_portal(ow
 def test_a_huge_page_number_on_the_reconciliation_overview_is_no_500(staff_client, acme):
     response = staff_client.get("/staff/reconciliation/?page=99999999999999999999999")
     assert response.status_code == 200
+
+
+# --- rounding -----------------------------------------------------------------------------------------------------
+def test_the_data_planes_cost_of_a_request_is_the_rollups_to_the_micro_dollar():
+    """The spend cap counts each request at the data plane's cost; the rollups (and the limit counters' rebuild)
+    rate it exactly. In floating point, 5 tokens at A$0.20 per million came to 1.0000000000000002 micro-A$ and
+    rounded up to 2: a budget counted more than the rollups say was spent."""
+    from decimal import Decimal
+
+    from billing import pricing
+    from billing.rollups import event_cost_micro_aud
+    from inference.gateway.backends import PRICE_UNITS_PER_MICRO, BackendPool
+
+    assert PRICE_UNITS_PER_MICRO == pricing.UNITS_PER_MICRO
+    pool = BackendPool.__new__(BackendPool)
+    platform = {"m": pricing.Price(Decimal("0.2"), Decimal("0.6")), "n": pricing.Price(Decimal("3"), Decimal("9"))}
+    pool.prices = {model: (float(p.input), float(p.output)) for model, p in platform.items()}
+    pool.price_lists = {}
+    scaled = pricing.scaled_table(platform)
+    wrong = [(model, prompt, completion) for model in platform for prompt in range(0, 400) for completion in (0, 7)
+             if pool.cost_micro_aud(model, prompt, completion) != event_cost_micro_aud(scaled, model, prompt,
+                                                                                       completion)]
+    assert wrong == []
