@@ -116,6 +116,8 @@ def _already_applied(stored: StripeEvent) -> bool:
     if stored.type in _INVOICE:
         invoice = Invoice.objects.filter(stripe_invoice_id=_id(obj.get("id"))).first()
         return invoice is not None and invoice.stripe_seen > stored.created
+    if stored.type in _TAX_ID:
+        return False  # only a tax id event re-reads the tax ids: a newer one of another kind says nothing of them
     customer = _customer_of(stored.payload)
     seen = Subscription.objects.filter(stripe_customer_id=customer).values_list("stripe_seen", flat=True).first()
     # Strictly newer: events of the same second can't be ordered, so such an event waits for Stripe instead.

@@ -362,9 +362,10 @@ def customer_tax_ids_refresh(*, customer_id: str, seen: int = 0) -> Subscription
         kept = [{"type": t.get("type"), "value": t.get("value"), "verification": t.get("verification")}
                 for t in tax_ids]
         if kept != subscription.tax_ids:
+            # Not ``stripe_seen``: that says how new the subscription as last re-read is, and this didn't re-read it
+            # (a subscription change waiting for Stripe would otherwise pass for applied).
             subscription.tax_ids = kept
-            subscription.stripe_seen = max(subscription.stripe_seen, seen)
-            subscription.save(update_fields=["tax_ids", "stripe_seen", "updated_at"])
+            subscription.save(update_fields=["tax_ids", "updated_at"])
             record(action="billing.customer.tax_ids", tenant=subscription.tenant, target=subscription,
                    data={"types": sorted({t["type"] or "" for t in kept})})
         abn = next((re.sub(r"\D", "", t["value"] or "") for t in kept if t["type"] == "au_abn"), "")

@@ -181,3 +181,37 @@ def test_the_data_planes_cost_of_a_request_is_the_rollups_to_the_micro_dollar():
              if pool.cost_micro_aud(model, prompt, completion) != event_cost_micro_aud(scaled, model, prompt,
                                                                                        completion)]
     assert wrong == []
+
+
+# --- webhooks while Stripe is away ----------------------------------------------------------------------------------
+def test_a_newer_tax_id_event_does_not_make_a_waiting_subscription_change_look_applied(client, owner_client, acme,
+                                                                                       stripe_fake):
+    """A tax id change re-reads the tax ids, not the subscription: it used to stamp the subscription as seen up to
+    its time, so a subscription change that arrived while Stripe was unreachable was taken as already applied and
+    dropped (a tenant that should go past due, or back in good standing after paying, never did)."""
+    import time
+
+    from billing import stripe_events
+    from billing.models import StripeEvent
+    from tests.billing.stripe_helpers import post_event
+
+    subscription = subscribe(owner_client, acme, paid_plan(), stripe_fake)
+    now = int(time.time())
+    stripe_fake.set_card_declines(subscription.stripe_customer_id)
+    stripe_fake.advance(subscription.stripe_subscription_id)
+    change = [e for e in stripe_fake.events if e["type"] == "customer.subscription.updated"][-1]
+    change = {**change, "created": now + 60}
+    stripe_fake.set_tax_id(subscription.stripe_customer_id, "51 824 753 556")
+    tax = {**stripe_fake.events_of("customer.tax_id.created")[-1], "created": now + 120}
+    assert post_event(client, stripe_fake, tax).status_code == 200
+    assert Subscription.objects.get(tenant=acme).tax_ids
+    stripe_fake.fail_next("/v1/subscriptions", count=6, status=503)
+    assert post_event(client, stripe_fake, change).status_code == 200
+    with stripe_fake.state.lock:
+        stripe_fake._faults.clear()  # Stripe is back
+    waiting = StripeEvent.objects.get(event_id=change["id"])
+    assert waiting.processed_at is None and "retry" in waiting.error
+    # Stripe is back: the periodic retry applies it.
+    StripeEvent.objects.filter(pk=waiting.pk).update(received_at=waiting.received_at.replace(year=2000))
+    assert stripe_events.events_retry() == 1
+    assert Subscription.objects.get(tenant=acme).status == "past_due"
