@@ -42,9 +42,14 @@ DROP TRIGGER IF EXISTS audit_entry_append_only ON {TABLE};
 DROP FUNCTION IF EXISTS audit_entry_append_only();
 """
 
+# SQLite's REPLACE conflict resolution (INSERT OR REPLACE, UPDATE OR REPLACE) deletes the row in the way without
+# firing DELETE triggers (unless recursive_triggers is on), so a row may not take an existing row's id or seq:
+# checked before the conflict is resolved. PostgreSQL has no REPLACE; its ON CONFLICT DO UPDATE fires the UPDATE
+# trigger.
 _SQLITE_SEAL_ONLY = " AND ".join(
     ["OLD.hash = ''", "OLD.seq IS NULL", "NEW.hash <> ''", "NEW.seq IS NOT NULL"]
     + [f'NEW."{c}" IS OLD."{c}"' for c in _OTHER_COLUMNS]
+    + [f"NOT EXISTS (SELECT 1 FROM {TABLE} WHERE seq = NEW.seq)"]  # noqa: S608 (constant names)
 )
 _SQLITE_INSTALL = [
     f"""CREATE TRIGGER IF NOT EXISTS audit_entry_no_update BEFORE UPDATE ON {TABLE}
@@ -52,10 +57,15 @@ _SQLITE_INSTALL = [
         BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END""",
     f"""CREATE TRIGGER IF NOT EXISTS audit_entry_no_delete BEFORE DELETE ON {TABLE}
         BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_entry_no_replace BEFORE INSERT ON {TABLE}
+        WHEN EXISTS (SELECT 1 FROM {TABLE} WHERE id = NEW.id)
+            OR (NEW.seq IS NOT NULL AND EXISTS (SELECT 1 FROM {TABLE} WHERE seq = NEW.seq))
+        BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END""",  # noqa: S608 (constant names)
 ]
 _SQLITE_UNINSTALL = [
     "DROP TRIGGER IF EXISTS audit_entry_no_update",
     "DROP TRIGGER IF EXISTS audit_entry_no_delete",
+    "DROP TRIGGER IF EXISTS audit_entry_no_replace",
 ]
 
 

@@ -101,3 +101,45 @@ def test_an_export_records_only_the_filters_it_applied(owner_client, acme):
     exported = AuditEntry.objects.get(action="audit.exported")
     # A caller's own query parameters are not written into the trail as if they were filters.
     assert exported.data["filters"] == {"action": "key."}
+
+
+# --- SQLite's REPLACE: its implicit delete fires no DELETE trigger -----------------------------------------------
+_COLUMNS = ("seq, id, created_at, action, actor_kind, actor_id, actor_label, api_key_id, tenant_id, target_type, "
+            "target_id, ip, user_agent, request_id, data, prev_hash, hash")
+sqlite_only = pytest.mark.skipif(connection.vendor != "sqlite", reason="REPLACE is SQLite's")
+
+
+def _refused(sql: str, params=()) -> None:
+    from django.db import DatabaseError, transaction
+
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+@sqlite_only
+def test_insert_or_replace_cannot_overwrite_a_sealed_entry_by_its_id(db):
+    _sealed(2)
+    first = AuditEntry.objects.get(seq=1)
+    forged = _COLUMNS.replace("action", "'test.forged'")
+    _refused(f"INSERT OR REPLACE INTO audit_auditentry ({_COLUMNS}) "  # noqa: S608 (constant columns)
+             f"SELECT {forged} FROM audit_auditentry WHERE id = %s", [first.id])
+    assert AuditEntry.objects.get(seq=1).action == "test.tail"
+
+
+@sqlite_only
+def test_insert_or_replace_cannot_take_a_sealed_entrys_place_in_the_chain(db):
+    _sealed(2)
+    _refused(f"INSERT OR REPLACE INTO audit_auditentry ({_COLUMNS}) "  # noqa: S608 (constant columns)
+             f"SELECT seq, id + 1000, created_at, 'test.forged', actor_kind, actor_id, actor_label, api_key_id, "
+             "tenant_id, target_type, target_id, ip, user_agent, request_id, data, prev_hash, hash "
+             "FROM audit_auditentry WHERE seq = 1")
+    assert AuditEntry.objects.filter(seq__isnull=False).count() == 2
+
+
+@sqlite_only
+def test_the_sealing_update_cannot_replace_a_sealed_entry(db):
+    _sealed(2)
+    unsealed = record(action="test.unsealed")
+    _refused("UPDATE OR REPLACE audit_auditentry SET seq = 1, prev_hash = %s, hash = %s WHERE id = %s",
+             ["0" * 64, "f" * 64, unsealed.id])
+    assert AuditEntry.objects.get(seq=1).action == "test.tail"
