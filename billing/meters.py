@@ -333,6 +333,10 @@ def _rows_for(key: tuple, entry: _Hour, reported: dict[datetime, tuple[int, int]
     # the same spans as when they were written, unless a boundary was learnt since.
     carried: dict[datetime, int] = defaultdict(int)
     for stamp, (quantity, _sequence) in reported.items():
+        if stamp < starts[0] and starts[0] > hour:
+            # Before the subscription started inside this hour: an earlier subscription's part (one that ended in
+            # this hour), billed with it; it takes nothing from this subscription's part.
+            continue
         carried[max([s for s in starts if s <= stamp], default=starts[0])] += quantity
     closed = [start for start, end in entry.spans if end <= cutoff]
     # Never more for the hour than its usage, even if tokens sent before a boundary was known sit in the wrong part.

@@ -215,3 +215,37 @@ def test_a_newer_tax_id_event_does_not_make_a_waiting_subscription_change_look_a
     StripeEvent.objects.filter(pk=waiting.pk).update(received_at=waiting.received_at.replace(year=2000))
     assert stripe_events.events_retry() == 1
     assert Subscription.objects.get(tenant=acme).status == "past_due"
+
+
+def test_subscribing_again_in_the_hour_a_subscription_ended_reports_the_new_ones_usage_in_full(acme):
+    """The part of the hour before the cancellation was reported under the old subscription; the new one starting
+    later in that hour must not have its own part reduced by it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.meters import meter_reports_plan
+    from billing.rollups import rollups_update
+    from tests.billing.metering_setup import LARGE, add_event, hour_floor, metered_plan
+    from tests.billing.metering_setup import subscribe as subscribe_row
+
+    metered = metered_plan(with_stripe=False)
+    now = timezone.now()
+    hour = hour_floor(now) - timedelta(hours=3)
+    row = subscribe_row(acme, metered.plan, since=hour - timedelta(days=10), with_stripe=False,
+                        started_at=hour - timedelta(days=10))
+    add_event(acme, hour + timedelta(minutes=10), prompt=100, completion=0)
+    row.status, row.current_period_end = "canceled", hour + timedelta(minutes=20)
+    row.save()
+    rollups_update()
+    [old] = meter_reports_plan(now=now)
+    assert (old.span_start, old.quantity) == (hour, 100)
+    restart = hour + timedelta(minutes=40)
+    row.status, row.started_at, row.current_period_start = "active", restart, restart
+    row.current_period_end = restart + timedelta(days=30)
+    row.save()
+    add_event(acme, hour + timedelta(minutes=50), prompt=30, completion=0)
+    rollups_update()
+    rows = meter_reports_plan(now=now + timedelta(minutes=1))
+    assert [(r.meter, r.span_start, r.quantity) for r in rows] == [
+        (metered.meter(LARGE, "input").event_name, restart, 30)]
