@@ -81,9 +81,10 @@ class Dispatcher:
         self.upstream = upstream
         self.usage = usage
         self.access_log = access_log
-        # key id -> when the limits last refused it (monotonic). Bounded, evicting the least recently seen key: a
-        # key forgotten here is only checked beside its upstream call again, and cancelled there if refused.
-        self._refused_at: LRU[str, float] = LRU(10_000)
+        # (tenant, key id) -> when the limits last refused it (monotonic). Bounded, evicting the least recently seen
+        # key: a key forgotten here is only checked beside its upstream call again, and cancelled there if refused.
+        # The tenant is part of it because every tenant's playground caller has the same key id.
+        self._refused_at: LRU[tuple[str, str], float] = LRU(10_000)
         self._rules = validation.Rules.from_settings()
         self._cache_salt_key = settings.INFERENCE_CACHE_SALT_SECRET.encode()
         self._cache_salts: LRU[str, str] = LRU(10_000)  # tenant id -> its salt (derived from the key above)
@@ -160,7 +161,7 @@ class Dispatcher:
         start work upstream that gets cancelled)."""
         if not self._limits_parallel or self.limiter.failing:
             return False
-        refused = self._refused_at.get(ctx.key.key_id)
+        refused = self._refused_at.get((ctx.key.tenant, ctx.key.key_id))
         return refused is None or time.monotonic() - refused > self._parallel_backoff_s
 
     async def _finish_admission(self, ctx: RequestContext) -> None:
@@ -173,7 +174,7 @@ class Dispatcher:
             ctx.admission = await self.limiter.finish(pending)
         except GatewayError as refusal:
             if refusal.status == 429:
-                self._refused_at.put(ctx.key.key_id, time.monotonic())
+                self._refused_at.put((ctx.key.tenant, ctx.key.key_id), time.monotonic())
             raise
 
     # --- the exchange ------------------------------------------------------------------------------

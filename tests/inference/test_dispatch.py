@@ -4,6 +4,7 @@ in the test's own event loop, a sink that collects events, the real simulator, R
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import pytest
@@ -197,3 +198,29 @@ async def test_a_request_the_limits_refuse_never_asks_for_a_cold_start(gateway, 
     await _run(gateway, caller, dict(payload), refused)
     assert refused.kinds() == ["Failed"] and refused.seen[0].error.status == 429
     assert warmups == []
+
+
+def test_one_tenants_refused_playground_leaves_anothers_checked_in_parallel(settings):
+    """Every tenant's playground caller has the key id "playground": a refusal remembered for one tenant must not
+    make another tenant's playground requests wait for the limits check before calling the model."""
+    from types import SimpleNamespace
+
+    from core.keys import PLAYGROUND_KEY_ID
+    from inference.gateway.dispatch import Dispatcher
+    from inference.gateway.errors import GatewayError
+
+    async def refuse(_pending):
+        raise GatewayError(429, "Rate limit reached", code="rate_limit_exceeded")
+
+    limiter = SimpleNamespace(failing=False, finish=refuse)
+    dispatcher = Dispatcher(pool=None, limiter=limiter, upstream=None, usage=None, access_log=None)
+    dispatcher._limits_parallel = True
+
+    def ctx(tenant):
+        return SimpleNamespace(key=SimpleNamespace(tenant=tenant, key_id=PLAYGROUND_KEY_ID), admitting=object())
+
+    refused = ctx("tenant-a")
+    with pytest.raises(GatewayError):
+        asyncio.run(dispatcher._finish_admission(refused))
+    assert dispatcher._admit_in_parallel(ctx("tenant-a")) is False
+    assert dispatcher._admit_in_parallel(ctx("tenant-b")) is True
