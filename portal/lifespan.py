@@ -33,65 +33,53 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-def redis_repair_loop(*, stop: threading.Event, interval: float) -> None:
-    """Embedded mode has no Celery beat: run the jobs that repair Redis (republish key records changed since
-    the last run and the model prices, rebuild the limit counters if Redis lost them) now and every
-    ``interval`` until ``stop``."""
+def _run_every(jobs, *, stop: threading.Event, interval: float, what: str) -> None:
+    """Run ``jobs`` now and every ``interval`` until ``stop``. One that fails is logged and runs again next time;
+    the others still run."""
     from django.db import close_old_connections
 
-    from billing.tasks import publish_prices, rebuild_limit_counters
-
     while True:
-        for job in (publish_snapshots, publish_prices, rebuild_limit_counters):
+        for job in jobs:
             try:
                 job()
             except Exception:
-                logger.exception("%s failed; it runs again in %ss", job.name, interval)
+                name = getattr(job, "name", None) or job.__name__
+                logger.exception("%s job %s failed; it runs again in %ss", what, name, interval)
             finally:
                 close_old_connections()
         if stop.wait(interval):
             return
+
+
+def redis_repair_loop(*, stop: threading.Event, interval: float) -> None:
+    """Embedded mode has no Celery beat: run the jobs that repair Redis (republish key records changed since
+    the last run and the model prices, rebuild the limit counters if Redis lost them) now and every
+    ``interval`` until ``stop``."""
+    from billing.tasks import publish_prices, rebuild_limit_counters
+
+    _run_every((publish_snapshots, publish_prices, rebuild_limit_counters), stop=stop, interval=interval,
+               what="Redis repair")
 
 
 def billing_jobs_loop(*, stop: threading.Event, interval: float) -> None:
     """Embedded mode has no Celery beat: build the usage rollups (the console reads them), then plan and send the
     Stripe meter reports; retry Stripe events still waiting, send payment notices now due and sync plans out of
     step with Stripe; now and every ``interval`` until ``stop``."""
-    from django.db import close_old_connections
-
     from billing.meters import meter_jobs
     from billing.payment_notices import payment_notices_send
     from billing.plan_sync import plans_sync_due
     from billing.stripe_events import events_retry
 
-    while True:
-        for job in (meter_jobs, events_retry, payment_notices_send, plans_sync_due):
-            try:
-                job()
-            except Exception:
-                logger.exception("billing job %s failed; it runs again in %ss", job.__name__, interval)
-            finally:
-                close_old_connections()
-        if stop.wait(interval):
-            return
+    _run_every((meter_jobs, events_retry, payment_notices_send, plans_sync_due), stop=stop, interval=interval,
+               what="billing")
 
 
 def audit_jobs_loop(*, stop: threading.Event, interval: float) -> None:
     """Embedded mode has no Celery beat: chain new audit entries and archive a segment when one is due, now and
     every ``interval`` until ``stop``."""
-    from django.db import close_old_connections
-
     from audit.services import audit_jobs
 
-    while True:
-        try:
-            audit_jobs()
-        except Exception:
-            logger.exception("audit jobs failed; they run again in %ss", interval)
-        finally:
-            close_old_connections()
-        if stop.wait(interval):
-            return
+    _run_every((audit_jobs,), stop=stop, interval=interval, what="audit")
 
 
 class Lifespan:
