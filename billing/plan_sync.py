@@ -64,6 +64,8 @@ class SyncResult:
     created: list[str] = field(default_factory=list)
     deactivated: list[str] = field(default_factory=list)
     meters_created: list[str] = field(default_factory=list)
+    # Metered prices of models the plan had no price for: running subscriptions don't hold them yet.
+    new_lines: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -202,6 +204,10 @@ def plan_stripe_sync(*, plan: Plan, actor: AbstractBaseUser | None = None,
                        data={"slug": plan.slug, "error": type(exc).__name__})
         raise
     cache.delete(_FAILURE_KEY.format(pk=plan.pk))
+    if result.new_lines:
+        from billing.subscriptions import plan_subscriptions_complete
+
+        plan_subscriptions_complete(plan=plan)  # Stripe bills a subscription only the prices it holds
     with transaction.atomic():
         record(action="plan.stripe_sync", actor=actor, target=plan, request=request,
                data={"slug": plan.slug, "product": result.product_id, "created": result.created,
@@ -234,6 +240,8 @@ def _sync(plan: Plan) -> SyncResult:
             result.deactivated.append(current.stripe_price_id)
         _price_swap(plan=plan, wanted=wanted, price_id=price_id, current=current)
         result.created.append(price_id)
+        if current is None and wanted.kind != StripePrice.Kind.FEE:
+            result.new_lines.append(price_id)
     for key, gone in active.items():
         if key not in wanted_keys:  # a model no longer priced
             stripe_gateway.price_deactivate(gone.stripe_price_id)

@@ -498,6 +498,14 @@ def _subscription_dict(sub: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def subscription_item_add(*, subscription_id: str, price_id: str, idempotency_key: str) -> str:
+    """Add a (metered) price to a running subscription, billing from now on (no proration); returns the item id."""
+    params = {"subscription": subscription_id, "price": price_id, "proration_behavior": "none"}
+    with _calling("subscription item create"):
+        item = _client().v1.subscription_items.create(params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
+    return item.id
+
+
 def subscription_retrieve(subscription_id: str) -> dict[str, Any]:
     """The subscription's current state, its start (``start_date``) and period as epoch ints (``items`` carry each
     price id)."""

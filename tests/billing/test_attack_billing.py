@@ -249,3 +249,47 @@ def test_subscribing_again_in_the_hour_a_subscription_ended_reports_the_new_ones
     rows = meter_reports_plan(now=now + timedelta(minutes=1))
     assert [(r.meter, r.span_start, r.quantity) for r in rows] == [
         (metered.meter(LARGE, "input").event_name, restart, 30)]
+
+
+# --- a model priced after a subscription was sold -----------------------------------------------------------------
+def test_a_model_priced_after_subscribing_is_added_to_running_subscriptions(owner_client, acme, stripe_fake):
+    """A Stripe subscription bills only the prices it holds: a model priced later (a new model served) got a meter
+    and a price on the plan, but running subscriptions never held it, so every subscriber's use of it was reported
+    and never invoiced, while the console showed them its cost. The sync adds it to them."""
+    from decimal import Decimal
+
+    from billing import plan_sync
+    from billing.models import ModelPrice, StripePrice
+
+    plan = paid_plan()
+    subscription = subscribe(owner_client, acme, plan, stripe_fake)
+    new_model = "mistralai/Mistral-Small-24B-Instruct-2501"
+    ModelPrice.objects.create(model=new_model, input_per_1k_aud=Decimal("0.001"), output_per_1k_aud=Decimal("0.003"))
+    plan_sync.plan_stripe_sync(plan=plan)
+    new_prices = set(StripePrice.objects.filter(plan=plan, active=True, model=new_model)
+                     .values_list("stripe_price_id", flat=True))
+    assert len(new_prices) == 2
+    with stripe_fake.state.lock:
+        held = {item["price"]["id"] for item in
+                stripe_fake.state.subscriptions[subscription.stripe_subscription_id]["items"]["data"]}
+    assert new_prices <= held
+    # Synced again: nothing added twice.
+    plan_sync.plan_stripe_sync(plan=plan)
+    with stripe_fake.state.lock:
+        items = stripe_fake.state.subscriptions[subscription.stripe_subscription_id]["items"]["data"]
+    assert len([i for i in items if i["price"]["id"] in new_prices]) == 2
+    # Its use is invoiced at the period's end.
+    import time
+
+    from billing import stripe_gateway
+    from billing.models import StripeMeter
+
+    meter = StripeMeter.objects.get(model=new_model, direction="output")
+    stripe_gateway.meter_event_create(event_name=meter.event_name, customer_id=subscription.stripe_customer_id,
+                                      value=200_000, timestamp=int(time.time()), identifier="attack-new-model")
+    invoice = stripe_fake.advance(subscription.stripe_subscription_id)
+    with stripe_fake.state.lock:
+        lines = stripe_fake.state.invoice_lines(invoice["id"])
+    billed = [line for line in lines if line.get("pricing", {}).get("price_details", {}).get("price") in new_prices
+              or (line.get("price") or {}).get("id") in new_prices]
+    assert billed and sum(line["amount"] for line in billed) > 0

@@ -379,6 +379,7 @@ _ROUTES: list[_Route] = [
     ),
     ("POST", re.compile(r"/v1/billing_portal/sessions"), lambda f, s, m, p, e: s.portal_session_create(p)),
     ("GET", re.compile(rf"/v1/subscriptions/{_ID}"), lambda f, s, m, p, e: s.subscription_view(s.subscription(m[1]))),
+    ("POST", re.compile(r"/v1/subscription_items"), lambda f, s, m, p, e: s.subscription_item_create(p)),
     (
         "GET",
         re.compile(r"/v1/subscription_items"),

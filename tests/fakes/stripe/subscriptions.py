@@ -359,6 +359,28 @@ class Subscriptions:
             raise invalid("Missing required param: subscription.", "subscription", "parameter_missing")
         return self.subscription(subscription_id, "subscription")["items"]["data"]
 
+    def subscription_item_create(self, params: dict) -> dict:
+        """Add a price to a running subscription (``proration_behavior`` none: a metered price bills from now)."""
+        sub = self.subscription(params.get("subscription") or "", "subscription")
+        if sub["status"] in ("canceled", "incomplete_expired"):
+            raise invalid("A canceled subscription can't get new items.", "subscription")
+        price_id = params.get("price") or ""
+        if price_id not in self.prices:
+            raise missing("price", price_id, "price")
+        if any(item["price"]["id"] == price_id for item in sub["items"]["data"]):
+            raise invalid("The subscription already has an item with this price.", "price")
+        start, end = self._period(sub)
+        item = {
+            "id": new_id("si_", 14), "object": "subscription_item", "created": self.now(),
+            "current_period_end": end, "current_period_start": start, "discounts": [], "metadata": {},
+            "price": copy.deepcopy(self.prices[price_id]), "quantity": None, "subscription": sub["id"],
+            "tax_rates": [],
+        }
+        sub["items"]["data"].append(item)
+        sub["items"]["total_count"] = len(sub["items"]["data"])
+        self.emit("customer.subscription.updated", sub)
+        return item
+
     def subscription_list(self, params: dict) -> list[dict]:
         subs = list(reversed(self.subscriptions.values()))
         if params.get("customer"):
