@@ -50,6 +50,12 @@ def tenant_billing(request, access):
         plans = [{"plan": plan, "current": plan.pk == current,
                   "checkout_url": _url_or_none("tenant_billing_checkout", tenant.slug, plan.slug)}
                  for plan in self_serve_plans()]
+    elif can_manage and overview.state.configured and overview.state.status in ("active", "trialing"):
+        # Subscribed in good standing: another plan is a switch of the running subscription, not a new Checkout.
+        current = overview.state.subscription.plan_id if overview.state.subscription else None
+        plans = [{"plan": plan, "current": plan.pk == current,
+                  "change_url": _url_or_none("tenant_billing_change_plan", tenant.slug, plan.slug)}
+                 for plan in self_serve_plans() if plan.stripe_product_id]
     today = timezone.localdate()
     export_form = UsageExportForm(initial={"start": overview.period.start.astimezone(timezone.get_current_timezone())
                                            .date(), "end": today})

@@ -458,7 +458,7 @@ def checkout_session_expire(session_id: str) -> dict[str, Any]:
 
 
 def portal_session_create(*, customer_id: str, return_url: str) -> str:
-    """A Customer Portal link (payment methods, plan changes, cancellation); returns its url."""
+    """A Customer Portal link (payment methods, invoices, cancellation); returns its url."""
     with _calling("portal session create"):
         session = _client().v1.billing_portal.sessions.create({"customer": customer_id, "return_url": return_url})
     return session.url
@@ -655,3 +655,39 @@ def webhook_event(payload: bytes, sig_header: str) -> dict[str, Any]:
     if not isinstance(event, dict) or event.get("object") != "event" or not event.get("id") or not event.get("type"):
         raise WebhookSignatureInvalid("the webhook body is not a Stripe event")
     return event
+
+
+def subscription_change_plan(
+    *, subscription_id: str, remove_item_ids: list[str], add_price_ids: list[str], idempotency_key: str
+) -> dict[str, Any]:
+    """Move a running subscription to another plan's prices in one update: ``remove_item_ids`` are deleted,
+    ``add_price_ids`` added (metered prices without a quantity: the meter decides it). Returns the subscription as
+    ``subscription_retrieve`` gives it.
+
+    ``create_prorations``: the unused part of the old fee is credited and the new fee charged for the rest of the
+    period, both as invoice items on the next invoice (nothing is charged now, so there is no payment to wait for:
+    ``pending_if_incomplete`` would not apply, and Stripe does not take ``items[deleted]`` in a pending update).
+
+    Usage so far: a subscription in Stripe's ``flexible`` billing mode bills a removed metered price's usage up to
+    the change as an invoice item; in ``classic`` mode that usage would go unbilled. So a classic subscription is
+    first migrated to flexible (a one-way change Stripe allows at any time, idempotent here: one already flexible is
+    left alone)."""
+    if not remove_item_ids and not add_price_ids:
+        raise ValueError("a plan change removes or adds at least one price")
+    client = _client()
+    with _calling("subscription retrieve"):
+        current = _plain(client.v1.subscriptions.retrieve(subscription_id))
+    if ((current.get("billing_mode") or {}).get("type") or "classic") != "flexible":
+        with _calling("subscription migrate"):
+            client.v1.subscriptions.migrate(
+                subscription_id,
+                {"billing_mode": {"type": "flexible"}},  # type: ignore[arg-type]
+                {"idempotency_key": f"{idempotency_key}_migrate"},
+            )
+    items: list[dict[str, Any]] = [{"id": item_id, "deleted": True} for item_id in remove_item_ids]
+    items.extend({"price": price_id} for price_id in add_price_ids)
+    params: dict[str, Any] = {"items": items, "proration_behavior": "create_prorations"}
+    with _calling("subscription change plan"):
+        client.v1.subscriptions.update(subscription_id, params, {"idempotency_key": idempotency_key})  # type: ignore[arg-type]
+    # Re-read: the update's answer embeds one page of items, and a plan with many models has more.
+    return subscription_retrieve(subscription_id)

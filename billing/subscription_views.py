@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.contrib import messages
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -65,6 +66,21 @@ def portal(request, access):
     except subscriptions.BillingUnavailable as exc:
         return _unavailable(request, access, str(exc))
     return _see_other(url)
+
+
+@require_POST
+@tenant_view(Action.BILLING_MANAGE)
+def change_plan(request, access, plan_slug: str):
+    """Switch the running subscription to another plan, then back to the billing page with what happened."""
+    plan = get_object_or_404(Plan, slug=plan_slug)
+    try:
+        subscriptions.subscription_change_plan(tenant=access.tenant, plan=plan, actor=request.user, request=request)
+    except subscriptions.BillingUnavailable as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"You're now on the {plan.name} plan. Stripe credits the unused part of this "
+                                  "period's fee and charges the new fee for the rest of it, on your next invoice.")
+    return _see_other(reverse("tenant_billing", args=[access.tenant.slug]))
 
 
 def _session(request, access) -> CheckoutSession:

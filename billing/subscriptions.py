@@ -81,7 +81,7 @@ def _customer_ensure(*, tenant: Tenant, actor: AbstractBaseUser | None, request:
 @dataclass(frozen=True)
 class CheckoutStart:
     url: str
-    to_portal: bool = False  # the tenant already subscribes: plan changes go through the Portal
+    to_portal: bool = False  # the tenant's subscription is past due: the open invoice is paid in the Portal
     session: CheckoutSession | None = None
 
 
@@ -95,8 +95,9 @@ def checkout_plans() -> list[Plan]:
 def checkout_start(*, tenant: Tenant, plan: Plan, urls: Callable[[uuid.UUID], tuple[str, str]], portal_return: str,
                    actor: AbstractBaseUser | None = None, request: HttpRequest | None = None) -> CheckoutStart:
     """Start a Stripe Checkout subscribing ``tenant`` to ``plan``; ``urls(session id)`` gives the (success, cancel)
-    return URLs. A tenant whose subscription runs is sent to the Portal instead (plan changes, with Stripe's
-    proration). Raises ``BillingUnavailable`` (payments not configured, plan not offered, Stripe refused)."""
+    return URLs. A tenant whose subscription runs in good standing is refused (plans change through
+    ``subscription_change_plan``); one past due is sent to the Portal to pay. Raises ``BillingUnavailable``
+    (payments not configured, plan not offered, Stripe refused)."""
     if not stripe_gateway.configured():
         raise BillingUnavailable(NOT_CONFIGURED)
     if not plan.self_serve:
@@ -110,7 +111,15 @@ def checkout_start(*, tenant: Tenant, plan: Plan, urls: Callable[[uuid.UUID], tu
         subscription = _customer_ensure(tenant=tenant, actor=actor, request=request)
         if _open_checkouts_close(tenant=tenant):
             subscription.refresh_from_db()
+        if subscription.stripe_subscription_id and subscription.status in GOOD_STANDING:
+            # A second Checkout would be a second subscription billing the same meters: a plan change is an
+            # update of the running one (``subscription_change_plan``).
+            current = subscription.plan.name if subscription.plan else "a plan"
+            raise BillingUnavailable(
+                f"You already subscribe to {current}. To move to {plan.name}, use \"Switch to {plan.name}\" on the "
+                "billing page: the change applies at once and Stripe prorates the monthly fee.")
         if subscription.stripe_subscription_id and subscription.status in LIVE:
+            # Past due: the Portal is where the open invoice is paid.
             url = stripe_gateway.portal_session_create(customer_id=subscription.stripe_customer_id,
                                                        return_url=portal_return)
             return CheckoutStart(url=url, to_portal=True)
@@ -175,7 +184,8 @@ def _open_checkouts_close(*, tenant: Tenant) -> bool:
 
 def portal_start(*, tenant: Tenant, return_url: str, actor: AbstractBaseUser | None = None,
                  request: HttpRequest | None = None) -> str:
-    """A Customer Portal link for the tenant (payment methods, invoices, plan changes, cancellation)."""
+    """A Customer Portal link for the tenant (payment methods, invoices, cancellation; not plan changes, which the
+    Portal can't make for a subscription of several products and metered prices)."""
     if not stripe_gateway.configured():
         raise BillingUnavailable(NOT_CONFIGURED)
     subscription = Subscription.objects.filter(tenant=tenant).exclude(stripe_customer_id="").first()
@@ -228,6 +238,66 @@ def checkout_session_event(*, stripe_session_id: str, seen: int) -> bool:
         return False
     _checkout_apply(session=session, data=stripe_gateway.checkout_session_retrieve(stripe_session_id), seen=seen)
     return True
+
+
+# --- changing plan ----------------------------------------------------------------------------------------------
+def _fee_plans(*, plan: Plan) -> None:
+    """Refuse a plan a tenant can't switch to in the console (``BillingUnavailable``)."""
+    if not plan.self_serve:
+        raise BillingUnavailable(f"The {plan.name} plan can't be chosen in the console: contact us about it.")
+    if not plan.stripe_product_id or not StripePrice.objects.filter(
+            plan=plan, active=True, kind=StripePrice.Kind.FEE).exists():
+        raise BillingUnavailable(f"The {plan.name} plan isn't open for subscriptions yet. Please try again later.")
+
+
+def subscription_change_plan(*, tenant: Tenant, plan: Plan, actor: AbstractBaseUser | None = None,
+                             request: HttpRequest | None = None) -> Subscription:
+    """Move the tenant's running subscription to ``plan`` through the API (Stripe's Customer Portal can't switch a
+    subscription of several products and metered prices): the old plan's prices leave it, the new plan's join it,
+    the fee prorated by Stripe. The result is applied at once (the tenant's plan and its published record follow
+    before this returns; the webhook that follows finds nothing left to do). Raises ``BillingUnavailable`` with
+    words for the console; then nothing has changed here."""
+    if not stripe_gateway.configured():
+        raise BillingUnavailable(NOT_CONFIGURED)
+    _fee_plans(plan=plan)
+    subscription = Subscription.objects.filter(tenant=tenant).select_related("plan").first()
+    if subscription is None or not subscription.stripe_subscription_id or subscription.status not in LIVE:
+        raise BillingUnavailable("You have no running subscription to change: choose a plan to subscribe.")
+    if subscription.status == Subscription.Status.PAST_DUE:
+        raise BillingUnavailable("A payment for your subscription is overdue. Pay the open invoice (Manage billing "
+                                 "opens Stripe's portal) before changing plan.")
+    if subscription.plan == plan:
+        raise BillingUnavailable(f"You're already on the {plan.name} plan.")
+    new_prices = list(StripePrice.objects.filter(plan=plan, active=True).values_list("stripe_price_id", flat=True))
+    try:
+        # A fresh read: Stripe's item ids are not kept here, and the status may have moved since the last webhook.
+        current = stripe_gateway.subscription_retrieve(subscription.stripe_subscription_id)
+        if current["status"] not in GOOD_STANDING:
+            subscription_apply(data=current)
+            raise BillingUnavailable("Your subscription is no longer in good standing; see its state above.")
+        items = current.get("items") or []
+        remove = sorted(item["id"] for item in items if item.get("price") not in new_prices)
+        have = {item.get("price") for item in items}
+        add = [price_id for price_id in new_prices if price_id not in have]
+        # The same key for the same change of the same items: a double-clicked button changes the plan once.
+        key = f"wattle_plan_{subscription.stripe_subscription_id}_{plan.slug}_{_digest(*remove, *add)}"
+        data = stripe_gateway.subscription_change_plan(subscription_id=subscription.stripe_subscription_id,
+                                                       remove_item_ids=remove, add_price_ids=add,
+                                                       idempotency_key=key)
+    except stripe_gateway.StripeRefused as exc:
+        logger.warning("plan change of %s to %s refused by Stripe: %s", tenant.pk, plan.slug, exc)
+        raise BillingUnavailable(f"Stripe did not accept the change of plan: {exc.user_message} Nothing was "
+                                 "changed.") from None
+    except stripe_gateway.StripeUnavailable:
+        raise BillingUnavailable("Stripe could not be reached, so your plan was not changed. Please try again in a "
+                                 "minute.") from None
+    previous = subscription.plan.slug if subscription.plan else None
+    with transaction.atomic():
+        applied = subscription_apply(data=data)
+        record(action="billing.plan.change", actor=actor, tenant=tenant, target=applied, request=request,
+               data={"from": previous, "to": plan.slug, "subscription": data["id"],
+                     "removed": len(remove), "added": len(add)})
+    return applied
 
 
 # --- applying a subscription ------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ urlpatterns = [
     path("t/<slug:slug>/billing/return/", subscription_views.checkout_return, name="tenant_billing_return"),
     path("t/<slug:slug>/billing/cancelled/", subscription_views.checkout_cancelled, name="tenant_billing_cancelled"),
     path("t/<slug:slug>/billing/portal/", subscription_views.portal, name="tenant_billing_portal"),
+    path("t/<slug:slug>/billing/change/<slug:plan_slug>/", subscription_views.change_plan,
+         name="tenant_billing_change_plan"),
     path("billing/stripe/webhook/", webhooks.stripe_webhook, name="stripe_webhook"),
     path("t/<slug:slug>/billing/usage.csv", billing_console.tenant_billing_usage_csv, name="tenant_billing_usage_csv"),
     path("staff/revenue/", billing_console.staff_revenue, name="staff_revenue"),

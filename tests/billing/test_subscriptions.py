@@ -183,11 +183,11 @@ def test_cancel_page_says_nothing_was_charged(owner_client, acme, stripe_fake):
     assert page.status_code == 200 and "Nothing was charged" in text(page)
 
 
-def test_a_subscribed_tenant_is_sent_to_the_portal_to_change_plan(owner_client, acme, stripe_fake):
+def test_a_subscribed_tenant_is_pointed_at_the_plan_switch_not_a_second_checkout(owner_client, acme, stripe_fake):
     subscribe(owner_client, acme, paid_plan(), stripe_fake)
     business = paid_plan(slug="business", name="Business", fee="499.00")
     response, _session = start_checkout(owner_client, acme, business)
-    assert response.status_code == 303 and "/portal/" in response["Location"]
+    assert response.status_code == 409 and 'use "Switch to Business"' in text(response)
     assert CheckoutSession.objects.filter(tenant=acme, plan=business).count() == 0
 
 

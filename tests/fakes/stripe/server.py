@@ -413,6 +413,7 @@ _ROUTES: list[_Route] = [
     ),
     ("GET", re.compile(r"/v1/events"), lambda f, s, m, p, e: _list(s.event_list(p), p, "/v1/events")),
     ("GET", re.compile(rf"/v1/events/{_ID}"), lambda f, s, m, p, e: s.event_get(m[1])),
+    ("POST", re.compile(rf"/v1/subscriptions/{_ID}/migrate"), lambda f, s, m, p, e: s.subscription_migrate(m[1], p)),
 ]
 
 

@@ -16,12 +16,13 @@ from typing import Any
 
 from tests.fakes.stripe.catalogue import Catalogue
 from tests.fakes.stripe.common import API_VERSION, ApiError, invalid, missing, new_id
+from tests.fakes.stripe.plan_change import PlanChanges
 from tests.fakes.stripe.subscriptions import Subscriptions
 
 __all__ = ["API_VERSION", "ApiError", "StripeState", "invalid", "missing", "new_id"]
 
 
-class StripeState(Catalogue, Subscriptions):
+class StripeState(PlanChanges, Catalogue, Subscriptions):
     """Everything the stand-in holds, and every operation on it."""
 
     def __init__(self, *, base_url: str = "", clock: Callable[[], float] = time.time) -> None:
@@ -50,6 +51,9 @@ class StripeState(Catalogue, Subscriptions):
         self.card_declines: set[str] = set()
         self._has_card: set[str] = set()
         self._invoice_seq: dict[str, int] = {}
+        self.invoice_items: dict[str, dict] = {}
+        # (meter, customer): usage before this moment was billed when its metered price left a subscription.
+        self._usage_billed_until: dict[tuple[str, str], int] = {}
 
     def now(self) -> int:
         return int(self.clock())
