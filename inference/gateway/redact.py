@@ -16,7 +16,7 @@ from inference.gateway.exchange import Answer, Delta, Done, Event, Failed, Reque
 
 
 def apply(ctx: RequestContext, prepared, *, mode: str) -> None:
-    """Redact ``prepared.payload``'s texts (chat message contents, completion prompts, embedding inputs) for
+    """Redact ``prepared.payload``'s texts (chat message contents, completion prompts and suffix, embedding inputs) for
     ``mode`` (redact or restore). Marks the body changed only when something was replaced."""
     redactor = redaction.Redactor()
     payload = prepared.payload
@@ -51,6 +51,9 @@ def apply(ctx: RequestContext, prepared, *, mode: str) -> None:
             raise errors.bad_request(
                 f"Personal-information redaction is on for this request, so `{name}` must be text, not token ids.",
                 param=name, code="redaction_needs_text")
+        if isinstance(payload.get("suffix"), str):  # a completion's text after the insertion point
+            payload["suffix"], delta = _redact(redactor, payload["suffix"])
+            grown += delta
     ctx.redactions = redactor.counts
     if redactor:
         prepared.changed = True

@@ -44,3 +44,11 @@ def test_text_prompts_are_still_redacted(endpoint, field, payload):
     redact.apply(ctx, prepared, mode=redaction.REDACT)
     value = prepared.payload[field]
     assert "123 456 782" not in str(value) and "[AU_TFN_1]" in str(value)
+
+
+def test_a_completion_suffix_is_redacted_like_its_prompt():
+    # The text after the insertion point is as much the customer's words as the prompt before it.
+    ctx = RequestContext("completions", "req-1")
+    prepared = _prepared("completions", {"model": "m", "prompt": "Dear customer,", "suffix": "TFN 123 456 782."})
+    redact.apply(ctx, prepared, mode=redaction.REDACT)
+    assert prepared.payload["suffix"] == "TFN [AU_TFN_1]." and prepared.changed
