@@ -188,3 +188,29 @@ def test_a_stripe_failure_changes_nothing_here(owner_client, acme, plans, subscr
     assert TenantQuota.objects.get(tenant=acme).plan == plans[0]
     assert Subscription.objects.get(tenant=acme).plan == plans[0]
     assert not AuditEntry.objects.filter(action="billing.plan.change", tenant=acme).exists()
+
+
+def test_usage_before_the_switch_is_billed_once_at_the_old_plans_prices(owner_client, acme, plans, subscribed,
+                                                                       stripe_fake):
+    from billing import stripe_gateway
+    from billing.models import StripeMeter
+
+    _developer, business = plans
+    meter = StripeMeter.objects.get(direction="input")
+    with stripe_fake.state.lock:
+        now = stripe_fake.state.now()
+    stripe_gateway.meter_event_create(event_name=meter.event_name, customer_id=subscribed.stripe_customer_id,
+                                      value=200_000, timestamp=now, identifier="wtl-test-before-switch")
+    _change(owner_client, acme, business)
+    with stripe_fake.state.lock:
+        usage = [i for i in stripe_fake.state.invoice_items.values() if i["quantity"] == 200_000]
+    # Developer's price: 100,000 included, then A$0.0002 per 1,000 tokens, so 100,000 charged tokens are 2 cents.
+    assert len(usage) == 1 and usage[0]["amount"] == 2
+    assert usage[0]["pricing"]["price_details"]["price"] in _plan_prices(plans[0])
+    invoice = stripe_fake.advance(subscribed.stripe_subscription_id)
+    with stripe_fake.state.lock:
+        lines = stripe_fake.state.invoice_lines(invoice["id"])
+    metered = [line for line in lines if line["parent"]["type"] == "subscription_item_details" and line["pricing"][
+        "price_details"]["price"] == StripePrice.objects.get(plan=business, kind="input").stripe_price_id]
+    assert metered and metered[0]["quantity"] == 0  # not billed a second time at Business's prices
+    assert any(line["quantity"] == 200_000 for line in lines)  # the usage item went on this invoice
