@@ -214,3 +214,37 @@ def test_usage_before_the_switch_is_billed_once_at_the_old_plans_prices(owner_cl
         "price_details"]["price"] == StripePrice.objects.get(plan=business, kind="input").stripe_price_id]
     assert metered and metered[0]["quantity"] == 0  # not billed a second time at Business's prices
     assert any(line["quantity"] == 200_000 for line in lines)  # the usage item went on this invoice
+
+
+def test_the_gateway_migrates_a_classic_subscription_once_and_sends_one_update(owner_client, acme, plans, subscribed,
+                                                                             stripe_fake):
+    developer, business = plans
+    sub_path = f"/v1/subscriptions/{subscribed.stripe_subscription_id}"
+    assert _change(owner_client, acme, business).status_code == 303
+    assert _change(owner_client, acme, developer).status_code == 303  # and back
+    with stripe_fake.state.lock:
+        posts = [r for r in stripe_fake.requests if r["method"] == "POST" and r["path"].startswith(sub_path)]
+        mode = stripe_fake.state.subscriptions[subscribed.stripe_subscription_id]["billing_mode"]["type"]
+    assert [r["path"] for r in posts] == [f"{sub_path}/migrate", sub_path, sub_path] and mode == "flexible"
+    update = posts[1]["params"]
+    assert update["proration_behavior"] == "create_prorations" and posts[1]["idempotency_key"]
+    deleted = [i for i in update["items"] if i.get("deleted")]
+    added = {i["price"] for i in update["items"] if i.get("price")}
+    assert len(deleted) == len(_plan_prices(developer)) and added == _plan_prices(business)
+    assert _stripe_prices(stripe_fake, subscribed.stripe_subscription_id) == _plan_prices(developer)
+
+
+def test_the_gateway_translates_stripes_refusals(plans, subscribed, stripe_fake):
+    from billing import stripe_gateway
+
+    with pytest.raises(stripe_gateway.StripeRefused) as missing:
+        stripe_gateway.subscription_change_plan(subscription_id="sub_nope", remove_item_ids=[],
+                                                add_price_ids=["price_x"], idempotency_key="k1")
+    assert missing.value.status == 404
+    archived = StripePrice.objects.filter(plan=plans[1], kind="fee").first()
+    stripe_gateway.price_deactivate(archived.stripe_price_id)
+    with pytest.raises(stripe_gateway.StripeRefused) as inactive:
+        stripe_gateway.subscription_change_plan(subscription_id=subscribed.stripe_subscription_id, remove_item_ids=[],
+                                                add_price_ids=[archived.stripe_price_id], idempotency_key="k2")
+    assert inactive.value.status == 400
+    assert _stripe_prices(stripe_fake, subscribed.stripe_subscription_id) == _plan_prices(plans[0])
