@@ -4,7 +4,6 @@ in the test's own event loop, a sink that collects events, the real simulator, R
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 import pytest
