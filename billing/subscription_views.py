@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from billing import stripe_gateway, subscriptions
-from billing.models import CheckoutSession, Plan
+from billing.models import CheckoutSession, Plan, Subscription
 from tenants.permissions import Action
 from tenants.views.common import tenant_view
 
@@ -74,12 +74,16 @@ def change_plan(request, access, plan_slug: str):
     """Switch the running subscription to another plan, then back to the billing page with what happened."""
     plan = get_object_or_404(Plan, slug=plan_slug)
     try:
-        subscriptions.subscription_change_plan(tenant=access.tenant, plan=plan, actor=request.user, request=request)
+        applied = subscriptions.subscription_change_plan(tenant=access.tenant, plan=plan, actor=request.user,
+                                                         request=request)
     except subscriptions.BillingUnavailable as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"You're now on the {plan.name} plan. Stripe credits the unused part of this "
-                                  "period's fee and charges the new fee for the rest of it, on your next invoice.")
+        if applied is not None and applied.status == Subscription.Status.TRIALING:
+            messages.success(request, f"You're now on the {plan.name} plan; your trial continues to its end.")
+        else:
+            messages.success(request, f"You're now on the {plan.name} plan. Stripe credits the unused part of this "
+                                      "period's fee and charges the new fee for the rest of it, on your next invoice.")
     return _see_other(reverse("tenant_billing", args=[access.tenant.slug]))
 
 

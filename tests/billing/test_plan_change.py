@@ -248,3 +248,18 @@ def test_the_gateway_translates_stripes_refusals(plans, subscribed, stripe_fake)
                                                 add_price_ids=[archived.stripe_price_id], idempotency_key="k2")
     assert inactive.value.status == 400
     assert _stripe_prices(stripe_fake, subscribed.stripe_subscription_id) == _plan_prices(plans[0])
+
+
+def test_a_switch_during_a_trial_prorates_nothing(owner_client, acme, stripe_fake):
+    developer = paid_plan(trial_days=14, card_required=False)
+    business = paid_plan(slug="business", name="Business", fee="499.00")
+    subscription = subscribe(owner_client, acme, developer, stripe_fake)
+    assert subscription.status == Subscription.Status.TRIALING
+    response = _change(owner_client, acme, business)
+    assert response.status_code == 303
+    page = _text(owner_client.get(f"/t/{acme.slug}/billing/"))
+    assert "your trial continues to its end" in page
+    with stripe_fake.state.lock:
+        assert not stripe_fake.state.invoice_items
+    assert TenantQuota.objects.get(tenant=acme).plan == business
+    assert Subscription.objects.get(tenant=acme).status == Subscription.Status.TRIALING
