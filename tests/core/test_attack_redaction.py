@@ -68,3 +68,17 @@ def test_identifiers_in_other_scripts_digits_are_redacted_and_never_crash(digits
     # used to raise inside the Luhn check (a 500 for the whole request) once the text was 64 characters long.
     written = value.translate(digits)
     assert Redactor().redact(f"{padding}number {written} thanks") == f"{padding}number [{kind}_1] thanks"
+
+
+def test_phone_lookalikes_that_need_libphonenumbers_parse_stay_cheap():
+    # Numbers no AU pattern accepts fell back to phonenumbers.parse (~30 µs each): a megabyte of them held the
+    # gateway's event loop for seconds. Answered from the patterns of every region sharing +61 instead.
+    hostile = "0800000000, " * 80_000
+    started = time.perf_counter()
+    assert Redactor().redact(hostile) == hostile
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("number", ["08 9164 3266", "08 9162 1234", "(08) 9164 4765", "+61 8 9164 3266"])
+def test_christmas_island_and_cocos_numbers_sharing_61_are_phones(number):
+    assert Redactor().redact(f"call {number} today") == "call [AU_PHONE_1] today"
