@@ -111,17 +111,19 @@ def _legacy_tfn(digits: str) -> bool:
 
 
 # phonenumbers' patterns for the regions that share +61 and the 0 trunk prefix (Australia, and Christmas Island and
-# the Cocos Islands, whose numbers are in AU's 08 ranges), compiled once: matching them is what ``is_valid_number``
-# does after parsing, at a thirtieth of the cost, and with no parse at all a text of phone lookalikes stays cheap.
-def _region_patterns(region: str) -> tuple[re.Pattern, tuple[re.Pattern, ...]]:
+# the Cocos Islands, whose numbers are in AU's 08 ranges): a number is valid in a region when it matches the
+# region's general pattern and one of its number types' patterns, which is what ``is_valid_number`` checks after
+# parsing. Joined into one pattern compiled once (a lookahead for each region's general pattern), so a text of
+# phone lookalikes costs one match per candidate and no parse.
+def _region_pattern(region: str) -> str:
     metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
     kinds = (metadata.fixed_line, metadata.mobile, metadata.toll_free, metadata.premium_rate, metadata.shared_cost,
              metadata.voip, metadata.personal_number, metadata.uan, metadata.pager, metadata.voicemail)
-    return (re.compile(metadata.general_desc.national_number_pattern),
-            tuple(re.compile(d.national_number_pattern) for d in kinds if d is not None and d.national_number_pattern))
+    types = "|".join(f"(?:{d.national_number_pattern})" for d in kinds if d is not None and d.national_number_pattern)
+    return f"(?=(?:{metadata.general_desc.national_number_pattern})\\Z)(?:{types})"
 
 
-_PLUS_61_REGIONS = tuple(_region_patterns(region) for region in phonenumbers.region_codes_for_country_code(61))
+_PLUS_61_NUMBER = re.compile("|".join(_region_pattern(r) for r in phonenumbers.region_codes_for_country_code(61)))
 
 
 def _phone(text: str, digits: str) -> bool:
@@ -146,8 +148,7 @@ def _phone(text: str, digits: str) -> bool:
     elif not (national.startswith("1800") and len(national) == 10):
         return False
     nsn = national[1:] if national.startswith("0") else national
-    return any(general.fullmatch(nsn) is not None and any(p.fullmatch(nsn) for p in kinds)
-               for general, kinds in _PLUS_61_REGIONS)
+    return _PLUS_61_NUMBER.fullmatch(nsn) is not None
 
 
 def _classify(text: str, digits: str, before: str) -> str | None:
