@@ -4,7 +4,8 @@ Two jobs, each safe to run on several workers at once:
 
 - ``meter_reports_plan`` writes one row per (tenant, meter, span) once the span has closed (its end plus
   ``BILLING_METER_SETTLE_S``). A span is a UTC hour, from the hourly rollups; or, in an hour that holds the
-  subscription's start or a billing period's boundary (Stripe's periods start and end at any second), the part of
+  subscription's start, a billing period's boundary (Stripe's periods start and end at any second) or a plan
+  switch (``PlanSwitch``: its spans before it are sent at once by ``meter_reports_flush``), the part of
   the hour on one side of it, from the usage events of that part (``billing.usage_spans``). The part before the
   subscription started, or after a cancelled one ended, is never reported; what came before the end is, even
   when the news of the end came first. When usage for a span grows after it was planned (late events), it
@@ -45,6 +46,7 @@ from billing import stripe_gateway
 from billing.models import (
     Invoice,
     MeterReport,
+    PlanSwitch,
     RollupWatermark,
     StripeMeter,
     StripePrice,
@@ -136,7 +138,8 @@ class Reporting:
 
 
 def _boundaries(tenant_ids, since: datetime) -> dict:
-    """Tenant id -> the period boundaries its invoices name (start and end of each period invoiced), since ``since``."""
+    """Tenant id -> the period boundaries its invoices name (start and end of each period invoiced) and its plan
+    switches, since ``since``."""
     found: dict = defaultdict(set)
     # An invoice with an empty period (a subscription's first, billing no usage) names no boundary.
     rows = (Invoice.objects.filter(tenant_id__in=tenant_ids, period_end__gte=since, period_start__isnull=False,
@@ -144,6 +147,10 @@ def _boundaries(tenant_ids, since: datetime) -> dict:
             .values_list("tenant_id", "period_start", "period_end"))
     for tenant_id, start, end in rows:
         found[tenant_id].update(at for at in (start, end) if at is not None and at >= since)
+    # A plan switch: the old plan's metered prices bill usage before it, the new plan's usage from it on.
+    for tenant_id, at in PlanSwitch.objects.filter(tenant_id__in=tenant_ids, at__gte=since).values_list(
+            "tenant_id", "at"):
+        found[tenant_id].add(at)
     return found
 
 
@@ -156,7 +163,7 @@ def reporting_tenants(*, tenant_ids=None, since: datetime | None = None) -> dict
     The start is Stripe's ``start_date`` of the subscription. A row from before we kept it falls back on the
     earliest of the current period's start and the start of any period Stripe invoiced. The boundaries are the
     current period's start and end, the trial's end, and the periods of the tenant's invoices (past periods: a
-    correction for last period's part-hour still splits where it did)."""
+    correction for last period's part-hour still splits where it did), and its plan switches (``PlanSwitch``)."""
     since = since or timezone.now() - STRIPE_MAX_AGE - timedelta(days=1)
     metered = StripePrice.objects.filter(kind__in=[StripePrice.Kind.INPUT, StripePrice.Kind.OUTPUT])
     subscriptions = (
@@ -449,6 +456,43 @@ def meter_reports_send(*, now: datetime | None = None, limit: int = 1000, give_u
         unavailable_in_a_row = unavailable_in_a_row + 1 if outcome == "retrying" else 0
         if unavailable_in_a_row >= give_up_after:
             break
+    return result
+
+
+# --- before a plan switch ------------------------------------------------------------------------------------------
+class FlushFailed(Exception):
+    """Stripe could not take every report up to a plan switch (``str()`` says how many are left)."""
+
+
+def meter_reports_flush(*, tenant_id: uuid.UUID, until: datetime, now: datetime | None = None) -> SendResult:
+    """Plan and send, now, every span of the tenant that ends by ``until`` (a plan switch recorded as a
+    ``PlanSwitch``, so the switch hour's part before it is a span of its own), without the settle delay: what
+    Stripe must bill at the old plan's prices, sent while those prices are still on the subscription. Rows already
+    in the outbox (due later, or backing off) are sent too; one another sender holds carries the same identifier,
+    and Stripe keeps one. Raises ``FlushFailed`` if Stripe could not take them all (the rows stay for the sender);
+    rows Stripe refuses for good are left as refused (shown on the reconciliation page), as they would be anyway."""
+    now = now or timezone.now()
+    rollups_update()  # the closed hours' rollups include every event in the database now
+    oldest = hour_floor(now - STRIPE_MAX_AGE) + HOUR
+    with transaction.atomic():
+        _mark(PLAN_HOURS)  # one planner at a time: the regular one waits for this
+        tenants = reporting_tenants(tenant_ids=[tenant_id], since=oldest)
+        meters = {(m.model, m.direction): m.event_name for m in StripeMeter.objects.all()}
+        if tenants and meters:
+            last = hour_floor(until)
+            hours = _hourly_totals(Q(tenant_id=tenant_id, start__gte=oldest, start__lt=last))
+            hours.setdefault((tenant_id, last), {})  # the switch hour: its part before ``until`` is read from events
+            _plan(hours, tenants=tenants, meters=meters, now=now, cutoff=until)
+    result = SendResult()
+    pending = list(MeterReport.objects.filter(tenant_id=tenant_id, sent_at__isnull=True, refused=False,
+                                              span_start__lt=until).order_by("span_start", "id"))
+    for report in pending:
+        report.attempts += 1
+        MeterReport.objects.filter(pk=report.pk).update(attempts=F("attempts") + 1)
+        outcome = meter_report_send(report, now=now)
+        setattr(result, outcome, getattr(result, outcome) + 1)
+        if outcome == "retrying":
+            raise FlushFailed(f"{len(pending) - result.sent - result.refused} meter reports not sent")
     return result
 
 

@@ -430,3 +430,20 @@ class MeterReport(models.Model):
 
     def __str__(self) -> str:
         return self.identifier
+
+
+class PlanSwitch(models.Model):
+    """When a tenant's subscription changed plan: a boundary of the meter reports, like a period's. The old plan's
+    metered prices leave the subscription at that moment, so the part of its hour before it is reported (and sent)
+    before Stripe's update, and the part after it is stamped at this moment, where the new plan's prices bill it."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    at = models.DateTimeField(help_text="The switch, to the second: usage from then on is the new plan's.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["at"]
+        indexes = [models.Index(fields=["tenant", "at"], name="plan_switch_tenant_at")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} at {self.at:%Y-%m-%d %H:%M:%S}"

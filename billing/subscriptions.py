@@ -24,9 +24,17 @@ from django.db import transaction
 from django.utils import dateformat, timezone
 
 from audit.services import record
-from billing import payment_access, stripe_gateway
+from billing import meters, payment_access, stripe_gateway
 from billing.limits import default_plan
-from billing.models import CheckoutSession, Invoice, Plan, StripePrice, Subscription, TenantQuota
+from billing.models import (
+    CheckoutSession,
+    Invoice,
+    Plan,
+    PlanSwitch,
+    StripePrice,
+    Subscription,
+    TenantQuota,
+)
 from billing.payment_access import ENDED, GOOD_STANDING, LIVE
 from tenants.models import Tenant
 
@@ -251,12 +259,18 @@ def _fee_plans(*, plan: Plan) -> None:
 
 
 def subscription_change_plan(*, tenant: Tenant, plan: Plan, actor: AbstractBaseUser | None = None,
-                             request: HttpRequest | None = None) -> Subscription:
+                             request: HttpRequest | None = None, now: datetime | None = None) -> Subscription:
     """Move the tenant's running subscription to ``plan`` through the API (Stripe's Customer Portal can't switch a
     subscription of several products and metered prices): the old plan's prices leave it, the new plan's join it,
     the fee prorated by Stripe. The result is applied at once (the tenant's plan and its published record follow
     before this returns; the webhook that follows finds nothing left to do). Raises ``BillingUnavailable`` with
-    words for the console; then nothing has changed here."""
+    words for the console; then nothing has changed here.
+
+    The switch is a boundary of the meter reports (``PlanSwitch``): before Stripe's update, every span of the
+    tenant's usage up to it is sent (``meters.meter_reports_flush``), so the old prices are still on the
+    subscription when that usage arrives and Stripe bills it at them; the rest of the switch hour is reported
+    later, stamped at the switch, where the new prices bill it. If Stripe can't take those reports the switch is
+    refused. ``now``: the moment of the switch (tests; the clock otherwise)."""
     if not stripe_gateway.configured():
         raise BillingUnavailable(NOT_CONFIGURED)
     _fee_plans(plan=plan)
@@ -281,9 +295,22 @@ def subscription_change_plan(*, tenant: Tenant, plan: Plan, actor: AbstractBaseU
         add = [price_id for price_id in new_prices if price_id not in have]
         # The same key for the same change of the same items: a double-clicked button changes the plan once.
         key = f"wattle_plan_{subscription.stripe_subscription_id}_{plan.slug}_{_digest(*remove, *add)}"
-        data = stripe_gateway.subscription_change_plan(subscription_id=subscription.stripe_subscription_id,
-                                                       remove_item_ids=remove, add_price_ids=add,
-                                                       idempotency_key=key)
+        switch = _usage_before_switch_send(tenant=tenant, now=now)
+        try:
+            data = stripe_gateway.subscription_change_plan(subscription_id=subscription.stripe_subscription_id,
+                                                           remove_item_ids=remove, add_price_ids=add,
+                                                           idempotency_key=key)
+        except stripe_gateway.StripeRefused:
+            # Certainly not switched: the boundary goes (what was sent before it stays in the same period, stamped
+            # before it, and is counted against the whole hour from now on).
+            PlanSwitch.objects.filter(pk=switch.pk).delete()
+            raise
+        # An update that timed out may have been applied: its boundary stays (splitting an hour billed by one plan
+        # is harmless). One that was applied moves to just after Stripe's answer, to the second: Stripe bills the
+        # new prices from the update on, and a part stamped before that would be billed by neither plan.
+        boundary = max(switch.at, _switch_second(now))
+        if boundary > switch.at:
+            PlanSwitch.objects.filter(pk=switch.pk).update(at=boundary)
     except stripe_gateway.StripeRefused as exc:
         logger.warning("plan change of %s to %s refused by Stripe: %s", tenant.pk, plan.slug, exc)
         raise BillingUnavailable(f"Stripe did not accept the change of plan: {exc.user_message} Nothing was "
@@ -296,8 +323,31 @@ def subscription_change_plan(*, tenant: Tenant, plan: Plan, actor: AbstractBaseU
         applied = subscription_apply(data=data)
         record(action="billing.plan.change", actor=actor, tenant=tenant, target=applied, request=request,
                data={"from": previous, "to": plan.slug, "subscription": data["id"],
-                     "removed": len(remove), "added": len(add)})
+                     "removed": len(remove), "added": len(add), "usage_boundary": boundary.isoformat()})
     return applied
+
+
+def _switch_second(now: datetime | None) -> datetime:
+    """The whole second after ``now``: the usage of the current second still goes with the old prices (Stripe
+    timestamps are whole seconds, and a removed price bills its usage through the second of the change)."""
+    return (now or timezone.now()).replace(microsecond=0) + timedelta(seconds=1)
+
+
+def _usage_before_switch_send(*, tenant: Tenant, now: datetime | None) -> PlanSwitch:
+    """Record the switch as a reporting boundary and send every unreported span of the tenant's usage before it.
+    Raises ``BillingUnavailable`` if Stripe can't take them (the boundary is removed: nothing changed)."""
+    switch = PlanSwitch.objects.create(tenant=tenant, at=_switch_second(now))
+    try:
+        meters.meter_reports_flush(tenant_id=tenant.pk, until=switch.at, now=now)
+    except meters.FlushFailed as exc:
+        # Not switched: the boundary goes. A part sent before it stays stamped in the same period and counts
+        # against the whole hour from now on (nothing is sent twice).
+        PlanSwitch.objects.filter(pk=switch.pk).delete()
+        logger.warning("plan change of %s refused: usage before it could not be sent to Stripe: %s", tenant.pk, exc)
+        raise BillingUnavailable("Stripe could not take your usage so far, so your plan was not changed (usage "
+                                 "before a switch is billed at the old plan's prices). Please try again in a "
+                                 "minute.") from None
+    return switch
 
 
 # --- applying a subscription ------------------------------------------------------------------------------------
