@@ -13,6 +13,8 @@ application's role, as it does DDL.
 
 from __future__ import annotations
 
+from django.core.exceptions import ImproperlyConfigured
+
 TABLE = "audit_auditentry"
 # The columns the sealer sets; every other column must stay as inserted.
 SEALED_COLUMNS = ("seq", "prev_hash", "hash")
@@ -70,11 +72,16 @@ _SQLITE_UNINSTALL = [
 
 
 def statements(vendor: str, *, install: bool) -> list[str]:
+    """The SQL that installs (or removes) the guard. Another database is refused: migrating the audit trail onto
+    a database that can't refuse UPDATE and DELETE would leave it silently unprotected."""
     if vendor == "postgresql":
         return [_PG_INSTALL if install else _PG_UNINSTALL]
     if vendor == "sqlite":
         return list(_SQLITE_INSTALL if install else _SQLITE_UNINSTALL)
-    raise NotImplementedError(f"no append-only trigger for {vendor}")
+    raise ImproperlyConfigured(
+        f"the audit trail must be append-only, and Wattle has no trigger for {vendor}: use PostgreSQL (or SQLite "
+        "for development)"
+    )
 
 
 def install(connection) -> None:

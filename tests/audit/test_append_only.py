@@ -73,3 +73,13 @@ def test_deleting_the_actor_keeps_the_entry_as_recorded(db, django_user_model):
     user.delete()
     row = AuditEntry.objects.values("actor_id", "actor_label", "actor_kind").get(pk=entry.pk)
     assert row == {"actor_id": user_id, "actor_label": "carol@example.com", "actor_kind": "user"}
+
+
+@pytest.mark.parametrize("install", [True, False])
+def test_a_database_without_an_append_only_trigger_is_refused(install):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from audit import guard
+
+    with pytest.raises(ImproperlyConfigured, match="append-only"):
+        guard.statements("mysql", install=install)
