@@ -36,6 +36,10 @@ def tenant_record(tenant: Tenant, quota: TenantQuota | None, default, *,
     return contract.TenantRecord(
         tenant=str(tenant.pk), status=tenant.status, limits=quotas.for_data_plane(resolved.values),
         redaction=tenant.redaction,
+        retention_days=tenant.retention_days,
+        escalation_threshold=tenant.escalation_threshold, escalation_turns=tenant.escalation_turns,
+        escalation_phrases=tenant.escalation_phrase_list, sentiment_scorer=tenant.sentiment_scorer,
+        sentiment_model=tenant.sentiment_model, analytics_sample=tenant.analytics_sample_percent,
         unpaid_after=payment_access.unpaid_after(plan=plan, subscription=subscription,
                                                  configured=payments_configured),
         # Always the plan's, whether or not it has prices of its own: giving it some then republishes only the

@@ -25,6 +25,20 @@ DEFAULT_LANGUAGE = "en-AU"
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,3}")
 _CUSTOMER_ID = re.compile(r"[A-Za-z0-9._:@+\-]{1,64}")
 
+# The tenant's escalation rule when it hasn't set its own (``TenantRecord`` carries the tenant's): a customer turn
+# scoring at or below the threshold is negative; this many negative turns in a row, or one trigger phrase, hands
+# the conversation to a person.
+DEFAULT_ESCALATION_THRESHOLD = -0.5
+DEFAULT_ESCALATION_TURNS = 2
+DEFAULT_ESCALATION_PHRASES: tuple[str, ...] = (
+    "speak to a human", "talk to a human", "speak to a person", "talk to a person", "real person",
+    "speak to someone", "speak to a manager", "talk to a manager", "make a complaint", "ombudsman",
+)
+SENTIMENT_SCORERS = ("lexicon", "embedding")
+DEFAULT_ANALYTICS_SAMPLE_PERCENT = 10
+MAX_ESCALATION_PHRASES = 50
+MAX_ESCALATION_PHRASE_CHARS = 100
+
 
 class Invalid(ValueError):
     """A field a caller sent that isn't one of these; ``field`` names it."""

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from core import ccaas
 from core.redis import key
 
 VERSION = 1
@@ -137,6 +138,18 @@ class TenantRecord:
     # from before this field, or with a mode this code doesn't know, read as "off" (a request's own
     # ``x-wattle-redact`` header still asks for it).
     redaction: str = "off"
+    # Transcript retention (``audit`` retention): days the tenant's content is kept, encrypted; 0: off (content is
+    # never stored). Records from before this field read as 0.
+    retention_days: int = 0
+    # Conversation API and playground customer mode (``core.ccaas``): the escalation rule, the sentiment scorer
+    # ("lexicon", or "embedding" with ``sentiment_model``) and the percentage of closed conversations that get
+    # post-call analytics. Records from before these fields read as the defaults.
+    escalation_threshold: float = ccaas.DEFAULT_ESCALATION_THRESHOLD
+    escalation_turns: int = ccaas.DEFAULT_ESCALATION_TURNS
+    escalation_phrases: tuple[str, ...] = ccaas.DEFAULT_ESCALATION_PHRASES
+    sentiment_scorer: str = "lexicon"
+    sentiment_model: str = ""
+    analytics_sample: int = ccaas.DEFAULT_ANALYTICS_SAMPLE_PERCENT
 
     def encode(self) -> bytes:
         return orjson.dumps({"v": VERSION, **asdict(self)})
@@ -153,11 +166,39 @@ class TenantRecord:
             return cls(tenant=data["tenant"], status=data["status"], limits=dict(data.get("limits") or {}),
                        redaction=redaction if redaction in _REDACTION_MODES else "off",
                        unpaid_after=float(unpaid_after) if unpaid_after is not None else None,
-                       price_list=price_list or None)
+                       price_list=price_list or None, **_conversation_fields(data))
         except KeyError as exc:
             raise RecordError(f"tenant record without {exc}") from None
         except (TypeError, ValueError):
             raise RecordError("tenant record with a malformed unpaid_after or price_list") from None
+
+
+def _conversation_fields(data: dict) -> dict[str, Any]:
+    """The retention and conversation settings of a tenant record; a field that is missing (an older record) or
+    malformed (a newer one) reads as its default, as redaction does."""
+    out: dict[str, Any] = {}
+    days = data.get("retention_days")
+    if isinstance(days, int) and not isinstance(days, bool) and days >= 0:
+        out["retention_days"] = days
+    threshold = data.get("escalation_threshold")
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and -1.0 <= threshold <= 1.0:
+        out["escalation_threshold"] = float(threshold)
+    turns = data.get("escalation_turns")
+    if isinstance(turns, int) and not isinstance(turns, bool) and turns >= 0:
+        out["escalation_turns"] = turns
+    phrases = data.get("escalation_phrases")
+    if isinstance(phrases, list) and all(isinstance(p, str) for p in phrases):
+        out["escalation_phrases"] = tuple(phrases)
+    scorer = data.get("sentiment_scorer")
+    if scorer in ccaas.SENTIMENT_SCORERS:
+        out["sentiment_scorer"] = scorer
+    model = data.get("sentiment_model")
+    if isinstance(model, str):
+        out["sentiment_model"] = model
+    sample = data.get("analytics_sample")
+    if isinstance(sample, int) and not isinstance(sample, bool) and 0 <= sample <= 100:
+        out["analytics_sample"] = sample
+    return out
 
 
 @dataclass(frozen=True, slots=True)

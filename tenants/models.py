@@ -3,11 +3,16 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from core import ccaas
 from core.quotas import FIELDS as LIMIT_FIELDS
 from tenants.limit_fields import LimitFields
+
+# Seven years: the longest a contact centre's records schedule asks for.
+MAX_RETENTION_DAYS = 2557
 
 
 class Touched(models.Model):
@@ -51,6 +56,10 @@ class Tenant(Touched):
         REDACT = "redact", "Redact personal information before it reaches the model"
         RESTORE = "restore", "Redact, and restore the originals in replies"
 
+    class SentimentScorer(models.TextChoices):
+        LEXICON = "lexicon", "Lexicon (fast, built in)"
+        EMBEDDING = "embedding", "Embedding model (through the tenant's embedding model)"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=80, unique=True)
@@ -60,6 +69,29 @@ class Tenant(Touched):
     billing_email = models.EmailField(blank=True)
     state = models.CharField(max_length=3, choices=State.choices, blank=True)
     redaction = models.CharField(max_length=8, choices=Redaction.choices, default=Redaction.OFF)
+    # Transcript retention: days prompts, replies and conversation turns are kept (encrypted under the tenant's
+    # data key); 0 is off, and nothing is stored.
+    retention_days = models.PositiveIntegerField(
+        default=0, validators=[MaxValueValidator(MAX_RETENTION_DAYS)],
+        help_text="Days content is kept, encrypted; 0 keeps nothing.")
+    # Conversations (CCaaS): when a conversation is handed to a person, how customer sentiment is scored, and how
+    # many closed conversations get post-call analytics.
+    escalation_threshold = models.FloatField(
+        default=ccaas.DEFAULT_ESCALATION_THRESHOLD, validators=[MinValueValidator(-1.0), MaxValueValidator(1.0)],
+        help_text="A customer turn scoring at or below this (from -1 to 1) counts as negative.")
+    escalation_turns = models.PositiveSmallIntegerField(
+        default=ccaas.DEFAULT_ESCALATION_TURNS, validators=[MaxValueValidator(20)],
+        help_text="Negative customer turns in a row that escalate; 0 never escalates on sentiment alone.")
+    escalation_phrases = models.TextField(
+        default="\n".join(ccaas.DEFAULT_ESCALATION_PHRASES), blank=True,
+        help_text="One per line: a customer turn containing any of them escalates at once.")
+    sentiment_scorer = models.CharField(max_length=16, choices=SentimentScorer.choices,
+                                        default=SentimentScorer.LEXICON)
+    sentiment_model = models.CharField(max_length=200, blank=True,
+                                       help_text="The embedding model the embedding scorer uses.")
+    analytics_sample_percent = models.PositiveSmallIntegerField(
+        default=ccaas.DEFAULT_ANALYTICS_SAMPLE_PERCENT, validators=[MaxValueValidator(100)],
+        help_text="Percentage of closed conversations that get a summary and a QA score.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -71,6 +103,12 @@ class Tenant(Touched):
     @property
     def is_active(self) -> bool:
         return self.status == self.Status.ACTIVE
+
+    @property
+    def escalation_phrase_list(self) -> tuple[str, ...]:
+        """The trigger phrases, one per line, trimmed and lower-cased; blank lines dropped."""
+        lines = (line.strip().lower() for line in self.escalation_phrases.splitlines())
+        return tuple(line for line in lines if line)
 
 
 class Role(models.TextChoices):

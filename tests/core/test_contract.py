@@ -8,7 +8,7 @@ import dataclasses
 import orjson
 import pytest
 
-from core import contract
+from core import ccaas, contract
 
 
 def test_key_and_tenant_records_round_trip():
@@ -105,3 +105,21 @@ def test_a_usage_event_from_before_versions_is_read_and_one_without_its_tenant_i
     assert contract.UsageEvent.decode(old).prompt_tokens == 2
     with pytest.raises(contract.RecordError):
         contract.UsageEvent.decode(b'{"v": 1, "request_id": "r", "status": 200, "created": 1.0}')
+
+
+def test_a_tenant_record_carries_retention_and_conversation_settings_and_older_ones_read_as_defaults():
+    record = contract.TenantRecord(tenant="t-1", status="active", retention_days=30, escalation_threshold=-0.3,
+                                   escalation_turns=3, escalation_phrases=("supervisor",),
+                                   sentiment_scorer="embedding", sentiment_model="mistral-embed",
+                                   analytics_sample=25)
+    assert contract.TenantRecord.decode(record.encode()) == record
+    old = contract.TenantRecord.decode(b'{"v": 1, "tenant": "t-1", "status": "active"}')
+    assert old.retention_days == 0
+    assert old.escalation_phrases == ccaas.DEFAULT_ESCALATION_PHRASES
+    assert old.sentiment_scorer == "lexicon" and old.analytics_sample == 10
+    odd = contract.TenantRecord.decode(
+        b'{"v": 1, "tenant": "t-1", "status": "active", "retention_days": -4, "escalation_threshold": 7,'
+        b' "sentiment_scorer": "tea leaves", "analytics_sample": 101, "escalation_phrases": [1, 2]}')
+    assert (odd.retention_days, odd.escalation_threshold, odd.sentiment_scorer, odd.analytics_sample) == (
+        0, ccaas.DEFAULT_ESCALATION_THRESHOLD, "lexicon", 10)
+    assert odd.escalation_phrases == ccaas.DEFAULT_ESCALATION_PHRASES
