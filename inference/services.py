@@ -92,11 +92,13 @@ def _http(url: str, *, data: bytes | None = None, timeout: float = 2.0, api_key:
 
 
 def backends_probe() -> dict[str, bool]:
-    """Probe each enabled backend's /health and /v1/models; keep the result in Redis for the consoles."""
+    """Probe each enabled backend's /health and /v1/models, for the consoles when no data-plane worker is
+    recording what it sees (``BackendPool.publish_health``): a worker's record, the state requests are routed by,
+    is never overwritten by this one."""
     results = {}
     pipe = get_redis().pipeline(transaction=False)
     for backend in Backend.objects.filter(enabled=True):
-        health = {"checked_at": time.time(), "healthy": False, "models": [], "error": ""}
+        health = {"source": "control plane", "checked_at": time.time(), "healthy": False, "models": [], "error": ""}
         try:
             status, _ = _http(f"{backend.base_url.rstrip('/')}/health")
             health["healthy"] = status == 200
@@ -109,7 +111,7 @@ def backends_probe() -> dict[str, bool]:
         except (OSError, ValueError, KeyError) as exc:
             health["error"] = exc.__class__.__name__
         results[backend.name] = health["healthy"]
-        pipe.set(contract.backend_health_key(backend.name), orjson.dumps(health), ex=300)
+        pipe.set(contract.backend_health_key(backend.name), orjson.dumps(health), ex=300, nx=True)
     pipe.execute()
     return results
 

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
@@ -17,9 +20,24 @@ from tenants.views.common import staff_view, tenant_view
 
 
 def _with_health(backends):
+    """Attach each backend's live state: the record a data-plane worker writes after each round of probes (what
+    requests are routed by), or, with no worker running, the control plane's probe. ``health.stale``: older than
+    three probe intervals, so the page says so rather than showing an old "healthy" as current."""
+    now = time.time()
     for backend in backends:
-        backend.health = services.backend_health(backend.name)
+        health = services.backend_health(backend.name)
+        if health is not None:
+            checked = health.get("checked_at")
+            health["checked"] = datetime.fromtimestamp(checked, tz=UTC) if checked else None
+            health["age_s"] = max(0, round(now - checked)) if checked else None
+            health["stale"] = checked is None or now - checked > 3 * max(settings.INFERENCE_PROBE_INTERVAL_S, 1)
+            health["context"] = [(m, (health.get("max_model_len") or {}).get(m)) for m in health.get("models") or []]
+        backend.health = health
     return backends
+
+
+def _probe_context() -> dict:
+    return {"probe_interval_s": settings.INFERENCE_PROBE_INTERVAL_S}
 
 
 def _save(request, form: BackendForm) -> bool:
@@ -41,7 +59,7 @@ def backend_list(request):
     if request.method == "POST" and form.is_valid() and _save(request, form):
         messages.success(request, f"Backend {form.instance.name} added.")
         return redirect("staff_backend_list")
-    context = {"backends": _with_health(list(Backend.objects.all())), "form": form}
+    context = {"backends": _with_health(list(Backend.objects.all())), "form": form, **_probe_context()}
     return render(request, "inference/staff/backend_list.html", context, status=400 if form.errors else 200)
 
 
@@ -53,7 +71,7 @@ def backend_edit(request, name: str):
     if request.method == "POST" and form.is_valid() and _save(request, form):
         messages.success(request, f"Backend {backend.name} saved.")
         return redirect("staff_backend_list")
-    context = {"backend": _with_health([backend])[0], "form": form}
+    context = {"backend": _with_health([backend])[0], "form": form, **_probe_context()}
     return render(request, "inference/staff/backend_edit.html", context, status=400 if form.errors else 200)
 
 

@@ -5,6 +5,10 @@ The list comes from Redis (published by the control plane). Health comes from pr
 ``/health``; served models and context lengths from ``/v1/models``; queue depth from vLLM's ``/metrics``.
 Each worker probes on its own every ``INFERENCE_PROBE_INTERVAL_S`` and at once after a failure, so a dead
 replica leaves the rotation within one request and a recovered one returns within one probe.
+
+After each round of probes a worker writes what it now knows of each replica to ``backend_health_key`` (health,
+circuit, queue, models, when it last probed): the staff console shows that record, so staff see the state
+requests are routed by rather than a second opinion from another prober.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class BackendState:
     consecutive_failures: int = 0
     open_until: float = 0.0  # circuit breaker: not chosen before this monotonic time
     last_error: str = ""
+    last_probe_at: float = 0.0  # wall-clock seconds of the last probe's answer (or failure); 0: never probed
     headers: dict[str, str] = field(default_factory=dict)
     authorization: str = ""
 
@@ -125,6 +130,7 @@ class BackendPool:
         except Exception as exc:
             logger.warning("backend list unavailable at start-up: %s", exc.__class__.__name__)
         await self.probe_all()
+        await self.publish_health()
         self._ready.set()
         self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._probe_loop())]
 
@@ -148,6 +154,41 @@ class BackendPool:
         while True:
             await asyncio.sleep(settings.INFERENCE_PROBE_INTERVAL_S)
             await self.probe_all()
+            await self.publish_health()
+
+    def health_record(self, backend: BackendState, now: float | None = None) -> dict:
+        """What this worker knows of ``backend``, as the staff console shows it."""
+        now = time.monotonic() if now is None else now
+        return {
+            "source": "gateway",
+            "checked_at": backend.last_probe_at or None,
+            "healthy": backend.healthy,
+            "usable": backend.usable(now),
+            "circuit": "open" if backend.open_until > now else "closed",
+            "circuit_retry_s": round(max(0.0, backend.open_until - now), 1),
+            "consecutive_failures": backend.consecutive_failures,
+            "queue_waiting": backend.queue_waiting,
+            "outstanding": backend.outstanding,
+            "models": list(backend.models),
+            "max_model_len": dict(backend.max_model_len),
+            "error": backend.last_error if not backend.healthy or backend.open_until > now else "",
+        }
+
+    async def publish_health(self) -> None:
+        """Record each backend's state where the staff console reads it. Best effort: Redis away must not stop
+        the probe loop, and the record expires if no worker is left to renew it."""
+        if not self.backends:
+            return
+        ttl = max(30, int(settings.INFERENCE_PROBE_INTERVAL_S * 6))
+        now = time.monotonic()
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for backend in self.backends.values():
+                pipe.set(contract.backend_health_key(backend.name), orjson.dumps(self.health_record(backend, now)),
+                         ex=ttl)
+            await pipe.execute()
+        except Exception as exc:
+            logger.warning("backend health not recorded: %s", exc.__class__.__name__)
 
     # --- list and health ---------------------------------------------------------------------------
     async def refresh(self) -> None:
@@ -211,6 +252,7 @@ class BackendPool:
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             healthy = False
             backend.last_error = exc.__class__.__name__
+        backend.last_probe_at = time.time()
         was_healthy = backend.healthy
         if healthy:
             backend.record_success()
