@@ -35,6 +35,34 @@
     })
   })
 
+  // Tabs (the example request in curl, Python and Node): arrow keys move between tabs, as WAI-ARIA's tab
+  // pattern expects; only the selected tab is in the tab order.
+  function selectTab (tab) {
+    const list = tab.closest('[role=tablist]')
+    for (const other of list.querySelectorAll('[role=tab]')) {
+      const selected = other === tab
+      other.setAttribute('aria-selected', selected ? 'true' : 'false')
+      other.tabIndex = selected ? 0 : -1
+      const panel = document.getElementById(other.getAttribute('aria-controls'))
+      if (panel) panel.hidden = !selected
+    }
+  }
+
+  document.addEventListener('click', function (event) {
+    const tab = event.target.closest('[role=tab]')
+    if (tab) selectTab(tab)
+  })
+
+  document.addEventListener('keydown', function (event) {
+    const tab = event.target.closest && event.target.closest('[role=tab]')
+    if (!tab || (event.key !== 'ArrowRight' && event.key !== 'ArrowLeft')) return
+    const tabs = Array.from(tab.closest('[role=tablist]').querySelectorAll('[role=tab]'))
+    const next = tabs[(tabs.indexOf(tab) + (event.key === 'ArrowRight' ? 1 : tabs.length - 1)) % tabs.length]
+    selectTab(next)
+    next.focus()
+    event.preventDefault()
+  })
+
   document.addEventListener('submit', function (event) {
     const form = event.target
     if (form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
