@@ -304,6 +304,12 @@ class UsageEvent:
     # Replacements per identifier type when the request was redacted (``{}``: redacted, nothing found); None:
     # redaction was off. Counts only, never a value. Events from before this field read as None.
     redactions: dict[str, int] | None = None
+    # The access record's own (R-AUD-1, docs/audit.md): the end customer the tenant named (``user`` or
+    # ``x-wattle-customer-id``; "" if none), and SHA-256 digests (lowercase hex, "" if none) of the prompt as
+    # received and of the reply as the replica returned it. Never the text. Events from before these read as "".
+    customer_id: str = ""
+    prompt_sha256: str = ""
+    reply_sha256: str = ""
     logger: str = "wattle.access"
     v: int = VERSION
 
@@ -320,6 +326,10 @@ class UsageEvent:
             raise RecordError(f"malformed usage event: {exc}") from None
         if not isinstance(event.request_id, str) or not event.request_id or event.tenant is None:
             raise RecordError("a usage event names its request and tenant")
+        if event.customer_id and not valid_customer_id(event.customer_id):
+            raise RecordError("a usage event with a malformed customer id")
+        if not (_digest_or_empty(event.prompt_sha256) and _digest_or_empty(event.reply_sha256)):
+            raise RecordError("a usage event with a malformed digest")
         return event
 
     def as_dict(self) -> dict[str, Any]:
@@ -327,13 +337,29 @@ class UsageEvent:
 
 
 _USAGE_FIELDS = frozenset(f.name for f in fields(UsageEvent))
+_HEX = frozenset("0123456789abcdef")
+
+# An end-customer id: what the tenant calls its customer (an account number, a hashed email, ...), bounded like
+# OpenAI's ``user`` field and printable (no control characters: it reaches logs and CSV exports).
+MAX_CUSTOMER_ID_CHARS = 256
+
+
+def valid_customer_id(value: object) -> bool:
+    """Whether ``value`` may be stored as an end-customer id: a non-empty printable string of at most
+    ``MAX_CUSTOMER_ID_CHARS`` characters."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_CUSTOMER_ID_CHARS and value.isprintable()
+
+
+def _digest_or_empty(value: object) -> bool:
+    return value == "" or (isinstance(value, str) and len(value) == 64 and _HEX.issuperset(value))
 
 
 def encode_usage_event(request_id: str, tenant: str | None, status: int, created: float, key_id: str | None,
                        endpoint: str, model: str, backend: str, error_code: str, stream: bool,
                        client_disconnected: bool, prompt_tokens: int, completion_tokens: int, ttft_ms: float | None,
                        duration_ms: float, time: float, overhead_ms: float, traceparent: str,
-                       redactions: dict[str, int] | None = None) -> bytes:
+                       redactions: dict[str, int] | None = None, customer_id: str = "", prompt_sha256: str = "",
+                       reply_sha256: str = "") -> bytes:
     """``UsageEvent(...).encode()`` for the data plane's hot path, in half the time (no instance, positional
     arguments); a test keeps its keys those of ``UsageEvent``."""
     return orjson.dumps({
@@ -341,6 +367,7 @@ def encode_usage_event(request_id: str, tenant: str | None, status: int, created
         "endpoint": endpoint, "model": model, "backend": backend, "error_code": error_code, "stream": stream,
         "client_disconnected": client_disconnected, "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens, "ttft_ms": ttft_ms, "duration_ms": duration_ms, "time": time,
-        "overhead_ms": overhead_ms, "traceparent": traceparent, "redactions": redactions, "logger": "wattle.access",
-        "v": VERSION,
+        "overhead_ms": overhead_ms, "traceparent": traceparent, "redactions": redactions,
+        "customer_id": customer_id, "prompt_sha256": prompt_sha256, "reply_sha256": reply_sha256,
+        "logger": "wattle.access", "v": VERSION,
     })
