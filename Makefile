@@ -6,7 +6,7 @@ PORT ?= 8000
 SIMULATOR_PORT ?= 8001
 export PORT SIMULATOR_PORT
 
-.PHONY: run test lint bench venv venv-dev browser clean
+.PHONY: run test lint bench venv venv-dev browser clean vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,23 @@ browser:
 ## bench: the load scenarios of PERFORMANCE.md (needs Redis: REDIS_URL or a local redis-server)
 bench: venv-dev
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## vllm: serve a Mistral model with vLLM on this host's GPU (requirements-gpu.txt; flags: docs/deploy.md, "vLLM")
+VLLM_VENV ?= .venv-gpu
+VLLM_MODEL ?= mistralai/Mistral-7B-Instruct-v0.3
+VLLM_PORT ?= 8001
+VLLM_MAX_MODEL_LEN ?= 32768
+VLLM_MAX_NUM_SEQS ?= 128
+VLLM_TP ?= 1
+$(VLLM_VENV)/.gpu: requirements-gpu.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet -r requirements-gpu.txt
+	touch $@
+vllm: $(VLLM_VENV)/.gpu
+	$(VLLM_VENV)/bin/vllm serve $(VLLM_MODEL) --served-model-name $(VLLM_MODEL) --port $(VLLM_PORT) \
+	  --tokenizer-mode mistral --config-format mistral --load-format mistral \
+	  --tool-call-parser mistral --enable-auto-tool-choice --enable-prefix-caching \
+	  --max-model-len $(VLLM_MAX_MODEL_LEN) --max-num-seqs $(VLLM_MAX_NUM_SEQS) --tensor-parallel-size $(VLLM_TP)
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache
