@@ -10,7 +10,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from billing.limits import LIMIT_FIELDS
-from billing.models import Plan
+from billing.models import ModelPrice, Plan
+from inference.selectors import declared_models
 from tenants.forms import MODEL_NAME_MAX, LimitFieldsForm, NoSuffixMixin
 
 
@@ -96,18 +97,25 @@ class PlanForm(LimitFieldsForm):
 
 
 class ModelPriceForm(NoSuffixMixin, forms.Form):
-    model = forms.CharField(label="Model", max_length=MODEL_NAME_MAX,
-                            help_text="As clients name it, e.g. mistralai/Mistral-7B-Instruct-v0.3.")
+    """The platform's price of a model: one the backends serve (``inference.selectors.declared_models``), or one
+    already priced (so a price can still be changed while its model is out of service)."""
+
+    model = forms.ChoiceField(label="Model", choices=[], error_messages={
+        "invalid_choice": "%(value)s is not a model the backends serve: choose one from the list.",
+        "required": "Choose a model."})
     input_per_1k_aud = forms.DecimalField(label="Input, A$ per 1,000 tokens", min_value=Decimal(0), max_digits=10,
                                           decimal_places=6)
     output_per_1k_aud = forms.DecimalField(label="Output, A$ per 1,000 tokens", min_value=Decimal(0),
                                            max_digits=10, decimal_places=6)
 
-    def clean_model(self) -> str:
-        model = self.cleaned_data["model"].strip()
-        if not model or any(c.isspace() for c in model):
-            raise ValidationError("Give the model's name, without spaces.")
-        return model
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        served = declared_models()
+        priced = sorted(set(ModelPrice.objects.values_list("model", flat=True)) - set(served))
+        self.fields["model"].choices = [("", "Choose a model"), *((m, m) for m in served),
+                                        *((m, f"{m} (priced, not served now)") for m in priced)]
+        if not served:
+            self.fields["model"].help_text = "No backend serves a model yet: add a backend first."
 
 
 class PlanModelPriceForm(NoSuffixMixin, forms.Form):

@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.html import escape, format_html
 
 from core import quotas
+from inference.selectors import declared_models
 from tenants.models import ApiKey, Role, Tenant
 from tenants.validators import validate_abn
 
@@ -144,6 +145,24 @@ def parse_models(raw: str) -> list[str]:
     return list(dict.fromkeys(models))
 
 
+UNKNOWN_MODEL = "{models} is not a model the backends serve."
+
+
+def check_served(models: list[str]) -> list[str]:
+    """``models`` if each is one the backends serve (``inference.selectors.declared_models``); else the error
+    says which are not and what is served, so a typo (or another provider's name) is caught when the key is
+    made rather than as a 404 on its first request."""
+    if not models:
+        return models
+    served = declared_models()
+    unknown = [m for m in models if m not in served]
+    if unknown:
+        names = ", ".join(repr(m[:60]) for m in unknown[:5])
+        offer = f"Served models: {', '.join(served[:20])}." if served else "No backend serves a model yet."
+        raise ValidationError(f"{UNKNOWN_MODEL.format(models=names)} {offer}")
+    return models
+
+
 def limit_form_field(kind: quotas.LimitKind) -> forms.Field:
     label = quotas.form_label(kind)
     if kind.money:
@@ -192,9 +211,10 @@ class ApiKeyForm(LimitFieldsForm):
         label="Scopes", choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple,
         initial=[ApiKey.Scope.INFERENCE],
     )
-    allowed_models = forms.CharField(
-        label="Allowed models (optional)", required=False, widget=forms.Textarea(attrs={"rows": 3}),
-        help_text="One model per line. Leave empty to allow every model.",
+    allowed_models = forms.MultipleChoiceField(
+        label="Allowed models (optional)", required=False, widget=forms.CheckboxSelectMultiple, choices=[],
+        help_text="The models the key may call. Choose none to allow every model, including ones added later.",
+        error_messages={"invalid_choice": "%(value)s is not a model the backends serve: choose from the list."},
     )
     expires_on = forms.DateField(
         label="Expires on (optional)", required=False, widget=forms.DateInput(attrs={"type": "date"}),
@@ -207,6 +227,11 @@ class ApiKeyForm(LimitFieldsForm):
         if len(choices) < len(ApiKey.Scope.choices):
             self.fields["scopes"].help_text = "Only owners and admins can grant management scopes."
         self.fields["scopes"].choices = choices
+        served = declared_models()
+        self.fields["allowed_models"].choices = [(m, m) for m in served]
+        if not served:
+            self.fields["allowed_models"].help_text = ("No backend serves a model yet, so the key will allow every "
+                                                       "model.")
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()
@@ -215,7 +240,7 @@ class ApiKeyForm(LimitFieldsForm):
         return name
 
     def clean_allowed_models(self) -> list[str]:
-        return parse_models(self.cleaned_data.get("allowed_models") or "")
+        return list(dict.fromkeys(self.cleaned_data.get("allowed_models") or []))
 
     def clean_expires_on(self):
         day = self.cleaned_data.get("expires_on")

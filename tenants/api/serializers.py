@@ -10,7 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core import quotas
-from tenants.forms import parse_models
+from tenants.forms import check_served, parse_models
 from tenants.models import ApiKey, Invitation, Membership, Role, Tenant
 from tenants.services import MAX_ROTATION_GRACE
 from tenants.validators import validate_abn
@@ -169,7 +169,7 @@ class ApiKeyCreateSerializer(serializers.Serializer):
         from django.core.exceptions import ValidationError
 
         try:
-            return parse_models("\n".join(value))
+            return check_served(parse_models("\n".join(value)))
         except ValidationError as exc:
             raise serializers.ValidationError(exc.messages[0]) from None
 

@@ -215,6 +215,9 @@ def test_malformed_plans_are_refused(staff_client, starter, data):
 
 
 def test_staff_set_model_prices(staff_client, staff, django_capture_on_commit_callbacks):
+    from inference.models import Backend
+
+    Backend.objects.create(name="syd-1", base_url="http://10.0.0.5:8000", served_models=[MODEL])
     with django_capture_on_commit_callbacks(execute=True):
         response = staff_client.post("/staff/prices/", {"model": MODEL, "input_per_1k_aud": "0.004",
                                                         "output_per_1k_aud": "0.012"})

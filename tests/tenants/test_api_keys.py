@@ -16,6 +16,7 @@ from billing.models import UsageEvent
 from core.contract import api_key_record_key
 from core.redis import get_redis
 from inference.gateway.auth import KeyRecord
+from inference.models import Backend
 from tenants import keys
 from tenants.models import ApiKey
 from tenants.services import api_key_rotate
@@ -31,11 +32,13 @@ def _record(key_id: str) -> dict:
 def test_key_is_created_with_every_field_and_shown_once(owner_client, acme, unthrottled,
                                                         django_capture_on_commit_callbacks):
     unthrottled(acme)  # limits above the Trial plan's, which a key may not exceed
+    Backend.objects.create(name="syd-1", base_url="http://10.0.0.5:8000",
+                           served_models=["mistral-large", "mistralai/Mistral-7B-Instruct-v0.3", "other"])
     tomorrow_plus = (timezone.localdate() + timedelta(days=30)).isoformat()
     with django_capture_on_commit_callbacks(execute=True):
         response = owner_client.post(f"/t/{acme.slug}/keys/new/", {
             "name": "IVR production", "scopes": ["inference", "management:read"],
-            "allowed_models": "mistralai/Mistral-7B-Instruct-v0.3\nmistral-large", "expires_on": tomorrow_plus,
+            "allowed_models": ["mistralai/Mistral-7B-Instruct-v0.3", "mistral-large"], "expires_on": tomorrow_plus,
             "rpm_limit": "600", "tpm_limit": "400000", "max_concurrent": "38", "daily_token_limit": "5000000",
             "monthly_token_budget": "90000000", "monthly_spend_cap_aud": "1500.50",
         })

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from billing.models import UsageEvent
+from inference.models import Backend
 from tenants import keys
 from tenants.models import ApiKey, Invitation, Role
 from tenants.services import api_key_revoke, api_key_rotate, tenant_set_status
@@ -41,6 +42,7 @@ def _error(response, status: int, code: str | None = None) -> dict:
 def test_create_key_returns_the_secret_once(api_client, acme, management_key, unthrottled,
                                            django_capture_on_commit_callbacks):
     unthrottled(acme)  # the key's limits are above the Trial plan's
+    Backend.objects.create(name="syd-1", base_url="http://10.0.0.5:8000", served_models=["m-7b"])
     key = management_key(acme)
     with django_capture_on_commit_callbacks(execute=True):
         response = api_client.post("/api/v1/keys", {
