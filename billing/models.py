@@ -121,10 +121,27 @@ class UsageEvent(models.Model):
     ttft_ms = models.FloatField(null=True, blank=True)
     duration_ms = models.FloatField(default=0)
     created_at = models.DateTimeField(db_index=True)
+    # The access record (R-AUD-1, docs/audit.md): the end customer the tenant named ("" if none), redaction
+    # (None: off; otherwise replacements per identifier type, counts only) and SHA-256 digests of prompt and reply
+    # (lowercase hex; "" for events from before them). Never any text of the prompt or the reply.
+    customer_id = models.CharField(max_length=256, blank=True, default="")
+    redactions = models.JSONField(null=True, blank=True)
+    prompt_sha256 = models.CharField(max_length=64, blank=True, default="")
+    reply_sha256 = models.CharField(max_length=64, blank=True, default="")
+    # The ``access.batch`` audit entry that sealed this row into the chain (its id); None until the sealer
+    # (``billing.access_log.access_seal``) runs. Not a foreign key: billing reads audit, never the other way.
+    access_batch = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "-created_at"], name="usage_tenant_time")]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="usage_tenant_time"),
+            # An end customer's requests (individuals' requests, the blast radius): a tenant's customer in a window.
+            models.Index(fields=["tenant", "customer_id", "-created_at"], name="usage_tenant_customer_time"),
+            # The sealer's queue (rows not yet sealed, in id order) and the verifier's batches.
+            models.Index(fields=["id"], condition=models.Q(access_batch__isnull=True), name="usage_unsealed"),
+            models.Index(fields=["access_batch", "id"], name="usage_access_batch"),
+        ]
         constraints = [models.UniqueConstraint(fields=["request_id"], name="usage_request_id_unique")]
 
     def __str__(self) -> str:

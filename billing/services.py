@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from audit.services import record
 from billing import pricing
@@ -53,7 +54,9 @@ def _ensure_group(client: redis.Redis, stream: str) -> None:
 _COLUMNS = (
     "request_id", "tenant_id", "key_id", "endpoint", "model", "backend", "status", "error_code", "stream",
     "client_disconnected", "prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms", "created_at",
+    "customer_id", "redactions", "prompt_sha256", "reply_sha256",
 )
+_REDACTIONS = _COLUMNS.index("redactions")
 
 
 def _to_values(event: contract.UsageEvent) -> tuple:
@@ -74,7 +77,20 @@ def _to_values(event: contract.UsageEvent) -> tuple:
         event.ttft_ms,
         float(event.duration_ms or 0),
         datetime.fromtimestamp(event.created, tz=UTC),
+        event.customer_id or "",  # validated by the contract's decode
+        _redaction_counts(event.redactions),
+        event.prompt_sha256 or "",
+        event.reply_sha256 or "",
     )
+
+
+def _redaction_counts(value: object) -> dict[str, int] | None:
+    """Counts per identifier type (bounded: type names are the redactor's own short labels); None: off."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("redactions is not a mapping")
+    return {str(kind)[:32]: int(count) for kind, count in list(value.items())[:64]}
 
 
 def _store(rows: list[tuple]) -> int:
@@ -103,6 +119,8 @@ def _store_postgres(rows: list[tuple]) -> int:
         )
         with cursor.cursor.copy(f"COPY usage_incoming ({columns}) FROM STDIN") as copy:
             for row in rows:
+                if row[_REDACTIONS] is not None:
+                    row = (*row[:_REDACTIONS], Jsonb(row[_REDACTIONS]), *row[_REDACTIONS + 1:])
                 copy.write_row(row)
         cursor.execute(
             f"INSERT INTO {table} ({columns}) SELECT {', '.join('i.' + c for c in _COLUMNS)} "  # noqa: S608

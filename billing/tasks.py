@@ -145,3 +145,12 @@ def send_payment_notices() -> int:
     from billing.payment_notices import payment_notices_send
 
     return payment_notices_send()
+
+
+@shared_task(name="billing.tasks.seal_access_log", ignore_result=True)
+def seal_access_log() -> None:
+    """Seal the access records ingested since the last run into the audit chain, in batches by digest (beat, every
+    ACCESS_SEAL_INTERVAL_S)."""
+    from billing.access_log import access_jobs
+
+    access_jobs()

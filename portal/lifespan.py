@@ -64,14 +64,15 @@ def redis_repair_loop(*, stop: threading.Event, interval: float) -> None:
 def billing_jobs_loop(*, stop: threading.Event, interval: float) -> None:
     """Embedded mode has no Celery beat: build the usage rollups (the console reads them), then plan and send the
     Stripe meter reports; retry Stripe events still waiting, send payment notices now due and sync plans out of
-    step with Stripe; now and every ``interval`` until ``stop``."""
+    step with Stripe; seal the access log into the audit chain; now and every ``interval`` until ``stop``."""
+    from billing.access_log import access_jobs
     from billing.meters import meter_jobs
     from billing.payment_notices import payment_notices_send
     from billing.plan_sync import plans_sync_due
     from billing.stripe_events import events_retry
 
-    _run_every((meter_jobs, events_retry, payment_notices_send, plans_sync_due), stop=stop, interval=interval,
-               what="billing")
+    _run_every((meter_jobs, events_retry, payment_notices_send, plans_sync_due, access_jobs), stop=stop,
+               interval=interval, what="billing")
 
 
 def audit_jobs_loop(*, stop: threading.Event, interval: float) -> None:

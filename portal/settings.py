@@ -391,6 +391,13 @@ if not 0 < AUDIT_ARCHIVE_SEGMENT_S <= 300 or AUDIT_ARCHIVE_RETENTION_DAYS < 1:
 AUDIT_JOBS_INTERVAL_S = env_float("AUDIT_JOBS_INTERVAL_S", 5.0)
 AUDIT_JOBS_IN_PROCESS = env_bool("AUDIT_JOBS_IN_PROCESS", REDIS_REPAIR_IN_PROCESS)
 CELERY_BEAT_SCHEDULE["audit-jobs"] = {"task": "audit.tasks.audit_jobs", "schedule": AUDIT_JOBS_INTERVAL_S}
+# The access log's records are sealed into the chain this often, at most this many per audit entry (docs/audit.md);
+# in the embedded default by the billing loop (BILLING_JOBS_INTERVAL_S).
+ACCESS_SEAL_INTERVAL_S = env_float("ACCESS_SEAL_INTERVAL_S", 60.0)
+ACCESS_SEAL_BATCH = env_int("ACCESS_SEAL_BATCH", 10_000)
+if ACCESS_SEAL_BATCH < 1:
+    raise ImproperlyConfigured("ACCESS_SEAL_BATCH must be at least 1")
+CELERY_BEAT_SCHEDULE["access-seal"] = {"task": "billing.tasks.seal_access_log", "schedule": ACCESS_SEAL_INTERVAL_S}
 
 # --- Stripe -----------------------------------------------------------------------------------------
 # Every call to Stripe goes through billing/stripe_gateway.py (docs/billing.md, "Stripe"). With no secret key,

@@ -283,7 +283,8 @@ class Gateway:
             payload = self._parse_json(body, headers)
             call = await dispatcher.prepare(ctx, payload, body, user_agent=headers.get(b"user-agent", b""),
                                             incoming_traceparent=headers.get(b"traceparent"),
-                                            redact=_asks_for_redaction(headers.get(b"x-wattle-redact")))
+                                            redact=_asks_for_redaction(headers.get(b"x-wattle-redact")),
+                                            customer_header=headers.get(b"x-wattle-customer-id"))
         except GatewayError as error:
             await self._send_error(send, error, ctx)
             await self._abandon(ctx)

@@ -40,7 +40,7 @@ import orjson
 from django.conf import settings
 
 from core import contract, redaction
-from inference.gateway import errors, metrics, validation
+from inference.gateway import digests, errors, metrics, validation
 from inference.gateway import redact as redact_texts
 from inference.gateway.backends import BackendState
 from inference.gateway.errors import GatewayError
@@ -93,10 +93,12 @@ class Dispatcher:
 
     # --- preparation -------------------------------------------------------------------------------
     async def prepare(self, ctx: RequestContext, payload: dict, body: bytes, *, user_agent: bytes = b"",
-                      incoming_traceparent: bytes | None = None, redact: bool = False) -> Call:
+                      incoming_traceparent: bytes | None = None, redact: bool = False,
+                      customer_header: bytes | None = None) -> Call:
         """Check ``payload`` (whose encoding is ``body``) for ``ctx.endpoint`` and the caller ``ctx.key``, and
         queue its admission. Raises the OpenAI-shaped GatewayError the caller should see. Personal information is
-        redacted when the tenant's mode says so, or ``redact`` (the caller asked: at least redact)."""
+        redacted when the tenant's mode says so, or ``redact`` (the caller asked: at least redact).
+        ``customer_header``: the ``x-wattle-customer-id`` header, if sent (it wins over the body's ``user``)."""
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             raise errors.bad_request("You must provide a model parameter.", param="model")
@@ -112,9 +114,11 @@ class Dispatcher:
             )
         endpoint = ctx.endpoint
         prepared = validation.PREPARERS[endpoint](payload, self._rules)
+        ctx.customer_id = digests.customer_id(payload, customer_header)
         max_model_len = self.pool.max_model_len(model)
         await validation.check_context_length(endpoint, model, prepared, max_model_len)
         self._begin_admission(ctx, prepared, max_model_len)
+        ctx.prompt_sha256 = digests.prompt_sha256(endpoint, payload)  # as the client sent it: before redaction
         mode = redaction.effective_mode(ctx.key.redaction, redact)
         if mode != redaction.OFF:
             # After admission is queued (its Redis round trip overlaps this), before any byte is encoded for the
@@ -326,9 +330,12 @@ class Dispatcher:
         ctx.ttft_s = time.perf_counter() - ctx.started
         backend.record_success()
         try:
-            usage = orjson.loads(data).get("usage") or {}
+            parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
-            usage = {}
+            parsed = None
+        ctx.reply = reply = digests.ReplyDigest(ctx.endpoint)
+        reply.answer(data, parsed)
+        usage = (parsed.get("usage") if isinstance(parsed, dict) else None) or {}
         ctx.prompt_tokens = usage.get("prompt_tokens") or 0
         ctx.completion_tokens = usage.get("completion_tokens") or 0
         ctx.status = 200
@@ -362,6 +369,7 @@ class Dispatcher:
         content_events = 0
         saw_usage = saw_done = failed = False
         buffer = b""
+        ctx.reply = reply = digests.ReplyDigest(ctx.endpoint)
         t_up = time.perf_counter()
         try:
             async for chunk in response.iter_chunks():
@@ -377,6 +385,7 @@ class Dispatcher:
                         ctx.ttft_s = time.perf_counter() - ctx.started
                     events = chunk.count(b"\n\n")
                     content_events += events
+                    reply.sse(chunk)
                     await sink.delta(Delta(chunk, events))
                     if ctx.client_disconnected:
                         break
@@ -405,6 +414,7 @@ class Dispatcher:
                         if ctx.ttft_s is None:
                             ctx.ttft_s = time.perf_counter() - ctx.started
                         content_events += 1
+                        reply.sse(raw)
                         deltas.append(raw + b"\n\n")
                         continue
                     if deltas:
@@ -493,6 +503,7 @@ class Dispatcher:
             ctx.endpoint, ctx.model, ctx.backend, ctx.error_code, ctx.stream, ctx.client_disconnected,
             ctx.prompt_tokens, ctx.completion_tokens, ctx.ttft_s * 1000 if ctx.ttft_s is not None else None,
             duration_s * 1000, ctx.started_wall, overhead_s * 1000, ctx.traceparent, ctx.redactions,
+            ctx.customer_id, ctx.prompt_sha256, ctx.reply.hexdigest() if ctx.reply is not None else "",
         )
         ctx.redactor = None  # the placeholders' originals live no longer than the request
         if key is not None:

@@ -13,6 +13,7 @@ import orjson
 
 from core.redaction import Redactor
 from inference.gateway.auth import KeyRecord
+from inference.gateway.digests import ReplyDigest
 from inference.gateway.errors import GatewayError
 from inference.gateway.limits import Admission, PendingAdmission
 
@@ -79,9 +80,10 @@ class RequestContext:
     """What one request accumulates for its usage event, metrics and access-log line."""
 
     __slots__ = (
-        "admission", "admitting", "backend", "client_disconnected", "completion_tokens", "endpoint", "error_code",
-        "key", "model", "n", "payload", "prompt_tokens", "prompt_upper", "redactions", "redactor", "request_id",
-        "started", "started_wall", "status", "stream", "traceparent", "ttft_s", "upstream_s",
+        "admission", "admitting", "backend", "client_disconnected", "completion_tokens", "customer_id", "endpoint",
+        "error_code", "key", "model", "n", "payload", "prompt_sha256", "prompt_tokens", "prompt_upper", "redactions",
+        "redactor", "reply", "request_id", "started", "started_wall", "status", "stream", "traceparent", "ttft_s",
+        "upstream_s",
     )
 
     def __init__(self, endpoint: str, request_id: str) -> None:
@@ -110,6 +112,11 @@ class RequestContext:
         # request's placeholders while the reply gets its originals back (restore mode only). Never logged.
         self.redactions: dict[str, int] | None = None
         self.redactor: Redactor | None = None
+        # The access record (R-AUD-1, ``inference.gateway.digests``): the end customer named, the prompt's digest,
+        # and the reply's, fed as the answer is relayed (None until one is).
+        self.customer_id = ""
+        self.prompt_sha256 = ""
+        self.reply: ReplyDigest | None = None
 
     def overhead_s(self) -> float:
         return max(0.0, time.perf_counter() - self.started - self.upstream_s)
