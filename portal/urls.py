@@ -13,6 +13,7 @@ urlpatterns = [
     path("dashboard/", views.dashboard, name="dashboard"),
     path("privacy/", views.privacy_policy, name="privacy"),
     path("terms/", views.terms, name="terms"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("accounts/", include("allauth.urls")),

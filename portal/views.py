@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -18,6 +18,23 @@ from core.privacy import AUDIT_METADATA_YEARS, PRIVACY_POLICY_VERSIONS, SUBPROCE
 from core.redis import new_async_redis
 from inference.gateway.metrics import internal_callers
 from inference.models import Backend
+
+_FAVICON: bytes | None = None
+
+
+@require_GET
+def favicon(request):
+    """``/favicon.ico``: browsers and crawlers ask for it at the root whatever the page links, so it is served
+    here (read once; the file ships with the code in static/) rather than answered with a 404."""
+    global _FAVICON
+    if _FAVICON is None:
+        from django.contrib.staticfiles import finders
+
+        with open(finders.find("favicon.ico"), "rb") as icon:
+            _FAVICON = icon.read()
+    response = HttpResponse(_FAVICON, content_type="image/x-icon")
+    response["Cache-Control"] = "public, max-age=86400"
+    return response
 
 
 @never_cache

@@ -25,9 +25,9 @@ def _sign_in_with_totp(page, base_url: str, user) -> None:
     page.goto(f"{base_url}/accounts/login/")
     page.get_by_label("Email").fill(user.email)
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign In", exact=True).click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     page.get_by_label("Code").fill(totp("JBSWY3DPEHPK3PXP"))
-    page.get_by_role("button", name="Sign In").click()
+    page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/t/**")
 
 

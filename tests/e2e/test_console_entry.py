@@ -13,10 +13,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def _sign_in(page, base_url: str, email: str) -> None:
     page.goto(f"{base_url}/accounts/login/")
-    assert page.title().startswith("Sign In")
+    assert page.title().startswith("Sign in")
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign In", exact=True).click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 def test_a_developer_signs_in_to_their_organisation(page, portal_server, acme, member_of):
@@ -39,7 +39,7 @@ def test_wrong_password_shows_a_form_error(page, portal_server, alice):
     page.goto(f"{portal_server.base_url}/accounts/login/")
     page.get_by_label("Email").fill(alice.email)
     page.get_by_label("Password").fill("not-the-password")
-    page.get_by_role("button", name="Sign In", exact=True).click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     assert page.get_by_text("The email address and/or password you specified are not correct.").is_visible()
     assert "/accounts/login/" in page.url
 

@@ -19,7 +19,7 @@ def _sign_in(page, base_url: str, email: str) -> None:
     page.goto(f"{base_url}/accounts/login/")
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign In", exact=True).click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ def test_staff_registers_a_passkey_and_must_use_it_for_the_staff_console(page, p
     page.goto(f"{base}/accounts/login/?next=/staff/")
     page.get_by_label("Email").fill(staff.email)
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign In", exact=True).click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
     # Signed in with a password only: the staff console sends staff to add a passkey.
     page.wait_for_url("**/account/mfa-required/**")
