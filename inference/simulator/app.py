@@ -43,9 +43,19 @@ from inference.vllm.requests import (
     parse,
 )
 
+from . import structured
 from .config import VLLM_VERSION, ConfigError, SimulatorConfig
 from .engine import Engine, Scheduler
-from .generation import ECHO_PREFIX, ChoiceOutput, EchoCache, ReplyBank, TokenizedText, finish, request_key
+from .generation import (
+    ECHO_PREFIX,
+    ChoiceOutput,
+    EchoCache,
+    ReplyBank,
+    TokenizedText,
+    finish,
+    request_key,
+    tokenize_with_offsets,
+)
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ModelMetrics, SimulatorMetrics
 from .render import (
@@ -302,6 +312,18 @@ class Simulator:
             return [self.echoes.get(model, echo_text)] * n
         return [self.bank.pick(model, key, i) for i in range(n)]
 
+    def _structured_sources(self, model: str, response_format: dict, key: bytes, n: int) -> list[TokenizedText]:
+        """An instance of the requested schema per choice (``inference.simulator.structured``). While the
+        ``invalid_structured_outputs`` knob is above zero, this request's replies are broken JSON instead and
+        the knob counts down: tests of a caller's retry path ask for exactly as many failures as they need."""
+        invalid = self.knobs.take_invalid_structured_output()
+        try:
+            texts = [structured.structured_text(response_format, key + bytes([i % 256]), invalid=invalid)
+                     for i in range(n)]
+        except structured.Unsupported as exc:
+            raise ApiError.bad_request(f"response_format: {exc}", param="response_format") from None
+        return [tokenize_with_offsets(model, text) for text in texts]
+
     # --- generation --------------------------------------------------------------------------
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -327,7 +349,11 @@ class Simulator:
         self._look_up_prefix(model, req.cache_salt, fingerprint, prompt_tokens)
 
         stop = _stop_list(req.stop)
-        sources = self._sources(model, _last_user_text(req.messages), request_key(fingerprint, req.seed), n)
+        key = request_key(fingerprint, req.seed)
+        if structured.wants_structured(req.response_format):
+            sources = self._structured_sources(model, req.response_format, key, n)
+        else:
+            sources = self._sources(model, _last_user_text(req.messages), key, n)
         outputs = [finish(source, max_tokens=max_tokens, stop=stop) for source in sources]
         request_id = "chatcmpl-" + self._request_id(request, req.request_id)
         created = int(time.time())

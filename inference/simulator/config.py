@@ -35,6 +35,15 @@ class RuntimeKnobs:
     abort_after_tokens: int | None = None
     startup_delay_s: float = 0.0
     down: bool = False
+    # The next this-many requests asking for structured output (``response_format``) get broken JSON.
+    invalid_structured_outputs: int = 0
+
+    def take_invalid_structured_output(self) -> bool:
+        """Should this structured-output request be answered with broken JSON? Counts the knob down."""
+        if self.invalid_structured_outputs > 0:
+            self.invalid_structured_outputs -= 1
+            return True
+        return False
 
     def validate(self) -> None:
         if self.ttft_ms < 0 or self.tpot_ms < 0:
@@ -47,6 +56,8 @@ class RuntimeKnobs:
             raise ConfigError("abort_after_tokens must be >= 0")
         if self.startup_delay_s < 0:
             raise ConfigError("startup_delay_s must be >= 0")
+        if self.invalid_structured_outputs < 0:
+            raise ConfigError("invalid_structured_outputs must be >= 0")
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -77,9 +88,9 @@ def _coerce_knob(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError("abort_after_tokens must be an integer or null")
         return value
-    if name == "max_num_seqs":
+    if name in ("max_num_seqs", "invalid_structured_outputs"):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError("max_num_seqs must be an integer")
+            raise ConfigError(f"{name} must be an integer")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{name} must be a number")
