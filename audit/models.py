@@ -162,3 +162,93 @@ class IncidentNotification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.incident} → {self.tenant} ({self.sent_at:%Y-%m-%d})"
+
+
+# --- Individuals' requests (APP 12 access, APP 13 correction) -------------------------------------------
+# Written only by audit.privacy_requests. Tenants are named by string (audit imports nothing it records).
+PRIVACY_REQUEST_DAYS = 30  # APP 12.4 / 13.5: respond within a reasonable period, taken as 30 days
+CUSTOMER_ID_MAX = 64  # core.ccaas's customer id
+
+
+class PrivacyRequest(models.Model):
+    """One individual's request about what a tenant holds on them through Wattle, keyed by the tenant's own
+    end-customer id: a copy of everything (access), a correction (the records were filed under the wrong id), a
+    statement to keep with the records (annotation), or erasure. The request itself is kept after it is done, so
+    that it can be shown to have been handled (R-DSR-2); it holds the id and what was done, never content."""
+
+    class Kind(models.TextChoices):
+        ACCESS = "access", "Access: a copy of everything held"
+        CORRECT = "correct", "Correction: move the records to the right customer id"
+        ANNOTATE = "annotate", "Annotation: keep the individual's statement with the records"
+        ERASE = "erase", "Erasure: delete content and de-identify the rest"
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", "Received"
+        COMPLETED = "completed", "Completed"
+        REFUSED = "refused", "Refused"
+
+    class Channel(models.TextChoices):
+        CONSOLE = "console", "Tenant console"
+        API = "api", "Management API"
+        STAFF = "staff", "Staff console"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="+")
+    customer_id = models.CharField(max_length=CUSTOMER_ID_MAX)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    # For a correction: the id the records move to. Never content.
+    new_customer_id = models.CharField(max_length=CUSTOMER_ID_MAX, blank=True)
+    note = models.CharField(max_length=500, blank=True, help_text="Your reference, e.g. a ticket number.")
+    refusal_reason = models.CharField(max_length=500, blank=True)
+    # What was done, by holder: counts only.
+    outcome = models.JSONField(default=dict, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    due_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+    opened_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    opened_by_key = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [
+            models.Index(fields=["tenant", "-received_at"], name="privreq_tenant_time"),
+            models.Index(fields=["tenant", "customer_id"], name="privreq_tenant_customer"),
+            models.Index(fields=["status", "due_at"], name="privreq_status_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ({self.received_at:%Y-%m-%d})"
+
+    def save(self, *args, **kwargs):
+        if self.due_at is None:
+            self.due_at = self.received_at + timedelta(days=PRIVACY_REQUEST_DAYS)
+        super().save(*args, **kwargs)
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == self.Status.RECEIVED
+
+    def days_left(self, now=None) -> int:
+        return (self.due_at - (now or timezone.now())).days
+
+
+class CustomerAnnotation(models.Model):
+    """An individual's statement kept with what a tenant holds on them (APP 13.4: when a correction is refused,
+    the individual may ask that a statement be associated with the information). Exported with it; erased with
+    it."""
+
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    customer_id = models.CharField(max_length=CUSTOMER_ID_MAX, db_index=True)
+    text = models.TextField(max_length=2000)
+    privacy_request = models.ForeignKey(PrivacyRequest, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["tenant", "customer_id"], name="annotation_tenant_customer")]
+
+    def __str__(self) -> str:
+        return f"Statement of {self.created_at:%Y-%m-%d}"

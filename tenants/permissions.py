@@ -38,6 +38,7 @@ class Action(StrEnum):
     BILLING_VIEW = "billing.view"
     BILLING_MANAGE = "billing.manage"
     AUDIT_VIEW = "audit.view"
+    PRIVACY_REQUESTS_MANAGE = "privacy_requests.manage"
 
 
 _ALL_ROLES = (Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.BILLING, Role.AGENT)
@@ -77,6 +78,10 @@ MATRIX: dict[Action, frozenset[str]] = {
     # The organisation's audit trail (who signed in, changed roles, keys and settings) is for the roles that run
     # it; staff read every tenant's trail from the staff console instead.
     Action.AUDIT_VIEW: frozenset({Role.OWNER, Role.ADMIN}),
+    # Individuals' requests (APP 12/13) open and carry out a copy or an erasure of an end customer's records:
+    # for the roles that answer for the organisation's privacy, and for a management key (a tenant's CRM files
+    # them). Support staff use the staff console's own page, which never shows a copy's content.
+    Action.PRIVACY_REQUESTS_MANAGE: frozenset({Role.OWNER, Role.ADMIN, API_KEY}),
 }
 
 # Roles whose holders must protect their account with a second factor before any tenant page.

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tenants.views import console
+from tenants.views import console, privacy_requests
 
 urlpatterns = [
     path("account/mfa-required/", console.mfa_required, name="mfa_required"),
@@ -22,4 +22,9 @@ urlpatterns = [
     path("t/<slug:slug>/keys/<str:key_id>/rotate/", console.key_rotate, name="tenant_key_rotate"),
     path("t/<slug:slug>/keys/<str:key_id>/limits/", console.key_limits, name="tenant_key_limits"),
     path("t/<slug:slug>/settings/", console.tenant_settings, name="tenant_settings"),
+    path("t/<slug:slug>/privacy-requests/", privacy_requests.tenant_privacy_requests,
+         name="tenant_privacy_requests"),
+    path("t/<slug:slug>/privacy-requests/<uuid:request_id>/", privacy_requests.tenant_privacy_request,
+         name="tenant_privacy_request"),
+    path("staff/privacy-requests/", privacy_requests.staff_privacy_requests, name="staff_privacy_requests"),
 ]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tenants.api import views
+from tenants.api import privacy_requests, views
 
 urlpatterns = [
     path("tenant", views.TenantView.as_view(), name="api_tenant"),
@@ -13,4 +13,11 @@ urlpatterns = [
     path("keys", views.ApiKeyListView.as_view(), name="api_keys"),
     path("keys/<str:key_id>", views.ApiKeyDetailView.as_view(), name="api_key"),
     path("keys/<str:key_id>/rotate", views.ApiKeyRotateView.as_view(), name="api_key_rotate"),
+    path("privacy-requests", privacy_requests.PrivacyRequestListView.as_view(), name="api_privacy_requests"),
+    path("privacy-requests/<uuid:request_id>", privacy_requests.PrivacyRequestDetailView.as_view(),
+         name="api_privacy_request"),
+    path("privacy-requests/<uuid:request_id>/carry-out", privacy_requests.PrivacyRequestCarryOutView.as_view(),
+         name="api_privacy_request_carry_out"),
+    path("privacy-requests/<uuid:request_id>/refuse", privacy_requests.PrivacyRequestRefuseView.as_view(),
+         name="api_privacy_request_refuse"),
 ]

@@ -1,0 +1,40 @@
+"""Where the personal information of a tenant's end customers is held, for individuals' requests (R-DSR).
+
+Each app that keeps something keyed by an end-customer id registers a ``Holder`` in its ``AppConfig.ready()``:
+billing the access records, inference the conversations and their analyses, audit the transcripts and
+annotations. ``audit.privacy_requests`` asks every registered holder, so audit never imports what it records,
+and an app that starts keeping end-customer data adds a holder, not a branch here. A test asks each app that
+holds a ``customer_id`` column to have registered one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """``name``: the section of the export document. Each callable takes the tenant id (str) and the customer id.
+
+    - ``export(tenant_id, customer_id) -> list[dict]``: every record held, JSON-serialisable.
+    - ``erase(tenant_id, customer_id) -> int``: content deleted and the rest de-identified; how many records.
+    - ``rekey(tenant_id, customer_id, new_customer_id) -> int``: the records moved to another id (a correction).
+    """
+
+    name: str
+    description: str
+    export: Callable[[str, str], list[dict]]
+    erase: Callable[[str, str], int]
+    rekey: Callable[[str, str, str], int]
+
+
+_HOLDERS: dict[str, Holder] = {}
+
+
+def register(holder: Holder) -> None:
+    _HOLDERS[holder.name] = holder
+
+
+def holders() -> list[Holder]:
+    return [_HOLDERS[name] for name in sorted(_HOLDERS)]
