@@ -17,6 +17,9 @@ go.)
   price list that tenant records name.
 - ``UsageEvent``: one JSON line per request, in entries of the ``INFERENCE_USAGE_STREAM`` stream (and, the same
   line, the access log).
+- ``TranscriptRecord``: one request's or conversation turn's content (prompt and reply), in entries of the
+  ``transcripts:v<version>`` stream, only for a tenant whose ``retention_days`` is above 0. The control plane's
+  ingest encrypts it and stores it (``audit.transcripts``); nothing else reads it.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ def prices_key() -> str:
 def backend_health_key(name: str) -> str:
     """A backend's last health check, as the staff console shows it (control plane only)."""
     return key("backend_health", name)
+
+
+def transcript_stream_key() -> str:
+    """The stream of ``TranscriptRecord``s (content: never logged, never spooled to disk)."""
+    return key("transcripts", f"v{VERSION}")
 
 
 def usage_epoch_key() -> str:
@@ -371,3 +379,71 @@ def encode_usage_event(request_id: str, tenant: str | None, status: int, created
         "customer_id": customer_id, "prompt_sha256": prompt_sha256, "reply_sha256": reply_sha256,
         "logger": "wattle.access", "v": VERSION,
     })
+
+
+# --- transcripts (R-RET) ---------------------------------------------------------------------------
+TRANSCRIPT_KINDS = frozenset({"request", "conversation_turn"})
+MAX_CONVERSATION_ID_CHARS = 128
+# Retention is bounded (7 years, a day either side of leap years): ``tenants.Tenant.retention_days``'s maximum.
+MAX_RETENTION_DAYS = 2557
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptRecord:
+    """One request's content, or one conversation turn's, as it left the data plane for retention.
+
+    ``prompt`` is the endpoint's prompt field as it was sent to the replica (chat ``messages``, completions
+    ``prompt``): after redaction when the tenant's mode (or the request) asked for it, so a redacted request is kept
+    with its placeholders, never the originals. ``reply`` is the text the replica generated, choices one after the
+    other (a stream's pieces joined), before restore mode put originals back; partial if the stream ended early.
+    ``retention_days`` is the tenant's setting when the request was made: the row expires that many days after
+    ``created``. ``turn`` tells a conversation's turns apart when they share a request id (0 for a plain request);
+    the ingest stores ``(request_id, turn)`` once.
+    """
+
+    tenant: str
+    request_id: str
+    created: float  # epoch seconds
+    retention_days: int
+    prompt: Any  # JSON: a list of chat messages, or a completion prompt (text or texts)
+    reply: str
+    kind: str = "request"  # or "conversation_turn"
+    key_id: str = ""
+    customer_id: str = ""  # the end customer the tenant named ("" if none)
+    model: str = ""
+    endpoint: str = ""  # "chat.completions", "completions", or the conversation API's
+    conversation_id: str = ""
+    turn: int = 0
+    status: int = 200
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"v": VERSION, **asdict(self)})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> TranscriptRecord:
+        data = _load(raw)
+        names = _TRANSCRIPT_FIELDS
+        try:
+            record = cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:
+            raise RecordError(f"malformed transcript record: {exc}") from None
+        if not (isinstance(record.tenant, str) and record.tenant and isinstance(record.request_id, str)
+                and 0 < len(record.request_id) <= 128):
+            raise RecordError("a transcript record names its tenant and request")
+        if record.kind not in TRANSCRIPT_KINDS:
+            raise RecordError("a transcript record of an unknown kind")
+        if (not isinstance(record.retention_days, int) or isinstance(record.retention_days, bool)
+                or not 0 < record.retention_days <= MAX_RETENTION_DAYS):
+            raise RecordError("a transcript record with a retention outside 1..MAX_RETENTION_DAYS")
+        if not isinstance(record.created, (int, float)) or not isinstance(record.reply, str):
+            raise RecordError("a transcript record with a malformed created or reply")
+        if record.customer_id and not valid_customer_id(record.customer_id):
+            raise RecordError("a transcript record with a malformed customer id")
+        if not isinstance(record.conversation_id, str) or len(record.conversation_id) > MAX_CONVERSATION_ID_CHARS:
+            raise RecordError("a transcript record with a malformed conversation id")
+        if not isinstance(record.turn, int) or record.turn < 0:
+            raise RecordError("a transcript record with a malformed turn")
+        return record
+
+
+_TRANSCRIPT_FIELDS = frozenset(f.name for f in fields(TranscriptRecord))

@@ -20,7 +20,7 @@ import orjson
 from django.conf import settings
 
 from core.redis import new_async_redis, new_hot_redis
-from inference.gateway import errors, metrics
+from inference.gateway import errors, metrics, transcripts
 from inference.gateway.accesslog import AccessLog
 from inference.gateway.auth import KeyAuthenticator
 from inference.gateway.backends import BackendPool
@@ -90,6 +90,7 @@ class Gateway:
         self.auth: KeyAuthenticator | None = None
         self.pool: BackendPool | None = None
         self.usage: UsageEmitter | None = None
+        self.transcripts: transcripts.TranscriptEmitter | None = None
         self.limiter: Limiter | None = None
         self.access_log: AccessLog | None = None
         self.dispatcher: Dispatcher | None = None
@@ -134,6 +135,9 @@ class Gateway:
             self.hot = new_hot_redis()
             self.usage = UsageEmitter(self.redis, hot=self.hot)
             await self.usage.start()
+            self.transcripts = transcripts.TranscriptEmitter(self.hot)
+            await self.transcripts.start()
+            transcripts.install(self.transcripts)
             self.limiter = Limiter(self.hot)
             await self.limiter.start()
             self.access_log = AccessLog()
@@ -157,6 +161,8 @@ class Gateway:
         await self.pool.stop()
         await self.limiter.stop()
         await self.usage.stop()
+        transcripts.install(None)
+        await self.transcripts.stop()
         await self.access_log.stop()
         await self.hot.aclose()
         await self.upstream.close()

@@ -61,6 +61,7 @@ class KeyRecord:
     unpaid_after: float = math.inf
     redaction: str = "off"  # the tenant's mode (``core.redaction``)
     price_list: str | None = None  # the tenant's prices for the spend cap (``BackendPool.cost_micro_aud``)
+    retention_days: int = 0  # the tenant's transcript retention (``inference.gateway.transcripts``); 0: none
 
     @classmethod
     def join(cls, key: contract.KeyRecord, tenant: contract.TenantRecord) -> KeyRecord:
@@ -72,6 +73,7 @@ class KeyRecord:
             unpaid_after=math.inf if tenant.unpaid_after is None else tenant.unpaid_after,
             redaction=tenant.redaction,
             price_list=tenant.price_list,
+            retention_days=tenant.retention_days,
         )
 
     def secret_matches(self, digest: str) -> bool:

@@ -40,7 +40,7 @@ import orjson
 from django.conf import settings
 
 from core import contract, redaction
-from inference.gateway import digests, errors, metrics, validation
+from inference.gateway import digests, errors, metrics, transcripts, validation
 from inference.gateway import redact as redact_texts
 from inference.gateway.backends import BackendState
 from inference.gateway.errors import GatewayError
@@ -189,6 +189,10 @@ class Dispatcher:
         opened = False
         if ctx.redactor is not None:
             sink = redact_texts.RestoringSink(sink, ctx.redactor, ctx.endpoint)
+        capture = None
+        if transcripts.wants_capture(ctx):
+            # Outermost, so it sees the replica's text before restore mode puts originals back.
+            sink = capture = transcripts.ReplyCapture(sink)
         try:
             if ctx.admitting is not None and not self._admit_in_parallel(ctx):
                 await self._finish_admission(ctx)
@@ -252,6 +256,8 @@ class Dispatcher:
                 with contextlib.suppress(Exception):
                     await self._finish_admission(ctx)
             self.settle(ctx)
+            if capture is not None:
+                transcripts.emit_captured(ctx, capture)
 
     async def abandon(self, ctx: RequestContext) -> None:
         """A request that ended before ``run`` (``prepare`` refused it, or its caller went away): conclude any

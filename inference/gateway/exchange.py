@@ -82,8 +82,8 @@ class RequestContext:
     __slots__ = (
         "admission", "admitting", "backend", "client_disconnected", "completion_tokens", "customer_id", "endpoint",
         "error_code", "key", "model", "n", "payload", "prompt_sha256", "prompt_tokens", "prompt_upper", "redactions",
-        "redactor", "reply", "request_id", "started", "started_wall", "status", "stream", "traceparent", "ttft_s",
-        "upstream_s",
+        "redactor", "reply", "request_id", "retain", "started", "started_wall", "status", "stream", "traceparent",
+        "ttft_s", "upstream_s",
     )
 
     def __init__(self, endpoint: str, request_id: str) -> None:
@@ -112,6 +112,9 @@ class RequestContext:
         # request's placeholders while the reply gets its originals back (restore mode only). Never logged.
         self.redactions: dict[str, int] | None = None
         self.redactor: Redactor | None = None
+        # False: the caller keeps this request's content itself (the conversation API's turns), so the dispatch
+        # doesn't capture it for transcript retention (``inference.gateway.transcripts``).
+        self.retain = True
         # The access record (R-AUD-1, ``inference.gateway.digests``): the end customer named, the prompt's digest,
         # and the reply's, fed as the answer is relayed (None until one is).
         self.customer_id = ""
