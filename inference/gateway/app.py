@@ -20,6 +20,7 @@ import orjson
 from django.conf import settings
 
 from core.redis import new_async_redis, new_hot_redis
+from inference import openapi
 from inference.gateway import errors, metrics, transcripts
 from inference.gateway.accesslog import AccessLog
 from inference.gateway.auth import KeyAuthenticator
@@ -51,6 +52,14 @@ _GENERATION_ENDPOINTS = {
     "/v1/chat/completions": "chat.completions",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+}
+# Every route this app answers, with its methods. The OpenAPI description (``inference.openapi``, served at
+# /v1/openapi.json) documents exactly these: tests/inference/test_openapi.py holds the two together.
+ROUTES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(_GENERATION_ENDPOINTS, ("POST",)),
+    "/v1/models": ("GET", "HEAD"),
+    "/v1/models/{model}": ("GET", "HEAD"),
+    "/v1/openapi.json": ("GET", "HEAD"),
 }
 _STREAM_FAILED_FRAME = (
     b'data: {"error": {"message": "The model backend failed while streaming.", "type": "server_error", '
@@ -185,6 +194,8 @@ class Gateway:
                 await self._send_error(send, GatewayError(405, f"Use GET for {path}.", code="method_not_allowed"))
                 return
             await self._models(scope, send, path)
+        elif path == "/v1/openapi.json":
+            await self._openapi(scope, send)
         else:
             await self._send_error(send, GatewayError(404, f"Unknown endpoint {path}.", code="unknown_url"))
 
@@ -252,6 +263,14 @@ class Gateway:
         if not isinstance(payload, dict):
             raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
         return payload
+
+    # --- /v1/openapi.json -------------------------------------------------------------------------------
+    async def _openapi(self, scope, send) -> None:
+        """The API's OpenAPI description: public (no key), built once per process."""
+        if scope["method"] not in ("GET", "HEAD"):
+            await self._send_error(send, GatewayError(405, "Use GET for /v1/openapi.json.", code="method_not_allowed"))
+            return
+        await self._send_json(send, 200, openapi.document_bytes(), [])
 
     # --- /v1/models --------------------------------------------------------------------------------
     async def _models(self, scope, send, path: str) -> None:
