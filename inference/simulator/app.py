@@ -527,16 +527,18 @@ class Simulator:
             if role_event is not None:
                 for index in range(len(outputs)):
                     buffer += role_event(index)
+            stamp = self.knobs.stamp_chunks
             for step in range(steps if abort_step is None else abort_step):
                 for index, output in enumerate(outputs):
                     if step >= output.num_tokens:
                         continue
                     emitted[index] += 1
                     prompt = choice_prompt_tokens[index]
+                    delta = output.delta_json[step] if not stamp else b'"@%.6f;"' % time.time()
                     if step == output.num_tokens - 1:
-                        buffer += final_event(index, output.delta_json[step], emitted[index], prompt, output)
+                        buffer += final_event(index, delta, emitted[index], prompt, output)
                     else:
-                        buffer += content_event(index, output.delta_json[step], emitted[index], prompt)
+                        buffer += content_event(index, delta, emitted[index], prompt)
                 tpot = self.knobs.tpot_ms
                 if tpot > 0 and step + 1 < steps:
                     await response.write(bytes(buffer))

@@ -37,6 +37,9 @@ class RuntimeKnobs:
     down: bool = False
     # The next this-many requests asking for structured output (``response_format``) get broken JSON.
     invalid_structured_outputs: int = 0
+    # Benches only: each streamed token's text is replaced by the wall-clock time it left (``@<epoch s>;``), so a
+    # client on the same host can measure the delay of every chunk through a relay (``make bench`` P6).
+    stamp_chunks: bool = False
 
     def take_invalid_structured_output(self) -> bool:
         """Should this structured-output request be answered with broken JSON? Counts the knob down."""
@@ -78,9 +81,9 @@ class RuntimeKnobs:
 
 def _coerce_knob(name: str, value: Any) -> Any:
     # bool is an int subclass: refuse it for numeric knobs so {"tpot_ms": true} is an error, not 1.
-    if name == "down":
+    if name in ("down", "stamp_chunks"):
         if not isinstance(value, bool):
-            raise ConfigError("down must be a boolean")
+            raise ConfigError(f"{name} must be a boolean")
         return value
     if name == "abort_after_tokens":
         if value is None:

@@ -30,7 +30,7 @@ STREAM_ERROR_FRAME = (
 )
 DEFAULT_KNOBS = {
     "ttft_ms": 0, "tpot_ms": 0, "max_num_seqs": 256, "error_rate": 0, "abort_after_tokens": None, "down": False,
-    "startup_delay_s": 0,
+    "startup_delay_s": 0, "stamp_chunks": False,
 }  # fmt: skip
 
 
@@ -208,6 +208,17 @@ def test_tpot_paces_every_further_token(sim):
         started = time.monotonic()
         assert chat(sim, max_tokens=6, **body).status == 200
         assert 0.15 <= time.monotonic() - started < 2.0
+
+
+def test_stamp_chunks_replaces_each_token_with_the_time_it_left(sim):
+    sim.control(tpot_ms=20, stamp_chunks=True)
+    before = time.time()
+    response = chat(sim, stream=True, max_tokens=5)
+    after = time.time()
+    texts = [json.loads(p)["choices"][0]["delta"].get("content") for p in sse_payloads(response.body)[1:-1]]
+    stamps = [float(re.fullmatch(r"@(\d+\.\d{6});", text).group(1)) for text in texts]
+    assert len(stamps) == 5 and before <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= after
+    assert stamps[-1] - stamps[0] >= 0.07  # stamped as each chunk left, 20 ms apart, not when the reply began
 
 
 def test_requests_beyond_max_num_seqs_wait_in_the_queue(sim):
