@@ -7,15 +7,20 @@ imports nothing it records; billing may import both.
 
 from __future__ import annotations
 
+import csv
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from audit import incident_services as services
 from audit.models import Incident
+from audit.services import record
 from billing.incident_forms import DecisionForm, IncidentForm, NotifyForm
-from billing.incident_reads import blast_radius, incident_contacts
+from billing.incident_reads import blast_radius, incident_contacts, radius_customers
 from tenants.views.common import flash_errors, form_errors, staff_view
 
 
@@ -146,3 +151,34 @@ def incident_notify(request, incident_id):
             return redirect("staff_incident_detail", incident_id=incident.pk)
     context = {"incident": incident, "form": form, "notices": list(notices.values()), "radius_note": radius_note}
     return render(request, "audit/staff/incident_notify.html", context, status=400 if form.errors else 200)
+
+
+def _cell(text: str) -> str:
+    # A customer id is the tenant's text: one a spreadsheet would run as a formula is quoted (CSV injection).
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@require_GET
+@staff_view
+def incident_customers(request, incident_id):
+    """Every end customer in the blast radius as CSV (tenant, customer id, requests, first, last): the list each
+    tenant may need for its own notifications. An export of personal identifiers, so it is audited."""
+    incident = _incident(incident_id)
+    if not (incident.window_start and incident.window_end):
+        return HttpResponse("Set the affected window first.", status=409, content_type="text/plain")
+    scope = {"since": incident.window_start, "until": incident.window_end, "key_id": incident.key_id,
+             "backend": incident.backend, "component": incident.component}
+    try:
+        rows = list(radius_customers(**scope))
+    except ValueError as exc:
+        return HttpResponse(str(exc), status=409, content_type="text/plain")
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="incident-{incident.pk}-customers.csv"'
+    writer = csv.writer(response)
+    writer.writerow(["tenant", "customer_id", "requests", "first_at", "last_at"])
+    for slug, customer_id, requests, first_at, last_at in rows:
+        writer.writerow([slug, _cell(customer_id), requests, first_at.isoformat(), last_at.isoformat()])
+    with transaction.atomic():
+        record(action="incident.customers_exported", actor=request.user, target=incident, request=request,
+               data={"count": len(rows), "tenants": len({row[0] for row in rows})})
+    return response

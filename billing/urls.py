@@ -52,6 +52,8 @@ urlpatterns = [
     path("staff/incidents/<uuid:incident_id>/decide/", staff_incidents.incident_decide, name="staff_incident_decide"),
     path("staff/incidents/<uuid:incident_id>/close/", staff_incidents.incident_close, name="staff_incident_close"),
     path("staff/incidents/<uuid:incident_id>/notify/", staff_incidents.incident_notify, name="staff_incident_notify"),
+    path("staff/incidents/<uuid:incident_id>/customers.csv", staff_incidents.incident_customers,
+         name="staff_incident_customers"),
     # The audit browser (audit.selectors): staff see every tenant's trail, owners and admins their own.
     path("staff/audit/", audit_browser.staff_audit, name="staff_audit"),
     path("t/<slug:slug>/audit/", audit_browser.tenant_audit, name="tenant_audit"),

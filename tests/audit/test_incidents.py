@@ -180,4 +180,4 @@ def test_what_is_known_can_be_updated_and_is_audited(staff, staff_client, acme):
     entry = AuditEntry.objects.get(action="incident.updated")
     assert set(entry.data["changed"]) >= {"backend", "window_start", "window_end"}
     page = staff_client.get(f"/staff/incidents/{incident.pk}/").content.decode()
-    assert "acmekey1" in page and "End-customer ids are not recorded" in page
+    assert "acmekey1" in page and "End customers are those the tenant named" in page

@@ -169,7 +169,7 @@ def test_an_event_from_before_the_access_fields_reads_them_as_empty():
     assert (event.customer_id, event.prompt_sha256, event.reply_sha256) == ("", "", "")
 
 
-@pytest.mark.parametrize("field, value", [
+@pytest.mark.parametrize(("field", "value"), [
     ("customer_id", "x" * (contract.MAX_CUSTOMER_ID_CHARS + 1)), ("customer_id", "bad\nid"), ("customer_id", 42),
     ("prompt_sha256", "A" * 64), ("reply_sha256", "ab"),
 ])
