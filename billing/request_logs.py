@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET
 
 from billing import pricing
 from billing.models import UsageEvent
-from core.keys import PLAYGROUND_KEY_ID, PLAYGROUND_KEY_NAME
+from core.keys import SURFACE_KEY_NAMES
 from tenants.models import ApiKey, Tenant
 from tenants.permissions import Action
 from tenants.views.common import tenant_view
@@ -115,7 +115,7 @@ def request_logs(request, access):
             status = 400
     events, next_cursor = request_log_page(tenant=access.tenant, **options) if status == 200 else ([], None)
     key_names = dict(ApiKey.objects.filter(tenant=access.tenant).values_list("key_id", "name"))
-    key_names[PLAYGROUND_KEY_ID] = PLAYGROUND_KEY_NAME
+    key_names.update(SURFACE_KEY_NAMES)
     prices = pricing.prices_for_plan(pricing.tenant_plan(access.tenant)) if events else {}
     rows = [LogRow(event=e, key_name=key_names.get(e.key_id, ""), cost_aud=_cost(e, prices)) for e in events]
     query = request.GET.copy()
@@ -123,5 +123,5 @@ def request_logs(request, access):
     return render(request, "billing/request_logs.html", {
         "tenant": access.tenant, "form": form, "rows": rows, "next_cursor": next_cursor,
         "filters": query.urlencode(), "first_page": not options.get("after"), "page_size": PAGE_SIZE,
-        "playground_key": PLAYGROUND_KEY_ID,
+        "surface_keys": tuple(SURFACE_KEY_NAMES),
     }, status=status)

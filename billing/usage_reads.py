@@ -21,7 +21,7 @@ from django.db.models import Q, Sum
 
 from billing.models import UsageRollup
 from billing.usage_spans import hour_ceil, hour_floor, span_tokens, span_usage
-from core.keys import PLAYGROUND_KEY_ID, PLAYGROUND_KEY_NAME
+from core.keys import PLAYGROUND_KEY_ID, SURFACE_KEY_NAMES
 from core.quotas import MICRO, SYDNEY
 from tenants.models import ApiKey, Tenant
 
@@ -65,6 +65,7 @@ class KeyRow:
     name: str
     line: UsageLine
     playground: bool
+    surface: str = ""  # a console surface's name (Playground, Post-call analytics): not a key anyone holds
 
 
 @dataclass
@@ -90,14 +91,14 @@ class Breakdown:
 
     @property
     def key_rows(self) -> list[KeyRow]:
-        return [KeyRow(key_id=k, name=self.key_names.get(k, ""), line=line, playground=k == PLAYGROUND_KEY_ID)
-                for k, line in self.by_key.items()]
+        return [KeyRow(key_id=k, name=self.key_names.get(k, ""), line=line, playground=k == PLAYGROUND_KEY_ID,
+                       surface=SURFACE_KEY_NAMES.get(k, "")) for k, line in self.by_key.items()]
 
     def key_label(self, key_id: str) -> str:
         if not key_id:
             return "(no key)"
-        if key_id == PLAYGROUND_KEY_ID:
-            return PLAYGROUND_KEY_NAME  # the console's playground: not a key anyone holds
+        if key_id in SURFACE_KEY_NAMES:
+            return SURFACE_KEY_NAMES[key_id]  # a console surface (playground, analytics): not a key anyone holds
         name = self.key_names.get(key_id)
         return f"wtl_{key_id} {name}" if name else f"wtl_{key_id}"
 
@@ -258,7 +259,7 @@ def usage_export_rows(*, tenant: Tenant, since: date, until: date) -> Iterator[E
                      "cost_micro_aud")
     )
     names = dict(ApiKey.objects.filter(tenant=tenant).values_list("key_id", "name"))
-    names[PLAYGROUND_KEY_ID] = PLAYGROUND_KEY_NAME
+    names.update(SURFACE_KEY_NAMES)
     for begun, key_id, model, requests, errors, prompt, completion, cost in rows.iterator(chunk_size=2000):
         yield ExportRow(day=begun.astimezone(SYDNEY).date(), key_id=key_id, key_name=names.get(key_id, ""),
                         model=model, requests=requests, errors=errors, prompt_tokens=prompt,

@@ -20,6 +20,11 @@ _SECRET_BYTES = 32
 # id, so it never names one (nor parses as one).
 PLAYGROUND_KEY_ID = "playground"
 PLAYGROUND_KEY_NAME = "Playground"
+# The key id of post-call analytics' model requests (``inference.analytics``), billed to the conversation's tenant.
+ANALYTICS_KEY_ID = "analytics"
+ANALYTICS_KEY_NAME = "Post-call analytics"
+# Every console surface's key id and the name usage shows it under (none is a key anyone holds).
+SURFACE_KEY_NAMES = {PLAYGROUND_KEY_ID: PLAYGROUND_KEY_NAME, ANALYTICS_KEY_ID: ANALYTICS_KEY_NAME}
 
 
 def new_key_id() -> str:
