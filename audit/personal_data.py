@@ -27,6 +27,7 @@ class Holder:
     export: Callable[[str, str], list[dict]]
     erase: Callable[[str, str], int]
     rekey: Callable[[str, str, str], int]
+    models: tuple[str, ...] = ()  # the models it answers for ("app_label.modelname")
 
 
 _HOLDERS: dict[str, Holder] = {}
@@ -38,3 +39,7 @@ def register(holder: Holder) -> None:
 
 def holders() -> list[Holder]:
     return [_HOLDERS[name] for name in sorted(_HOLDERS)]
+
+
+def covered_models() -> frozenset[str]:
+    return frozenset(label for holder in _HOLDERS.values() for label in holder.models)

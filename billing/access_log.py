@@ -38,6 +38,9 @@ from billing.rollups import committed_max_id
 logger = logging.getLogger("wattle.audit")
 
 ACTION = "access.batch"
+# A batch legitimately changed after sealing (an individual's erasure or correction, ``billing.personal_data``):
+# the entry carries the batch's new digest and count, and verification holds the rows to the latest one.
+AMEND_ACTION = "access.amended"
 ENCODING = 1  # the canonical encoding's version, recorded in each batch entry
 # pg_try_advisory_xact_lock key: one access sealer at a time across every process ("WTLACCES" in ASCII).
 ACCESS_SEAL_LOCK = 0x57544C4143434553
@@ -131,7 +134,13 @@ def access_verify() -> AccessVerification:
                .order_by(F("seq").asc(nulls_last=True), "id").values_list("id", "seq", "data"))
     batches = records = 0
     broken = None
+    amended: dict[int, dict] = {}
+    for data in (AuditEntry.objects.filter(action=AMEND_ACTION).order_by("id").values_list("data", flat=True)
+                 .iterator(chunk_size=500)):
+        if isinstance(data, dict) and isinstance(data.get("batch"), int):
+            amended[data["batch"]] = data  # the latest amendment of each batch wins
     for entry_id, seq, data in entries.iterator(chunk_size=500):
+        data = {**data, **{k: amended[entry_id][k] for k in ("count", "digest") if k in amended.get(entry_id, {})}}
         rows = (UsageEvent.objects.filter(access_batch=entry_id).order_by("id").values_list(*FIELDS)
                 .iterator(chunk_size=2000))
         digest, count = batch_digest(rows)

@@ -223,3 +223,17 @@ def test_the_api_refuses_bad_input_other_tenants_and_read_only_keys(api_client, 
                            format="json").status_code == 403
     api_client.credentials()
     assert api_client.get("/api/v1/privacy-requests").status_code == 401
+
+
+def test_every_model_keyed_by_an_end_customer_has_a_holder():
+    """New end-customer data cannot be forgotten by individuals' requests: a model with a ``customer_id`` column
+    is answered for by a registered holder (the requests and statements are the service's own)."""
+    from django.apps import apps
+
+    from audit.personal_data import covered_models
+
+    own = {"audit.privacyrequest", "audit.customerannotation"}
+    keyed = {model._meta.label_lower for model in apps.get_models()
+             if any(field.name == "customer_id" for field in model._meta.get_fields())}
+    assert "billing.usageevent" in keyed
+    assert keyed - own - covered_models() == set()
