@@ -20,6 +20,10 @@ go.)
 - ``TranscriptRecord``: one request's or conversation turn's content (prompt and reply), in entries of the
   ``transcripts:v<version>`` stream, only for a tenant whose ``retention_days`` is above 0. The control plane's
   ingest encrypts it and stores it (``audit.transcripts``); nothing else reads it.
+- Conversations (the conversation API): an open conversation's state at ``conversation:v<version>:<id>`` (the data
+  plane's alone); ``ClosedConversation`` in entries of the ``conversations:closed:v<version>`` stream, and
+  ``EscalationDecision`` (automated decisions, digests only) in entries of ``adm:decisions:v<version>``, for the
+  control plane.
 """
 
 from __future__ import annotations
@@ -447,3 +451,176 @@ class TranscriptRecord:
 
 
 _TRANSCRIPT_FIELDS = frozenset(f.name for f in fields(TranscriptRecord))
+
+
+# --- conversations (the conversation API, docs/conversations.md) -----------------------------------
+def conversation_key(conversation_id: str) -> str:
+    """An open conversation's state (the data plane's own JSON, ``inference.gateway.conversations``), with an idle
+    TTL. Its id is unguessable and the state names its tenant: a read by another tenant is refused as unknown."""
+    return key("conversation", f"v{VERSION}", conversation_id)
+
+
+def conversation_lock_key(conversation_id: str) -> str:
+    """Held while one turn of the conversation runs, so two turns at once are taken one after the other."""
+    return key("conversation", "lock", f"v{VERSION}", conversation_id)
+
+
+def conversations_closed_stream_key() -> str:
+    """The stream of ``ClosedConversation``s, one per closed conversation (content: never logged). The control
+    plane ingests it (stored conversation, post-call analytics)."""
+    return key("conversations", "closed", f"v{VERSION}")
+
+
+def adm_decisions_stream_key() -> str:
+    """The stream of ``EscalationDecision``s: automated decisions the data plane made, for the audit chain (ADM)."""
+    return key("adm", "decisions", f"v{VERSION}")
+
+
+CONVERSATION_ROLES = frozenset({"user", "assistant"})
+ESCALATION_REASONS = frozenset({"", "trigger_phrase", "negative_sentiment"})
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationTurn:
+    """One turn as stored: ``role`` "user" (the customer) or "assistant" (the model's reply); ``text`` as stored
+    (with placeholders where redaction was on: never the identifiers the tenant asked to redact); ``time`` epoch
+    seconds; a customer turn's ``sentiment`` score in [-1, 1] and ``label`` (None and "" on a reply); a reply's
+    ``request_id`` (its usage record)."""
+
+    role: str
+    text: str
+    time: float
+    sentiment: float | None = None
+    label: str = ""
+    request_id: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ConversationTurn:
+        turn = cls(role=data["role"], text=data["text"], time=float(data["time"]), sentiment=data.get("sentiment"),
+                   label=data.get("label") or "", request_id=data.get("request_id") or "")
+        if turn.role not in CONVERSATION_ROLES or not isinstance(turn.text, str):
+            raise RecordError("a conversation turn with an unknown role or no text")
+        if turn.sentiment is not None and not (isinstance(turn.sentiment, (int, float)) and -1 <= turn.sentiment <= 1):
+            raise RecordError("a conversation turn with a sentiment outside [-1, 1]")
+        return turn
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedConversation:
+    """A conversation as it was when closed, on ``conversations_closed_stream_key()`` for the control plane.
+
+    ``turns`` oldest first. ``escalated`` with ``escalation_reason`` ("trigger_phrase" or "negative_sentiment"),
+    ``escalation_detail`` (the tenant's phrase that matched, or the run of negative turns: never customer text),
+    ``escalated_at`` (epoch seconds) and ``escalation_turn`` (index in ``turns`` of the customer turn that fired).
+    ``redaction``: the mode its turns were stored under ("off", "redact", "restore"). ``scorer``: the sentiment
+    scorer the tenant had configured. ``metadata``: the caller's small JSON object from the first turn."""
+
+    conversation_id: str
+    tenant: str
+    key_id: str
+    model: str
+    channel: str
+    language: str
+    opened: float
+    closed: float
+    turns: tuple[ConversationTurn, ...] = ()
+    customer_id: str = ""
+    escalated: bool = False
+    escalation_reason: str = ""
+    escalation_detail: str = ""
+    escalated_at: float | None = None
+    escalation_turn: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    redaction: str = "off"
+    scorer: str = "lexicon"
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"v": VERSION, **asdict(self)})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> ClosedConversation:
+        data = _load(raw)
+        try:
+            record = cls(
+                conversation_id=data["conversation_id"], tenant=data["tenant"], key_id=data["key_id"],
+                model=data["model"], channel=data["channel"], language=data["language"],
+                opened=float(data["opened"]), closed=float(data["closed"]),
+                turns=tuple(ConversationTurn.from_dict(t) for t in data.get("turns") or ()),
+                customer_id=data.get("customer_id") or "", escalated=bool(data.get("escalated")),
+                escalation_reason=data.get("escalation_reason") or "",
+                escalation_detail=data.get("escalation_detail") or "",
+                escalated_at=data.get("escalated_at"), escalation_turn=data.get("escalation_turn"),
+                metadata=dict(data.get("metadata") or {}), redaction=data.get("redaction") or "off",
+                scorer=data.get("scorer") or "lexicon",
+            )
+        except KeyError as exc:
+            raise RecordError(f"closed conversation without {exc}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise RecordError(f"malformed closed conversation: {exc.__class__.__name__}") from None
+        if not (isinstance(record.conversation_id, str)
+                and 0 < len(record.conversation_id) <= MAX_CONVERSATION_ID_CHARS
+                and isinstance(record.tenant, str) and record.tenant):
+            raise RecordError("a closed conversation names itself and its tenant")
+        if record.channel not in ccaas.CHANNELS:
+            raise RecordError("a closed conversation on an unknown channel")
+        if record.customer_id and not valid_customer_id(record.customer_id):
+            raise RecordError("a closed conversation with a malformed customer id")
+        if record.escalation_reason not in ESCALATION_REASONS or record.escalated != bool(record.escalation_reason):
+            raise RecordError("a closed conversation with an inconsistent escalation")
+        if record.escalation_turn is not None and not (
+                isinstance(record.escalation_turn, int) and 0 <= record.escalation_turn < len(record.turns)):
+            raise RecordError("a closed conversation whose escalation turn isn't one of its turns")
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationDecision:
+    """One automated escalation decision (ADM, privacy policy APP 1.7-1.9), on ``adm_decisions_stream_key()`` for
+    the audit chain: its inputs by SHA-256 digest (lowercase hex) and its outcome, never the text.
+
+    ``text_sha256``: the customer turn the rule decided on (UTF-8, as stored: redacted where redaction was on).
+    ``rule_sha256``: the tenant's rule (``core.sentiment.EscalationRule.digest``). ``inputs_sha256``: the canonical
+    JSON of every input the decision read, the turns the rule looked at included (``core.sentiment``'s
+    ``decision_inputs_digest``). ``scorer``: the scorer that produced ``score``/``label`` (``fallback`` says why it
+    wasn't the configured one, if so). ``turn``: the customer turn's index in the conversation."""
+
+    decision_id: str  # unique: the audit entry is written once per decision
+    tenant: str
+    conversation_id: str
+    key_id: str
+    time: float
+    turn: int
+    escalate: bool
+    reason: str
+    text_sha256: str
+    rule_sha256: str
+    inputs_sha256: str
+    scorer: str
+    score: float
+    label: str
+    fallback: str = ""
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"v": VERSION, **asdict(self)})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> EscalationDecision:
+        data = _load(raw)
+        try:
+            record = cls(**{k: data[k] for k in _DECISION_REQUIRED}, fallback=data.get("fallback") or "")
+        except KeyError as exc:
+            raise RecordError(f"escalation decision without {exc}") from None
+        if not (isinstance(record.decision_id, str) and 0 < len(record.decision_id) <= 128
+                and isinstance(record.tenant, str) and record.tenant):
+            raise RecordError("an escalation decision names itself and its tenant")
+        if not all(isinstance(d, str) and len(d) == 64 and _HEX.issuperset(d)
+                   for d in (record.text_sha256, record.rule_sha256, record.inputs_sha256)):
+            raise RecordError("an escalation decision with a malformed digest")
+        if record.reason not in ESCALATION_REASONS or bool(record.escalate) != bool(record.reason):
+            raise RecordError("an escalation decision with an inconsistent outcome")
+        if not isinstance(record.score, (int, float)) or not -1 <= record.score <= 1:
+            raise RecordError("an escalation decision with a score outside [-1, 1]")
+        return record
+
+
+_DECISION_REQUIRED = tuple(f.name for f in fields(EscalationDecision) if f.name != "fallback")

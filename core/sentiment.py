@@ -439,3 +439,12 @@ def decide(rule: EscalationRule, trail: Sequence[float], text: str, sentiment: S
 def text_digest(text: str) -> str:
     """SHA-256 (hex) of a turn's text (UTF-8): how a decision record names the text it decided on."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def decision_inputs_digest(*, text_sha256: str, rule_sha256: str, scorer: str, score: float,
+                           trail: Sequence[tuple[str, float]]) -> str:
+    """SHA-256 (hex) of the canonical JSON of everything a decision read: this turn's text digest and score, the
+    scorer, the rule's digest, and the earlier customer turns the rule looked at as (text digest, score)."""
+    canonical = orjson.dumps({"text": text_sha256, "rule": rule_sha256, "scorer": scorer, "score": score,
+                              "trail": [[digest, value] for digest, value in trail]}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
