@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mass_mail
+from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from audit.models import Incident, IncidentNotification
 from audit.services import record
+from core.mail import branded_html
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -176,5 +177,16 @@ def incident_notify(
                request=request, data={"notification": notification.pk, "recipients": len(notice.recipients)})
         sent.append(notification)
     messages = [(n.subject, n.body, settings.DEFAULT_FROM_EMAIL, n.recipients) for n in notices]
-    transaction.on_commit(lambda: send_mass_mail(messages, fail_silently=False))
+    transaction.on_commit(lambda: _send_branded(messages))
     return sent
+
+
+def _send_branded(messages: list[tuple[str, str, str, list[str]]]) -> None:
+    """The notices over one connection, each with the brand's HTML part beside its text."""
+    built = []
+    for subject, body, sender, to in messages:
+        message = EmailMultiAlternatives(subject, body, sender, to)
+        message.attach_alternative(branded_html(body, subject=subject, site_name=settings.WATTLE_SITE_NAME,
+                                                site_url=settings.WATTLE_BASE_URL), "text/html")
+        built.append(message)
+    get_connection().send_messages(built)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import time
 
-from django.conf import settings
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 
 from audit.services import record
@@ -21,6 +19,7 @@ from core import quotas
 from core.counters import read_usage
 from core.quotas import windows_at
 from core.redis import get_redis
+from tenants.emails import send_branded_mail
 from tenants.models import Membership, Role, Tenant
 
 logger = logging.getLogger("wattle.billing")
@@ -54,7 +53,7 @@ def _send(alert_id: int) -> None:
         + ("Requests are now refused until the budget resets or is raised.\n\n" if alert.threshold >= 100 else "")
         + "See usage and limits in the Wattle console."
     )
-    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)
+    send_branded_mail(subject, body, recipients)
 
 
 @transaction.atomic

@@ -18,7 +18,6 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -28,6 +27,7 @@ from billing import limits, pricing
 from billing.models import CostGuardAction, TenantQuota, UsageEvent
 from billing.services import tenant_quota_set
 from core.quotas import format_aud
+from tenants.emails import send_branded_mail
 from tenants.models import Tenant
 
 logger = logging.getLogger("wattle.billing")
@@ -91,10 +91,9 @@ def _notify_staff(action_id: int) -> None:
     action = CostGuardAction.objects.select_related("tenant").get(pk=action_id)
     if not settings.STAFF_ALERT_EMAILS:
         return
-    send_mail(
+    send_branded_mail(
         f"[Wattle cost guard] {action.get_kind_display()} {action.tenant.name}",
         f"{action.reason}\n\nLift it from the staff console if this spend is expected.",
-        settings.DEFAULT_FROM_EMAIL,
         settings.STAFF_ALERT_EMAILS,
     )
 

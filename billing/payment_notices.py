@@ -13,7 +13,6 @@ import logging
 from datetime import datetime
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.urls import reverse
 from django.utils import dateformat, timezone
@@ -23,6 +22,7 @@ from billing import payment_access
 from billing.budget_alerts import billing_contacts
 from billing.limits import default_plan
 from billing.models import Subscription
+from tenants.emails import send_branded_mail
 
 logger = logging.getLogger("wattle.billing")
 
@@ -106,4 +106,4 @@ def _send(*, subscription_id: int, kind: str, deadline: datetime | None) -> None
                 + ". Requests to the API are now refused with 402 payment_required.\n\n"
                 f"Pay the open invoice from the Billing page of the Wattle console; the API works again within a "
                 f"second of payment:\n\n{link}\n")
-    send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)
+    send_branded_mail(subject, body, recipients)

@@ -13,6 +13,7 @@ from django.urls import reverse
 
 from core.proxies import request_client_ip
 from tenants import services
+from tenants.emails import add_html_part, site
 from tenants.models import Membership
 from tenants.permissions import MFA_REQUIRED_ROLES
 
@@ -39,6 +40,17 @@ class AccountAdapter(DefaultAccountAdapter):
         if not ip:
             raise PermissionDenied("Unable to determine client IP address")
         return ip
+
+    def send_mail(self, template_prefix: str, email: str, context: dict) -> None:
+        """The site every account email names is ours (WATTLE_SITE_NAME at WATTLE_BASE_URL's host), whatever host
+        the request came in on: no "Hello from localhost:18500!". Links stay on the host the person used, as the
+        invitation's do (ALLOWED_HOSTS bounds it)."""
+        super().send_mail(template_prefix, email, {**context, "current_site": site()})
+
+    def render_mail(self, template_prefix, email, context, headers=None):
+        """Plain text from allauth's templates (ours where overridden) and the brand's HTML part made from it."""
+        message = super().render_mail(template_prefix, email, context, headers=headers)
+        return add_html_part(message)
 
     def save_user(self, request, user, form, commit=True):
         """Create the user and, in the same transaction, their organisation (with the recorded acceptance of
