@@ -502,18 +502,19 @@ class Dispatcher:
             prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens,
             overhead_s=overhead_s, error_code=ctx.error_code,
         )
-        # One serialisation serves the usage event (billing) and the access-log line (no prompt or reply text).
+        # One serialisation serves the usage event (billing, the access record) and the access-log line (no prompt
+        # or reply text; and no customer id, which only the usage event gets).
         key = ctx.key
         line = contract.encode_usage_event(
             ctx.request_id, key.tenant if key else None, ctx.status, ctx.started_wall, key.key_id if key else None,
             ctx.endpoint, ctx.model, ctx.backend, ctx.error_code, ctx.stream, ctx.client_disconnected,
             ctx.prompt_tokens, ctx.completion_tokens, ctx.ttft_s * 1000 if ctx.ttft_s is not None else None,
             duration_s * 1000, ctx.started_wall, overhead_s * 1000, ctx.traceparent, ctx.redactions,
-            ctx.customer_id, ctx.prompt_sha256, ctx.reply.hexdigest() if ctx.reply is not None else "",
+            "", ctx.prompt_sha256, ctx.reply.hexdigest() if ctx.reply is not None else "",
         )
         ctx.redactor = None  # the placeholders' originals live no longer than the request
         if key is not None:
-            self.usage.emit_bytes(line)
+            self.usage.emit_bytes(digests.with_customer_id(line, ctx.customer_id))
         self.access_log.write(line)
 
 
