@@ -30,3 +30,21 @@ def probe_backends() -> dict[str, bool]:
 def prewarm_models() -> list[str]:
     """Before business hours, ask the autoscaler to bring up a replica of each model (scale-to-zero pre-warm)."""
     return services.models_prewarm(reason="schedule")
+
+
+# --- post-call analytics (inference.analytics) -----------------------------------------------------
+@shared_task(ignore_result=True)
+def ingest_closed_conversations() -> int:
+    """Take closed conversations from the data plane's stream, and queue an analysis for the sampled ones."""
+    from inference.analytics import conversations_ingest
+
+    return conversations_ingest(max_batches=20)
+
+
+@shared_task(ignore_result=True)
+def analyse_conversation(analysis_id: str, entry_id: str) -> None:
+    """Summarise and QA-score one conversation. Takes ids only: the transcript is read from the stream entry
+    ``entry_id`` (never passed through the broker), which is deleted once the analysis has ended."""
+    from inference.analytics import conversation_analyse
+
+    conversation_analyse(analysis_id=analysis_id, entry_id=entry_id)

@@ -83,6 +83,14 @@ def audit_jobs_loop(*, stop: threading.Event, interval: float) -> None:
     _run_every((audit_jobs,), stop=stop, interval=interval, what="audit")
 
 
+def analytics_jobs_loop(*, stop: threading.Event, interval: float) -> None:
+    """Embedded mode has no Celery beat: take closed conversations in for post-call analytics (the analyses run
+    eagerly, in this thread), now and every ``interval`` until ``stop``."""
+    from inference.tasks import ingest_closed_conversations
+
+    _run_every((ingest_closed_conversations,), stop=stop, interval=interval, what="analytics")
+
+
 class Lifespan:
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -90,6 +98,7 @@ class Lifespan:
         self._repair_thread: threading.Thread | None = None
         self._billing_thread: threading.Thread | None = None
         self._audit_thread: threading.Thread | None = None
+        self._analytics_thread: threading.Thread | None = None
 
     def _start_ingest(self) -> None:
         from billing.services import usage_ingest_loop
@@ -127,6 +136,12 @@ class Lifespan:
                             kwargs={"stop": self._stop, "interval": settings.AUDIT_JOBS_INTERVAL_S},
                         )
                         self._audit_thread.start()
+                    if settings.INFERENCE_ANALYTICS_IN_PROCESS:
+                        self._analytics_thread = threading.Thread(
+                            target=analytics_jobs_loop, name="analytics-jobs", daemon=True,
+                            kwargs={"stop": self._stop, "interval": settings.INFERENCE_ANALYTICS_INGEST_INTERVAL_S},
+                        )
+                        self._analytics_thread.start()
                     tune_gc()
                 except Exception as exc:
                     logger.exception("start-up failed")
@@ -136,7 +151,8 @@ class Lifespan:
             elif message["type"] == "lifespan.shutdown":
                 await gateway.shutdown()  # flushes buffered usage events to the stream first
                 self._stop.set()
-                for thread in (self._ingest_thread, self._repair_thread, self._billing_thread, self._audit_thread):
+                for thread in (self._ingest_thread, self._repair_thread, self._billing_thread, self._audit_thread,
+                               self._analytics_thread):
                     if thread is not None:
                         thread.join(timeout=10)
                 await send({"type": "lifespan.shutdown.complete"})

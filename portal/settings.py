@@ -568,6 +568,18 @@ USAGE_INGEST_GROUP = "ingest"
 USAGE_INGEST_CLAIM_IDLE_MS = env_int("USAGE_INGEST_CLAIM_IDLE_MS", 60_000)
 # A web process republishes the backend list and key snapshot to Redis when it starts.
 INFERENCE_PUBLISH_ON_START = env_bool("INFERENCE_PUBLISH_ON_START", True)
+# Post-call analytics (inference.analytics, docs/analytics.md): the model every analysis uses (empty: the
+# conversation's own model), tries per analysis, its answer's budget, one call's time limit, and how long a closed
+# conversation's transcript may wait in Redis for its analysis before it is trimmed unread.
+INFERENCE_ANALYTICS_MODEL = env_str("INFERENCE_ANALYTICS_MODEL", "")
+INFERENCE_ANALYTICS_MAX_ATTEMPTS = env_int("INFERENCE_ANALYTICS_MAX_ATTEMPTS", 3)
+INFERENCE_ANALYTICS_MAX_TOKENS = env_int("INFERENCE_ANALYTICS_MAX_TOKENS", 1024)
+INFERENCE_ANALYTICS_TIMEOUT_S = env_int("INFERENCE_ANALYTICS_TIMEOUT_S", 180)
+INFERENCE_ANALYTICS_TRANSCRIPT_MAX_AGE_S = env_int("INFERENCE_ANALYTICS_TRANSCRIPT_MAX_AGE_S", 86_400)
+INFERENCE_ANALYTICS_INGEST_INTERVAL_S = env_float("INFERENCE_ANALYTICS_INGEST_INTERVAL_S", 2.0)
+INFERENCE_ANALYTICS_IN_PROCESS = env_bool("INFERENCE_ANALYTICS_IN_PROCESS", REDIS_REPAIR_IN_PROCESS)
+CELERY_BEAT_SCHEDULE["ingest-closed-conversations"] = {
+    "task": "inference.tasks.ingest_closed_conversations", "schedule": INFERENCE_ANALYTICS_INGEST_INTERVAL_S}
 
 # API keys are stored as HMAC-SHA256(pepper, secret). Keep the pepper apart from SECRET_KEY in production
 # so rotating one doesn't invalidate the other.
