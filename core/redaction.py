@@ -187,14 +187,21 @@ class Redactor:
 
     __slots__ = ("_by_value", "_numbers", "_originals", "counts")
 
-    def __init__(self) -> None:
+    def __init__(self, *, numbered: dict[str, int] | None = None) -> None:
+        """``numbered``: placeholders already given per type by earlier requests whose redacted text this one
+        continues (a conversation's earlier turns), so a new value never reuses one of their placeholders."""
         self._by_value: dict[tuple[str, str], str] = {}  # (type, normalised value) -> placeholder
         self._originals: dict[str, str] = {}  # placeholder -> the value as first written
-        self._numbers: dict[str, int] = {}  # type -> placeholders given
+        self._numbers: dict[str, int] = dict(numbered or {})  # type -> placeholders given
         self.counts: dict[str, int] = {}  # replacements per type
 
     def __bool__(self) -> bool:
         return bool(self._originals)
+
+    @property
+    def numbered(self) -> dict[str, int]:
+        """Placeholders given per type so far (counts only, never a value)."""
+        return dict(self._numbers)
 
     def _placeholder(self, kind: str, value: str) -> str:
         normal = value.lower() if kind == EMAIL else re.sub(r"\W", "", value).upper()

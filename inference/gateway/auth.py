@@ -62,6 +62,9 @@ class KeyRecord:
     redaction: str = "off"  # the tenant's mode (``core.redaction``)
     price_list: str | None = None  # the tenant's prices for the spend cap (``BackendPool.cost_micro_aud``)
     retention_days: int = 0  # the tenant's transcript retention (``inference.gateway.transcripts``); 0: none
+    # The tenant's whole record, for what only some surfaces read (the conversation API's escalation rule and
+    # sentiment scorer). Not compared: two callers differ by their key, not by this.
+    tenant_record: contract.TenantRecord | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def join(cls, key: contract.KeyRecord, tenant: contract.TenantRecord) -> KeyRecord:
@@ -74,6 +77,7 @@ class KeyRecord:
             redaction=tenant.redaction,
             price_list=tenant.price_list,
             retention_days=tenant.retention_days,
+            tenant_record=tenant,
         )
 
     def secret_matches(self, digest: str) -> bool:
