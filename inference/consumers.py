@@ -33,15 +33,18 @@ from inference.gateway.app import gateway
 from inference.gateway.dispatch import Delta, Failed, Opened, RequestContext, Usage
 from inference.gateway.errors import GatewayError
 from inference.playground import (
+    Assessment,
     Chat,
     Close,
     FrameAllowance,
     Ping,
     PlaygroundAccess,
     Stop,
+    assess,
     parse_frame,
     playground_access,
     rate_limited,
+    record_escalation,
     too_large,
 )
 
@@ -106,6 +109,7 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             # Admitted earlier, so "not a member" now means the membership ended: forbidden, not unknown.
             await self._close(Close.FORBIDDEN if access is Close.NOT_FOUND else access)
             return
+        self.access = access  # as it is now: the tenant's escalation rule included
         if text_data is None:
             await self._error(None, errors.bad_request("Frames must be JSON text.", code="invalid_json"))
             return
@@ -132,6 +136,8 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             return
         dispatcher = gateway.dispatcher
         ctx = RequestContext("chat.completions", gateway.next_request_id())
+        if frame.context is not None and not await self._customer_turn(frame, ctx.request_id):
+            return
         try:
             ctx.key = await gateway.auth.tenant_caller(self.access.tenant_id, key_id=PLAYGROUND_KEY_ID)
             call = await dispatcher.prepare(ctx, frame.payload, orjson.dumps(frame.payload))
@@ -173,6 +179,24 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             "cost_aud": _aud(pool.cost_micro_aud(ctx.model, ctx.prompt_tokens, ctx.completion_tokens,
                                                  ctx.key.price_list)),
         })
+
+    async def _customer_turn(self, frame: Chat, request_id: str) -> bool:
+        """Customer-conversation mode: score the customer's latest turn, decide on escalation with the tenant's
+        rule, record the decision in the audit chain and tell the page (its gauge and banner), before the reply
+        starts. False if that failed (the page has its error frame and the turn ends)."""
+        try:
+            assessment = assess(frame.payload["messages"], self.access.record)
+            if assessment is None:
+                return True
+            await database_sync_to_async(record_escalation)(self.access, assessment, request_id=request_id)
+        except Exception:
+            # An automated decision that can't be recorded is not made: the turn is refused, not sent unrecorded.
+            logger.exception("playground: scoring or recording a customer turn failed",
+                             extra={"request_id": request_id})
+            await self._error(frame.turn, errors.internal_error(), request_id=request_id)
+            return False
+        await self._send(_sentiment_frame(frame.turn, request_id, assessment))
+        return True
 
     # --- helpers -----------------------------------------------------------------------------------
     async def _check_access(self) -> PlaygroundAccess | Close:
@@ -221,6 +245,12 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
         if retry_after is not None:
             frame["retry_after"] = int(retry_after) if retry_after.isdigit() else retry_after
         await self._send(frame)
+
+
+def _sentiment_frame(turn: str, request_id: str, assessment: Assessment) -> dict:
+    return {"type": "sentiment", "id": turn, "request_id": request_id, "turn": assessment.turn,
+            "score": round(assessment.score, 3), "label": assessment.label,
+            "escalate": {"escalate": assessment.escalate, "reason": assessment.reason}}
 
 
 def _aud(micro_aud: int) -> str:

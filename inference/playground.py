@@ -23,7 +23,7 @@ import orjson
 from django.conf import settings
 from django.contrib import auth
 
-from core import ccaas
+from core import ccaas, contract, sentiment
 from inference.gateway import errors
 from inference.gateway.errors import GatewayError
 from tenants.access import role_mfa_satisfied
@@ -47,6 +47,9 @@ class PlaygroundAccess:
     slug: str
     user_id: str
     role: str
+    # The tenant's escalation rule and scorer settings as they are now (read with the membership, so a change in
+    # the tenant's settings applies from the next customer turn); the rest of the record is the data plane's.
+    record: contract.TenantRecord | None = None
 
 
 def playground_access(*, session_key: str | None, user_id: str, slug: str) -> PlaygroundAccess | Close:
@@ -64,7 +67,13 @@ def playground_access(*, session_key: str | None, user_id: str, slug: str) -> Pl
         return Close.NOT_FOUND
     if not can(membership.role, Action.PLAYGROUND_USE) or not role_mfa_satisfied(user, membership.role):
         return Close.FORBIDDEN
-    return PlaygroundAccess(tenant_id=str(membership.tenant_id), slug=slug, user_id=user_id, role=membership.role)
+    tenant = membership.tenant
+    record = contract.TenantRecord(
+        tenant=str(tenant.pk), status=tenant.status, escalation_threshold=tenant.escalation_threshold,
+        escalation_turns=tenant.escalation_turns, escalation_phrases=tenant.escalation_phrase_list,
+        sentiment_scorer=tenant.sentiment_scorer, sentiment_model=tenant.sentiment_model)
+    return PlaygroundAccess(tenant_id=str(membership.tenant_id), slug=slug, user_id=user_id, role=membership.role,
+                            record=record)
 
 
 # --- what ------------------------------------------------------------------------------------------
@@ -156,6 +165,107 @@ def _context(raw: object) -> ccaas.Context | None:
                              customer_id=raw.get("customer_id"))
     except ccaas.Invalid as exc:
         raise errors.bad_request(str(exc), param=f"ccaas.{exc.field}") from None
+
+
+# --- the customer's side -----------------------------------------------------------------------------
+# Canned customers for customer-conversation mode: the page plays a persona's lines in order (then from the
+# top), one per "Customer's turn", so a test (and a person) gets the same conversation every time. The angry
+# customer's first two turns are strongly negative and its third names a trigger phrase, so the default rule
+# (two negative turns in a row, or a phrase) escalates by the second turn and a phrase-only rule by the third.
+PERSONAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "calm": ("Calm", (
+        "Hi there, I'd like to check when my order will arrive, please.",
+        "Thanks, that's helpful. Could you also update the email address on my account?",
+        "Great, thank you for sorting that out so quickly.",
+        "That's everything for today. Have a lovely afternoon!",
+    )),
+    "confused": ("Confused", (
+        "Hi, um, I'm not sure which plan I'm on? The bill says something different from the website.",
+        "Sorry, I'm a bit confused. Is the discount already included, or do I have to ask for it?",
+        "So do I need to do anything, or does it change by itself next month?",
+        "Okay, thanks, I think I understand now. Where would I see that on the bill?",
+    )),
+    "angry": ("Angry", (
+        "This is absolutely terrible. My order is three weeks late, your service is useless and I am furious.",
+        "No, that is not good enough! This is the worst, most ridiculous experience I have ever had. "
+        "I am angry and sick of being lied to.",
+        "I want to speak to a manager right now. This is a disgrace and I'm making a complaint.",
+        "Stop wasting my time. You have ruined my week and I hate dealing with this awful company.",
+    )),
+}
+
+
+# --- sentiment and escalation ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The latest customer turn's sentiment and the rule's decision on the conversation so far (what the
+    ``sentiment`` frame says), with the digests the audit entry records instead of any text."""
+
+    turn: int  # the customer turn it is about, counted from 1
+    score: float
+    label: str
+    escalate: bool
+    reason: str
+    facts: dict  # the audit entry's data: digests, scorer, rule, score, decision; never text
+
+
+def assess(messages: list[dict], record: contract.TenantRecord) -> Assessment | None:
+    """Score the conversation's customer turns (the ``user`` messages the page sent, in order) and decide on the
+    latest with the tenant's rule; None when there is no customer turn."""
+    customer = [m["content"] for m in messages if m["role"] == "user"]
+    if not customer:
+        return None
+    return _decide(customer, record)
+
+
+def _decide(customer: list[str], record: contract.TenantRecord) -> Assessment:
+    rule = sentiment.EscalationRule.from_record(record)
+    # The lexicon scores every turn (about 11 µs each, so the page can send the whole conversation each time
+    # and nothing is kept between frames). The embedding scorer is the conversation API's: the playground
+    # doesn't call an embedding model per turn, and its records say so.
+    scores = [sentiment.LEXICON.sentiment(text).score for text in customer[:-1]]
+    latest = sentiment.LEXICON.sentiment(customer[-1])
+    decision = sentiment.decide(rule, scores, customer[-1], latest)
+    fallback = "" if record.sentiment_scorer == sentiment.LEXICON.name else "playground_scores_with_the_lexicon"
+    trail = scores[-(rule.turns - 1):] if rule.turns > 1 else []
+    facts = {
+        "turn": len(customer),
+        "text_sha256": sentiment.text_digest(customer[-1]),
+        "rule_sha256": rule.digest(),
+        "scorer": sentiment.LEXICON.name,
+        "scorer_fallback": fallback,
+        "score": latest.score,
+        "label": latest.label,
+        "previous_scores": trail,  # the earlier turns the rule looked at
+        "escalate": decision.escalate,
+        "reason": decision.reason,
+        "detail": decision.detail,  # the tenant's phrase, or the run of turns; never the customer's text
+    }
+    return Assessment(turn=len(customer), score=latest.score, label=latest.label, escalate=decision.escalate,
+                      reason=_reason_text(decision), facts=facts)
+
+
+def _reason_text(decision: sentiment.Escalation) -> str:
+    if decision.reason == sentiment.TRIGGER_PHRASE:
+        return f"the customer said “{decision.detail}”"
+    if decision.reason == sentiment.NEGATIVE_SENTIMENT:
+        return f"negative sentiment, {decision.detail}"
+    return ""
+
+
+def record_escalation(access: PlaygroundAccess, assessment: Assessment, *, request_id: str) -> None:
+    """The automated decision on a customer turn, in the audit chain as ``adm.escalation`` (the privacy policy's
+    ADM promise): who ran the playground, the request it was part of, and the inputs' digests; never text.
+    Synchronous (ORM): the consumer runs it in a thread."""
+    from django.contrib.auth import get_user_model
+
+    from audit.services import record
+    from tenants.models import Tenant
+
+    tenant = Tenant.objects.filter(pk=access.tenant_id).first()
+    user = get_user_model().objects.filter(pk=access.user_id).first()
+    record(action="adm.escalation", actor=user, tenant=tenant,
+           data={"surface": "playground", "request_id": request_id, **assessment.facts})
 
 
 # --- how often -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from core import ccaas
 from inference import selectors, services
 from inference.forms import BackendForm
 from inference.models import Backend
+from inference.playground import PERSONAS
 from tenants.permissions import Action
 from tenants.views.common import staff_view, tenant_view
 
@@ -118,5 +119,7 @@ def playground(request, access):
         "channels": [(value, label) for value, (label, _manner) in ccaas.CHANNELS.items()],
         "default_channel": ccaas.DEFAULT_CHANNEL,
         "default_language": ccaas.DEFAULT_LANGUAGE,
+        "personas": [(value, label) for value, (label, _lines) in PERSONAS.items()],
+        "persona_lines": {value: list(lines) for value, (_label, lines) in PERSONAS.items()},
     }
     return render(request, "inference/playground.html", context)

@@ -25,6 +25,14 @@
   const stopButton = el('pg-stop')
   const resetButton = el('pg-reset')
   const exportButton = el('pg-export')
+  const personaSelect = el('pg-persona')
+  const personaButton = el('pg-persona-turn')
+  const gauge = el('pg-sentiment')
+  const gaugeMeter = el('pg-sentiment-meter')
+  const gaugeValue = el('pg-sentiment-value')
+  const banner = el('pg-escalation')
+  const personaData = el('pg-personas')
+  const personas = personaData ? JSON.parse(personaData.textContent) : {} // id -> the customer's lines
 
   let maxBytes = parseInt(root.dataset.maxBytes, 10) || 65536
   const encoder = new TextEncoder()
@@ -52,6 +60,9 @@
   let history = [] // {role, content, stats?}
   let current = null // the reply in flight: {id, entry, textNode, item}
   let turnCounter = 0
+  let personaTurns = 0 // lines the persona has said in this conversation
+  let trail = [] // customer-conversation mode: each customer turn's sentiment and the rule's decision
+  let escalation = null // the first decision that escalated: {turn, reason}
 
   // --- the socket -------------------------------------------------------------------------------
   function socketUrl () {
@@ -113,6 +124,7 @@
     }
     switch (frame.type) {
       case 'ready': onReady(frame); break
+      case 'sentiment': onSentiment(frame); break
       case 'start': if (current && frame.id === current.id) current.requestId = frame.request_id; break
       case 'delta': if (current && frame.id === current.id) appendText(frame.content); break
       case 'done': if (current && frame.id === current.id) endReply({ done: frame }); break
@@ -158,13 +170,57 @@
     showError(message)
   }
 
+  // A customer turn was scored: the gauge shows it, the customer's message carries it, and the banner appears
+  // when the organisation's rule hands the conversation to a person.
+  function onSentiment (frame) {
+    if (!current || frame.id !== current.id) return
+    const entry = { turn: frame.turn, score: frame.score, label: frame.label, escalate: frame.escalate.escalate,
+      reason: frame.escalate.reason || null, request_id: frame.request_id }
+    trail.push(entry)
+    current.sentiment = entry
+    current.customer.sentiment = { score: frame.score, label: frame.label }
+    showSentiment(frame.score, frame.label)
+    const tag = document.createElement('p')
+    tag.className = 'pg-stats muted'
+    tag.textContent = 'Sentiment ' + describeScore(frame.score, frame.label)
+    current.customerItem.appendChild(tag)
+    if (entry.escalate && !escalation) {
+      escalation = { turn: frame.turn, reason: entry.reason }
+      banner.textContent = 'Escalate to a person: ' + (entry.reason || 'the organisation’s rule fired') +
+        ' (customer turn ' + frame.turn + ').'
+      banner.hidden = false
+    }
+  }
+
+  function describeScore (score, label) {
+    return label + ' (' + (score > 0 ? '+' : '') + score.toFixed(2) + ')'
+  }
+
+  function showSentiment (score, label) {
+    gauge.hidden = false
+    gaugeMeter.value = score
+    gaugeMeter.textContent = describeScore(score, label) // read where <meter> is not supported
+    gaugeValue.textContent = describeScore(score, label)
+  }
+
+  function clearSentiment () {
+    trail = []
+    escalation = null
+    personaTurns = 0
+    banner.hidden = true
+    banner.textContent = ''
+    gauge.hidden = true
+    gaugeMeter.value = 0
+    gaugeValue.textContent = 'No customer turn yet'
+  }
+
   // --- the conversation -------------------------------------------------------------------------
   function addMessage (role, content) {
     const item = document.createElement('li')
     item.className = 'pg-message pg-' + role
     const who = document.createElement('p')
     who.className = 'pg-role'
-    who.textContent = role === 'user' ? 'You' : 'Model'
+    who.textContent = role === 'user' ? (customerConversation() ? 'Customer' : 'You') : 'Model'
     const body = document.createElement('p')
     body.className = 'pg-content'
     const text = document.createTextNode(content)
@@ -195,13 +251,23 @@
 
   function onSubmit (event) {
     event.preventDefault()
+    sendText(messageBox.value.trim())
+  }
+
+  // The persona's next line, sent as the customer's turn (its lines in order, then from the top).
+  function personaTurn () {
+    const lines = personas[personaSelect.value]
+    if (!lines || !lines.length || current || !ready) return
+    if (sendText(lines[personaTurns % lines.length], { persona: personaSelect.value })) personaTurns += 1
+  }
+
+  function sendText (text, options) {
     hideError()
-    const text = messageBox.value.trim()
-    if (!text || current || !ready) return
+    if (!text || current || !ready) return false
     const model = modelSelect.value
     if (!model) {
       showError('Choose a model first.')
-      return
+      return false
     }
     turnCounter += 1
     const id = 't' + Date.now().toString(36) + '-' + turnCounter
@@ -219,21 +285,25 @@
     if (size > maxBytes) {
       showError('This conversation is too long to send (' + size + ' of at most ' + maxBytes +
         ' bytes). Reset it, or shorten the system prompt or the message.')
-      return
+      return false
     }
     if (!send(frame)) {
       showError('Not connected yet. Try again in a moment.')
-      return
+      return false
     }
-    history.push({ role: 'user', content: text })
-    addMessage('user', text)
+    const customer = { role: 'user', content: text }
+    if (options && options.persona) customer.persona = options.persona
+    history.push(customer)
+    const asked = addMessage('user', text)
     const entry = { role: 'assistant', content: '', model: model }
     const shown = addMessage('assistant', '')
     shown.item.setAttribute('aria-busy', 'true')
-    current = { id: id, entry: entry, text: shown.text, item: shown.item, requestId: null, error: null, asked: text }
-    messageBox.value = ''
+    current = { id: id, entry: entry, text: shown.text, item: shown.item, requestId: null, error: null, asked: text,
+      customer: customer, customerItem: asked.item, persona: Boolean(options && options.persona) }
+    if (!current.persona) messageBox.value = ''
     setStatus('The model is answering…')
     updateButtons()
+    return true
   }
 
   function endReply (outcome) {
@@ -265,7 +335,9 @@
     } else if (outcome.refused) {
       // Nothing was generated: the message leaves the conversation and goes back in the box to send again.
       history.pop()
-      if (!messageBox.value) messageBox.value = reply.asked
+      if (reply.sentiment) trail.splice(trail.indexOf(reply.sentiment), 1) // scored, but the turn is not kept
+      if (reply.persona) personaTurns -= 1 // the persona says it again next time
+      else if (!messageBox.value) messageBox.value = reply.asked
       reply.item.classList.add('pg-refused')
       stats.textContent = outcome.refused.message
       setStatus('Refused: ' + outcome.refused.message)
@@ -286,6 +358,7 @@
     if (current) endReply({ interrupted: true })
     history = []
     log.textContent = ''
+    clearSentiment()
     hideError()
     setStatus(ready ? 'Conversation cleared.' : statusLine.textContent)
     messageBox.focus()
@@ -300,7 +373,10 @@
       temperature: numberOrNull(temperatureBox.value),
       max_tokens: integerOrNull(maxTokensBox.value),
       customer_conversation: customerConversation(),
-      messages: history
+      persona: personaSelect.value || null,
+      messages: history,
+      sentiment: trail,
+      escalation: escalation
     }
     const blob = new Blob([JSON.stringify(data, null, 2)], { type: 'application/json' })
     const link = document.createElement('a')
@@ -347,6 +423,8 @@
     sendButton.disabled = !ready || current !== null
     stopButton.disabled = current === null
     exportButton.disabled = history.length === 0
+    personaButton.hidden = !ccaasBox.checked || !personaSelect.value
+    personaButton.disabled = !ready || current !== null
   }
 
   compose.addEventListener('submit', onSubmit)
@@ -358,6 +436,12 @@
     }
   })
   stopButton.addEventListener('click', stop)
+  personaButton.addEventListener('click', personaTurn)
+  ccaasBox.addEventListener('change', updateButtons)
+  personaSelect.addEventListener('change', function () {
+    personaTurns = 0 // a new persona starts from its first line
+    updateButtons()
+  })
   resetButton.addEventListener('click', reset)
   exportButton.addEventListener('click', exportJson)
   el('pg-settings').addEventListener('submit', function (event) { event.preventDefault() })
