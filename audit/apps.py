@@ -7,3 +7,6 @@ class AuditConfig(AppConfig):
 
     def ready(self) -> None:
         from audit import residency  # noqa: F401  (registers the storage region checks)
+        from audit.transcripts import register_holder
+
+        register_holder()  # transcripts are end-customer data for individuals' requests (R-DSR)

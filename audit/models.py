@@ -252,3 +252,92 @@ class CustomerAnnotation(models.Model):
 
     def __str__(self) -> str:
         return f"Statement of {self.created_at:%Y-%m-%d}"
+
+
+# --- transcript retention (R-RET, docs/privacy.md "Transcript retention") ----------------------------------
+class TenantDataKey(models.Model):
+    """A tenant's data key, wrapped: by the platform KMS key (``GenerateDataKey`` with the encryption context
+    ``{"tenant": <id>}``), or in the embedded default by a local key-wrapping key under the same context. The
+    plaintext key is never stored; it lives briefly in the ingest's and readers' memory (``audit.envelope``).
+
+    Off-boarding sets ``destroy_after``: the shredding job deletes the row then, and with it the only copy of the
+    key that can decrypt what backups still hold."""
+
+    class Provider(models.TextChoices):
+        KMS = "kms", "AWS KMS"
+        LOCAL = "local", "Local key-wrapping key"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    provider = models.CharField(max_length=8, choices=Provider.choices)
+    wrapping_key = models.CharField(max_length=256, blank=True)  # the KMS key's ARN (or "local:<fingerprint>")
+    wrapped = models.BinaryField()
+    created_at = models.DateTimeField(default=timezone.now)
+    destroy_after = models.DateTimeField(null=True, blank=True)  # scheduled for shredding (off-boarding)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["destroy_after"], name="datakey_destroy_after")]
+
+    def __str__(self) -> str:
+        return f"Data key {self.id} ({self.provider})"
+
+
+class Transcript(models.Model):
+    """One request's content, or one conversation turn's, kept for the tenant's retention period. ``sealed`` is
+    the AES-256-GCM encryption (12-byte nonce, then ciphertext and tag) of ``{"prompt": ..., "reply": ...}`` under
+    the tenant's data key, with ``<tenant id>|<row id>`` as associated data: a row's content can't be moved to
+    another row or tenant and still decrypt. Everything else here is metadata, which the access records hold
+    too."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    data_key = models.ForeignKey(TenantDataKey, on_delete=models.PROTECT, related_name="+")
+    request_id = models.CharField(max_length=128)
+    turn = models.PositiveIntegerField(default=0)
+    kind = models.CharField(max_length=20, default="request")
+    conversation_id = models.CharField(max_length=128, blank=True)
+    key_id = models.CharField(max_length=64, blank=True)
+    customer_id = models.CharField(max_length=256, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    endpoint = models.CharField(max_length=40, blank=True)
+    status = models.PositiveSmallIntegerField(default=200)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    sealed = models.BinaryField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["request_id", "turn"], name="transcript_request_turn")]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="transcript_tenant_time"),
+            models.Index(fields=["tenant", "customer_id"], name="transcript_tenant_customer"),
+            models.Index(fields=["expires_at"], name="transcript_expires"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Transcript {self.request_id}"
+
+
+class BreakGlassGrant(models.Model):
+    """A staff member's time-limited access to one tenant's transcript content (R-SEC-3): given after a fresh
+    re-authentication, with a reason; every read under it is audited."""
+
+    REASON_MAX = 500
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
+    reason = models.CharField(max_length=REASON_MAX)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["user", "tenant", "-expires_at"], name="breakglass_user_tenant")]
+
+    def __str__(self) -> str:
+        return f"Break-glass {self.created_at:%Y-%m-%d %H:%M}"
+
+    def active(self, now=None) -> bool:
+        return self.expires_at > (now or timezone.now())

@@ -76,11 +76,13 @@ def billing_jobs_loop(*, stop: threading.Event, interval: float) -> None:
 
 
 def audit_jobs_loop(*, stop: threading.Event, interval: float) -> None:
-    """Embedded mode has no Celery beat: chain new audit entries and archive a segment when one is due, now and
-    every ``interval`` until ``stop``."""
+    """Embedded mode has no Celery beat: chain new audit entries and archive a segment when one is due, store
+    transcripts and run the daily retention job when due, now and every ``interval`` until ``stop``."""
     from audit.services import audit_jobs
+    from audit.transcripts import retention_jobs_due, transcripts_ingest
 
-    _run_every((audit_jobs,), stop=stop, interval=interval, what="audit")
+    # Transcripts: stored within seconds of the request; the retention job (destruction, key shredding) daily.
+    _run_every((audit_jobs, transcripts_ingest, retention_jobs_due), stop=stop, interval=interval, what="audit")
 
 
 def analytics_jobs_loop(*, stop: threading.Event, interval: float) -> None:

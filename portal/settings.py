@@ -391,6 +391,22 @@ if not 0 < AUDIT_ARCHIVE_SEGMENT_S <= 300 or AUDIT_ARCHIVE_RETENTION_DAYS < 1:
 AUDIT_JOBS_INTERVAL_S = env_float("AUDIT_JOBS_INTERVAL_S", 5.0)
 AUDIT_JOBS_IN_PROCESS = env_bool("AUDIT_JOBS_IN_PROCESS", REDIS_REPAIR_IN_PROCESS)
 CELERY_BEAT_SCHEDULE["audit-jobs"] = {"task": "audit.tasks.audit_jobs", "schedule": AUDIT_JOBS_INTERVAL_S}
+# Transcript retention (docs/privacy.md, "Transcript retention"): each tenant's data key is wrapped by the platform
+# KMS key AUDIT_TRANSCRIPT_KMS_KEY_ID (in AWS_REGION); empty: by a local key-wrapping key, AUDIT_TRANSCRIPT_LOCAL_KEK
+# (32 bytes, base64) or else the file AUDIT_TRANSCRIPT_LOCAL_KEK_FILE, created 0600 on first use (never SECRET_KEY).
+AUDIT_TRANSCRIPT_KMS_KEY_ID = env_str("AUDIT_TRANSCRIPT_KMS_KEY_ID", "") or ""
+AUDIT_TRANSCRIPT_LOCAL_KEK = env_str("AUDIT_TRANSCRIPT_LOCAL_KEK", "") or ""
+AUDIT_TRANSCRIPT_LOCAL_KEK_FILE = Path(env_str("AUDIT_TRANSCRIPT_LOCAL_KEK_FILE", str(VAR_DIR / "transcript-kek.key")))
+AUDIT_TRANSCRIPT_KEY_CACHE_S = env_float("AUDIT_TRANSCRIPT_KEY_CACHE_S", 300.0)  # plaintext data keys, in memory
+AUDIT_TRANSCRIPT_SHRED_DAYS = env_int("AUDIT_TRANSCRIPT_SHRED_DAYS", 7)  # off-boarded tenant's keys: deleted after
+AUDIT_BREAK_GLASS_MINUTES = env_int("AUDIT_BREAK_GLASS_MINUTES", 60)
+AUDIT_RETENTION_JOBS_INTERVAL_S = env_float("AUDIT_RETENTION_JOBS_INTERVAL_S", 86400.0)  # the destruction job
+if AUDIT_TRANSCRIPT_SHRED_DAYS < 0 or not 1 <= AUDIT_BREAK_GLASS_MINUTES <= 240:
+    raise ImproperlyConfigured("AUDIT_TRANSCRIPT_SHRED_DAYS must be >= 0, AUDIT_BREAK_GLASS_MINUTES in 1..240")
+CELERY_BEAT_SCHEDULE["transcripts-ingest"] = {"task": "audit.tasks.transcripts_ingest",
+                                              "schedule": AUDIT_JOBS_INTERVAL_S}
+CELERY_BEAT_SCHEDULE["retention-jobs"] = {"task": "audit.tasks.retention_jobs",
+                                          "schedule": AUDIT_RETENTION_JOBS_INTERVAL_S}
 # The access log's records are sealed into the chain this often, at most this many per audit entry (docs/audit.md);
 # in the embedded default by the billing loop (BILLING_JOBS_INTERVAL_S).
 ACCESS_SEAL_INTERVAL_S = env_float("ACCESS_SEAL_INTERVAL_S", 60.0)

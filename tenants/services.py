@@ -23,11 +23,21 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from audit import transcripts as retention
 from audit.services import record
 from core import quotas
 from core.proxies import request_client_ip
 from tenants import emails, hooks, keys, signals, snapshot
-from tenants.models import ApiKey, Invitation, Membership, PolicyAcceptance, Role, SupportSession, Tenant
+from tenants.models import (
+    MAX_RETENTION_DAYS,
+    ApiKey,
+    Invitation,
+    Membership,
+    PolicyAcceptance,
+    Role,
+    SupportSession,
+    Tenant,
+)
 from tenants.permissions import Action, can, grantable_scopes, may_manage_key
 
 if TYPE_CHECKING:
@@ -148,6 +158,33 @@ def tenant_redaction_set(*, tenant: Tenant, mode: str, actor: AbstractBaseUser |
 
 
 @transaction.atomic
+def tenant_retention_set(*, tenant: Tenant, days: int, actor: AbstractBaseUser | None = None,
+                         request: HttpRequest | None = None) -> Tenant:
+    """Set how many days the tenant's transcripts are kept (0: off). Turning it on creates the tenant's data key
+    (KMS, or the local key-wrapping key): a KMS failure refuses the change rather than capture content that
+    couldn't be stored. Shortening the period brings what is already kept forward to the new period; turning it
+    off stops capture and leaves what is kept to expire on its schedule (``retention.destroyed_now`` destroys it at
+    once). Audited with the old and new period; the tenant's record is republished after commit, so the data plane
+    starts or stops capturing within a second."""
+    if not 0 <= days <= MAX_RETENTION_DAYS:
+        raise ValidationError({"retention_days": f"Enter a number of days from 0 to {MAX_RETENTION_DAYS}."})
+    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    previous = tenant.retention_days
+    if previous == days:
+        return tenant
+    if days > 0:
+        retention.data_key_ensure(tenant=tenant)
+    tenant.retention_days = days
+    tenant.save(update_fields=["retention_days"])
+    shortened = retention.retention_shorten(tenant=tenant, days=days) if 0 < days < previous else 0
+    _audit(action="tenant.retention.update", actor=actor, tenant=tenant, target=tenant, request=request,
+           data={"from": previous, "to": days, "brought_forward": shortened})
+    transaction.on_commit(lambda: signals.tenant_changed.send(sender=Tenant, tenant=tenant),
+                          robust=True)  # a failure: the reconciliation heals it
+    return tenant
+
+
+@transaction.atomic
 def tenant_set_status(*, tenant: Tenant, status: str, reason: str = "", actor: AbstractBaseUser | None = None,
                       request: HttpRequest | None = None) -> Tenant:
     """Suspend, reactivate or close a tenant. The tenant's record is republished after commit (by billing, on
@@ -161,6 +198,11 @@ def tenant_set_status(*, tenant: Tenant, status: str, reason: str = "", actor: A
     tenant.save(update_fields=["status", "status_reason"])
     _audit(action=f"tenant.status.{status}", actor=actor, tenant=tenant, target=tenant, request=request,
            data={"from": previous, "to": status, "reason": reason})
+    if status == Tenant.Status.CLOSED and previous != status:
+        # Off-boarding (R-RET-2): the content goes now, the data keys after the shredding window.
+        retention.transcripts_offboard(tenant=tenant, actor=actor, request=request)
+    elif previous == Tenant.Status.CLOSED and status != previous and tenant.retention_days > 0:
+        retention.data_key_restore(tenant=tenant)  # reopened: a fresh key (the old ones are being shredded)
     transaction.on_commit(lambda: signals.tenant_changed.send(sender=Tenant, tenant=tenant),
                           robust=True)  # a failure: the reconciliation heals it
     return tenant
@@ -186,6 +228,7 @@ class IssuedInvitation:
     invitation: Invitation
     token: str  # emailed, never stored
     accept_url: str
+    resent: bool = False  # a pending invitation to the address was replaced (its link no longer works)
 
 
 def _absolute(path: str, request) -> str:
@@ -209,11 +252,13 @@ def member_invite(*, tenant: Tenant, email: str, role: str, invited_by=None, inv
             Membership.objects.filter(tenant=tenant, user__emailaddress__email__iexact=email).exists():
         raise ValidationError({"email": "This person is already a member of the organisation."})
     now = timezone.now()
+    resent = False
     for stale in Invitation.objects.select_for_update().filter(
         tenant=tenant, email=email, accepted_at__isnull=True, revoked_at__isnull=True
     ):
         stale.revoked_at = now
         stale.save(update_fields=["revoked_at"])
+        resent = resent or stale.expires_at > now  # an expired one was never usable: this is a fresh invitation
     token = secrets.token_urlsafe(32)
     invitation = Invitation.objects.create(
         tenant=tenant, email=email, role=role, token_hash=_token_digest(token), invited_by=invited_by,
@@ -224,7 +269,7 @@ def member_invite(*, tenant: Tenant, email: str, role: str, invited_by=None, inv
     accept_url = _absolute(reverse("invitation_accept", args=[token]), request)
     invitation_id = invitation.pk
     transaction.on_commit(lambda: emails.send_invitation(invitation_id=invitation_id, accept_url=accept_url))
-    return IssuedInvitation(invitation=invitation, token=token, accept_url=accept_url)
+    return IssuedInvitation(invitation=invitation, token=token, accept_url=accept_url, resent=resent)
 
 
 @transaction.atomic
@@ -299,6 +344,12 @@ def member_change_role(*, membership: Membership, role: str, actor: AbstractBase
     _audit(action="member.role_change", actor=actor, tenant=membership.tenant, target=membership, request=request,
            data={"user": membership.user.email, "from": previous, "to": role})
     return membership
+
+
+def member_remove_check(*, membership: Membership, actor_role: str | None) -> None:
+    """Would ``member_remove`` refuse? Asked before the confirmation page, so nobody confirms a removal that
+    cannot happen (the sole owner leaving, an admin removing an owner). ``member_remove`` checks again, locked."""
+    _check_owner_rules(membership=membership, new_role=None, actor_role=actor_role)
 
 
 @transaction.atomic
