@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import logging
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import jsonschema
@@ -97,61 +96,20 @@ class TranscriptGone(Exception):
 
 
 # --- the record on the stream ----------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """What the ingest takes from a closed-conversation record."""
-
-    tenant: str
-    conversation_id: str
-    key_id: str
-    model: str
-    channel: str
-    language: str
-    customer_id: str
-    turns: list[dict]  # role, text, sentiment (customer turns), time
-    escalated: bool
-    escalation_reason: str
-    opened: float
-    closed: float
-    metadata: dict
-
-
 def closed_conversation_stream() -> str:
-    """The stream the data plane writes closed conversations to (the contract's, once it names one)."""
-    named = getattr(contract, "closed_conversation_stream_key", None)
-    return named() if named is not None else key("conversations", "closed", f"v{contract.VERSION}")
+    """The stream the data plane writes closed conversations to."""
+    return contract.conversations_closed_stream_key()
 
 
-def _decode(fields: dict) -> Closed:
-    """A stream entry's record. The contract's decoder when there is one; its documented shape otherwise."""
-    raw = next(iter(fields.values()))
-    decoder = getattr(contract, "ClosedConversation", None)
-    data = decoder.decode(raw) if decoder is not None else contract._load(raw)
-    get = (lambda name, default=None: getattr(data, name, default)) if not isinstance(data, dict) else data.get
-    escalation = get("escalation") or {}
-    if not isinstance(escalation, dict):
-        escalation = {"escalate": bool(getattr(escalation, "escalate", False)),
-                      "reason": getattr(escalation, "reason", "") or ""}
-    turns = []
-    for turn in get("turns") or ():
-        turn = turn if isinstance(turn, dict) else {n: getattr(turn, n, None) for n in ("role", "text", "sentiment",
-                                                                                         "time")}
-        turns.append(turn)
-    tenant, conversation_id = get("tenant"), get("conversation_id")
-    if not isinstance(tenant, str) or not tenant or not isinstance(conversation_id, str) or not conversation_id:
-        raise contract.RecordError("a closed conversation names its tenant and id")
-    if len(conversation_id) > contract.MAX_CONVERSATION_ID_CHARS if hasattr(contract, "MAX_CONVERSATION_ID_CHARS") \
-            else len(conversation_id) > 128:
-        raise contract.RecordError("a closed conversation with an overlong id")
-    return Closed(
-        tenant=tenant, conversation_id=conversation_id, key_id=str(get("key_id") or "")[:32],
-        model=str(get("model") or "")[:200], channel=str(get("channel") or "")[:16],
-        language=str(get("language") or "")[:35], customer_id=str(get("customer_id") or "")[:64], turns=turns,
-        escalated=bool(escalation.get("escalate", escalation.get("flag", get("escalated", False)))),
-        escalation_reason=str(escalation.get("reason") or get("escalation_reason") or "")[:200],
-        opened=float(get("opened") or get("opened_at") or 0), closed=float(get("closed") or get("closed_at") or 0),
-        metadata=dict(get("metadata") or {}),
-    )
+def _decode(fields: dict) -> contract.ClosedConversation:
+    """A stream entry's record (the entry's one field holds it, whatever the field's name)."""
+    if not fields:
+        raise contract.RecordError("an empty entry")
+    return contract.ClosedConversation.decode(next(iter(fields.values())))
+
+
+def _turns(closed: contract.ClosedConversation) -> list[dict]:
+    return [{"role": t.role, "text": t.text, "sentiment": t.sentiment} for t in closed.turns]
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -260,7 +218,7 @@ def _ingest_one(entry_id: str, fields: dict) -> bool:
     """Write one closed conversation; True when its entry must stay (an analysis will read its transcript)."""
     try:
         closed = _decode(fields)
-    except (contract.RecordError, TypeError, ValueError, StopIteration) as exc:
+    except contract.RecordError as exc:
         logger.error("analytics: dropping a malformed closed-conversation record (%s)", exc.__class__.__name__)
         return False
     tenant = Tenant.objects.filter(pk=closed.tenant).first() if _is_uuid(closed.tenant) else None
@@ -299,16 +257,17 @@ def _at(epoch: float) -> datetime:
 
 
 @transaction.atomic
-def conversation_record(*, tenant: Tenant, closed: Closed) -> ConversationAnalysis | None:
+def conversation_record(*, tenant: Tenant, closed: contract.ClosedConversation) -> ConversationAnalysis | None:
     """The ``Conversation`` row of a closed conversation (made once: a second delivery finds the first), and its
     analysis when it is sampled (pending until the task runs)."""
     conversation, _created = Conversation.objects.get_or_create(
         tenant=tenant, conversation_id=closed.conversation_id,
         defaults={
-            "key_id": closed.key_id, "model": closed.model, "channel": closed.channel, "language": closed.language,
+            "key_id": closed.key_id[:32], "model": closed.model[:200], "channel": closed.channel,
+            "language": closed.language[:35],
             "customer_id": closed.customer_id, "turn_count": len(closed.turns),
-            "sentiment_trail": _sentiment_trail(closed.turns),
-            "escalated": closed.escalated, "escalation_reason": closed.escalation_reason,
+            "sentiment_trail": _sentiment_trail(_turns(closed)),
+            "escalated": closed.escalated, "escalation_reason": closed.escalation_reason[:200],
             "opened_at": _at(closed.opened), "closed_at": _at(closed.closed), "metadata": closed.metadata,
             "sampled": sampled(tenant_id=str(tenant.pk), conversation_id=closed.conversation_id,
                                percent=tenant.analytics_sample_percent),
@@ -319,7 +278,7 @@ def conversation_record(*, tenant: Tenant, closed: Closed) -> ConversationAnalys
     model = analysis_model(conversation)
     analysis, _ = ConversationAnalysis.objects.get_or_create(
         conversation=conversation, rubric_version=RUBRIC_VERSION,
-        defaults={"tenant": tenant, "model": model, "content_hash": content_hash(turns=closed.turns, model=model)},
+        defaults={"tenant": tenant, "model": model, "content_hash": content_hash(turns=_turns(closed), model=model)},
     )
     return analysis
 
@@ -373,7 +332,7 @@ def _transcript_turns(entry_id: str) -> list[dict]:
     entries = get_redis().xrange(closed_conversation_stream(), min=entry_id, max=entry_id, count=1)
     if not entries:
         raise TranscriptGone
-    return _decode(entries[0][1]).turns
+    return _turns(_decode(entries[0][1]))
 
 
 def _forget_transcript(entry_id: str) -> None:
