@@ -1,5 +1,6 @@
 """An agent uses the playground in a real browser: signs in, sends a message and watches the reply stream in,
-stops a long generation (the replica counts the abort), and sees each reply's figures."""
+stops a long generation (the replica counts the abort), and sees each reply's figures; in customer mode, an
+angry persona's turns move the sentiment gauge and raise the escalation banner."""
 
 from __future__ import annotations
 
@@ -67,4 +68,46 @@ def test_an_agent_watches_a_reply_stream_then_stops_a_long_one(page, gateway_rea
     expect(page.locator(".pg-message")).to_have_count(0)
 
     assert page.evaluate(A11Y_SCRIPT) == []
+    assert not [e for e in page.console_errors if "Content Security Policy" in e]
+
+
+def test_an_angry_customers_turns_raise_the_escalation_banner(page, gateway_ready, acme, member_of):
+    from audit.models import AuditEntry
+
+    agent = member_of(acme, "agent")
+    _sign_in(page, gateway_ready.base_url, agent.email)
+    page.wait_for_url(f"**/t/{acme.slug}/**")
+    page.goto(f"{gateway_ready.base_url}/t/{acme.slug}/playground/")
+    expect(page.locator("#pg-status")).to_have_text("Connected.")
+    page.get_by_label("Model", exact=True).select_option(MODEL)
+    page.get_by_label("Max tokens").fill("8")
+    persona_turn = page.get_by_role("button", name="Customer\u2019s turn")
+    expect(persona_turn).to_be_hidden()
+    page.get_by_label("Simulate a customer conversation").check()
+    page.get_by_label("Channel").select_option("whatsapp")
+    page.get_by_label("Customer persona").select_option("angry")
+    expect(persona_turn).to_be_visible()
+    banner = page.get_by_role("alert").filter(has_text="Escalate")
+    gauge = page.get_by_role("meter", name="Customer sentiment")
+
+    persona_turn.click()
+    expect(page.locator(".pg-user .pg-role").last).to_have_text("Customer")
+    expect(page.locator("#pg-sentiment-value")).to_contain_text("negative")
+    expect(page.locator(".pg-assistant .pg-stats").last).to_contain_text("A$", timeout=10_000)
+    assert float(gauge.get_attribute("value")) <= -0.5
+    expect(banner).to_have_count(0)  # one negative turn: not yet
+
+    persona_turn.click()
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("negative sentiment, 2 turns in a row")
+    expect(page.locator(".pg-user .pg-stats")).to_have_count(2)  # each customer turn carries its sentiment
+    expect(page.locator(".pg-assistant .pg-stats").last).to_contain_text("A$", timeout=10_000)
+    wait_for(lambda: AuditEntry.objects.filter(action="adm.escalation", tenant=acme).count() == 2)
+    assert [e.data["escalate"] for e in AuditEntry.objects.filter(action="adm.escalation").order_by("id")] == [
+        False, True]
+
+    assert page.evaluate(A11Y_SCRIPT) == []
+    page.get_by_role("button", name="Reset").click()
+    expect(banner).to_have_count(0)
+    expect(page.locator("#pg-sentiment")).to_be_hidden()
     assert not [e for e in page.console_errors if "Content Security Policy" in e]
