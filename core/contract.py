@@ -351,15 +351,18 @@ class UsageEvent:
 _USAGE_FIELDS = frozenset(f.name for f in fields(UsageEvent))
 _HEX = frozenset("0123456789abcdef")
 
-# An end-customer id: what the tenant calls its customer (an account number, a hashed email, ...), bounded like
-# OpenAI's ``user`` field and printable (no control characters: it reaches logs and CSV exports).
-MAX_CUSTOMER_ID_CHARS = 256
 
 
 def valid_customer_id(value: object) -> bool:
-    """Whether ``value`` may be stored as an end-customer id: a non-empty printable string of at most
-    ``MAX_CUSTOMER_ID_CHARS`` characters."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_CUSTOMER_ID_CHARS and value.isprintable()
+    """Whether ``value`` may be stored as an end-customer id (what the tenant calls its customer: an account
+    number, a CRM id, ...): ``core.ccaas``'s rule, the one the conversation API and individuals' requests use, so
+    every stored id can be the subject of a request (1 to 64 letters, digits or ``. _ : @ + -``)."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        return ccaas.context(customer_id=value).customer_id == value
+    except ccaas.Invalid:
+        return False
 
 
 def _digest_or_empty(value: object) -> bool:

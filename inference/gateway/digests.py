@@ -29,8 +29,8 @@ CUSTOMER_HEADER = b"x-wattle-customer-id"
 def customer_id(payload: dict, header: bytes | None) -> str:
     """The end customer the request names: the ``x-wattle-customer-id`` header, else the body's ``user``; ""
     when neither. The header wins: it is the tenant's integration speaking on purpose, whereas ``user`` may be
-    whatever an SDK passes along. Raises an OpenAI-shaped 400 for one that is not printable text of at most
-    ``contract.MAX_CUSTOMER_ID_CHARS`` characters."""
+    whatever an SDK passes along. Raises an OpenAI-shaped 400 for one that breaks ``contract.valid_customer_id``
+    (1 to 64 letters, digits or ``. _ : @ + -``)."""
     if header is not None:
         try:
             value: object = header.decode()
@@ -44,7 +44,7 @@ def customer_id(payload: dict, header: bytes | None) -> str:
         param = "user"
     if not contract.valid_customer_id(value):
         raise errors.bad_request(
-            f"`{param}` must be printable text of 1 to {contract.MAX_CUSTOMER_ID_CHARS} characters.",
+            f"`{param}` is the end-customer id: 1 to 64 letters, digits or . _ : @ + -.",
             param=param, code="invalid_customer_id")
     return value  # type: ignore[return-value]
 

@@ -129,7 +129,9 @@ def test_a_redacted_request_stores_counts_and_no_identifier(gateway_ready, key):
 
 
 @pytest.mark.parametrize(("headers", "extra", "param"), [
-    ({"x-wattle-customer-id": "x" * 257}, {}, "x-wattle-customer-id"),
+    ({"x-wattle-customer-id": "x" * 65}, {}, "x-wattle-customer-id"),
+    ({"x-wattle-customer-id": "~erased"}, {"user": "acct-1"}, "x-wattle-customer-id"),
+    ({}, {"user": "two words"}, "user"),
     ({}, {"user": "tab\tseparated"}, "user"),
     ({}, {"user": "line\nbreak"}, "user"),
     ({}, {"user": 42}, "user"),
