@@ -17,6 +17,8 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from core import money
+
 SYDNEY = ZoneInfo("Australia/Sydney")
 MICRO = Decimal(1_000_000)  # spend travels in micro-AUD, so Redis counts integers
 CENT = Decimal("0.01")
@@ -92,11 +94,7 @@ def micro_to_aud(value: int) -> Decimal:
     return (Decimal(value) / MICRO).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-def format_aud(value: Decimal | int | float | None, *, blank: str = "") -> str:
-    """``A$1,234.50``: how every page, email and export writes an amount in Australian dollars."""
-    if value is None:
-        return blank
-    return f"A${Decimal(value).quantize(CENT, rounding=ROUND_HALF_UP):,}"
+format_aud = money.format_aud  # the one money formatter (core.money); kept here for the many callers
 
 
 def recorded(value: Any) -> Any:

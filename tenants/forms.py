@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.functional import lazy
 from django.utils.html import escape, format_html
 
 from core import quotas
@@ -163,6 +164,19 @@ def check_served(models: list[str]) -> list[str]:
     return models
 
 
+def _served_choices() -> list[tuple[str, str]]:
+    return [(m, m) for m in declared_models()]
+
+
+def _models_help_text() -> str:
+    if declared_models():
+        return "The models the key may call. Choose none to allow every model, including ones added later."
+    return "No backend serves a model yet, so the key will allow every model."
+
+
+_models_help = lazy(_models_help_text, str)  # evaluated when the help text is shown
+
+
 def limit_form_field(kind: quotas.LimitKind) -> forms.Field:
     label = quotas.form_label(kind)
     if kind.money:
@@ -227,11 +241,9 @@ class ApiKeyForm(LimitFieldsForm):
         if len(choices) < len(ApiKey.Scope.choices):
             self.fields["scopes"].help_text = "Only owners and admins can grant management scopes."
         self.fields["scopes"].choices = choices
-        served = declared_models()
-        self.fields["allowed_models"].choices = [(m, m) for m in served]
-        if not served:
-            self.fields["allowed_models"].help_text = ("No backend serves a model yet, so the key will allow every "
-                                                       "model.")
+        # Read when the field is rendered or checked, not when the form is made (``_served_choices``).
+        self.fields["allowed_models"].choices = _served_choices
+        self.fields["allowed_models"].help_text = _models_help()
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()

@@ -148,8 +148,9 @@ def test_billing_page_shows_plan_prices_usage_and_bill(owner_client, acme, bille
     assert response.status_code == 200
     page = response.content.decode()
     for text in ("Business", "A$99.00", "1,000,000 input and 1,000,000 output tokens of each model",
-                 "<td>A$2.00</td><td>A$6.00</td>",  # mistral-large per 1M: 0.002 and 0.006 per 1k x 1000
-                 "<td>A$0.20</td><td>A$0.40</td>", 'id="bill-to-date">A$101.80<',
+                 # mistral-large per 1M: 0.002 and 0.006 per 1k x 1000
+                 "<td>A$2.00 per 1M tokens</td><td>A$6.00 per 1M tokens</td>",
+                 "<td>A$0.20 per 1M tokens</td><td>A$0.40 per 1M tokens</td>", 'id="bill-to-date">A$101.80<',
                  'id="projection-method"', "linearly", 'aria-current="page">Billing</a>', "IVR production",
                  "Active"):
         assert text in page, text

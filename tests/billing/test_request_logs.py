@@ -71,7 +71,7 @@ def test_the_owner_sees_requests_with_their_cost_and_follows_the_older_link(owne
     assert body.count("<tr>") == PAGE_SIZE + 1  # header row + one page
     assert "bluegum-secret-model" not in body
     # The newest row: 100 input tokens at A$0.001/1k + 50 output at A$0.003/1k = A$0.000250.
-    assert "0.000250" in body
+    assert "<td>A$0.00025</td>" in body  # below a cent: to the micro-dollar (core.money.format_cost)
     older = response.context["next_cursor"]
     assert older
     second = owner_client.get(url(acme), {"after": older})

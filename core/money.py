@@ -1,0 +1,66 @@
+"""How every page, email and human-facing export writes money: Australian dollars, ``A$1,234.50``.
+
+One formatter, so the console never shows ``A$0.300000`` on one page and ``$0.3`` on another:
+
+- ``format_aud``: an amount, to the cent (fees, bills, caps, usage totals).
+- ``format_price``: a unit price per million tokens, ``A$0.30``: to the cent, with up to two more decimals only
+  where the price has them (plan prices carry four; rounding ``A$0.0150`` to ``A$0.02`` would misquote it).
+- ``format_unit_price``: the same with its unit, ``A$0.30 per 1M tokens``.
+- ``format_cost``: one request's cost, which is usually a fraction of a cent: to the cent from a cent up, below
+  that to six decimals (trailing zeros trimmed), so the request log tells a 20-token request from a 2,000-token
+  one.
+
+Machine-readable exports (CSV, JSON) keep exact values and don't go through here.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+CENT = Decimal("0.01")
+_PRICE_PLACES = Decimal("0.0001")  # stored prices have at most four decimals of A$ per million tokens
+_COST_PLACES = Decimal("0.000001")
+
+Amount = Decimal | int | float | str
+
+
+def _decimal(value: Amount) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def format_aud(value: Amount | None, *, blank: str = "") -> str:
+    """``A$1,234.50``; ``blank`` for None."""
+    if value is None:
+        return blank
+    return f"A${_decimal(value).quantize(CENT, rounding=ROUND_HALF_UP):,}"
+
+
+def _at_least_cents(value: Decimal, places: Decimal) -> str:
+    exact = value.quantize(places, rounding=ROUND_HALF_UP)
+    if exact == exact.quantize(CENT):
+        return format_aud(exact)
+    return f"A${exact.normalize():,f}"
+
+
+def format_price(per_1m: Amount | None, *, blank: str = "") -> str:
+    """A price per million tokens: ``A$0.30``, ``A$0.015``; ``blank`` for None."""
+    if per_1m is None:
+        return blank
+    return _at_least_cents(_decimal(per_1m), _PRICE_PLACES)
+
+
+def format_unit_price(per_1m: Amount | None, *, blank: str = "") -> str:
+    """``A$0.30 per 1M tokens``; ``blank`` for None."""
+    if per_1m is None:
+        return blank
+    return f"{format_price(per_1m)} per 1M tokens"
+
+
+def format_cost(value: Amount | None, *, blank: str = "") -> str:
+    """One request's cost: ``A$1.25``, ``A$0.000324``, ``A$0.00`` for nothing; ``blank`` for None."""
+    if value is None:
+        return blank
+    amount = _decimal(value)
+    if amount == 0 or abs(amount) >= CENT:
+        return format_aud(amount)
+    return _at_least_cents(amount, _COST_PLACES)
