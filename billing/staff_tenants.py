@@ -151,7 +151,7 @@ def act_as_start(request, slug: str):
                                   request=request)
     request.session[SESSION_ACT_AS] = grant
     request.session[SESSION_TENANT] = tenant.slug
-    messages.warning(request, f"You are acting as {tenant.name}. Everything you do is recorded.")
+    # No flash message: the layout's support-session banner says it, on every page of the session.
     return redirect("tenant_home", tenant.slug)
 
 

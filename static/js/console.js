@@ -63,6 +63,14 @@
     event.preventDefault()
   })
 
+  // A tab bar wider than the screen starts scrolled to the current page's tab, so it is in view.
+  for (const current of document.querySelectorAll('.subnav [aria-current=page]')) {
+    const bar = current.closest('.subnav')
+    if (bar.scrollWidth > bar.clientWidth) {
+      bar.scrollLeft = current.offsetLeft - (bar.clientWidth - current.offsetWidth) / 2
+    }
+  }
+
   document.addEventListener('submit', function (event) {
     const form = event.target
     if (form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {

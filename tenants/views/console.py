@@ -94,7 +94,11 @@ def invitation_create(request, access):
                 for error in errors:
                     form.add_error(field if field in form.fields else None, error)
         else:
-            messages.success(request, f"Invitation sent to {issued.invitation.email}.")
+            if issued.resent:
+                messages.success(request, f"Invitation re-sent to {issued.invitation.email}. The link in the earlier "
+                                          "email no longer works.")
+            else:
+                messages.success(request, f"Invitation sent to {issued.invitation.email}.")
             return redirect("tenant_members", access.tenant.slug)
     return render(request, "tenants/members.html", _members_context(request, access, invite_form=form), status=400)
 
@@ -152,6 +156,11 @@ def member_remove(request, access, member_id):
         messages.success(request, f"{membership.user.email} was removed from {access.tenant.name}.")
         if membership.user_id == request.user.id:
             return redirect("dashboard")
+        return redirect("tenant_members", access.tenant.slug)
+    try:
+        services.member_remove_check(membership=membership, actor_role=access.role)
+    except ValidationError as exc:
+        flash_errors(request, exc)
         return redirect("tenant_members", access.tenant.slug)
     return render(request, "tenants/member_remove.html", {"tenant": access.tenant, "member": membership})
 
