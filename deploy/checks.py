@@ -312,11 +312,11 @@ def check_probes(docs: list[dict]) -> list[str]:
                 problems.append(f"{where}: no livenessProbe")
             if _component(doc, "web"):
                 target = _probe_target(readiness) or ""
-                if target != "/readyz" and "deploy/readiness.py" not in target:
+                if readiness and target != "/readyz" and "deploy/readiness.py" not in target:
                     problems.append(f"{where}: readiness is not /readyz")
-                if _probe_target(liveness) != "/healthz":
+                if liveness and _probe_target(liveness) != "/healthz":
                     problems.append(f"{where}: liveness is not /healthz")
-            if _component(doc, "vllm") and _probe_target(readiness) != "/health":
+            if _component(doc, "vllm") and readiness and _probe_target(readiness) != "/health":
                 problems.append(f"{where}: readiness is not vLLM's /health")
     return problems
 
