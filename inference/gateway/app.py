@@ -103,6 +103,7 @@ class Gateway:
         self.limiter: Limiter | None = None
         self.access_log: AccessLog | None = None
         self.dispatcher: Dispatcher | None = None
+        self.conversations = None  # the conversation API (``inference.gateway.conversations``)
         self._registry = None
         self._id_prefix = ""
         self._ids = itertools.count(1)
@@ -159,6 +160,9 @@ class Gateway:
             await self.pool.start()
             self.dispatcher = Dispatcher(pool=self.pool, limiter=self.limiter, upstream=self.upstream,
                                          usage=self.usage, access_log=self.access_log)
+            from inference.gateway.conversations import ConversationAPI
+
+            self.conversations = ConversationAPI(self)
             if self._registry is None:
                 self._registry = metrics.build_registry(self)
             self._started = True
@@ -196,6 +200,8 @@ class Gateway:
             await self._models(scope, send, path)
         elif path == "/v1/openapi.json":
             await self._openapi(scope, send)
+        elif path == "/v1/conversation" or path.startswith("/v1/conversations/"):
+            await self.conversations(scope, receive, send)
         else:
             await self._send_error(send, GatewayError(404, f"Unknown endpoint {path}.", code="unknown_url"))
 
