@@ -40,6 +40,8 @@ class Action(StrEnum):
     AUDIT_VIEW = "audit.view"
     CONVERSATIONS_VIEW = "conversations.view"
     PRIVACY_REQUESTS_MANAGE = "privacy_requests.manage"
+    TRANSCRIPTS_VIEW = "transcripts.view"
+    TRANSCRIPTS_DESTROY = "transcripts.destroy"
 
 
 _ALL_ROLES = (Role.OWNER, Role.ADMIN, Role.DEVELOPER, Role.BILLING, Role.AGENT)
@@ -88,6 +90,12 @@ MATRIX: dict[Action, frozenset[str]] = {
     # for the roles that answer for the organisation's privacy, and for a management key (a tenant's CRM files
     # them). Support staff use the staff console's own page, which never shows a copy's content.
     Action.PRIVACY_REQUESTS_MANAGE: frozenset({Role.OWNER, Role.ADMIN, API_KEY}),
+    # Kept transcripts (prompts and replies, decrypted on view, every view audited) are the organisation's content:
+    # for the roles that answer for its privacy. Not support staff acting as the tenant: platform staff read content
+    # only under break-glass access from the staff console (R-SEC-3).
+    Action.TRANSCRIPTS_VIEW: frozenset({Role.OWNER, Role.ADMIN}),
+    # Destroying every kept transcript at once can't be undone: the owner's decision.
+    Action.TRANSCRIPTS_DESTROY: frozenset({Role.OWNER}),
 }
 
 # Roles whose holders must protect their account with a second factor before any tenant page.

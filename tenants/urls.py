@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tenants.views import console, privacy_requests
+from tenants.views import console, privacy_requests, transcripts
 
 urlpatterns = [
     path("account/mfa-required/", console.mfa_required, name="mfa_required"),
@@ -27,4 +27,15 @@ urlpatterns = [
     path("t/<slug:slug>/privacy-requests/<uuid:request_id>/", privacy_requests.tenant_privacy_request,
          name="tenant_privacy_request"),
     path("staff/privacy-requests/", privacy_requests.staff_privacy_requests, name="staff_privacy_requests"),
+    # Transcript retention (R-RET) and break-glass (R-SEC-3).
+    path("t/<slug:slug>/settings/retention/", transcripts.retention_set, name="tenant_retention_set"),
+    path("t/<slug:slug>/transcripts/", transcripts.transcripts, name="tenant_transcripts"),
+    path("t/<slug:slug>/transcripts/destroy/", transcripts.transcripts_destroy, name="tenant_transcripts_destroy"),
+    path("t/<slug:slug>/transcripts/<uuid:transcript_id>/", transcripts.transcript_detail,
+         name="tenant_transcript_detail"),
+    path("staff/tenants/<slug:slug>/transcripts/", transcripts.staff_transcripts, name="staff_transcripts"),
+    path("staff/tenants/<slug:slug>/transcripts/break-glass/", transcripts.staff_break_glass,
+         name="staff_break_glass"),
+    path("staff/tenants/<slug:slug>/transcripts/<uuid:transcript_id>/", transcripts.staff_transcript_detail,
+         name="staff_transcript_detail"),
 ]
