@@ -124,10 +124,11 @@ class UsageEvent(models.Model):
     # The access record (R-AUD-1, docs/audit.md): the end customer the tenant named ("" if none), redaction
     # (None: off; otherwise replacements per identifier type, counts only) and SHA-256 digests of prompt and reply
     # (lowercase hex; "" for events from before them). Never any text of the prompt or the reply.
-    customer_id = models.CharField(max_length=256, blank=True, default="")
+    # Database defaults too: during a rolling deploy, an ingest worker still on the old code inserts without them.
+    customer_id = models.CharField(max_length=256, blank=True, default="", db_default="")
     redactions = models.JSONField(null=True, blank=True)
-    prompt_sha256 = models.CharField(max_length=64, blank=True, default="")
-    reply_sha256 = models.CharField(max_length=64, blank=True, default="")
+    prompt_sha256 = models.CharField(max_length=64, blank=True, default="", db_default="")
+    reply_sha256 = models.CharField(max_length=64, blank=True, default="", db_default="")
     # The ``access.batch`` audit entry that sealed this row into the chain (its id); None until the sealer
     # (``billing.access_log.access_seal``) runs. Not a foreign key: billing reads audit, never the other way.
     access_batch = models.BigIntegerField(null=True, blank=True)
