@@ -3,6 +3,7 @@ from django.urls import path
 from billing import (
     audit_browser,
     billing_console,
+    catalogue,
     request_logs,
     staff_billing,
     staff_incidents,
@@ -33,6 +34,7 @@ urlpatterns = [
     path("t/<slug:slug>/limits/", tenant_console.limits, name="tenant_limits"),
     path("t/<slug:slug>/usage/", tenant_console.usage, name="tenant_usage"),
     path("t/<slug:slug>/logs/", request_logs.request_logs, name="tenant_request_logs"),
+    path("t/<slug:slug>/models/", catalogue.models, name="tenant_models"),
     path("t/<slug:slug>/billing/", billing_console.tenant_billing, name="tenant_billing"),
     # Subscribing and managing (Stripe Checkout and the Customer Portal), and Stripe's webhooks.
     path("t/<slug:slug>/billing/checkout/<slug:plan_slug>/", subscription_views.checkout,
