@@ -23,6 +23,8 @@ import orjson
 from django.conf import settings
 
 Schema = dict[str, Any]
+# core.ccaas's rule for an end-customer id (1 to 64 letters, digits or . _ : @ + -); the tests hold them equal.
+CUSTOMER_ID_PATTERN = "^[A-Za-z0-9._:@+\\-]{1,64}$"
 
 
 def _ref(name: str) -> Schema:
@@ -64,7 +66,9 @@ _COMMON: dict[str, Schema] = {
                         "`{\"type\": \"json_schema\", \"json_schema\": {...}}`."},
     "logprobs": {"type": ["boolean", "null"]},
     "user": {"type": ["string", "null"], "maxLength": 256,
-             "description": "Your end user's id; the `x-wattle-customer-id` header takes precedence."},
+             "description": "Your end customer's id (an account number or CRM id, never a name or email): 1 to 64 "
+                            "letters, digits or `. _ : @ + -`, else `400 invalid_customer_id`. The "
+                            "`x-wattle-customer-id` header, when sent, takes its place."},
 }
 _SAMPLING_EXTRAS: dict[str, Schema] = {
     "top_k": {"type": ["integer", "null"], "description": "vLLM: -1 or 0 (off), or the number of top tokens."},
@@ -260,9 +264,10 @@ _PARAMETERS: dict[str, Schema] = {
                               "organisation's setting. It can only add privacy.",
                "schema": {"type": "string", "enum": ["true", "1", "yes"]}},
     "CustomerId": {"name": "x-wattle-customer-id", "in": "header", "required": False,
-                   "description": "Your end customer's id for the access record (takes precedence over the body's "
-                                  "`user`): printable text, at most 256 characters.",
-                   "schema": {"type": "string", "maxLength": 256}},
+                   "description": "Your end customer's id (an account number or CRM id, never a name or email) for "
+                                  "the request's access record; takes precedence over the body's `user`. Never "
+                                  "sent to the model or logged. Malformed: `400 invalid_customer_id`.",
+                   "schema": {"type": "string", "pattern": CUSTOMER_ID_PATTERN}},
     "Traceparent": {"name": "traceparent", "in": "header", "required": False,
                     "description": "W3C trace context, passed on to the model server.", "schema": {"type": "string"}},
     "ModelId": {"name": "model", "in": "path", "required": True, "description": "A model id (may contain `/`).",

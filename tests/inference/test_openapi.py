@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
+from core import ccaas, contract
 from inference import openapi
 from inference.gateway.app import ROUTES
 from inference.gateway.validation import ALLOWED_FIELDS
@@ -64,8 +65,14 @@ def test_headers_and_errors_are_documented(doc):
     for name in ("x-request-id", "Retry-After", "x-ratelimit-limit-requests", "x-ratelimit-remaining-tokens",
                  "x-ratelimit-reset-requests"):
         assert name in headers
-    params = {p["name"] for p in doc["components"]["parameters"].values()}
-    assert {"x-wattle-redact", "x-wattle-customer-id"} <= params
+    params = {p["name"]: p for p in doc["components"]["parameters"].values()}
+    assert {"x-wattle-redact", "x-wattle-customer-id"} <= set(params)
+    pattern = params["x-wattle-customer-id"]["schema"]["pattern"]
+    assert pattern == f"^{ccaas._CUSTOMER_ID.pattern}$"  # the rule the gateway applies
+    for value, ok in (("acct-1234", True), ("crm:42@west", True), ("", False), ("x" * 65, False),
+                      ("Jane Citizen", False)):
+        assert bool(re.fullmatch(pattern.strip("^$"), value)) is ok
+        assert contract.valid_customer_id(value) is ok
     chat = doc["paths"]["/v1/chat/completions"]["post"]
     assert {"400", "401", "403", "404", "429", "503"} <= set(chat["responses"])
     assert "Retry-After" in doc["components"]["responses"]["Error429"]["headers"]
