@@ -327,7 +327,7 @@ SECRET_NAME_RE = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|PEPPER|API_KEY|PRIVA
                             re.IGNORECASE)
 SECRET_VALUE_RE = re.compile(
     r"(sk_live_|sk_test_|rk_live_|whsec_|wtl_[A-Za-z0-9]|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|-----BEGIN|hf_[A-Za-z0-9]{20,}"
-    r"|[a-z]+://[^/\s:@]+:[^/\s@]+@)"
+    r"|[a-z]+://[^/\s:@]*:[^/\s@]+@)"
 )
 # Names that look secret but hold none: references to files or to where a secret lives.
 NOT_SECRET_NAMES = frozenset({"METRICS_ALLOWED_NETWORKS", "INFERENCE_KEY_CACHE_TTL_S"})
@@ -542,7 +542,7 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
         if pending and line.startswith("#"):
             continue
         if line.endswith("\\"):
-            pending += line[:-1] + " "
+            pending += line[:-1].rstrip() + " "
             continue
         line, pending = pending + line, ""
         instruction, _, args = line.partition(" ")
