@@ -496,11 +496,15 @@ class ConversationTurn:
     sentiment: float | None = None
     label: str = ""
     request_id: str = ""
+    # A customer turn's escalation decision inputs (``EscalationDecision.inputs_sha256``), kept for every turn
+    # whether it escalated or not; "" on a reply.
+    inputs_sha256: str = ""
 
     @classmethod
     def from_dict(cls, data: dict) -> ConversationTurn:
         turn = cls(role=data["role"], text=data["text"], time=float(data["time"]), sentiment=data.get("sentiment"),
-                   label=data.get("label") or "", request_id=data.get("request_id") or "")
+                   label=data.get("label") or "", request_id=data.get("request_id") or "",
+                   inputs_sha256=data.get("inputs_sha256") or "")
         if turn.role not in CONVERSATION_ROLES or not isinstance(turn.text, str):
             raise RecordError("a conversation turn with an unknown role or no text")
         if turn.sentiment is not None and not (isinstance(turn.sentiment, (int, float)) and -1 <= turn.sentiment <= 1):

@@ -48,3 +48,11 @@ def analyse_conversation(analysis_id: str, entry_id: str) -> None:
     from inference.analytics import conversation_analyse
 
     conversation_analyse(analysis_id=analysis_id, entry_id=entry_id)
+
+
+@shared_task(ignore_result=True)
+def ingest_adm_decisions() -> int:
+    """Write the conversation API's escalation decisions into the audit chain (``inference.adm``)."""
+    from inference.adm import adm_decisions_ingest
+
+    return adm_decisions_ingest(max_batches=50)

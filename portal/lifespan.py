@@ -56,9 +56,11 @@ def redis_repair_loop(*, stop: threading.Event, interval: float) -> None:
     the last run and the model prices, rebuild the limit counters if Redis lost them) now and every
     ``interval`` until ``stop``."""
     from billing.tasks import publish_prices, rebuild_limit_counters
+    from inference.tasks import ingest_adm_decisions
 
-    _run_every((publish_snapshots, publish_prices, rebuild_limit_counters), stop=stop, interval=interval,
-               what="Redis repair")
+    # The escalation decisions' audit entries ride along: like the rest, they move what Redis holds into place.
+    _run_every((publish_snapshots, publish_prices, rebuild_limit_counters, ingest_adm_decisions), stop=stop,
+               interval=interval, what="Redis repair")
 
 
 def billing_jobs_loop(*, stop: threading.Event, interval: float) -> None:

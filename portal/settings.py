@@ -161,6 +161,7 @@ CELERY_BEAT_SCHEDULE = {
     "publish-prices": {"task": "billing.tasks.publish_prices", "schedule": REDIS_REPAIR_INTERVAL_S},
     "rebuild-limit-counters": {"task": "billing.tasks.rebuild_limit_counters", "schedule": REDIS_REPAIR_INTERVAL_S},
     "ingest-usage": {"task": "billing.tasks.ingest_usage", "schedule": 2.0},
+    "ingest-adm-decisions": {"task": "inference.tasks.ingest_adm_decisions", "schedule": 5.0},
     "probe-backends": {"task": "inference.tasks.probe_backends", "schedule": 15.0},
     "budget-alerts": {"task": "billing.tasks.check_budget_alerts", "schedule": 60.0},
     "cost-guard": {"task": "billing.tasks.check_cost_guard", "schedule": 300.0},

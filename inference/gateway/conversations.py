@@ -213,7 +213,8 @@ def closed_record(state: dict, closed: float) -> contract.ClosedConversation:
         channel=state["channel"], language=state["language"], opened=state["opened"], closed=closed,
         turns=tuple(contract.ConversationTurn(
             role=t["role"], text=t["text"], time=t["time"], sentiment=t.get("sentiment"), label=t.get("label", ""),
-            request_id=t.get("request_id", "")) for t in state["turns"]),
+            request_id=t.get("request_id", ""), inputs_sha256=t.get("inputs_sha256", ""))
+            for t in state["turns"]),
         customer_id=state["customer_id"], escalated=bool(escalation), escalation_reason=escalation.get("reason", ""),
         escalation_detail=escalation.get("detail", ""), escalated_at=escalation.get("at"),
         escalation_turn=escalation.get("turn"), metadata=state.get("metadata") or {},

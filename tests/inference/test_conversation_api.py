@@ -102,3 +102,253 @@ def test_a_conversation_sends_its_history_each_turn_and_closes_onto_the_stream(
     assert late.status_code == 409 and late.json()["error"]["code"] == "conversation_closed"
     assert httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}",
                      headers=_headers(key)).json()["status"] == "closed"
+
+
+def test_a_trigger_phrase_escalates_and_the_decision_is_audited_once_with_digests_and_no_text(
+        gateway_ready, acme, issue_key):
+    from audit.models import AuditEntry
+    from core import sentiment
+    from inference.adm import adm_decisions_ingest
+
+    key = issue_key(acme)
+    text = "/echo Can I speak to a human please"
+    first = turn(gateway_ready, key, text)
+    assert first.json()["escalate"] == {"flag": True, "reason": "trigger_phrase"}
+    cid = first.json()["conversation_id"]
+    # Still escalated on the next turn, but that is not a second decision.
+    assert turn(gateway_ready, key, "/echo hello? speak to a human", conversation_id=cid).json()["escalate"][
+        "flag"] is True
+    adm_decisions_ingest()
+    adm_decisions_ingest()  # idempotent: nothing more
+    entries = list(AuditEntry.objects.filter(action="adm.escalation"))
+    assert len(entries) == 1
+    entry = entries[0]
+    assert entry.tenant_id == acme.pk and entry.data["conversation_id"] == cid
+    assert entry.data["reason"] == "trigger_phrase" and entry.data["escalate"] is True
+    assert entry.data["text_sha256"] == sentiment.text_digest(text)
+    assert entry.data["rule_sha256"] == sentiment.EscalationRule().digest()
+    assert len(entry.data["inputs_sha256"]) == 64 and entry.data["scorer"] == "lexicon"
+    assert "human" not in orjson.dumps(entry.data).decode().lower()  # digests, never the text
+    assert entry.api_key_id and entry.actor_kind == AuditEntry.ActorKind.API_KEY
+
+
+def test_consecutive_negative_turns_escalate_on_the_tenants_rule(gateway_ready, acme, issue_key):
+    key = issue_key(acme)
+    angry = "/echo I'm absolutely furious, this is unacceptable"
+    first = turn(gateway_ready, key, angry)
+    assert first.json()["sentiment"]["label"] == "negative"
+    assert first.json()["escalate"]["flag"] is False  # the default rule: two negative turns in a row
+    cid = first.json()["conversation_id"]
+    calm = turn(gateway_ready, key, "/echo ok", conversation_id=cid).json()
+    assert calm["escalate"]["flag"] is False
+    assert turn(gateway_ready, key, angry, conversation_id=cid).json()["escalate"]["flag"] is False
+    second = turn(gateway_ready, key, "/echo You've ripped me off, I'm not happy", conversation_id=cid).json()
+    assert second["escalate"] == {"flag": True, "reason": "negative_sentiment"}
+    shown = httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}", headers=_headers(key)).json()
+    assert shown["escalation"]["turn"] == 6 and shown["escalation"]["reason"] == "negative_sentiment"
+    assert [s < -0.5 for s in shown["sentiment_trail"]] == [True, False, True, True]
+
+
+def test_streaming_relays_chunks_then_the_turn_then_done(gateway_ready, acme, issue_key):
+    key = issue_key(acme)
+    events = []
+    with httpx.stream("POST", f"{gateway_ready.base_url}/v1/conversation", headers=_headers(key), timeout=30,
+                      json={"message": "/echo Cheers mate, all good", "model": MODEL, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        cid = response.headers["x-wattle-conversation-id"]
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+    assert events[-1] == "[DONE]"
+    final = orjson.loads(events[-2])
+    assert final["object"] == "conversation.turn" and final["conversation_id"] == cid
+    assert final["reply"] == "/echo Cheers mate, all good"
+    assert final["sentiment"]["label"] == "positive" and final["escalate"]["flag"] is False
+    chunks = [orjson.loads(e) for e in events[:-2]]
+    assert len(chunks) > 1 and all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == final["reply"]
+    shown = httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}", headers=_headers(key)).json()
+    assert [t["text"] for t in shown["turns"]] == ["/echo Cheers mate, all good"] * 2
+
+
+def test_another_tenant_gets_404_for_every_route_and_nothing_changes(gateway_ready, acme, bluegum, issue_key):
+    mine, theirs = issue_key(acme), issue_key(bluegum)
+    cid = turn(gateway_ready, mine, "/echo hi").json()["conversation_id"]
+    base = gateway_ready.base_url
+    answers = [
+        httpx.get(f"{base}/v1/conversations/{cid}", headers=_headers(theirs)),
+        httpx.post(f"{base}/v1/conversations/{cid}/close", headers=_headers(theirs)),
+        turn(gateway_ready, theirs, "/echo let me in", conversation_id=cid),
+        httpx.get(f"{base}/v1/conversations/conv_doesnotexistatall00", headers=_headers(mine)),
+    ]
+    for answer in answers:
+        assert answer.status_code == 404
+        assert answer.json()["error"]["code"] == "conversation_not_found"
+        assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+    shown = httpx.get(f"{base}/v1/conversations/{cid}", headers=_headers(mine)).json()
+    assert shown["status"] == "open" and len(shown["turns"]) == 2
+
+
+def test_authentication_and_scope(gateway_ready, acme, issue_key):
+    base = gateway_ready.base_url
+    no_key = httpx.post(f"{base}/v1/conversation", json={"message": "hi", "model": MODEL})
+    assert no_key.status_code == 401 and no_key.json()["error"]["type"] == "invalid_request_error"
+    wrong = httpx.get(f"{base}/v1/conversations/conv_abcdefghijklmnopqrstuvwx", headers=_headers("wtl_nope_nope"))
+    assert wrong.status_code == 401
+    management_only = issue_key(acme, scopes=["management:read"])
+    for answer in (turn(gateway_ready, management_only, "hi"),
+                   httpx.get(f"{base}/v1/conversations/conv_abcdefghijklmnopqrstuvwx",
+                             headers=_headers(management_only))):
+        assert answer.status_code == 403 and answer.json()["error"]["code"] == "insufficient_scope"
+
+
+def test_the_keys_model_allow_list_applies(gateway_ready, acme, issue_key):
+    key = issue_key(acme, allowed_models=["some/other-model"])
+    answer = turn(gateway_ready, key, "hi")
+    assert answer.status_code == 403 and answer.json()["error"]["code"] == "model_not_allowed"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": MODEL}, "message"),
+    ({"model": MODEL, "message": ""}, "message"),
+    ({"model": MODEL, "message": 7}, "message"),
+    ({"model": MODEL, "message": "hi", "channel": "carrier-pigeon"}, "channel"),
+    ({"model": MODEL, "message": "hi", "language": "english please"}, "language"),
+    ({"model": MODEL, "message": "hi", "customer_id": "no spaces allowed"}, "customer_id"),
+    ({"model": MODEL, "message": "x" * 8_001}, "message"),
+    ({"model": MODEL, "message": "hi", "metadata": {"blob": "x" * 3_000}}, "metadata"),
+    ({"model": MODEL, "message": "hi", "metadata": ["not", "an", "object"]}, "metadata"),
+    ({"model": MODEL, "message": "hi", "stream": "yes"}, "stream"),
+    ({"model": MODEL, "message": "hi", "conversation_id": 12}, "conversation_id"),
+    ({"message": "hi"}, "model"),
+])
+def test_malformed_turns_are_openai_shaped_400s(gateway_ready, acme, issue_key, body, param):
+    answer = httpx.post(f"{gateway_ready.base_url}/v1/conversation", headers=_headers(issue_key(acme)), json=body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+
+
+def test_non_json_and_wrong_methods(gateway_ready, acme, issue_key):
+    key = issue_key(acme)
+    base = gateway_ready.base_url
+    garbled = httpx.post(f"{base}/v1/conversation", headers={**_headers(key), "content-type": "application/json"},
+                         content=b"{not json")
+    assert garbled.status_code == 400 and garbled.json()["error"]["code"] == "invalid_json"
+    listed = httpx.post(f"{base}/v1/conversation", headers=_headers(key), json=["message"])
+    assert listed.status_code == 400 and listed.json()["error"]["code"] == "invalid_json"
+    assert httpx.get(f"{base}/v1/conversation", headers=_headers(key)).status_code == 405
+    assert httpx.post(f"{base}/v1/conversations/conv_abcdefghijklmnopqrstuvwx",
+                      headers=_headers(key)).status_code == 405
+    unknown = httpx.get(f"{base}/v1/conversations/conv_abcdefghijklmnopqrstuvwx/transcript", headers=_headers(key))
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_url"
+
+
+def test_a_later_turn_may_not_change_the_channel(gateway_ready, acme, issue_key):
+    key = issue_key(acme)
+    cid = turn(gateway_ready, key, "/echo hi", channel="sms").json()["conversation_id"]
+    answer = turn(gateway_ready, key, "/echo hi", conversation_id=cid, channel="email")
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "conversation_mismatch"
+    assert turn(gateway_ready, key, "/echo hi", conversation_id=cid, channel="sms").status_code == 200
+
+
+def test_over_quota_is_429_and_the_turn_is_not_kept(gateway_ready, acme, issue_key, django_capture_on_commit_callbacks):
+    from billing import services
+
+    key = issue_key(acme)
+    cid = turn(gateway_ready, key, "/echo first").json()["conversation_id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        services.tenant_quota_set(tenant=acme, rpm_limit=1)
+    statuses = []
+
+    def refused():
+        answer = turn(gateway_ready, key, "/echo again", conversation_id=cid)
+        statuses.append(answer)
+        return answer.status_code == 429
+
+    wait_for(refused, timeout=5)
+    error = statuses[-1]
+    assert error.json()["error"]["code"] == "rate_limit_exceeded" and "retry-after" in error.headers
+    with django_capture_on_commit_callbacks(execute=True):
+        services.tenant_quota_set(tenant=acme, rpm_limit=None)
+    kept = sum(1 for answer in statuses if answer.status_code == 200)
+    assert len(httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}",
+                         headers=_headers(key)).json()["turns"]) == 2 * (1 + kept)
+
+
+def test_every_turn_is_one_usage_event_billed_to_the_key(gateway_ready, acme, issue_key, unthrottled):
+    unthrottled(acme)
+    key = issue_key(acme)
+    key_id = key.split("_")[1]
+    cid = turn(gateway_ready, key, "/echo one").json()["conversation_id"]
+    turn(gateway_ready, key, "/echo two", conversation_id=cid)
+    httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}", headers=_headers(key))  # not billed
+    events = ingested(2)
+    assert {e.key_id for e in events} == {key_id} and {e.endpoint for e in events} == {"chat.completions"}
+    assert all(e.status == 200 and e.completion_tokens > 0 for e in events)
+    assert events[1].prompt_tokens > events[0].prompt_tokens  # the history was sent
+
+
+def test_two_turns_at_once_are_both_kept_one_after_the_other(gateway_ready, acme, issue_key, unthrottled):
+    unthrottled(acme)
+    key = issue_key(acme)
+    cid = turn(gateway_ready, key, "/echo start").json()["conversation_id"]
+
+    async def both():
+        async with httpx.AsyncClient(base_url=gateway_ready.base_url, headers=_headers(key), timeout=30) as client:
+            return await asyncio.gather(*(
+                client.post("/v1/conversation", json={"conversation_id": cid, "message": f"/echo turn {n}"})
+                for n in (1, 2)))
+
+    answers = asyncio.run(both())
+    assert [a.status_code for a in answers] == [200, 200]
+    shown = httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}", headers=_headers(key)).json()
+    texts = [t["text"] for t in shown["turns"]]
+    assert len(texts) == 6 and texts[:2] == ["/echo start"] * 2
+    assert sorted(texts[2::2]) == ["/echo turn 1", "/echo turn 2"]
+    assert texts[3] == texts[2] and texts[5] == texts[4]  # each reply follows its own message
+
+
+def test_redaction_keeps_identifiers_out_of_the_stored_history(gateway_ready, acme, issue_key, upstream_bodies,
+                                                               django_capture_on_commit_callbacks):
+    from tenants.services import tenant_redaction_set
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_redaction_set(tenant=acme, mode="restore")
+    key = issue_key(acme)  # a new key: the gateway reads its tenant's record (restore mode) afresh
+    first = turn(gateway_ready, key, "/echo call me on 0412 345 678 or jo@example.com")
+    assert first.status_code == 200
+    assert first.json()["reply"] == "/echo call me on 0412 345 678 or jo@example.com"  # restored for the client
+    cid = first.json()["conversation_id"]
+    second = turn(gateway_ready, key, "/echo my other number is 0498 765 432", conversation_id=cid)
+    assert second.json()["reply"] == "/echo my other number is 0498 765 432"
+    sent = orjson.dumps(upstream_bodies[-1]).decode()
+    assert "0412" not in sent and "0498" not in sent and "jo@example.com" not in sent
+    shown = httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}", headers=_headers(key)).json()
+    stored = orjson.dumps(shown["turns"]).decode()
+    assert "0412" not in stored and "0498" not in stored and "jo@example.com" not in stored
+    assert "[AU_PHONE_1]" in shown["turns"][0]["text"] and "[AU_PHONE_2]" in shown["turns"][2]["text"]
+    raw = get_redis().get(contract.conversation_key(cid))
+    assert b"0412" not in raw and b"0498" not in raw
+
+
+def test_curl_runs_a_conversation(gateway_ready, acme, issue_key):
+    key = issue_key(acme)
+    script = textwrap.dedent(f"""\
+        curl -sS {gateway_ready.base_url}/v1/conversation \\
+          -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+          --data-binary @- <<'JSON'
+        {{"model": "{MODEL}", "message": "/echo G'day, I'm not happy with my bill", "channel": "voice",
+          "language": "en-AU", "customer_id": "cust-9"}}
+        JSON
+        """)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    answer = orjson.loads(done.stdout)
+    assert answer["reply"] == "/echo G'day, I'm not happy with my bill"
+    assert answer["sentiment"]["label"] == "negative"
+    cid = answer["conversation_id"]
+    close = subprocess.run(["curl", "-sS", "-X", "POST", f"{gateway_ready.base_url}/v1/conversations/{cid}/close",
+                            "-H", f"Authorization: Bearer {key}"], capture_output=True, text=True, timeout=60,
+                           check=True)
+    assert orjson.loads(close.stdout)["status"] == "closed"
