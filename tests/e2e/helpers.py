@@ -96,5 +96,24 @@ def keyboard_reaches(page, selector: str, *, max_tabs: int = 80) -> bool:
     return False
 
 
+def scroll_width(page) -> int:
+    return page.evaluate("document.documentElement.scrollWidth")
+
+
 def fits_width(page) -> bool:
-    return page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    """The document is no wider than the viewport the test set (390 px for a phone). Compared with that fixed
+    number, not ``window.innerWidth``: in mobile emulation the layout viewport grows to fit a too-wide page, so
+    the window would always "fit"."""
+    return scroll_width(page) <= page.viewport_size["width"]
+
+
+def phone_width_problems(page, width: int = 390) -> str | None:
+    """Render the current page at ``width`` px and say how wide the document is if it scrolls sideways; the
+    viewport is put back afterwards."""
+    previous = page.viewport_size
+    page.set_viewport_size({"width": width, "height": 844})
+    try:
+        wide = scroll_width(page)
+        return None if wide <= width else f"{page.url} is {wide}px wide at {width}px"
+    finally:
+        page.set_viewport_size(previous)
