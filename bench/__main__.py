@@ -31,6 +31,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--p9-requests", type=int, default=40, help="timed requests per P9 page")
     parser.add_argument("--p10-entries", type=int, default=1_000_000,
                         help="chained audit entries P10 verifies (kept for later runs)")
+    parser.add_argument("--p6-sockets", type=int, default=None,
+                        help="playground sockets P6 holds at once (default 500; 50 with --quick)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the gateway/simulator logs")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
                         help="the ASGI server the gateway runs under (default uvicorn)")
@@ -54,6 +56,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.p8 = "P8" in selected_in_process(keys)
         args.p9 = "P9" in selected_in_process(keys)
         args.p10 = "P10" in selected_in_process(keys)
+        args.p6 = "P6" in selected_in_process(keys)
     except ValueError as exc:
         parser.error(str(exc))
     return args
@@ -83,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p9_requests=args.p9_requests,
         p10=args.p10,
         p10_entries=args.p10_entries // (100 if args.quick else 1),
+        p6=args.p6,
+        p6_sockets=args.p6_sockets or (50 if args.quick else 500),
     )
     if args.serve:
         return _serve(args)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import audit_chain, console, ingest, redaction
+from bench import audit_chain, console, ingest, playground, redaction
 from bench.environment import (
     PYTHON,
     REPO_ROOT,
@@ -45,6 +45,8 @@ class Options:
     p9_requests: int = 40
     p10: bool = False
     p10_entries: int = 1_000_000
+    p6: bool = False
+    p6_sockets: int = playground.P6_SOCKETS
 
 
 @dataclass
@@ -127,6 +129,8 @@ class BenchRun:
         for workers in list(self.env.gateways):
             self._record_gateway_logs(workers)
             self.env.stop_gateway(workers)
+        if self.options.p6:
+            self._run_p6()
         if self.options.p7:
             self._run_p7()
         if self.options.p8:
@@ -272,6 +276,18 @@ class BenchRun:
         if "peak_upstream_running" in extra:
             text += f"  open upstream {extra['peak_upstream_running']}"
         return text
+
+    # --- P6 ----------------------------------------------------------------------------------------
+    def _run_p6(self) -> None:
+        settings = playground.P6Settings(sockets=self.options.p6_sockets)
+        self.log(f"\nP6: {playground.P6_TITLE} ({settings.sockets} sockets)")
+        verdict, results = playground.run(self.env, settings, log=self.log)
+        for result in results:
+            self.results.write("p6_run", result=result)
+        self._record_gateway_logs(1)
+        self.env.stop_gateway(1)
+        self.verdicts.append(verdict)
+        self.results.write("verdict", verdict=verdict)
 
     # --- P7 ----------------------------------------------------------------------------------------
     def _run_p7(self) -> None:

@@ -55,6 +55,12 @@ _FLOODING_REFUSALS = 20  # refused frames in a row before the connection is clos
 
 
 class PlaygroundConsumer(AsyncWebsocketConsumer):
+    # Not on the channel layer: nothing is ever sent to a playground socket through it (a reply goes from the
+    # dispatch to its own socket only), and a subscription per socket would cost a blocking Redis read each under
+    # channels-redis, whose read timeout under load ended the socket with an exception (``make bench`` P6 saw it
+    # at 50 sockets). Off the layer, no other process can address a playground socket at all.
+    channel_layer_alias = None
+
     async def connect(self) -> None:
         self.slug: str = self.scope["url_route"]["kwargs"]["slug"]
         self.access: PlaygroundAccess | None = None
