@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.functional import lazy
 from django.utils.html import escape, format_html
 
-from core import quotas
+from core import ccaas, quotas
 from inference.selectors import declared_models
 from tenants.models import ApiKey, Role, Tenant
 from tenants.validators import validate_abn
@@ -112,6 +112,53 @@ class RedactionForm(NoSuffixMixin, forms.Form):
                   "bank details, passport and licence numbers) are replaced by placeholders before a prompt "
                   "reaches the model. A request may also ask for it with the header x-wattle-redact: true.",
     )
+
+
+class ConversationSettingsForm(NoSuffixMixin, forms.Form):
+    """The conversation API's escalation rule, sentiment scorer and analytics sample (``core.sentiment``)."""
+
+    escalation_threshold = forms.FloatField(
+        label="Negative sentiment threshold", min_value=-1.0, max_value=1.0,
+        help_text="A customer turn scoring at or below this (from -1, very negative, to 1) counts as negative.")
+    escalation_turns = forms.IntegerField(
+        label="Negative turns in a row that escalate", min_value=0, max_value=20,
+        help_text="0 never escalates on sentiment alone (trigger phrases still do).")
+    escalation_phrases = forms.CharField(
+        label="Trigger phrases", required=False, widget=forms.Textarea(attrs={"rows": 6}),
+        help_text=f"One per line, up to {ccaas.MAX_ESCALATION_PHRASES}: a customer turn containing any of them, as "
+                  "whole words in any case, escalates at once.")
+    sentiment_scorer = forms.ChoiceField(label="Sentiment scorer", choices=Tenant.SentimentScorer.choices,
+                                         widget=forms.RadioSelect)
+    sentiment_model = forms.CharField(
+        label="Embedding model (for the embedding scorer)", required=False, max_length=200,
+        help_text="The turn is embedded with this model (billed like any embeddings request); if that fails, the "
+                  "lexicon scores it and the fallback is recorded.")
+    analytics_sample_percent = forms.IntegerField(
+        label="Post-call analytics sample (%)", min_value=0, max_value=100,
+        help_text="Percentage of closed conversations that get a summary and a QA score.")
+
+    def clean_escalation_phrases(self) -> str:
+        lines = [" ".join(line.split()) for line in self.cleaned_data.get("escalation_phrases", "").splitlines()]
+        phrases = [line for line in lines if line]
+        if len(phrases) > ccaas.MAX_ESCALATION_PHRASES:
+            raise ValidationError(f"Enter at most {ccaas.MAX_ESCALATION_PHRASES} phrases.")
+        if any(len(p) > ccaas.MAX_ESCALATION_PHRASE_CHARS for p in phrases):
+            raise ValidationError(f"Keep each phrase to {ccaas.MAX_ESCALATION_PHRASE_CHARS} characters.")
+        if any(not p.isprintable() for p in phrases):
+            raise ValidationError("Phrases are plain text.")
+        return "\n".join(phrases)
+
+    def clean(self):
+        cleaned = super().clean()
+        model = (cleaned.get("sentiment_model") or "").strip()
+        cleaned["sentiment_model"] = model
+        if cleaned.get("sentiment_scorer") == Tenant.SentimentScorer.EMBEDDING:
+            served = declared_models()
+            if not model:
+                self.add_error("sentiment_model", "Choose the embedding model the embedding scorer uses.")
+            elif served and model not in served:
+                self.add_error("sentiment_model", "No backend serves a model by that name.")
+        return cleaned
 
 
 class InviteForm(NoSuffixMixin, forms.Form):

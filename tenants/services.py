@@ -157,6 +157,41 @@ def tenant_redaction_set(*, tenant: Tenant, mode: str, actor: AbstractBaseUser |
     return tenant
 
 
+CONVERSATION_SETTINGS = ("escalation_threshold", "escalation_turns", "escalation_phrases", "sentiment_scorer",
+                         "sentiment_model", "analytics_sample_percent")
+
+
+@transaction.atomic
+def tenant_conversation_settings_set(*, tenant: Tenant, actor: AbstractBaseUser | None = None,
+                                     request: HttpRequest | None = None, **values: Any) -> Tenant:
+    """Set the conversation API's escalation rule, sentiment scorer and analytics sample (``CONVERSATION_SETTINGS``;
+    a field not given is left as it is). Validated by the model's own validators. Audited with what changed (the
+    phrases by count: they are the tenant's words, not needed to tell what changed); the tenant's record is
+    republished after commit, so the data plane decides by the new rule within a second."""
+    unknown = set(values) - set(CONVERSATION_SETTINGS)
+    if unknown:
+        raise ValueError(f"not a conversation setting: {', '.join(sorted(unknown))}")
+    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    changed: dict[str, Any] = {}
+    for name, value in values.items():
+        previous = getattr(tenant, name)
+        if previous != value:
+            changed[name] = ({"from": len(tenant.escalation_phrase_list), "to": None} if name == "escalation_phrases"
+                             else {"from": previous, "to": value})
+            setattr(tenant, name, value)
+    if not changed:
+        return tenant
+    tenant.full_clean(validate_unique=False, validate_constraints=False)
+    if "escalation_phrases" in changed:
+        changed["escalation_phrases"]["to"] = len(tenant.escalation_phrase_list)
+    tenant.save(update_fields=list(changed))
+    _audit(action="tenant.conversations.update", actor=actor, tenant=tenant, target=tenant, request=request,
+           data={"changed": changed})
+    transaction.on_commit(lambda: signals.tenant_changed.send(sender=Tenant, tenant=tenant),
+                          robust=True)  # a failure: the reconciliation heals it
+    return tenant
+
+
 @transaction.atomic
 def tenant_retention_set(*, tenant: Tenant, days: int, actor: AbstractBaseUser | None = None,
                          request: HttpRequest | None = None) -> Tenant:

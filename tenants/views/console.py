@@ -334,9 +334,18 @@ def tenant_settings(request, access):
     status = 200
     form = forms.TenantSettingsForm(initial=initial)
     redaction_form = forms.RedactionForm(initial={"redaction": tenant.redaction})
+    conversation_form = forms.ConversationSettingsForm(
+        initial={name: getattr(tenant, name) for name in services.CONVERSATION_SETTINGS})
     if request.method == "POST":
         access.require(Action.TENANT_UPDATE)
-        if request.POST.get("section") == "redaction":
+        if request.POST.get("section") == "conversations":
+            conversation_form = forms.ConversationSettingsForm(request.POST)
+            if conversation_form.is_valid():
+                services.tenant_conversation_settings_set(tenant=tenant, actor=request.user, request=request,
+                                                          **conversation_form.cleaned_data)
+                messages.success(request, "Conversation settings saved.")
+                return redirect("tenant_settings", tenant.slug)
+        elif request.POST.get("section") == "redaction":
             redaction_form = forms.RedactionForm(request.POST)
             if redaction_form.is_valid():
                 services.tenant_redaction_set(tenant=tenant, mode=redaction_form.cleaned_data["redaction"],
@@ -351,7 +360,8 @@ def tenant_settings(request, access):
                 return redirect("tenant_settings", tenant.slug)
         status = 400
     return render(request, "tenants/settings.html",
-                  {"tenant": tenant, "form": form, "redaction_form": redaction_form}, status=status)
+                  {"tenant": tenant, "form": form, "redaction_form": redaction_form,
+                   "conversation_form": conversation_form}, status=status)
 
 
 # --- account-level pages ---------------------------------------------------------------------------
