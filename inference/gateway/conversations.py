@@ -191,7 +191,8 @@ def public_view(state: dict) -> dict:
     for turn in state["turns"]:
         item = {"role": turn["role"], "text": turn.get("text"), "created": turn["time"]}
         if turn["role"] == "user":
-            item["sentiment"] = {"score": turn["sentiment"], "label": turn["label"]}
+            item["sentiment"] = {"score": turn["sentiment"], "label": turn["label"],
+                                 "scorer": turn.get("scorer", "lexicon"), "fallback": turn.get("fallback", "")}
         turns.append(item)
     return {
         "id": state["id"], "object": "conversation", "status": state["status"], "model": state["model"],

@@ -352,3 +352,44 @@ def test_curl_runs_a_conversation(gateway_ready, acme, issue_key):
                             "-H", f"Authorization: Bearer {key}"], capture_output=True, text=True, timeout=60,
                            check=True)
     assert orjson.loads(close.stdout)["status"] == "closed"
+
+
+EMBEDDER = "intfloat/e5-mistral-7b-instruct"  # the simulator's embedding model
+
+
+@pytest.fixture
+def embedding_scorer(acme, django_capture_on_commit_callbacks, unthrottled):
+    from tenants.services import tenant_conversation_settings_set
+
+    unthrottled(acme)
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_conversation_settings_set(tenant=acme, sentiment_scorer="embedding", sentiment_model=EMBEDDER)
+
+
+def test_the_embedding_scorer_embeds_through_the_dispatch_billed_to_the_key(gateway_ready, acme, issue_key,
+                                                                           embedding_scorer):
+    from core import sentiment
+
+    sentiment.ANCHORS.clear()
+    key = issue_key(acme)
+    answer = turn(gateway_ready, key, "/echo I'm not happy at all")
+    assert answer.status_code == 200, answer.text
+    cid = answer.json()["conversation_id"]
+    shown = httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}", headers=_headers(key)).json()
+    assert shown["turns"][0]["sentiment"]["scorer"] == "embedding"
+    assert shown["turns"][0]["sentiment"]["fallback"] == ""
+    turn(gateway_ready, key, "/echo thanks", conversation_id=cid)
+    events = ingested(5)  # anchors once, each turn's embedding, each turn's chat completion
+    assert sorted(e.endpoint for e in events) == ["chat.completions"] * 2 + ["embeddings"] * 3
+    assert {e.key_id for e in events} == {key.split("_")[1]}
+
+
+def test_a_failing_embedding_falls_back_to_the_lexicon_and_says_why(gateway_ready, acme, issue_key,
+                                                                   embedding_scorer):
+    key = issue_key(acme, allowed_models=[MODEL])  # the key may not use the embedding model
+    answer = turn(gateway_ready, key, "/echo I'm not happy at all")
+    assert answer.status_code == 200 and answer.json()["sentiment"]["label"] == "negative"
+    cid = answer.json()["conversation_id"]
+    scored = httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}",
+                       headers=_headers(key)).json()["turns"][0]["sentiment"]
+    assert scored["scorer"] == "lexicon" and scored["fallback"] == "embedding_failed: 403 model_not_allowed"
