@@ -422,9 +422,10 @@ class TranscriptRecord:
     conversation_id: str = ""
     turn: int = 0
     status: int = 200
+    v: int = VERSION
 
     def encode(self) -> bytes:
-        return orjson.dumps({"v": VERSION, **asdict(self)})
+        return orjson.dumps(self)  # orjson encodes a dataclass natively (a tenth of asdict's cost)
 
     @classmethod
     def decode(cls, raw: bytes | str) -> TranscriptRecord:

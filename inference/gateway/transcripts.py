@@ -181,25 +181,36 @@ class ReplyCapture:
 
 def reply_text(endpoint: str, parts: list[bytes]) -> str:
     """The generated text of an answer's bytes: chat ``message.content`` / ``delta.content`` or completions
-    ``text``, per choice in index order (several choices separated by a blank line)."""
+    ``text``, per choice in index order (several choices separated by a blank line). A stream's events are parsed
+    in one go (their payloads joined into one JSON array): a third of the cost of parsing each."""
     chat = endpoint == "chat.completions"
     choices: dict[int, list[str]] = {}
+    events: list[bytes] = []
     for part in parts:
-        if not part.startswith(b"{"):  # SSE events (a JSON answer is one object)
-            for line in part.split(b"\n\n"):
-                line = line.strip()
-                if line.startswith(b"data: {"):
-                    _take(choices, line[6:], "delta" if chat else None, chat)
-        else:
-            _take(choices, part, "message" if chat else None, chat)
+        if part.startswith(b"{"):  # a whole JSON answer
+            _take(choices, _loads(part), "message" if chat else None, chat)
+            continue
+        for line in part.split(b"\n\n"):
+            line = line.strip()
+            if line.startswith(b"data: {"):
+                events.append(line[6:])
+    if events:
+        chunks = _loads(b"[" + b",".join(events) + b"]")
+        if not isinstance(chunks, list):  # one malformed event: parse them one by one
+            chunks = [_loads(event) for event in events]
+        for chunk in chunks:
+            _take(choices, chunk, "delta" if chat else None, chat)
     return "\n\n".join("".join(choices[index]) for index in sorted(choices))
 
 
-def _take(choices: dict[int, list[str]], raw: bytes, holder_key: str | None, chat: bool) -> None:
+def _loads(raw: bytes):
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return
+        return None
+
+
+def _take(choices: dict[int, list[str]], data, holder_key: str | None, chat: bool) -> None:
     if not isinstance(data, dict):
         return
     for choice in data.get("choices") or ():

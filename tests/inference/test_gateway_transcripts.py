@@ -103,3 +103,50 @@ def access_lines(monkeypatch) -> list[dict]:
     lines: list[dict] = []
     monkeypatch.setattr(gateway.access_log, "write", lambda line: lines.append(orjson.loads(line)))
     return lines
+
+
+def test_reply_text_joins_stream_pieces_per_choice_and_survives_a_malformed_event():
+    from inference.gateway.transcripts import reply_text
+
+    def event(index, text):
+        return b'data: {"choices":[{"index":%d,"delta":{"content":"%s"}}]}\n\n' % (index, text.encode())
+
+    parts = [event(0, "Hel") + event(1, "Wor"), event(0, "lo") + b"data: {not json\n\n" + event(1, "ld")]
+    assert reply_text("chat.completions", parts) == "Hello\n\nWorld"
+    answer = b'{"choices":[{"index":0,"text":"done"}]}'
+    assert reply_text("completions", [answer]) == "done"
+    assert reply_text("chat.completions", []) == ""
+
+
+def test_emit_transcript_queues_nothing_without_retention_or_an_emitter(monkeypatch):
+    from inference.gateway import transcripts
+
+    sent = []
+
+    class Emitter:
+        def emit(self, record):
+            sent.append(record)
+
+    monkeypatch.setattr(transcripts, "_emitter", None)
+    assert not transcripts.emit_transcript(tenant="t", retention_days=30, request_id="r", prompt=[], reply="")
+    monkeypatch.setattr(transcripts, "_emitter", Emitter())
+    assert not transcripts.emit_transcript(tenant="t", retention_days=0, request_id="r", prompt=[], reply="")
+    assert transcripts.emit_transcript(tenant="t", retention_days=9, request_id="r", prompt=[], reply="hi",
+                                       kind="conversation_turn", conversation_id="c1", turn=3)
+    assert [(r.kind, r.conversation_id, r.turn, r.retention_days) for r in sent] == [("conversation_turn", "c1", 3, 9)]
+    assert contract.TranscriptRecord.decode(sent[0].encode()) == sent[0]
+
+
+def test_a_caller_that_keeps_its_own_content_is_not_captured_twice():
+    from inference.gateway.auth import KeyRecord
+    from inference.gateway.exchange import RequestContext
+    from inference.gateway.transcripts import wants_capture
+
+    ctx = RequestContext("chat.completions", "req_x")
+    ctx.key = KeyRecord(key_id="k", tenant="t-1", tenant_status="active", hash="", scopes=frozenset(),
+                        models=frozenset(), expires=None, revoked=False, retention_days=7)
+    assert wants_capture(ctx)
+    ctx.retain = False  # the conversation API emits its turns itself
+    assert not wants_capture(ctx)
+    ctx.retain, ctx.endpoint = True, "embeddings"
+    assert not wants_capture(ctx)
