@@ -30,7 +30,7 @@ STREAM_ERROR_FRAME = (
 )
 DEFAULT_KNOBS = {
     "ttft_ms": 0, "tpot_ms": 0, "max_num_seqs": 256, "error_rate": 0, "abort_after_tokens": None, "down": False,
-    "startup_delay_s": 0, "stamp_chunks": False,
+    "startup_delay_s": 0, "stamp_chunks": False, "invalid_structured_outputs": 0,
 }  # fmt: skip
 
 
