@@ -7,8 +7,7 @@ meta-schema, documents exactly the routes the gateway serves (``inference.gatewa
 schema lists exactly the fields validation accepts (``inference.gateway.validation.ALLOWED_FIELDS``).
 
 Adding an endpoint: write a function returning its path items (see ``_models_paths``), add it to ``SECTIONS``,
-and add the route to ``ROUTES``; the tests fail until both agree. Conversations (``/v1/conversation``) are added
-that way once the gateway serves them.
+and add the route to ``ROUTES``; the tests fail until both agree.
 
 Django-free except for settings (the server URL), so the data plane can import it.
 """
@@ -358,8 +357,105 @@ def _self_paths() -> dict[str, Schema]:
                       **_errors(405)}}}}
 
 
-# Each returns path items; the document is their union. Add conversations here once the gateway serves them.
-SECTIONS: list[Callable[[], dict[str, Schema]]] = [_generation_paths, _models_paths, _self_paths]
+# --- conversations (inference.gateway.conversations, docs/conversations.md) ---------------------------------
+_SENTIMENT = {"type": "object", "required": ["score", "label"], "properties": {
+    "score": {"type": "number", "minimum": -1, "maximum": 1, "description": "-1 very negative, 1 very positive."},
+    "label": {"type": "string", "enum": ["negative", "neutral", "positive"]}}}
+_ESCALATION_REASON = {"type": "string", "enum": ["", "trigger_phrase", "negative_sentiment"]}
+_SCHEMAS.update({
+    "ConversationTurnRequest": {
+        "type": "object", "additionalProperties": True, "required": ["message"],
+        "description": "One customer turn. Without `conversation_id` it starts a conversation (then `model` is "
+                       "required); `channel`, `language`, `customer_id` and `metadata` are set by the first turn "
+                       "and may only be repeated unchanged.",
+        "properties": {
+            "message": {"type": "string", "minLength": 1, "maxLength": 8000, "description": "The customer's text."},
+            "conversation_id": {"type": "string", "description": "Continue this conversation."},
+            "model": {"type": "string", "description": "The chat model; a later turn may switch it."},
+            "channel": {"type": "string", "enum": ["voice", "webchat", "whatsapp", "sms", "email"],
+                        "default": "webchat"},
+            "language": {"type": "string", "default": "en-AU", "description": "A BCP 47 tag such as en-AU."},
+            "customer_id": {"type": "string", "pattern": "^[A-Za-z0-9._:@+\\-]{1,64}$",
+                            "description": "Your id for the customer; never sent to the model."},
+            "metadata": {"type": "object", "description": "Up to 2048 bytes of JSON, kept with the conversation."},
+            "stream": {"type": "boolean", "default": False,
+                       "description": "Server-sent events: the model's `chat.completion.chunk`s, then the "
+                                      "`conversation.turn`, then `data: [DONE]`."},
+        }},
+    "ConversationTurn": {
+        "type": "object",
+        "required": ["id", "object", "conversation_id", "reply", "sentiment", "escalate", "usage"],
+        "properties": {
+            "id": {"type": "string", "description": "The turn's request id (its usage record)."},
+            "object": {"const": "conversation.turn"}, "created": {"type": "integer"},
+            "conversation_id": {"type": "string"}, "model": {"type": "string"}, "reply": {"type": "string"},
+            "sentiment": _SENTIMENT,
+            "escalate": {"type": "object", "required": ["flag", "reason"], "properties": {
+                "flag": {"type": "boolean", "description": "Hand the conversation to a person (stays true)."},
+                "reason": _ESCALATION_REASON}},
+            "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"},
+                                                       "completion_tokens": {"type": "integer"},
+                                                       "total_tokens": {"type": "integer"}}},
+        }},
+    "Conversation": {
+        "type": "object", "required": ["id", "object", "status", "turns", "sentiment_trail", "escalation"],
+        "properties": {
+            "id": {"type": "string"}, "object": {"const": "conversation"},
+            "status": {"type": "string", "enum": ["open", "closed"]}, "model": {"type": "string"},
+            "channel": {"type": "string"}, "language": {"type": "string"},
+            "customer_id": {"type": ["string", "null"]}, "created": {"type": "number"},
+            "updated": {"type": "number"}, "closed_at": {"type": ["number", "null"]},
+            "metadata": {"type": "object"},
+            "turns": {"type": "array", "items": {"type": "object", "properties": {
+                "role": {"type": "string", "enum": ["user", "assistant"]},
+                "text": {"type": ["string", "null"], "description": "As stored (redacted where redaction was on); "
+                                                                    "null once closed."},
+                "created": {"type": "number"}, "sentiment": _SENTIMENT}}},
+            "sentiment_trail": {"type": "array", "items": {"type": "number"}},
+            "escalation": {"type": "object", "properties": {
+                "flag": {"type": "boolean"}, "reason": _ESCALATION_REASON, "detail": {"type": "string"},
+                "turn": {"type": ["integer", "null"]}, "at": {"type": ["number", "null"]}}},
+        }},
+})
+_PARAMETERS["ConversationId"] = {"name": "conversation_id", "in": "path", "required": True,
+                                 "schema": {"type": "string"}, "description": "The id a turn returned."}
+_ERRORS[409] = ("The conversation is closed (`conversation_closed`) or another turn of it held it too long "
+                "(`conversation_busy`).")
+
+
+def _conversation_paths() -> dict[str, Schema]:
+    ok = {"x-request-id": {"$ref": "#/components/headers/x-request-id"}}
+    one = {"$ref": "#/components/parameters/ConversationId"}
+    turn = _generation("conversation", "One customer turn: reply, sentiment, escalation", "ConversationTurnRequest",
+                       "ConversationTurn", "ConversationTurn")
+    turn["post"]["tags"] = ["Conversations"]
+    turn["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"]["description"] = (
+        "With `stream: true`: server-sent events `data: <ChatCompletionChunk>` as the model writes, then one "
+        "`data: <ConversationTurn>` (reply, sentiment, escalation, usage), then `data: [DONE]`.")
+    turn["post"]["responses"]["200"]["headers"]["x-wattle-conversation-id"] = {
+        "description": "The conversation's id (also in the body).", "schema": {"type": "string"}}
+    turn["post"]["responses"].update(_errors(409))
+    return {
+        "/v1/conversation": turn,
+        "/v1/conversations/{conversation_id}": {"get": {
+            "operationId": "conversations_retrieve", "summary": "A conversation: turns, sentiment, escalation",
+            "tags": ["Conversations"], "parameters": [one],
+            "responses": {"200": {"description": "The conversation.", "headers": ok,
+                                  "content": {"application/json": {"schema": _ref("Conversation")}}},
+                          **_errors(401, 402, 403, 404, 405, 500)}}},
+        "/v1/conversations/{conversation_id}/close": {"post": {
+            "operationId": "conversations_close", "summary": "Close a conversation", "tags": ["Conversations"],
+            "parameters": [one],
+            "responses": {"200": {"description": "The closed conversation (its text is no longer kept here).",
+                                  "headers": ok,
+                                  "content": {"application/json": {"schema": _ref("Conversation")}}},
+                          **_errors(401, 402, 403, 404, 405, 409, 500)}}},
+    }
+
+
+# Each returns path items; the document is their union.
+SECTIONS: list[Callable[[], dict[str, Schema]]] = [_generation_paths, _models_paths, _conversation_paths,
+                                                   _self_paths]
 
 
 def document() -> dict[str, Any]:
@@ -390,7 +486,7 @@ def document() -> dict[str, Any]:
         },
         "servers": [{"url": base, "description": "Wattle, Sydney"}],
         "security": [{"bearer": []}],
-        "tags": [{"name": "Inference"}, {"name": "Models"}, {"name": "Meta"}],
+        "tags": [{"name": "Inference"}, {"name": "Models"}, {"name": "Conversations"}, {"name": "Meta"}],
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "wtl_<id>_<secret>",

@@ -60,6 +60,9 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/v1/models": ("GET", "HEAD"),
     "/v1/models/{model}": ("GET", "HEAD"),
     "/v1/openapi.json": ("GET", "HEAD"),
+    "/v1/conversation": ("POST",),
+    "/v1/conversations/{conversation_id}": ("GET", "HEAD"),
+    "/v1/conversations/{conversation_id}/close": ("POST",),
 }
 _STREAM_FAILED_FRAME = (
     b'data: {"error": {"message": "The model backend failed while streaming.", "type": "server_error", '

@@ -376,20 +376,17 @@ class ConversationAPI:
                 return
             await self._turn(scope, receive, send)
             return
-        match = _PATH.fullmatch(path)
-        if match is None:
-            await self.gateway._send_error(send, GatewayError(404, f"Unknown endpoint {errors.excerpt(path)}.",
-                                                              code="unknown_url"))
-            return
-        conversation_id, close = match.group(1), bool(match.group(2))
-        wanted = "POST" if close else "GET"
-        if method != wanted and not (wanted == "GET" and method == "HEAD"):
-            await self.gateway._send_error(send, GatewayError(405, f"Use {wanted} for this endpoint.",
-                                                              code="method_not_allowed"))
-            return
         ctx = RequestContext("conversations", self.gateway.next_request_id())
         try:
+            # The key first: without one, nothing about these paths is told.
             ctx.key = await self.gateway.auth.authenticate(dict(scope["headers"]).get(b"authorization"))
+            match = _PATH.fullmatch(path)
+            if match is None:
+                raise GatewayError(404, f"Unknown endpoint {errors.excerpt(path)}.", code="unknown_url")
+            conversation_id, close = match.group(1), bool(match.group(2))
+            wanted = "POST" if close else "GET"
+            if method != wanted and not (wanted == "GET" and method == "HEAD"):
+                raise GatewayError(405, f"Use {wanted} for this endpoint.", code="method_not_allowed")
             if close:
                 body = await self._close(ctx, conversation_id)
             else:
