@@ -9,6 +9,7 @@ import time
 import orjson
 import pytest
 
+from core import contract
 from core.keys import ANALYTICS_KEY_ID
 from core.redis import get_redis
 from inference import analytics
@@ -27,14 +28,16 @@ TURNS = [
 
 
 def close_conversation(tenant, conversation_id: str, *, turns=TURNS, escalated=False, channel="webchat") -> str:
-    """Put a closed-conversation record on the stream, as the data plane does on close; returns the entry id."""
-    record = {
-        "v": 1, "tenant": str(tenant.pk), "conversation_id": conversation_id, "key_id": "abcdefghijkl",
-        "model": MODEL, "channel": channel, "language": "en-AU", "customer_id": "cust-42", "turns": turns,
-        "escalated": escalated, "escalation_reason": "negative_sentiment" if escalated else "",
-        "opened": time.time() - 60, "closed": time.time(), "metadata": {"queue": "billing"},
-    }
-    entry = get_redis().xadd(analytics.closed_conversation_stream(), {"c": orjson.dumps(record)})
+    """Put a closed-conversation record on the stream as the data plane does on close (the contract's record, in
+    an entry's ``e`` field); returns the entry id."""
+    record = contract.ClosedConversation(
+        conversation_id=conversation_id, tenant=str(tenant.pk), key_id="abcdefghijkl", model=MODEL, channel=channel,
+        language="en-AU", opened=time.time() - 60, closed=time.time(),
+        turns=tuple(contract.ConversationTurn.from_dict(t) for t in turns), customer_id="cust-42",
+        escalated=escalated, escalation_reason="negative_sentiment" if escalated else "",
+        metadata={"queue": "billing"},
+    )
+    entry = get_redis().xadd(analytics.closed_conversation_stream(), {"e": record.encode()})
     return entry.decode()
 
 
