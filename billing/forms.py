@@ -103,10 +103,11 @@ class ModelPriceForm(NoSuffixMixin, forms.Form):
     model = forms.ChoiceField(label="Model", choices=[], error_messages={
         "invalid_choice": "%(value)s is not a model the backends serve: choose one from the list.",
         "required": "Choose a model."})
-    input_per_1k_aud = forms.DecimalField(label="Input, A$ per 1,000 tokens", min_value=Decimal(0), max_digits=10,
-                                          decimal_places=6)
-    output_per_1k_aud = forms.DecimalField(label="Output, A$ per 1,000 tokens", min_value=Decimal(0),
-                                           max_digits=10, decimal_places=6)
+    # Entered per million tokens, as every page shows prices; stored per 1,000 with six decimals (three here).
+    input_per_1m_aud = forms.DecimalField(label="Input, A$ per 1M tokens", min_value=Decimal(0), max_digits=10,
+                                          decimal_places=3, help_text="Up to three decimals, GST exclusive.")
+    output_per_1m_aud = forms.DecimalField(label="Output, A$ per 1M tokens", min_value=Decimal(0), max_digits=10,
+                                           decimal_places=3, help_text="Up to three decimals, GST exclusive.")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -116,6 +117,12 @@ class ModelPriceForm(NoSuffixMixin, forms.Form):
                                         *((m, f"{m} (priced, not served now)") for m in priced)]
         if not served:
             self.fields["model"].help_text = "No backend serves a model yet: add a backend first."
+
+    def price(self) -> dict:
+        """The cleaned price as ``services.model_price_set`` takes it (per 1,000 tokens)."""
+        return {"model": self.cleaned_data["model"],
+                "input_per_1k_aud": self.cleaned_data["input_per_1m_aud"] / 1000,
+                "output_per_1k_aud": self.cleaned_data["output_per_1m_aud"] / 1000}
 
 
 class PlanModelPriceForm(NoSuffixMixin, forms.Form):

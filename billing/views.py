@@ -71,8 +71,9 @@ def plans(request):
     if model := request.GET.get("model"):
         price = selectors.model_price(model=model)
         if price is not None:
-            price_form = ModelPriceForm(initial={"model": price.model, "input_per_1k_aud": price.input_per_1k_aud,
-                                                 "output_per_1k_aud": price.output_per_1k_aud})
+            per_1m = pricing.from_model_price(price)
+            price_form = ModelPriceForm(initial={"model": price.model, "input_per_1m_aud": per_1m.input.normalize(),
+                                                 "output_per_1m_aud": per_1m.output.normalize()})
     return render(request, "billing/staff/plans.html", _plans_context(price_form=price_form))
 
 
@@ -165,7 +166,7 @@ def price_set(request):
     form = ModelPriceForm(request.POST)
     if not form.is_valid():
         return render(request, "billing/staff/plans.html", _plans_context(price_form=form), status=400)
-    services.model_price_set(actor=request.user, request=request, **form.cleaned_data)
+    services.model_price_set(actor=request.user, request=request, **form.price())
     messages.success(request, f"Price of {form.cleaned_data['model']} saved.")
     return redirect("staff_plans")
 

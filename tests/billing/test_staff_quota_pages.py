@@ -219,8 +219,8 @@ def test_staff_set_model_prices(staff_client, staff, django_capture_on_commit_ca
 
     Backend.objects.create(name="syd-1", base_url="http://10.0.0.5:8000", served_models=[MODEL])
     with django_capture_on_commit_callbacks(execute=True):
-        response = staff_client.post("/staff/prices/", {"model": MODEL, "input_per_1k_aud": "0.004",
-                                                        "output_per_1k_aud": "0.012"})
+        response = staff_client.post("/staff/prices/", {"model": MODEL, "input_per_1m_aud": "4",
+                                                        "output_per_1m_aud": "12"})
     assert response.status_code == 302
     price = ModelPrice.objects.get(model=MODEL)
     assert (price.input_per_1k_aud, price.output_per_1k_aud) == (Decimal("0.004"), Decimal("0.012"))
@@ -228,9 +228,11 @@ def test_staff_set_model_prices(staff_client, staff, django_capture_on_commit_ca
     assert AuditEntry.objects.filter(action="price.update", actor=staff).exists()
     form = staff_client.get(f"/staff/plans/?model={MODEL}").context["price_form"]
     assert form.initial["model"] == MODEL
-    for bad in ({"model": "has space", "input_per_1k_aud": "1", "output_per_1k_aud": "1"},
-                {"model": MODEL, "input_per_1k_aud": "-1", "output_per_1k_aud": "1"},
-                {"model": MODEL, "input_per_1k_aud": "cheap", "output_per_1k_aud": "1"},
+    assert (form.initial["input_per_1m_aud"], form.initial["output_per_1m_aud"]) == (4, 12)  # per 1M, as shown
+    for bad in ({"model": "has space", "input_per_1m_aud": "1", "output_per_1m_aud": "1"},
+                {"model": MODEL, "input_per_1m_aud": "0.0001", "output_per_1m_aud": "1"},  # finer than stored
+                {"model": MODEL, "input_per_1m_aud": "-1", "output_per_1m_aud": "1"},
+                {"model": MODEL, "input_per_1m_aud": "cheap", "output_per_1m_aud": "1"},
                 {"model": MODEL}):
         assert staff_client.post("/staff/prices/", bad).status_code == 400
     assert ModelPrice.objects.get(model=MODEL).input_per_1k_aud == Decimal("0.004")

@@ -105,8 +105,8 @@ def test_price_form_offers_served_and_already_priced_models(staff_client, served
 
 @pytest.mark.parametrize("model", ["gpt-4o", "", "retired"])
 def test_price_for_an_unknown_model_is_refused(staff_client, served, model):
-    response = staff_client.post("/staff/prices/", {"model": model, "input_per_1k_aud": "0.001",
-                                                    "output_per_1k_aud": "0.002"})
+    response = staff_client.post("/staff/prices/", {"model": model, "input_per_1m_aud": "0.001",
+                                                    "output_per_1m_aud": "0.002"})
     assert response.status_code == 400
     assert response.context["price_form"].errors["model"]
     assert not ModelPrice.objects.exists()
@@ -114,12 +114,12 @@ def test_price_for_an_unknown_model_is_refused(staff_client, served, model):
 
 def test_price_for_a_probed_model_is_saved(staff_client, served, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        response = staff_client.post("/staff/prices/", {"model": PROBED, "input_per_1k_aud": "0.001",
-                                                        "output_per_1k_aud": "0.002"})
+        response = staff_client.post("/staff/prices/", {"model": PROBED, "input_per_1m_aud": "0.001",
+                                                        "output_per_1m_aud": "0.002"})
     assert response.status_code == 302 and ModelPrice.objects.filter(model=PROBED).exists()
 
 
 def test_tenants_cannot_set_prices(owner_client, served):
-    response = owner_client.post("/staff/prices/", {"model": SERVED, "input_per_1k_aud": "0",
-                                                    "output_per_1k_aud": "0"})
+    response = owner_client.post("/staff/prices/", {"model": SERVED, "input_per_1m_aud": "0",
+                                                    "output_per_1m_aud": "0"})
     assert response.status_code in (302, 403, 404) and not ModelPrice.objects.exists()
