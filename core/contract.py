@@ -83,7 +83,9 @@ def prices_key() -> str:
 
 
 def backend_health_key(name: str) -> str:
-    """A backend's last health check, as the staff console shows it (control plane only)."""
+    """A backend's live state as the data plane sees it (JSON written by each gateway worker after its probes,
+    ``BackendPool.health_record``; the control plane's probe fills in only when none has), read by the staff
+    console and by the forms and pages that list the served models (``inference.selectors``)."""
     return key("backend_health", name)
 
 
