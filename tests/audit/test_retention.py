@@ -220,3 +220,12 @@ def test_offboarding_destroys_content_and_schedules_the_key(db, acme, bluegum, l
     assert not TenantDataKey.objects.filter(tenant=acme).exists()
     assert TenantDataKey.objects.filter(tenant=bluegum).exists()
     assert AuditEntry.objects.get(action="retention.key_shredded").data["data_key"] == str(key.pk)
+
+
+def test_the_transcript_kms_key_is_held_to_the_allowed_regions(settings):
+    """R-REG: the residency check covers the key that wraps transcript data keys (by its setting's suffix)."""
+    from audit.residency import KMS_KEY_SUFFIX, check_kms_keys, configured
+
+    settings.AUDIT_TRANSCRIPT_KMS_KEY_ID = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    problems = check_kms_keys([item for item in configured(KMS_KEY_SUFFIX) if item[0] == "AUDIT_TRANSCRIPT_KMS_KEY_ID"])
+    assert [p.id for p in problems] == ["audit.E102"] and "AUDIT_TRANSCRIPT_KMS_KEY_ID" in problems[0].msg
