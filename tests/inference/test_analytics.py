@@ -207,3 +207,19 @@ def test_content_erase_blanks_summary_and_reasons(sampled_all, backend, simulato
     assert analysis.summary == "" and all(v["reason"] == "" for v in analysis.rubric.values())
     assert analysis.qa_score is not None  # the decision's outcome stays
     assert Conversation.objects.get(conversation_id="c-8").metadata == {}
+
+
+def test_a_suspended_tenant_is_refused_like_any_request(sampled_all, backend, simulator, bridge, settings,
+                                                        django_capture_on_commit_callbacks):
+    from tenants.services import tenant_set_status
+
+    settings.INFERENCE_ANALYTICS_MAX_ATTEMPTS = 1
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_set_status(tenant=sampled_all, status="suspended", reason="unpaid")
+    before = chat_requests(simulator)
+    close_conversation(sampled_all, "c-9")
+    run_ingest(django_capture_on_commit_callbacks)
+    analysis = ConversationAnalysis.objects.get(conversation__conversation_id="c-9")
+    assert analysis.status == "failed" and "(402)" in analysis.failure_reason
+    assert chat_requests(simulator) == before  # refused before any model call
+    assert Conversation.objects.filter(conversation_id="c-9").exists()  # the record is kept all the same
