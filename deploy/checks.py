@@ -265,10 +265,17 @@ def check_gpu(docs: list[dict]) -> list[str]:
 
 
 def check_non_root(docs: list[dict]) -> list[str]:
-    """Every container runs as a non-root user without privilege escalation and with no capabilities."""
+    """Every container runs as a non-root user without privilege escalation, capabilities or host access, under
+    the RuntimeDefault seccomp profile: what the namespace's "restricted" Pod Security level admits."""
     problems = []
     for doc in docs:
         for pod in pod_specs(doc):
+            for field in ("hostNetwork", "hostPID", "hostIPC"):
+                if pod.get(field):
+                    problems.append(f"{_name(doc)}: {field}")
+            for volume in pod.get("volumes", []):
+                if "hostPath" in volume:
+                    problems.append(f"{_name(doc)}: hostPath volume {volume.get('name')}")
             pod_ctx = pod.get("securityContext", {})
             for container in [*pod.get("containers", []), *pod.get("initContainers", [])]:
                 ctx = {**pod_ctx, **container.get("securityContext", {})}
@@ -283,6 +290,8 @@ def check_non_root(docs: list[dict]) -> list[str]:
                     problems.append(f"{where}: capabilities are not all dropped")
                 if ctx.get("privileged"):
                     problems.append(f"{where}: privileged")
+                if ctx.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+                    problems.append(f"{where}: no RuntimeDefault seccomp profile")
     return problems
 
 

@@ -187,6 +187,12 @@ def test_large_model_is_tensor_parallel_over_a_p5(rendered):
      lambda d: container(d)["securityContext"]["capabilities"].update(drop=[]), "capabilities"),
     ("CronJob", "wattle-migrate",
      lambda d: d["spec"]["jobTemplate"]["spec"]["template"]["spec"].pop("securityContext"), "runAsNonRoot"),
+    ("Deployment", "wattle-beat",
+     lambda d: d["spec"]["template"]["spec"]["securityContext"].pop("seccompProfile"), "seccomp"),
+    ("Deployment", "vllm-mistral-large", lambda d: d["spec"]["template"]["spec"].update(hostNetwork=True),
+     "hostNetwork"),
+    ("Deployment", "vllm-mistral-large", lambda d: d["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "nvme", "hostPath": {"path": "/mnt/nvme"}}), "hostPath volume nvme"),
 ])
 def test_non_root_everywhere(docs, kind, name, breakage, expected):
     breakage(find(docs, kind, name))
