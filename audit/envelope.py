@@ -37,6 +37,10 @@ class DecryptionError(Exception):
     """The content or the key doesn't decrypt under this tenant's context (tampered, moved, or shredded)."""
 
 
+class KeyServiceUnavailable(Exception):
+    """KMS could not be asked (network, throttling, permissions): try again later; nothing was decided."""
+
+
 def _context(tenant_id: str) -> dict[str, str]:
     return {"tenant": str(tenant_id)}
 
@@ -86,7 +90,12 @@ def generate(tenant_id: str) -> tuple[bytes, bytes, str, str]:
     """A new data key for ``tenant_id``: (plaintext, wrapped, provider, wrapping key reference)."""
     cmk = settings.AUDIT_TRANSCRIPT_KMS_KEY_ID
     if cmk:
-        answer = _kms().generate_data_key(KeyId=cmk, KeySpec="AES_256", EncryptionContext=_context(tenant_id))
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            answer = _kms().generate_data_key(KeyId=cmk, KeySpec="AES_256", EncryptionContext=_context(tenant_id))
+        except (BotoCoreError, ClientError) as exc:
+            raise KeyServiceUnavailable(exc.__class__.__name__) from None
         return answer["Plaintext"], answer["CiphertextBlob"], TenantDataKey.Provider.KMS, answer["KeyId"]
     kek = _local_kek()
     plaintext = os.urandom(32)
@@ -100,7 +109,7 @@ def unwrap(tenant_id: str, provider: str, wrapped: bytes, wrapping_key: str = ""
     tenant's."""
     wrapped = bytes(wrapped)
     if provider == TenantDataKey.Provider.KMS:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             answer = _kms().decrypt(CiphertextBlob=wrapped, EncryptionContext=_context(tenant_id),
@@ -108,7 +117,9 @@ def unwrap(tenant_id: str, provider: str, wrapped: bytes, wrapping_key: str = ""
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("InvalidCiphertextException", "IncorrectKeyException"):
                 raise DecryptionError("the data key is not this tenant's") from None
-            raise
+            raise KeyServiceUnavailable(exc.__class__.__name__) from None
+        except BotoCoreError as exc:
+            raise KeyServiceUnavailable(exc.__class__.__name__) from None
         return answer["Plaintext"]
     try:
         return AESGCM(_local_kek()).decrypt(wrapped[:_NONCE], wrapped[_NONCE:], _context_bytes(tenant_id))

@@ -81,9 +81,11 @@ def _known_tenant(tenant_id: str) -> bool:
 
 def _data_key_for(tenant_id: str, keys: dict) -> TenantDataKey | None:
     if tenant_id not in keys:
+        if not _known_tenant(tenant_id):
+            keys[tenant_id] = None  # not a tenant (or not even a tenant id): never a poison batch
+            return None
         key = envelope.active_data_key(tenant_id, create=False)
-        if key is None and not TenantDataKey.objects.filter(tenant_id=tenant_id).exists() and _known_tenant(
-                tenant_id):
+        if key is None and not TenantDataKey.objects.filter(tenant_id=tenant_id).exists():
             # Retention turned on without a key (it was on before keys existed): make one now.
             key = envelope.data_key_create(tenant_id)
         keys[tenant_id] = key

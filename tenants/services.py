@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from audit import transcripts as retention
+from audit.envelope import KeyServiceUnavailable
 from audit.services import record
 from core import quotas
 from core.proxies import request_client_ip
@@ -208,7 +209,11 @@ def tenant_retention_set(*, tenant: Tenant, days: int, actor: AbstractBaseUser |
     if previous == days:
         return tenant
     if days > 0:
-        retention.data_key_ensure(tenant=tenant)
+        try:
+            retention.data_key_ensure(tenant=tenant)
+        except KeyServiceUnavailable:
+            raise ValidationError({"retention_days": "The encryption key service can't be reached, so retention "
+                                                     "wasn't turned on. Try again in a few minutes."}) from None
     tenant.retention_days = days
     tenant.save(update_fields=["retention_days"])
     shortened = retention.retention_shorten(tenant=tenant, days=days) if 0 < days < previous else 0

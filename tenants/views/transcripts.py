@@ -14,7 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from audit import transcripts as retention
-from audit.envelope import DecryptionError
+from audit.envelope import DecryptionError, KeyServiceUnavailable
 from audit.models import Transcript
 from tenants import selectors, services
 from tenants.permissions import Action
@@ -46,7 +46,7 @@ def _content(request, transcript, grant=None) -> dict | None:
     try:
         content = retention.transcript_content(transcript=transcript, actor=request.user, request=request,
                                                grant=grant)
-    except DecryptionError:
+    except (DecryptionError, KeyServiceUnavailable):
         return None
     prompt = content.get("prompt")
     messages_, text = [], ""

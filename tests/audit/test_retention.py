@@ -115,6 +115,9 @@ def test_records_of_an_unknown_tenant_or_malformed_are_dropped_and_acknowledged(
                                      created=time.time(), retention_days=5, prompt="p", reply="r")
     get_redis().xadd(contract.transcript_stream_key(), {"t": item.encode()})
     get_redis().xadd(contract.transcript_stream_key(), {"t": b'{"v": 1, "tenant": 3}'})  # malformed
+    not_an_id = contract.TranscriptRecord(tenant="not-a-uuid", request_id="req_y", created=time.time(),
+                                          retention_days=5, prompt="p", reply="r")
+    get_redis().xadd(contract.transcript_stream_key(), {"t": not_an_id.encode()})
     transcripts_ingest()
     assert not Transcript.objects.exists() and not TenantDataKey.objects.exists()
     assert get_redis().xlen(contract.transcript_stream_key()) == 0
@@ -229,3 +232,13 @@ def test_the_transcript_kms_key_is_held_to_the_allowed_regions(settings):
     settings.AUDIT_TRANSCRIPT_KMS_KEY_ID = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     problems = check_kms_keys([item for item in configured(KMS_KEY_SUFFIX) if item[0] == "AUDIT_TRANSCRIPT_KMS_KEY_ID"])
     assert [p.id for p in problems] == ["audit.E102"] and "AUDIT_TRANSCRIPT_KMS_KEY_ID" in problems[0].msg
+
+
+def test_retention_is_not_turned_on_when_kms_cannot_make_the_key(db, acme, kms, settings):
+    missing = "00000000-0000-0000-0000-0000000000ff"  # no such key: KMS refuses, as it would when unreachable
+    settings.AUDIT_TRANSCRIPT_KMS_KEY_ID = f"arn:aws:kms:ap-southeast-2:123456789012:key/{missing}"
+    with pytest.raises(ValidationError, match="encryption key service"):
+        tenant_retention_set(tenant=acme, days=30)
+    acme.refresh_from_db()
+    assert acme.retention_days == 0 and not TenantDataKey.objects.exists()
+    assert not AuditEntry.objects.filter(action="tenant.retention.update").exists()
