@@ -92,6 +92,11 @@ def test_every_custom_resource_has_a_vendored_schema(rendered):
     ("NodePool", "gpu", lambda d: d["spec"]["disruption"].update(consolidationPolicy="Always"), "Always"),
     ("NodePool", "gpu", lambda d: d["spec"]["template"]["spec"].update(expireAfter="30 days"), "30 days"),
     ("NodePool", "gpu", lambda d: d["spec"]["template"]["spec"]["nodeClassRef"].pop("group"), "group"),
+    ("NodePool", "gpu", lambda d: d["spec"]["disruption"]["budgets"][1].pop("duration"), "duration"),
+    ("NodePool", "gpu", lambda d: d["spec"]["disruption"].pop("consolidateAfter"), "consolidateAfter"),
+    ("NodePool", "gpu", lambda d: d["spec"]["limits"].update({"nvidia.com/gpu": "lots"}), "lots"),
+    ("NodePool", "gpu", lambda d: d["spec"]["template"]["spec"]["requirements"].append(
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["a"]}), "kubernetes.io/hostname"),
     ("EC2NodeClass", "gpu", lambda d: d["spec"].pop("amiSelectorTerms"), "amiSelectorTerms"),
     ("EC2NodeClass", "gpu", lambda d: d["spec"]["metadataOptions"].update(httpTokens="maybe"), "maybe"),
     ("ExternalSecret", "wattle-app", lambda d: d["spec"]["data"][0].pop("remoteRef"), "remoteRef"),
