@@ -151,7 +151,7 @@ REQUEST_FIELDS: dict[str, dict[str, Schema]] = {
 def _request(name: str, endpoint: str, required: list[str], description: str) -> Schema:
     fields = REQUEST_FIELDS[endpoint]
     return {"type": "object", "title": name, "description": description, "required": required,
-            "properties": {f: fields[f] for f in sorted(fields)},
+            "properties": {f: fields[f] for f in [*required, *sorted(set(fields) - set(required))]},
             "additionalProperties": False}
 
 
@@ -304,6 +304,27 @@ _GENERATION_ERRORS = (400, 401, 402, 403, 404, 405, 413, 415, 429, 500, 502, 503
 _SUCCESS_HEADERS = ("x-request-id", "x-wattle-overhead-ms", *_RATE_HEADERS)
 
 
+_SMALL = "mistralai/Mistral-7B-Instruct-v0.3"
+_EXAMPLES: dict[str, dict[str, Schema]] = {
+    "chat.completions": {
+        "chat": {"summary": "A reply", "value": {
+            "model": _SMALL, "max_tokens": 200,
+            "messages": [{"role": "system", "content": "You are a helpful contact-centre agent."},
+                         {"role": "user", "content": "G'day, where is my parcel?"}]}},
+        "stream": {"summary": "Streamed, with usage at the end", "value": {
+            "model": _SMALL, "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "G'day"}]}},
+        "mistral": {"summary": "Mistral SDK names", "value": {
+            "model": _SMALL, "random_seed": 7, "safe_prompt": True,
+            "messages": [{"role": "user", "content": "G'day"}]}},
+    },
+    "completions": {"text": {"summary": "A completion", "value": {
+        "model": _SMALL, "prompt": "The three best beaches in Sydney are", "max_tokens": 60}}},
+    "embeddings": {"texts": {"summary": "Two texts", "value": {
+        "model": "intfloat/e5-mistral-7b-instruct", "input": ["Where is my parcel?", "Track my delivery"]}}},
+}
+
+
 def _generation(endpoint: str, summary: str, request: str, answer: str, chunk: str | None) -> Schema:
     content: dict[str, Schema] = {"application/json": {"schema": _ref(answer)}}
     if chunk:
@@ -316,7 +337,8 @@ def _generation(endpoint: str, summary: str, request: str, answer: str, chunk: s
         "operationId": endpoint.replace(".", "_"), "summary": summary, "tags": ["Inference"],
         "parameters": [{"$ref": "#/components/parameters/Redact"}, {"$ref": "#/components/parameters/CustomerId"},
                        {"$ref": "#/components/parameters/Traceparent"}],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(request)}}},
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": _ref(request), **({"examples": _EXAMPLES[endpoint]} if endpoint in _EXAMPLES else {})}}},
         "responses": {"200": {"description": "The answer.", "headers": _header_refs(*_SUCCESS_HEADERS),
                               "content": content}, **_errors(*_GENERATION_ERRORS)},
     }}

@@ -60,6 +60,15 @@ def test_schemas_describe_what_clients_send_and_receive(doc):
         {"error": {"message": "x", "type": "invalid_request_error", "param": None, "code": "invalid_json"}})
 
 
+def test_request_examples_are_valid_requests(doc):
+    for path, schema in (("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/completions", "CompletionRequest"),
+                         ("/v1/embeddings", "EmbeddingRequest")):
+        examples = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"]
+        assert examples
+        for example in examples.values():
+            _validator(doc, schema).validate(example["value"])
+
+
 def test_headers_and_errors_are_documented(doc):
     headers = doc["components"]["headers"]
     for name in ("x-request-id", "Retry-After", "x-ratelimit-limit-requests", "x-ratelimit-remaining-tokens",
