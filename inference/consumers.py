@@ -21,12 +21,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from decimal import Decimal
 
 import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from core import money
 from core.keys import PLAYGROUND_KEY_ID
 from inference.gateway import errors
 from inference.gateway.app import gateway
@@ -182,8 +184,9 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             "ttft_ms": round(ctx.ttft_s * 1000, 1) if ctx.ttft_s is not None else None,
             "total_ms": round(turn.total_s * 1000, 1),
             # What the usage event costs the tenant: its prices, as its spend limit counts them (micro-A$, up).
-            "cost_aud": _aud(pool.cost_micro_aud(ctx.model, ctx.prompt_tokens, ctx.completion_tokens,
-                                                 ctx.key.price_list)),
+            "cost_aud": _aud(cost := pool.cost_micro_aud(ctx.model, ctx.prompt_tokens, ctx.completion_tokens,
+                                                         ctx.key.price_list)),
+            "cost_shown": money.format_cost(Decimal(cost) / 1_000_000),  # as every page writes money
         })
 
     async def _customer_turn(self, frame: Chat, request_id: str) -> bool:

@@ -329,7 +329,7 @@
         d.completion_tokens + ' tokens out, ' + d.prompt_tokens + ' in',
         'first token ' + (d.ttft_ms === null ? '—' : Math.round(d.ttft_ms) + ' ms'),
         'total ' + Math.round(d.total_ms) + ' ms',
-        'A$' + d.cost_aud
+        d.cost_shown || 'A$' + d.cost_aud
       ].join(' · ') + (d.stopped ? ' · stopped' : '') + (reply.error ? ' · ' + reply.error : '')
       setStatus('Reply complete: ' + stats.textContent)
     } else if (outcome.refused) {

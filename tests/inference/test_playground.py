@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from decimal import Decimal
 
 import httpx
 import orjson
@@ -15,6 +16,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.test import Client
 
+from core import money
 from core.keys import PLAYGROUND_KEY_ID
 from tests.conftest import add_totp, ingested, sign_in
 
@@ -264,6 +266,7 @@ async def test_tokens_stream_and_one_usage_event_bills_the_tenant_as_the_playgro
     caller = await gateway.auth.tenant_caller(str(acme.pk), key_id=PLAYGROUND_KEY_ID)
     cost = gateway.pool.cost_micro_aud(MODEL, done["prompt_tokens"], 8, caller.price_list)
     assert done["cost_aud"] == f"{cost / 1e6:.6f}"
+    assert done["cost_shown"] == money.format_cost(Decimal(cost) / 1_000_000)
     [event] = await usage_events(gateway, done["request_id"])
     assert (event["tenant"], event["key_id"], event["status"]) == (str(acme.pk), PLAYGROUND_KEY_ID, 200)
     assert (event["prompt_tokens"], event["completion_tokens"]) == (done["prompt_tokens"], 8)
