@@ -6,4 +6,6 @@ class InferenceConfig(AppConfig):
     verbose_name = "Inference"
 
     def ready(self) -> None:
-        from inference import checks  # noqa: F401  (registers the region checks)
+        from inference import checks, personal_data  # noqa: F401  (registers the region checks)
+
+        personal_data.register_holder()  # conversations, for individuals' requests
