@@ -30,6 +30,7 @@ class BackendForm(forms.ModelForm):
         fields = ["name", "base_url", "region", "served_models", "weight", "max_concurrency", "enabled", "draining"]
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("label_suffix", "")  # labels as the console writes them ("Name", not "Name:")
         super().__init__(*args, **kwargs)
         self.fields["region"].choices = [(r, r) for r in settings.ALLOWED_DATA_REGIONS]
         if self.instance.pk:
