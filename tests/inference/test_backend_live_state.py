@@ -73,3 +73,20 @@ def test_only_staff_see_the_page(client, owner_client, who):
     response = (client if who == "anonymous" else owner_client).get("/staff/backends/")
     assert response.status_code in (302, 403, 404)
     assert b"Live state" not in response.content
+
+
+def test_redis_away_does_not_stop_the_probe_loop(caplog):
+    """Recording is best effort: a Redis error is a warning, never an exception out of the probe loop."""
+    import asyncio
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    class Away:
+        def pipeline(self, **_kwargs):
+            raise RedisConnectionError("down")
+
+    pool = BackendPool(redis=Away(), session=None)
+    pool.backends = {"b": BackendState(name="b", url="http://b", api_key="", region="ap-southeast-2",
+                                       configured_models=("m",))}
+    asyncio.run(pool.publish_health())
+    assert "backend health not recorded: ConnectionError" in caplog.text
