@@ -495,11 +495,11 @@ def document() -> dict[str, Any]:
     }
     return {
         "openapi": "3.1.0",
-        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
         "info": {
             "title": "Wattle inference API",
             "version": "1",
-            "summary": "OpenAI-compatible chat, completions, embeddings and models, served from Sydney.",
+            "summary": "OpenAI-compatible chat, completions, embeddings and models, and contact-centre "
+                       "conversations, served from Sydney.",
             "description": (
                 "OpenAI's API shapes, served by Mistral models on vLLM in AWS Sydney (ap-southeast-2). Use the "
                 "OpenAI or the Mistral SDK with the base URL below (plus `/v1` for OpenAI's) and a key from the "
