@@ -51,6 +51,7 @@ class ClientSpec:
     cookie_name: str = "sessionid"
     sessions: list[str] = field(default_factory=list)
     timeout_s: float = 120.0
+    compress: int = 0  # 15: offer permessage-deflate as browsers do (uvicorn accepts it by default)
 
 
 @dataclass
@@ -138,7 +139,8 @@ class _Client:
         await self._start_delay(n)
         headers = {"Origin": spec.origin, "Cookie": f"{spec.cookie_name}={spec.sessions[n]}"}
         try:
-            async with session.ws_connect(spec.url, headers=headers, max_msg_size=0, autoping=True) as ws:
+            async with session.ws_connect(spec.url, headers=headers, max_msg_size=0, autoping=True,
+                                          compress=spec.compress) as ws:
                 first = await ws.receive(timeout=spec.timeout_s)
                 if first.type != aiohttp.WSMsgType.TEXT or orjson.loads(first.data).get("type") != "ready":
                     self.error("not_ready", str(first.data if first.type == aiohttp.WSMsgType.TEXT else first.type))
@@ -316,6 +318,7 @@ class P6Settings:
     max_tokens: int = 64
     tpot_ms: float = 100.0  # 10 tokens a second per session: a replica's pace with hundreds of streams in a batch
     ramp_s: float = 5.0
+    compress: int = 0  # the bench client offers no permessage-deflate unless asked (see docs/performance.md)
 
 
 def run(env: Any, settings: P6Settings, *, log: Callable[[str], None] = print) -> tuple[Any, list[ClientResult]]:
@@ -347,7 +350,7 @@ def run(env: Any, settings: P6Settings, *, log: Callable[[str], None] = print) -
 
         socket_url = gateway.base_url.replace("http://", "ws://") + f"/ws/t/{slug}/playground/"
         socket_args = {"url": socket_url, "origin": gateway.base_url,
-                       "cookie_name": django_settings.SESSION_COOKIE_NAME}
+                       "cookie_name": django_settings.SESSION_COOKIE_NAME, "compress": settings.compress}
         # Warm-up, not measured: a fresh process loads the tokenizer and fills its caches on its first replies.
         warm = min(10, settings.sockets)
         warmup = run_client(ClientSpec(mode="sockets", model=MODEL, concurrency=warm, replies=1, max_tokens=8,
