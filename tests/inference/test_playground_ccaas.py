@@ -170,3 +170,22 @@ def test_the_page_offers_personas_a_gauge_and_a_banner(acme, agent, client):
 def test_the_billing_role_sees_no_personas(acme, member_of):
     biller = member_of(acme, "billing")
     assert sign_in(Client(), biller).get(f"/t/{acme.slug}/playground/").status_code == 403
+
+
+async def test_a_playground_socket_stays_off_the_configured_channel_layer(acme, agent_cookie, gateway):
+    """The layer is channels-redis when REDIS_URL is set (CI) and in-memory otherwise; either way no playground
+    socket listens on it, so nothing sent through the layer (by any process) can reach one."""
+    from channels.layers import get_channel_layer
+    from django.conf import settings
+
+    layer = get_channel_layer()
+    expected = "RedisChannelLayer" if settings.REDIS_URL else "InMemoryChannelLayer"
+    assert type(layer).__name__ == expected
+    comm = await ready(acme.slug, agent_cookie)
+    frame, _done = await customer_turn(comm, "l1", list(PERSONAS["calm"][1])[:1])
+    listening = getattr(layer, "receive_buffer", None)
+    if listening is None:
+        listening = layer.channels
+    assert dict(listening) == {}  # no consumer is waiting on any channel of the layer
+    assert frame["type"] == "sentiment"
+    await comm.disconnect()
