@@ -33,6 +33,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="chained audit entries P10 verifies (kept for later runs)")
     parser.add_argument("--p6-sockets", type=int, default=None,
                         help="playground sockets P6 holds at once (default 500; 50 with --quick)")
+    parser.add_argument("--p12-pairs", type=int, default=None,
+                        help="conversation turns (each beside its chat completion) P12 times (default 300; 40 with "
+                             "--quick)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the gateway/simulator logs")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
                         help="the ASGI server the gateway runs under (default uvicorn)")
@@ -57,6 +60,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.p9 = "P9" in selected_in_process(keys)
         args.p10 = "P10" in selected_in_process(keys)
         args.p6 = "P6" in selected_in_process(keys)
+        args.p12 = "P12" in selected_in_process(keys)
     except ValueError as exc:
         parser.error(str(exc))
     return args
@@ -88,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p10_entries=args.p10_entries // (100 if args.quick else 1),
         p6=args.p6,
         p6_sockets=args.p6_sockets or (50 if args.quick else 500),
+        p12=args.p12,
+        p12_pairs=args.p12_pairs or (40 if args.quick else 300),
     )
     if args.serve:
         return _serve(args)

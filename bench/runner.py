@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import audit_chain, console, ingest, playground, redaction
+from bench import audit_chain, console, conversation, ingest, playground, redaction
 from bench.environment import (
     PYTHON,
     REPO_ROOT,
@@ -47,6 +47,8 @@ class Options:
     p10_entries: int = 1_000_000
     p6: bool = False
     p6_sockets: int = playground.P6_SOCKETS
+    p12: bool = False
+    p12_pairs: int = 300
 
 
 @dataclass
@@ -139,6 +141,8 @@ class BenchRun:
             self._run_p9()
         if self.options.p10:
             self._run_p10()
+        if self.options.p12:
+            self._run_p12()
         return self.verdicts
 
     # --- load scenarios ----------------------------------------------------------------------------
@@ -326,6 +330,15 @@ class BenchRun:
     def _run_p10(self) -> None:
         self.log(f"\nP10: {audit_chain.P10_TITLE} ({self.options.p10_entries:,} entries)")
         verdict = audit_chain.run(entries=self.options.p10_entries, log=self.log)
+        self.verdicts.append(verdict)
+        self.results.write("verdict", verdict=verdict)
+
+    # --- P12 ---------------------------------------------------------------------------------------
+    def _run_p12(self) -> None:
+        self.log(f"\nP12: {conversation.P12_TITLE} ({self.options.p12_pairs} pairs)")
+        verdict = conversation.run(self.env, pairs=self.options.p12_pairs, log=self.log)
+        self._record_gateway_logs(1)
+        self.env.stop_gateway(1)
         self.verdicts.append(verdict)
         self.results.write("verdict", verdict=verdict)
 

@@ -317,11 +317,11 @@ SCENARIOS: dict[str, Scenario] = {
 
 P7_TARGET = ">= 20,000 events/s, 0 lost"
 P7_TITLE = "usage ingest: Redis stream -> PostgreSQL"
-ALL_KEYS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10"]
+ALL_KEYS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P12"]
 # Not load scenarios of the direct/gateway kind: run after the load scenarios' gateways are down (``bench.ingest``,
 # ``bench.redaction``, ``bench.console``, ``bench.audit_chain`` in-process; ``bench.playground`` with a server
-# process of its own).
-IN_PROCESS = ("P6", "P7", "P8", "P9", "P10")
+# process of its own; ``bench.conversation`` with a one-worker gateway of its own).
+IN_PROCESS = ("P6", "P7", "P8", "P9", "P10", "P12")
 
 
 def select(keys: list[str]) -> tuple[list[Scenario], bool]:
