@@ -24,6 +24,7 @@ from django.conf import settings
 from django.contrib import auth
 
 from core import ccaas, contract, sentiment
+from core.keys import PLAYGROUND_KEY_ID
 from inference.gateway import errors
 from inference.gateway.errors import GatewayError
 from tenants.access import role_mfa_satisfied
@@ -202,47 +203,43 @@ class Assessment:
     ``sentiment`` frame says), with the digests the audit entry records instead of any text."""
 
     turn: int  # the customer turn it is about, counted from 1
+    index: int  # its index among the conversation's turns (customer and model, from 0), as the API counts turns
     score: float
     label: str
     escalate: bool
-    reason: str
-    facts: dict  # the audit entry's data: digests, scorer, rule, score, decision; never text
+    reason: str  # in words, for the page
+    code: str  # "negative_sentiment", "trigger_phrase" or ""
+    scorer: str
+    fallback: str
+    text_sha256: str
+    rule_sha256: str
+    inputs_sha256: str
 
 
 def assess(messages: list[dict], record: contract.TenantRecord) -> Assessment | None:
     """Score the conversation's customer turns (the ``user`` messages the page sent, in order) and decide on the
     latest with the tenant's rule; None when there is no customer turn."""
-    customer = [m["content"] for m in messages if m["role"] == "user"]
-    if not customer:
+    turns = [m for m in messages if m["role"] != "system"]
+    customer = [m["content"] for m in turns if m["role"] == "user"]
+    if not customer or turns[-1]["role"] != "user":
         return None
-    return _decide(customer, record)
-
-
-def _decide(customer: list[str], record: contract.TenantRecord) -> Assessment:
     rule = sentiment.EscalationRule.from_record(record)
-    # The lexicon scores every turn (about 11 µs each, so the page can send the whole conversation each time
-    # and nothing is kept between frames). The embedding scorer is the conversation API's: the playground
-    # doesn't call an embedding model per turn, and its records say so.
-    scores = [sentiment.LEXICON.sentiment(text).score for text in customer[:-1]]
+    # The lexicon scores every turn (about 11 µs each), so the page can send the whole conversation each time and
+    # nothing is kept between frames. The embedding scorer is the conversation API's: the playground doesn't call
+    # an embedding model per turn, and its records say so.
+    earlier = [(sentiment.text_digest(text), sentiment.LEXICON.sentiment(text).score) for text in customer[:-1]]
     latest = sentiment.LEXICON.sentiment(customer[-1])
-    decision = sentiment.decide(rule, scores, customer[-1], latest)
+    decision = sentiment.decide(rule, [score for _digest, score in earlier], customer[-1], latest)
     fallback = "" if record.sentiment_scorer == sentiment.LEXICON.name else "playground_scores_with_the_lexicon"
-    trail = scores[-(rule.turns - 1):] if rule.turns > 1 else []
-    facts = {
-        "turn": len(customer),
-        "text_sha256": sentiment.text_digest(customer[-1]),
-        "rule_sha256": rule.digest(),
-        "scorer": sentiment.LEXICON.name,
-        "scorer_fallback": fallback,
-        "score": latest.score,
-        "label": latest.label,
-        "previous_scores": trail,  # the earlier turns the rule looked at
-        "escalate": decision.escalate,
-        "reason": decision.reason,
-        "detail": decision.detail,  # the tenant's phrase, or the run of turns; never the customer's text
-    }
-    return Assessment(turn=len(customer), score=latest.score, label=latest.label, escalate=decision.escalate,
-                      reason=_reason_text(decision), facts=facts)
+    text_sha256, rule_sha256 = sentiment.text_digest(customer[-1]), rule.digest()
+    looked_at = earlier[-(rule.turns - 1):] if rule.turns > 1 else []
+    inputs_sha256 = sentiment.decision_inputs_digest(
+        text_sha256=text_sha256, rule_sha256=rule_sha256, scorer=sentiment.LEXICON.name, score=latest.score,
+        trail=looked_at)
+    return Assessment(turn=len(customer), index=len(turns) - 1, score=latest.score, label=latest.label,
+                      escalate=decision.escalate, reason=_reason_text(decision), code=decision.reason,
+                      scorer=sentiment.LEXICON.name, fallback=fallback, text_sha256=text_sha256,
+                      rule_sha256=rule_sha256, inputs_sha256=inputs_sha256)
 
 
 def _reason_text(decision: sentiment.Escalation) -> str:
@@ -254,18 +251,30 @@ def _reason_text(decision: sentiment.Escalation) -> str:
 
 
 def record_escalation(access: PlaygroundAccess, assessment: Assessment, *, request_id: str) -> None:
-    """The automated decision on a customer turn, in the audit chain as ``adm.escalation`` (the privacy policy's
-    ADM promise): who ran the playground, the request it was part of, and the inputs' digests; never text.
-    Synchronous (ORM): the consumer runs it in a thread."""
+    """The automated decision on a customer turn, in the audit chain as the conversation API's are
+    (``inference.adm``: action ``adm.escalation``, the same data: digests of the turn, the rule and every input,
+    scorer, score and outcome; never text), plus ``surface`` and the reply's ``request_id``; the member who ran
+    the playground is the actor. Every decision is recorded, not only those that escalate: the playground keeps
+    no conversation whose turns could carry them. Synchronous (ORM): the consumer runs it in a thread."""
+    import time
+
     from django.contrib.auth import get_user_model
 
     from audit.services import record
+    from inference import adm
     from tenants.models import Tenant
 
+    decision = contract.EscalationDecision(
+        decision_id=f"playground:{request_id}", tenant=access.tenant_id, conversation_id="",
+        key_id=PLAYGROUND_KEY_ID, time=time.time(), turn=assessment.index, escalate=assessment.escalate,
+        reason=assessment.code, text_sha256=assessment.text_sha256, rule_sha256=assessment.rule_sha256,
+        inputs_sha256=assessment.inputs_sha256, scorer=assessment.scorer, score=assessment.score,
+        label=assessment.label, fallback=assessment.fallback)
     tenant = Tenant.objects.filter(pk=access.tenant_id).first()
     user = get_user_model().objects.filter(pk=access.user_id).first()
-    record(action="adm.escalation", actor=user, tenant=tenant,
-           data={"surface": "playground", "request_id": request_id, **assessment.facts})
+    record(action=adm.ACTION, actor=user, tenant=tenant,
+           data={**adm.audit_data(decision), "surface": "playground", "request_id": request_id,
+                 "customer_turn": assessment.turn})
 
 
 # --- how often -------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
 
-from core import sentiment
+from core import contract, sentiment
+from inference import adm
 from inference.playground import PERSONAS
 from tests.conftest import sign_in
 from tests.inference import test_playground as base
@@ -36,6 +37,14 @@ def customer_frame(turn: str, lines: list[str], *, mode: dict | None = None) -> 
     frame = chat(turn, max_tokens=2, ccaas=mode or MODE)
     frame["messages"] = messages
     return frame
+
+
+def _any_decision() -> contract.EscalationDecision:
+    digest = "0" * 64
+    return contract.EscalationDecision(
+        decision_id="c:0", tenant="t", conversation_id="c", key_id="k", time=0.0, turn=0, escalate=True,
+        reason="trigger_phrase", text_sha256=digest, rule_sha256=digest, inputs_sha256=digest, scorer="lexicon",
+        score=-1.0, label="negative")
 
 
 async def customer_turn(comm, turn: str, lines: list[str], **kwargs) -> tuple[dict, dict]:
@@ -71,18 +80,25 @@ async def test_an_angry_customer_is_escalated_on_the_second_negative_turn_and_ea
     entries = await sync_to_async(escalation_entries)(acme)
     assert len(entries) == 3
     rule = sentiment.EscalationRule()  # Acme has the default rule
-    for entry, line, done in zip(entries, angry, (done1, done2, None), strict=False):
+    for n, (entry, line, done) in enumerate(zip(entries, angry, (done1, done2, None), strict=False)):
         data = entry.data
         assert entry.actor_id == agent.pk and data["surface"] == "playground"
         assert data["text_sha256"] == hashlib.sha256(line.encode()).hexdigest()
-        assert data["rule_sha256"] == rule.digest() and data["scorer"] == "lexicon"
-        assert data["score"] == sentiment.score(line).score
+        assert data["rule_sha256"] == rule.digest() and data["scorer"] == "lexicon" and data["fallback"] == ""
+        assert data["score"] == sentiment.score(line).score and data["label"] == "negative"
+        assert (data["customer_turn"], data["turn"]) == (n + 1, 2 * n)  # the API counts customer and model turns
+        assert data["decision_id"] == f"playground:{data['request_id']}"
         if done is not None:
             assert data["request_id"] == done["request_id"]  # the decision names the reply's request
     assert [e.data["escalate"] for e in entries] == [False, True, True]
     assert [e.data["reason"] for e in entries] == ["", "negative_sentiment", "trigger_phrase"]
-    assert entries[1].data["previous_scores"] == [entries[0].data["score"]]
-    assert entries[2].data["detail"] == "speak to a manager"  # the tenant's phrase, not the customer's words
+    # Every input the second decision read: its turn, the rule, the scorer, its score and the turn before it.
+    first, second = entries[0].data, entries[1].data
+    assert second["inputs_sha256"] == sentiment.decision_inputs_digest(
+        text_sha256=second["text_sha256"], rule_sha256=second["rule_sha256"], scorer="lexicon",
+        score=second["score"], trail=[(first["text_sha256"], first["score"])])
+    # The same shape as the conversation API's entries, written by inference.adm.
+    assert set(adm.audit_data(_any_decision())) <= set(second)
     recorded = orjson.dumps([e.data for e in entries]).decode()
     assert not any(line in recorded for line in angry)  # no customer text in the chain
     assert "cust-00042" not in recorded
