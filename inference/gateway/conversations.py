@@ -512,6 +512,9 @@ class ConversationAPI:
 
     async def _prepare(self, ctx: RequestContext, state: dict, turn: TurnRequest, headers: dict) -> _Prepared:
         mode = redaction.effective_mode(ctx.key.redaction, _asks_for_redaction(headers.get(b"x-wattle-redact")))
+        if mode == redaction.OFF and state["redaction"] != redaction.OFF:
+            # A conversation that was redacted once stays redacted: its history must never mix in identifiers.
+            mode = redaction.REDACT
         redactor = redaction.Redactor(numbered=state["placeholders"]) if mode != redaction.OFF else None
         stored_message = redactor.redact(turn.message) if redactor is not None else turn.message
         context = ccaas.Context(channel=state["channel"], language=state["language"])

@@ -393,3 +393,64 @@ def test_a_failing_embedding_falls_back_to_the_lexicon_and_says_why(gateway_read
     scored = httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}",
                        headers=_headers(key)).json()["turns"][0]["sentiment"]
     assert scored["scorer"] == "lexicon" and scored["fallback"] == "embedding_failed: 403 model_not_allowed"
+
+
+def test_a_turn_that_asked_for_redaction_keeps_the_conversation_redacted(gateway_ready, acme, issue_key):
+    key = issue_key(acme)
+    first = turn(gateway_ready, key, "/echo my number is 0412 345 678", headers={"x-wattle-redact": "true"})
+    assert first.json()["reply"] == "/echo my number is [AU_PHONE_1]"  # redact mode: no originals back
+    cid = first.json()["conversation_id"]
+    second = turn(gateway_ready, key, "/echo and my email is jo@example.com", conversation_id=cid)
+    assert second.json()["reply"] == "/echo and my email is [AU_EMAIL_1]"
+    raw = get_redis().get(contract.conversation_key(cid))
+    assert b"0412" not in raw and b"jo@example.com" not in raw
+
+
+@pytest.fixture
+def conversation_limits(gateway_ready, monkeypatch):
+    """Change the running gateway's conversation limits for one test."""
+    import dataclasses
+
+    from inference.gateway.app import gateway
+
+    api = gateway.conversations
+
+    def change(**values):
+        limits = dataclasses.replace(api.limits, **values)
+        monkeypatch.setattr(api, "limits", limits)
+        monkeypatch.setattr(api.store, "_limits", limits)
+
+    return change
+
+
+def test_a_conversation_past_its_turn_limit_is_refused(gateway_ready, acme, issue_key, conversation_limits):
+    conversation_limits(turns=4)
+    key = issue_key(acme)
+    cid = turn(gateway_ready, key, "/echo one").json()["conversation_id"]
+    assert turn(gateway_ready, key, "/echo two", conversation_id=cid).status_code == 200
+    third = turn(gateway_ready, key, "/echo three", conversation_id=cid)
+    assert third.status_code == 400 and third.json()["error"]["code"] == "conversation_too_long"
+
+
+def test_a_turn_waits_for_the_conversations_lock_then_gives_up_with_409(gateway_ready, acme, issue_key,
+                                                                         conversation_limits):
+    conversation_limits(lock_wait_s=0.3)
+    key = issue_key(acme)
+    cid = turn(gateway_ready, key, "/echo one").json()["conversation_id"]
+    get_redis().set(contract.conversation_lock_key(cid), b"someone-else", px=10_000)
+    busy = turn(gateway_ready, key, "/echo two", conversation_id=cid)
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "conversation_busy"
+    assert busy.headers["retry-after"] == "1"
+    get_redis().delete(contract.conversation_lock_key(cid))
+    assert turn(gateway_ready, key, "/echo two", conversation_id=cid).status_code == 200
+
+
+def test_state_expires_when_idle_and_the_lock_is_released(gateway_ready, acme, issue_key):
+    key = issue_key(acme)
+    cid = turn(gateway_ready, key, "/echo one").json()["conversation_id"]
+    client = get_redis()
+    assert 23 * 3600 < client.pttl(contract.conversation_key(cid)) / 1000 <= 24 * 3600
+    assert not client.exists(contract.conversation_lock_key(cid))
+    httpx.post(f"{gateway_ready.base_url}/v1/conversations/{cid}/close", headers=_headers(key))
+    assert 0 < client.pttl(contract.conversation_key(cid)) / 1000 <= 24 * 3600
+    assert b"/echo one" not in client.get(contract.conversation_key(cid))  # no text once closed
