@@ -242,3 +242,31 @@ def test_retention_is_not_turned_on_when_kms_cannot_make_the_key(db, acme, kms, 
     acme.refresh_from_db()
     assert acme.retention_days == 0 and not TenantDataKey.objects.exists()
     assert not AuditEntry.objects.filter(action="tenant.retention.update").exists()
+
+
+def test_jobs_run_in_the_embedded_loop_and_on_celery_beat(db, acme, local_kek, settings, monkeypatch,
+                                                          django_capture_on_commit_callbacks):
+    import threading
+
+    import django.db
+
+    from audit import tasks
+    from audit import transcripts as retention
+    from portal.lifespan import audit_jobs_loop
+
+    monkeypatch.setattr(django.db, "close_old_connections", lambda: None)
+    beat = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert {"audit.tasks.transcripts_ingest", "audit.tasks.retention_jobs"} <= beat
+    assert tasks.transcripts_ingest.name == "audit.tasks.transcripts_ingest"
+    _keep(acme, 1, django_capture_on_commit_callbacks)
+    _emit(acme, "fresh", days=1)
+    _emit(acme, "stale", days=1, created=time.time() - 3 * 86400)
+    monkeypatch.setattr(retention, "_last_daily", None)  # this process hasn't run the daily job yet
+    stop = threading.Event()
+    stop.set()  # one round, then return
+    audit_jobs_loop(stop=stop, interval=0)
+    # Stored, then the stale one destroyed by the daily job in the same round.
+    assert list(Transcript.objects.values_list("request_id", flat=True)) == ["fresh"]
+    assert AuditEntry.objects.get(action="retention.destroyed").data["count"] == 1
+    # The daily job doesn't run again within the day.
+    assert retention.retention_jobs_due() is None
