@@ -28,11 +28,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from core import money
+from core import money, sentiment
 from core.keys import PLAYGROUND_KEY_ID
 from inference.gateway import errors
 from inference.gateway.app import gateway
-from inference.gateway.dispatch import Delta, Failed, Opened, RequestContext, Usage
+from inference.gateway.dispatch import Answer, Delta, Failed, Opened, RequestContext, Usage
 from inference.gateway.errors import GatewayError
 from inference.playground import (
     Assessment,
@@ -54,6 +54,7 @@ logger = logging.getLogger("wattle.playground")
 
 _READY_WAIT_S = 5.0  # how long a new socket waits for the data plane's first view of the backends
 _FLOODING_REFUSALS = 20  # refused frames in a row before the connection is closed
+_MAX_KEPT_SCORES = 1024  # customer turns' scores one connection remembers (a conversation has at most 256 messages)
 
 
 class PlaygroundConsumer(AsyncWebsocketConsumer):
@@ -67,6 +68,7 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
         self.slug: str = self.scope["url_route"]["kwargs"]["slug"]
         self.access: PlaygroundAccess | None = None
         self.turn: _Turn | None = None
+        self.scores: dict[tuple[str, str, str], sentiment.Scored] = {}  # customer mode: turn scores, by digest
         self.closed = False
         self.allowance = FrameAllowance(rate=settings.INFERENCE_PLAYGROUND_RATE,
                                         burst=settings.INFERENCE_PLAYGROUND_BURST)
@@ -144,10 +146,14 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             return
         dispatcher = gateway.dispatcher
         ctx = RequestContext("chat.completions", gateway.next_request_id())
-        if frame.context is not None and not await self._customer_turn(frame, ctx.request_id):
-            return
         try:
             ctx.key = await gateway.auth.tenant_caller(self.access.tenant_id, key_id=PLAYGROUND_KEY_ID)
+            # Customer mode: the customer's turn is scored and decided on before the reply (a refused tenant is
+            # refused above, before any decision is made).
+            if frame.context is not None and not await self._customer_turn(frame, ctx):
+                ctx.status, ctx.error_code = 500, "internal_error"
+                await dispatcher.abandon(ctx)
+                return
             call = await dispatcher.prepare(ctx, frame.payload, orjson.dumps(frame.payload))
         except GatewayError as error:
             ctx.status, ctx.error_code = error.status, error.code or error.type
@@ -189,12 +195,13 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             "cost_shown": money.format_cost(Decimal(cost) / 1_000_000),  # as every page writes money
         })
 
-    async def _customer_turn(self, frame: Chat, request_id: str) -> bool:
-        """Customer-conversation mode: score the customer's latest turn, decide on escalation with the tenant's
-        rule, record the decision in the audit chain and tell the page (its gauge and banner), before the reply
-        starts. False if that failed (the page has its error frame and the turn ends)."""
+    async def _customer_turn(self, frame: Chat, ctx: RequestContext) -> bool:
+        """Customer-conversation mode: score the customer's latest turn with the tenant's scorer, decide on
+        escalation with its rule, record the decision in the audit chain and tell the page (its gauge and banner),
+        before the reply starts. False if that failed (the page has its error frame and the turn ends)."""
+        request_id = ctx.request_id
         try:
-            assessment = assess(frame.payload["messages"], self.access.record)
+            assessment = await assess(frame.payload["messages"], self.access.record, self._scorer(ctx.key))
             if assessment is None:
                 return True
             await database_sync_to_async(record_escalation)(self.access, assessment, request_id=request_id)
@@ -206,6 +213,31 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             return False
         await self._send(_sentiment_frame(frame.turn, request_id, assessment))
         return True
+
+    def _scorer(self, key):
+        """The tenant's scorer as the conversation API chooses it: its embedding model through the same dispatch
+        (`/v1/embeddings`, billed to the tenant as the playground; the lexicon answers if that fails, and says
+        why), else the lexicon. Scores are kept for this connection by turn digest, so each turn is embedded once
+        however long the conversation the page sends back."""
+        record = self.access.record
+        if record.sentiment_scorer == "embedding" and record.sentiment_model:
+            scorer = sentiment.AnchorScorer(record.sentiment_model, _embedder(key, record.sentiment_model))
+        else:
+            scorer = sentiment.LEXICON
+        scores = self.scores
+
+        async def score(text: str) -> sentiment.Scored:
+            name = (scorer.name, getattr(scorer, "model", ""), sentiment.text_digest(text))
+            scored = scores.get(name)
+            if scored is None:
+                scored = await scorer.score(text)
+                if not scored.fallback:  # a failed embedding is tried again next turn
+                    if len(scores) >= _MAX_KEPT_SCORES:
+                        scores.pop(next(iter(scores)))
+                    scores[name] = scored
+            return scored
+
+        return score
 
     # --- helpers -----------------------------------------------------------------------------------
     async def _check_access(self) -> PlaygroundAccess | Close:
@@ -254,6 +286,52 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
         if retry_after is not None:
             frame["retry_after"] = int(retry_after) if retry_after.isdigit() else retry_after
         await self._send(frame)
+
+
+def _embedder(key, model: str):
+    """Embeds texts with ``model`` through the dispatch as the playground's caller; raises ``EmbeddingFailed`` with
+    the status and code (never text) if it fails."""
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        dispatcher = gateway.dispatcher
+        ctx = RequestContext("embeddings", gateway.next_request_id())
+        ctx.key = key
+        payload = {"model": model, "input": texts}
+        try:
+            call = await dispatcher.prepare(ctx, payload, orjson.dumps(payload))
+        except GatewayError as error:
+            ctx.status, ctx.error_code = error.status, error.code or error.type
+            await dispatcher.abandon(ctx)
+            raise sentiment.EmbeddingFailed(f"{error.status} {error.code or error.type}") from None
+        sink = _Answer()
+        await dispatcher.run(call, sink)
+        if sink.failed is not None or sink.body is None:
+            error = sink.failed.error if sink.failed is not None else errors.internal_error()
+            raise sentiment.EmbeddingFailed(f"{error.status} {error.code or error.type}")
+        data = orjson.loads(sink.body).get("data") or []
+        return [item["embedding"] for item in sorted(data, key=lambda item: item.get("index", 0))]
+
+    return embed
+
+
+class _Answer:
+    """The dispatch's sink for a whole (not streamed) answer: its body, or the failure."""
+
+    __slots__ = ("body", "failed")
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+        self.failed: Failed | None = None
+
+    async def delta(self, delta: Delta) -> None:  # not streamed: never called
+        pass
+
+    async def events(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, Answer):
+                self.body = event.body
+            elif isinstance(event, Failed):
+                self.failed = event
 
 
 def _sentiment_frame(turn: str, request_id: str, assessment: Assessment) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from importlib import import_module
@@ -216,29 +217,30 @@ class Assessment:
     inputs_sha256: str
 
 
-def assess(messages: list[dict], record: contract.TenantRecord) -> Assessment | None:
-    """Score the conversation's customer turns (the ``user`` messages the page sent, in order) and decide on the
-    latest with the tenant's rule; None when there is no customer turn."""
+Score = Callable[[str], Awaitable[sentiment.Scored]]
+
+
+async def assess(messages: list[dict], record: contract.TenantRecord, score: Score) -> Assessment | None:
+    """Score the conversation's customer turns (the ``user`` messages the page sent, in order) with ``score`` (the
+    tenant's scorer) and decide on the latest with the tenant's rule; None when there is no customer turn."""
     turns = [m for m in messages if m["role"] != "system"]
     customer = [m["content"] for m in turns if m["role"] == "user"]
     if not customer or turns[-1]["role"] != "user":
         return None
     rule = sentiment.EscalationRule.from_record(record)
-    # The lexicon scores every turn (about 11 µs each), so the page can send the whole conversation each time and
-    # nothing is kept between frames. The embedding scorer is the conversation API's: the playground doesn't call
-    # an embedding model per turn, and its records say so.
-    earlier = [(sentiment.text_digest(text), sentiment.LEXICON.sentiment(text).score) for text in customer[:-1]]
-    latest = sentiment.LEXICON.sentiment(customer[-1])
-    decision = sentiment.decide(rule, [score for _digest, score in earlier], customer[-1], latest)
-    fallback = "" if record.sentiment_scorer == sentiment.LEXICON.name else "playground_scores_with_the_lexicon"
+    # The page sends the whole conversation each time and nothing is kept between frames but the scores (the
+    # consumer's ``score`` remembers them for the connection, so an embedding scorer embeds each turn once).
+    earlier = [(sentiment.text_digest(text), (await score(text)).sentiment.score) for text in customer[:-1]]
+    scored = await score(customer[-1])
+    latest = scored.sentiment
+    decision = sentiment.decide(rule, [value for _digest, value in earlier], customer[-1], latest)
     text_sha256, rule_sha256 = sentiment.text_digest(customer[-1]), rule.digest()
     looked_at = earlier[-(rule.turns - 1):] if rule.turns > 1 else []
     inputs_sha256 = sentiment.decision_inputs_digest(
-        text_sha256=text_sha256, rule_sha256=rule_sha256, scorer=sentiment.LEXICON.name, score=latest.score,
-        trail=looked_at)
+        text_sha256=text_sha256, rule_sha256=rule_sha256, scorer=scored.scorer, score=latest.score, trail=looked_at)
     return Assessment(turn=len(customer), index=len(turns) - 1, score=latest.score, label=latest.label,
                       escalate=decision.escalate, reason=_reason_text(decision), code=decision.reason,
-                      scorer=sentiment.LEXICON.name, fallback=fallback, text_sha256=text_sha256,
+                      scorer=scored.scorer, fallback=scored.fallback, text_sha256=text_sha256,
                       rule_sha256=rule_sha256, inputs_sha256=inputs_sha256)
 
 
@@ -256,8 +258,6 @@ def record_escalation(access: PlaygroundAccess, assessment: Assessment, *, reque
     scorer, score and outcome; never text), plus ``surface`` and the reply's ``request_id``; the member who ran
     the playground is the actor. Every decision is recorded, not only those that escalate: the playground keeps
     no conversation whose turns could carry them. Synchronous (ORM): the consumer runs it in a thread."""
-    import time
-
     from django.contrib.auth import get_user_model
 
     from audit.services import record

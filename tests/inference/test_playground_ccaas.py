@@ -205,3 +205,70 @@ async def test_a_playground_socket_stays_off_the_configured_channel_layer(acme, 
     assert dict(listening) == {}  # no consumer is waiting on any channel of the layer
     assert frame["type"] == "sentiment"
     await comm.disconnect()
+
+
+def _embedding_events() -> list[dict]:
+    """The usage events of embeddings requests in the Redis stream so far."""
+    from django.conf import settings
+
+    from core.redis import get_redis
+
+    found = []
+    for _id, fields in get_redis().xrange(settings.INFERENCE_USAGE_STREAM):
+        for line in fields[b"e"].split(b"\n"):
+            event = orjson.loads(line)
+            if event["endpoint"] == "embeddings":
+                found.append(event)
+    return found
+
+
+async def _embedding_events_settled(count: int) -> list[dict]:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        events = await sync_to_async(_embedding_events)()
+        if len(events) >= count or time.monotonic() > deadline:
+            await asyncio.sleep(0.1)  # one more, were it coming, would be written with these
+            return await sync_to_async(_embedding_events)()
+        await asyncio.sleep(0.02)
+
+
+async def test_a_tenant_with_the_embedding_scorer_is_scored_by_its_model_through_the_dispatch(
+        acme, agent_cookie, gateway):
+    from inference.simulator.config import DEFAULT_EMBEDDING_MODEL
+
+    def use_embeddings() -> None:
+        acme.sentiment_scorer, acme.sentiment_model = "embedding", DEFAULT_EMBEDDING_MODEL
+        acme.save(update_fields=["sentiment_scorer", "sentiment_model"])
+
+    await sync_to_async(use_embeddings)()
+    angry = list(PERSONAS["angry"][1])
+    comm = await ready(acme.slug, agent_cookie)
+    first, _ = await customer_turn(comm, "e1", angry[:1])
+    after_first = await _embedding_events_settled(1)
+    assert after_first and {e["key_id"] for e in after_first} == {"playground"}  # billed as the playground
+    assert {e["tenant"] for e in after_first} == {str(acme.pk)}
+    second, _ = await customer_turn(comm, "e2", angry[:2])
+    after_second = await _embedding_events_settled(len(after_first) + 1)
+    assert len(after_second) == len(after_first) + 1  # only the new turn is embedded; the first one's score is kept
+    await comm.disconnect()
+    entries = await sync_to_async(escalation_entries)(acme)
+    assert [(e.data["scorer"], e.data["fallback"]) for e in entries] == [("embedding", "")] * 2
+    assert -1 <= first["score"] <= 1 and second["turn"] == 2
+
+
+async def test_an_embedding_scorer_that_fails_falls_back_to_the_lexicon_and_says_why(acme, agent_cookie, gateway):
+    def use_a_missing_model() -> None:
+        acme.sentiment_scorer, acme.sentiment_model = "embedding", "no-such/embedding-model"
+        acme.save(update_fields=["sentiment_scorer", "sentiment_model"])
+
+    await sync_to_async(use_a_missing_model)()
+    comm = await ready(acme.slug, agent_cookie)
+    line = PERSONAS["angry"][1][0]
+    frame, done = await customer_turn(comm, "f1", [line])
+    assert frame["score"] == round(sentiment.score(line).score, 3) and done["status"] == 200  # the reply still comes
+    await comm.disconnect()
+    [entry] = await sync_to_async(escalation_entries)(acme)
+    assert entry.data["scorer"] == "lexicon" and entry.data["fallback"].startswith("embedding_failed: 4")
