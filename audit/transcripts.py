@@ -311,12 +311,18 @@ def break_glass_refused(*, user, tenant, request=None, what: str = "") -> None:
 def _export(tenant_id: str, customer_id: str) -> list[dict]:
     out = []
     for row in Transcript.objects.filter(tenant_id=tenant_id, customer_id=customer_id).select_related("data_key"):
-        content = envelope.open_sealed(envelope.plaintext_key(row.data_key), str(row.tenant_id), str(row.pk),
-                                       row.sealed)
+        try:
+            content = envelope.open_sealed(envelope.plaintext_key(row.data_key), str(row.tenant_id), str(row.pk),
+                                           row.sealed)
+        except envelope.DecryptionError:
+            # Altered, or its key is gone: listed, never blocking the copy (KMS being unreachable does block it,
+            # and the copy is tried again later).
+            content = {"prompt": None, "reply": None, "unreadable": True}
         out.append({"request_id": row.request_id, "turn": row.turn, "kind": row.kind,
                     "conversation_id": row.conversation_id, "model": row.model,
                     "created_at": row.created_at.isoformat(), "expires_at": row.expires_at.isoformat(),
-                    "prompt": content.get("prompt"), "reply": content.get("reply")})
+                    "prompt": content.get("prompt"), "reply": content.get("reply"),
+                    **({"unreadable": True} if content.get("unreadable") else {})})
     return out
 
 

@@ -270,3 +270,23 @@ def test_jobs_run_in_the_embedded_loop_and_on_celery_beat(db, acme, local_kek, s
     assert AuditEntry.objects.get(action="retention.destroyed").data["count"] == 1
     # The daily job doesn't run again within the day.
     assert retention.retention_jobs_due() is None
+
+
+def test_an_individuals_copy_includes_their_transcripts_and_erasure_deletes_them(db, acme, local_kek,
+                                                                                 django_capture_on_commit_callbacks):
+    from audit.privacy_requests import privacy_request_erase, privacy_request_export, privacy_request_open
+
+    _keep(acme, 30, django_capture_on_commit_callbacks)
+    _emit(acme, "c1", customer_id="cust-9")
+    _emit(acme, "c2", customer_id="cust-9")
+    _emit(acme, "other", customer_id="cust-10")
+    transcripts_ingest()
+    Transcript.objects.filter(request_id="c2").update(sealed=b"\0" * 40)  # one altered: listed, not blocking
+    access = privacy_request_open(tenant=acme, customer_id="cust-9", kind="access", channel="console")
+    document = privacy_request_export(privacy_request=access)
+    kept = {item["request_id"]: item for item in document["holdings"]["transcripts"]}
+    assert set(kept) == {"c1", "c2"}
+    assert kept["c1"]["prompt"] == [{"role": "user", "content": SECRET}] and kept["c2"]["unreadable"] is True
+    erase = privacy_request_open(tenant=acme, customer_id="cust-9", kind="erase", channel="console")
+    privacy_request_erase(privacy_request=erase)
+    assert list(Transcript.objects.values_list("request_id", flat=True)) == ["other"]
