@@ -454,3 +454,62 @@ def test_state_expires_when_idle_and_the_lock_is_released(gateway_ready, acme, i
     httpx.post(f"{gateway_ready.base_url}/v1/conversations/{cid}/close", headers=_headers(key))
     assert 0 < client.pttl(contract.conversation_key(cid)) / 1000 <= 24 * 3600
     assert b"/echo one" not in client.get(contract.conversation_key(cid))  # no text once closed
+
+
+def _stream_turn(server, key: str, body: dict) -> tuple[int, list[str]]:
+    events = []
+    with httpx.stream("POST", f"{server.base_url}/v1/conversation", headers=_headers(key), timeout=30,
+                      json={**body, "stream": True}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+        return response.status_code, events
+
+
+def test_a_stream_that_fails_midway_keeps_no_turn(gateway_ready, acme, issue_key, simulator):
+    key = issue_key(acme)
+    cid = turn(gateway_ready, key, "/echo first").json()["conversation_id"]
+    simulator.control(abort_after_tokens=2)
+    try:
+        status, events = _stream_turn(gateway_ready, key, {"conversation_id": cid,
+                                                           "message": "/echo a long enough message to fail"})
+    finally:
+        simulator.control(abort_after_tokens=None)
+    assert status == 200 and events[-1] == "[DONE]"
+    assert orjson.loads(events[-2])["error"]  # the protocol's mid-stream error frame, no conversation.turn
+    assert not any(orjson.loads(e).get("object") == "conversation.turn" for e in events[:-1])
+    shown = httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}", headers=_headers(key)).json()
+    assert len(shown["turns"]) == 2
+
+
+def test_restore_mode_streams_the_originals_and_stores_placeholders(gateway_ready, acme, issue_key,
+                                                                    django_capture_on_commit_callbacks):
+    from tenants.services import tenant_redaction_set
+
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_redaction_set(tenant=acme, mode="restore")
+    key = issue_key(acme)
+    message = "/echo ring me on 0412 345 678 please"
+    status, events = _stream_turn(gateway_ready, key, {"model": MODEL, "message": message})
+    assert status == 200
+    final = orjson.loads(events[-2])
+    assert final["reply"] == message
+    streamed = "".join(c["choices"][0]["delta"].get("content") or ""
+                       for c in map(orjson.loads, events[:-2]) if c.get("choices"))
+    assert streamed == message
+    shown = httpx.get(f"{gateway_ready.base_url}/v1/conversations/{final['conversation_id']}",
+                      headers=_headers(key)).json()
+    assert [t["text"] for t in shown["turns"]] == ["/echo ring me on [AU_PHONE_1] please"] * 2
+
+
+def test_a_suspended_organisation_is_refused_with_402(gateway_ready, acme, issue_key,
+                                                      django_capture_on_commit_callbacks):
+    from tenants.services import tenant_set_status
+
+    key = issue_key(acme)
+    cid = turn(gateway_ready, key, "/echo hi").json()["conversation_id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_set_status(tenant=acme, status="suspended", reason="test")
+    answer = wait_for(lambda: (a := turn(gateway_ready, key, "/echo hi", conversation_id=cid)).status_code == 402
+                      and a)
+    assert answer.json()["error"]["code"] == "account_suspended"
