@@ -88,6 +88,14 @@ def _data_key_for(tenant_id: str, keys: dict) -> TenantDataKey | None:
         if key is None and not TenantDataKey.objects.filter(tenant_id=tenant_id).exists():
             # Retention turned on without a key (it was on before keys existed): make one now.
             key = envelope.data_key_create(tenant_id)
+        if key is not None:
+            try:
+                envelope.plaintext_key(key)
+            except envelope.DecryptionError:
+                # The wrapping key no longer opens it (the local key-wrapping key was replaced): new content goes
+                # under a new key rather than blocking every tenant's batch; what the old one sealed stays unreadable.
+                logger.error("the data key %s of tenant %s can't be unwrapped; making a new one", key.pk, tenant_id)
+                key = envelope.data_key_create(tenant_id)
         keys[tenant_id] = key
     return keys[tenant_id]
 

@@ -290,3 +290,16 @@ def test_an_individuals_copy_includes_their_transcripts_and_erasure_deletes_them
     erase = privacy_request_open(tenant=acme, customer_id="cust-9", kind="erase", channel="console")
     privacy_request_erase(privacy_request=erase)
     assert list(Transcript.objects.values_list("request_id", flat=True)) == ["other"]
+
+
+def test_a_data_key_the_wrapping_key_no_longer_opens_is_replaced_not_a_poison_batch(
+        db, acme, local_kek, settings, django_capture_on_commit_callbacks):
+    _keep(acme, 30, django_capture_on_commit_callbacks)
+    old = TenantDataKey.objects.get()
+    settings.AUDIT_TRANSCRIPT_LOCAL_KEK = base64.b64encode(os.urandom(32)).decode()  # the KEK was replaced
+    envelope.forget()
+    _emit(acme, "after")
+    assert transcripts_ingest() == 1
+    row = Transcript.objects.get()
+    assert row.data_key_id != old.pk
+    assert envelope.open_sealed(envelope.plaintext_key(row.data_key), str(acme.pk), str(row.pk), row.sealed)
