@@ -184,3 +184,20 @@ def test_owner_destroys_every_kept_transcript_now(owner_client, acme, kept, memb
     response = owner_client.post(f"/t/{acme.slug}/transcripts/destroy/", {"confirm": "destroy"})
     assert response.status_code == 302 and not Transcript.objects.exists()
     assert AuditEntry.objects.get(action="retention.destroyed_now").data["count"] == 1
+
+
+def test_a_completion_prompt_and_a_multipart_message_are_shown(owner_client, acme, kept):
+    records = [
+        contract.TranscriptRecord(tenant=str(acme.pk), request_id="req_text", created=time.time(), retention_days=30,
+                                  prompt="Complete this: G'day", reply="mate", endpoint="completions"),
+        contract.TranscriptRecord(tenant=str(acme.pk), request_id="req_parts", created=time.time(), retention_days=30,
+                                  prompt=[{"role": "user", "content": [{"type": "text", "text": "part one"}]}],
+                                  reply="ok"),
+    ]
+    for item in records:
+        get_redis().xadd(contract.transcript_stream_key(), {"t": item.encode()})
+    transcripts_ingest()
+    for request_id, expected in (("req_text", "Complete this: G&#x27;day"), ("req_parts", "part one")):
+        row = Transcript.objects.get(request_id=request_id)
+        page = owner_client.get(f"/t/{acme.slug}/transcripts/{row.pk}/")
+        assert page.status_code == 200 and expected in page.content.decode()
