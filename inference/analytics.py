@@ -256,11 +256,29 @@ def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=UTC) if epoch > 0 else timezone.now()
 
 
+def _record_turn_decisions(*, tenant: Tenant, closed: contract.ClosedConversation,
+                           conversation: Conversation) -> None:
+    """Every customer turn was an automated decision (escalate or not, from its sentiment score and the tenant's
+    rule; privacy policy, APP 1.7-1.9). The escalations are audited as they happen (``inference.adm``); this one
+    entry per conversation records every turn's decision, escalated or not, by its inputs' digest, score and
+    label: never text."""
+    from audit.services import record
+
+    decisions = [
+        {"turn": index, "score": turn.sentiment, "label": turn.label, "inputs_sha256": turn.inputs_sha256,
+         "escalated": closed.escalation_turn == index}
+        for index, turn in enumerate(closed.turns) if turn.role == "user" and turn.inputs_sha256
+    ]
+    if decisions:
+        record(action="adm.sentiment_decisions", tenant=tenant, target=conversation,
+               data={"conversation": closed.conversation_id, "scorer": closed.scorer, "decisions": decisions})
+
+
 @transaction.atomic
 def conversation_record(*, tenant: Tenant, closed: contract.ClosedConversation) -> ConversationAnalysis | None:
     """The ``Conversation`` row of a closed conversation (made once: a second delivery finds the first), and its
     analysis when it is sampled (pending until the task runs)."""
-    conversation, _created = Conversation.objects.get_or_create(
+    conversation, created = Conversation.objects.get_or_create(
         tenant=tenant, conversation_id=closed.conversation_id,
         defaults={
             "key_id": closed.key_id[:32], "model": closed.model[:200], "channel": closed.channel,
@@ -273,6 +291,8 @@ def conversation_record(*, tenant: Tenant, closed: contract.ClosedConversation) 
                                percent=tenant.analytics_sample_percent),
         },
     )
+    if created:
+        _record_turn_decisions(tenant=tenant, closed=closed, conversation=conversation)
     if not conversation.sampled:
         return None
     model = analysis_model(conversation)
