@@ -38,10 +38,13 @@ def _wait_for(url: str, timeout: float) -> bool:
 
 
 def portal_command(port: int) -> list[str]:
-    """The portal's uvicorn command line. Its own forwarded-header handling is off: TRUSTED_PROXIES decides."""
+    """The portal's uvicorn command line. Its own forwarded-header handling is off: TRUSTED_PROXIES decides.
+    Per-message deflate is off: the playground's frames are a token or two each, and compressing them cost ~6%
+    more CPU per chunk and ~60 KB per socket for nothing (bench P6)."""
     return [
         sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-        "--loop", "uvloop", "--http", "httptools", "--no-access-log", *UVICORN_ARGS,
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--ws-per-message-deflate", "false",
+        *UVICORN_ARGS,
     ]
 
 
