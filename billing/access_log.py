@@ -107,10 +107,15 @@ def access_seal(*, batch: int | None = None, max_batches: int | None = None) -> 
     return sealed
 
 
+# Batches one run seals at most: a backlog (the records from before sealing existed, or after a long outage) is
+# worked through a bounded slice at a time, so the embedded default's web process is never busy with it for long.
+RUN_BATCHES = 20
+
+
 def access_jobs() -> None:
     """What the beat (``billing.tasks.seal_access_log``) or the embedded billing loop runs."""
     started = time.monotonic()
-    count = access_seal()
+    count = access_seal(max_batches=RUN_BATCHES)
     if count:
         logger.info("sealed %s access records into the audit chain in %.3fs", count, time.monotonic() - started)
 

@@ -178,3 +178,14 @@ def test_a_malformed_access_field_is_refused_by_the_contract(field, value):
     line = json.dumps({"request_id": "r", "tenant": "t", "status": 200, "created": 1.0, "v": 1, field: value})
     with pytest.raises(contract.RecordError):
         contract.UsageEvent.decode(line)
+
+
+def test_a_run_of_the_job_seals_a_bounded_slice_of_a_backlog(acme, settings, monkeypatch):
+    settings.ACCESS_SEAL_BATCH = 2
+    monkeypatch.setattr(access_log, "RUN_BATCHES", 2)
+    _records(acme, 5)
+    access_log.access_jobs()
+    assert UsageEvent.objects.filter(access_batch__isnull=True).count() == 1  # two batches of two this run
+    access_log.access_jobs()
+    assert not UsageEvent.objects.filter(access_batch__isnull=True).exists()
+    assert access_log.access_verify().broken is None
