@@ -120,6 +120,17 @@ def access_jobs() -> None:
         logger.info("sealed %s access records into the audit chain in %.3fs", count, time.monotonic() - started)
 
 
+def batch_expected(entry_id: int) -> dict | None:
+    """What a sealed batch's rows must hash to now: its ``access.batch`` entry's count and digest, or those of its
+    latest ``access.amended`` entry. None when the trail has no such batch."""
+    sealed = AuditEntry.objects.filter(action=ACTION, pk=entry_id).values_list("data", flat=True).first()
+    if not isinstance(sealed, dict):
+        return None
+    amendments = AuditEntry.objects.filter(action=AMEND_ACTION, data__batch=entry_id).order_by("-id")
+    latest = amendments.values_list("data", flat=True).first()
+    return {"count": (latest or sealed).get("count"), "digest": (latest or sealed).get("digest")}
+
+
 @dataclass(frozen=True)
 class AccessVerification:
     batches: int

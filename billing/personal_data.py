@@ -13,12 +13,16 @@ the access sealer's lock, so no batch is sealed from rows half-changed.
 
 from __future__ import annotations
 
+import logging
+
 from django.db import connection, transaction
 
 from audit.personal_data import Holder, register
 from audit.services import record
-from billing.access_log import ACCESS_SEAL_LOCK, AMEND_ACTION, ENCODING, FIELDS, batch_digest
+from billing.access_log import ACCESS_SEAL_LOCK, AMEND_ACTION, ENCODING, FIELDS, batch_digest, batch_expected
 from billing.models import UsageEvent
+
+logger = logging.getLogger("wattle.audit")
 
 ERASED = "~erased"
 _EXPORTED = ("request_id", "created_at", "key_id", "endpoint", "model", "backend", "status", "error_code",
@@ -42,13 +46,30 @@ def _change_customer(tenant_id: str, customer_id: str, new_value: str, reason: s
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ACCESS_SEAL_LOCK])
         rows = _rows(tenant_id, customer_id)
         batches = sorted(set(rows.exclude(access_batch__isnull=True).values_list("access_batch", flat=True)))
+        # An amendment vouches for the whole batch as it is now: one recorded over rows already edited outside a
+        # request would make that edit pass verification. Only a batch that still matches its trail is amended;
+        # one that doesn't stays broken for ``access_verify`` to name (the individual's request is still done).
+        intact = [batch for batch in batches if _intact(batch)]
         changed = rows.update(customer_id=new_value)
-        for batch in batches:
-            digest, count = batch_digest(UsageEvent.objects.filter(access_batch=batch).order_by("id")
-                                         .values_list(*FIELDS).iterator(chunk_size=2000))
+        for batch in intact:
+            digest, count = batch_digest(_batch_rows(batch))
             record(action=AMEND_ACTION, data={"batch": batch, "digest": digest, "count": count, "reason": reason,
                                               "encoding": ENCODING})
     return changed
+
+
+def _batch_rows(batch: int):
+    return UsageEvent.objects.filter(access_batch=batch).order_by("id").values_list(*FIELDS).iterator(chunk_size=2000)
+
+
+def _intact(batch: int) -> bool:
+    expected = batch_expected(batch)
+    digest, count = batch_digest(_batch_rows(batch))
+    if expected is None or (digest, count) != (expected["digest"], expected["count"]):
+        logger.error("access batch %s no longer matches the audit trail: not amended by an individual's request",
+                     batch)
+        return False
+    return True
 
 
 def access_records_erase(tenant_id: str, customer_id: str) -> int:

@@ -76,3 +76,30 @@ def test_correction_moves_sealed_and_unsealed_records(acme):
     assert UsageEvent.objects.filter(customer_id="crm-77").count() == 3
     access_log.access_seal(batch=10)
     assert access_log.access_verify().broken is None
+
+
+def test_an_erasure_does_not_vouch_for_rows_edited_before_it(acme):
+    """An amendment re-digests whole batches: one recorded over rows someone had already edited would make the
+    edit pass verification. A batch that no longer matched before the request is left broken."""
+    [_record(acme, "crm-7" if i % 2 else "crm-8", i) for i in range(4)]
+    access_log.access_seal(batch=10)
+    UsageEvent.objects.filter(customer_id="crm-8").update(prompt_tokens=1)  # tampering, outside any request
+    assert "edited" in access_log.access_verify().broken
+    erase = _open(acme, "erase")
+    dsr.privacy_request_erase(privacy_request=erase)
+    assert erase.outcome["access_log"] == 2  # the erasure itself is still carried out
+    assert UsageEvent.objects.filter(customer_id="crm-7").count() == 0
+    assert not AuditEntry.objects.filter(action=access_log.AMEND_ACTION).exists()
+    broken = access_log.access_verify().broken
+    assert broken is not None and "edited" in broken
+
+
+def test_a_second_change_to_an_amended_batch_is_amended_again(acme):
+    [_record(acme, "crm-7", i) for i in range(2)]
+    [_record(acme, "crm-9", i) for i in range(2, 4)]
+    access_log.access_seal(batch=10)
+    dsr.privacy_request_correct(privacy_request=_open(acme, "correct", new_customer_id="crm-77"))
+    dsr.privacy_request_erase(privacy_request=dsr.privacy_request_open(
+        tenant=acme, customer_id="crm-9", kind="erase", channel="console"))
+    assert AuditEntry.objects.filter(action=access_log.AMEND_ACTION).count() == 2
+    assert access_log.access_verify().broken is None
