@@ -435,6 +435,10 @@ def _account(analysis: ConversationAnalysis, outcome, attempt: int) -> None:
 def _complete(analysis: ConversationAnalysis, result: dict, *, turns: list[dict], cached_from, outcome):
     from audit.services import record
 
+    current = ConversationAnalysis.objects.select_for_update().get(pk=analysis.pk)
+    if current.status != ConversationAnalysis.Status.PENDING:
+        # Ended while the model ran: erased (the result is of erased content) or finished by another worker.
+        return current
     rubric = {item: {"score": int(result["rubric"][item]["score"]),
                      "reason": str(result["rubric"][item].get("reason") or "")[:MAX_REASON_CHARS]}
               for item in RUBRIC}
@@ -483,6 +487,15 @@ def conversation_content_erase(*, tenant: Tenant, conversation_ids: list[str]) -
     for analysis in ConversationAnalysis.objects.select_for_update().filter(tenant=tenant, conversation_id__in=ids):
         analysis.summary = ""
         analysis.rubric = {item: {**value, "reason": ""} for item, value in (analysis.rubric or {}).items()}
-        analysis.save(update_fields=["summary", "rubric"])
+        # The content hash is a digest of the erased words, and the cache key: kept, a later identical transcript
+        # would be given this blanked analysis instead of its own.
+        analysis.content_hash = ""
+        if analysis.status == ConversationAnalysis.Status.PENDING:
+            # Not yet run: it must never run (its task finds it ended and deletes the transcript from Redis).
+            analysis.status = ConversationAnalysis.Status.FAILED
+            analysis.failure_reason = "The conversation's content was erased before it was analysed."
+            analysis.completed_at = timezone.now()
+        analysis.save(update_fields=["summary", "rubric", "content_hash", "status", "failure_reason",
+                                     "completed_at"])
     record(action="conversations.content_erase", tenant=tenant, data={"conversations": len(ids)})
     return len(ids)

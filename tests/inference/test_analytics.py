@@ -223,3 +223,47 @@ def test_a_suspended_tenant_is_refused_like_any_request(sampled_all, backend, si
     assert analysis.status == "failed" and "(402)" in analysis.failure_reason
     assert chat_requests(simulator) == before  # refused before any model call
     assert Conversation.objects.filter(conversation_id="c-9").exists()  # the record is kept all the same
+
+
+def test_an_erased_analysis_is_not_reused_for_the_same_transcript(sampled_all, backend, simulator, bridge,
+                                                                   django_capture_on_commit_callbacks):
+    close_conversation(sampled_all, "c-10")
+    run_ingest(django_capture_on_commit_callbacks)
+    analytics.conversation_content_erase(tenant=sampled_all, conversation_ids=["c-10"])
+    erased = ConversationAnalysis.objects.get(conversation__conversation_id="c-10")
+    assert erased.content_hash == ""  # a digest of the erased words is not kept either
+    before = chat_requests(simulator)
+    close_conversation(sampled_all, "c-11")  # the same words again, later
+    run_ingest(django_capture_on_commit_callbacks)
+    later = ConversationAnalysis.objects.get(conversation__conversation_id="c-11")
+    assert later.status == "done" and later.cached_from is None and later.summary
+    assert chat_requests(simulator) == before + 1  # analysed (and billed) afresh, not a blank copy
+
+
+def test_an_analysis_pending_at_erasure_never_writes_the_erased_content(sampled_all, backend, simulator, bridge,
+                                                                       django_capture_on_commit_callbacks):
+    close_conversation(sampled_all, "c-12")
+    with django_capture_on_commit_callbacks() as queued:
+        analytics.conversations_ingest()
+    assert ConversationAnalysis.objects.get(conversation__conversation_id="c-12").status == "pending"
+    analytics.conversation_content_erase(tenant=sampled_all, conversation_ids=["c-12"])
+    before = chat_requests(simulator)
+    for callback in queued:  # the analysis task, queued before the erasure, runs after it
+        callback()
+    analysis = ConversationAnalysis.objects.get(conversation__conversation_id="c-12")
+    assert analysis.status == "failed" and analysis.summary == "" and analysis.content_hash == ""
+    assert chat_requests(simulator) == before  # no model call for erased content
+    assert stream_length() == 0  # and its transcript is gone from Redis
+
+
+def test_a_result_arriving_after_erasure_is_dropped(sampled_all, django_capture_on_commit_callbacks):
+    close_conversation(sampled_all, "c-13")
+    with django_capture_on_commit_callbacks():
+        analytics.conversations_ingest()
+    running = ConversationAnalysis.objects.get(conversation__conversation_id="c-13")  # a worker holds it, mid-call
+    analytics.conversation_content_erase(tenant=sampled_all, conversation_ids=["c-13"])
+    result = {"summary": "Customer at 12345 was furious.",
+              "rubric": {item: {"score": 80, "reason": "fine"} for item in analytics.RUBRIC}}
+    analytics._complete(running, result, turns=TURNS, cached_from=None, outcome=None)
+    analysis = ConversationAnalysis.objects.get(pk=running.pk)
+    assert analysis.status == "failed" and analysis.summary == "" and analysis.qa_score is None
