@@ -16,6 +16,7 @@ schemas, and local ``$ref`` (``#/$defs/...``, ``#/definitions/...``). Not honour
 
 from __future__ import annotations
 
+import contextvars
 import math
 import random
 from typing import Any
@@ -27,6 +28,11 @@ _WORDS = (
     "deterministic", "value", "for", "testing",
 )
 _MAX_DEPTH = 12
+# What one reply may hold: the simulator builds it in memory, from a client's schema. A schema asking for more
+# (``"minItems": 1e9``) is a 400 at once rather than a process busy or out of memory.
+_MAX_VALUES = 10_000
+_MAX_STRING = 10_000
+_BUDGET: contextvars.ContextVar[list[int]] = contextvars.ContextVar("structured_budget")
 _DEFAULT_STRING_WORDS = (2, 6)
 
 
@@ -58,12 +64,19 @@ def structured_text(response_format: dict, key: bytes, *, invalid: bool = False)
     """The reply text for a request asking for JSON: compact JSON of an instance. ``invalid``: the text a broken
     constrained decode would give (a cut-off instance, never valid JSON), for tests of a caller's retry path."""
     rng = random.Random(key)
-    if wants_structured(response_format) == "json_schema":
-        schema = schema_of(response_format)
-        value = instance(schema, rng, root=schema if isinstance(schema, dict) else {})
-    else:
-        value = {"reply": " ".join(rng.choice(_WORDS) for _ in range(4))}
-    text = orjson.dumps(value).decode()
+    try:
+        if wants_structured(response_format) == "json_schema":
+            schema = schema_of(response_format)
+            value = instance(schema, rng, root=schema if isinstance(schema, dict) else {})
+        else:
+            value = {"reply": " ".join(rng.choice(_WORDS) for _ in range(4))}
+        text = orjson.dumps(value).decode()
+    except Unsupported:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError, orjson.JSONEncodeError):
+        # A keyword of the wrong type (``"minItems": "many"``, ``"properties": [...]``) or a number past what JSON
+        # encoders write: the client's schema is at fault, so a 400 as vLLM gives, never a crash.
+        raise Unsupported("the schema is malformed") from None
     if invalid:
         # Half an object/array/string is never JSON; a bare scalar gets a stray character instead.
         text = text[: max(1, len(text) // 2)] if len(text) > 2 and text[0] in "{[\"" else text + "}"
@@ -72,8 +85,22 @@ def structured_text(response_format: dict, key: bytes, *, invalid: bool = False)
 
 def instance(schema: Any, rng: random.Random, *, root: dict, depth: int = 0) -> Any:
     """A value valid against ``schema`` (within what the module's docstring lists)."""
+    if depth == 0:
+        token = _BUDGET.set([_MAX_VALUES])
+        try:
+            return _instance(schema, rng, root=root, depth=0)
+        finally:
+            _BUDGET.reset(token)
+    return _instance(schema, rng, root=root, depth=depth)
+
+
+def _instance(schema: Any, rng: random.Random, *, root: dict, depth: int) -> Any:
     if depth > _MAX_DEPTH:
         raise Unsupported("schema nests too deeply")
+    budget = _BUDGET.get()
+    budget[0] -= 1
+    if budget[0] < 0:  # each level modest, the whole vast (arrays of arrays): refused, not built
+        raise Unsupported(f"the schema asks for more than {_MAX_VALUES} values")
     if schema is True or schema == {} or schema is None:
         return " ".join(rng.choice(_WORDS) for _ in range(2))
     if schema is False:
@@ -135,7 +162,7 @@ def _object(schema: dict, rng: random.Random, root: dict, depth: int) -> dict:
 
 
 def _array(schema: dict, rng: random.Random, root: dict, depth: int) -> list:
-    low = int(schema.get("minItems", 0))
+    low = _size(schema, "minItems", _MAX_VALUES)
     high = schema.get("maxItems")
     prefix = schema.get("prefixItems") or []
     count = max(low, len(prefix), 1)
@@ -150,7 +177,7 @@ def _array(schema: dict, rng: random.Random, root: dict, depth: int) -> list:
 
 
 def _string(schema: dict, rng: random.Random, _root: dict, _depth: int) -> str:
-    low = int(schema.get("minLength", 0))
+    low = _size(schema, "minLength", _MAX_STRING)
     high = schema.get("maxLength")
     text = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(*_DEFAULT_STRING_WORDS)))
     while len(text) < low:
@@ -158,6 +185,13 @@ def _string(schema: dict, rng: random.Random, _root: dict, _depth: int) -> str:
     if high is not None:
         text = text[: int(high)].rstrip() if len(text[: int(high)].rstrip()) >= low else text[: int(high)]
     return text
+
+
+def _size(schema: dict, name: str, most: int) -> int:
+    value = int(schema.get(name, 0))
+    if value > most:
+        raise Unsupported(f"{name} above {most} is more than the simulator builds")
+    return value
 
 
 def _bounds(schema: dict, integer: bool) -> tuple[float, float]:

@@ -194,3 +194,32 @@ def test_an_unsatisfiable_schema_is_a_400(sim):
     response = _chat(sim, response_format=_json_schema({"type": "integer", "minimum": 5, "maximum": 1}))
     assert response.status == 400
     assert response.json()["error"]["param"] == "response_format"
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "array", "minItems": "many"},
+    {"type": "string", "maxLength": [3]},
+    {"type": "integer", "minimum": "zero"},
+    {"type": "object", "properties": ["a", "b"]},
+    {"allOf": [{"properties": "nope"}]},
+    {"type": "integer", "minimum": 10**30, "maximum": 10**31},  # past what JSON encoders write
+])
+def test_a_malformed_schema_is_a_400_not_a_crash(sim, schema):
+    response = _chat(sim, response_format=_json_schema(schema))
+    assert response.status == 400, response.body
+    assert response.json()["error"]["param"] == "response_format"
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "array", "minItems": 10**9},
+    {"type": "string", "minLength": 10**9},
+    # Each level small, the whole vast: 20 ** 6 objects.
+    {"$defs": {"n": {"type": "array", "minItems": 20, "items": {"$ref": "#/$defs/m"}},
+               "m": {"type": "array", "minItems": 20, "items": {"$ref": "#/$defs/o"}},
+               "o": {"type": "array", "minItems": 20, "items": {"type": "array", "minItems": 20,
+                                                                 "items": {"type": "array", "minItems": 20}}}},
+     "type": "array", "minItems": 20, "items": {"$ref": "#/$defs/n"}},
+])
+def test_a_schema_asking_for_a_vast_instance_is_refused_at_once(schema):
+    with pytest.raises(structured.Unsupported):
+        structured.structured_text(_json_schema(schema), b"k")
