@@ -80,7 +80,19 @@ def privacy_request_open(*, tenant, customer_id: object, kind: str, channel: str
     return privacy_request
 
 
-def _require_open(privacy_request: PrivacyRequest) -> None:
+def _lock(privacy_request: PrivacyRequest) -> None:
+    """Hold the request's row for the transaction and read its status again: two carry-outs at once (a double
+    submit, two people) each hold the request as it was when their page loaded, and the second must see it done.
+    Call inside ``transaction.atomic``."""
+    status = (PrivacyRequest.objects.select_for_update().filter(pk=privacy_request.pk)
+              .values_list("status", flat=True).first())
+    if status is not None:
+        privacy_request.status = status
+
+
+def _require_open(privacy_request: PrivacyRequest, *, lock: bool = True) -> None:
+    if lock:
+        _lock(privacy_request)
     if not privacy_request.is_open:
         raise ValidationError(f"This request is already {privacy_request.get_status_display().lower()}.")
 
@@ -126,9 +138,10 @@ def privacy_request_export(*, privacy_request: PrivacyRequest, actor=None, reque
     request produces the document again and is audited again, as an export)."""
     if privacy_request.kind != PrivacyRequest.Kind.ACCESS:
         raise ValidationError("Only an access request produces a copy of the records.")
-    if privacy_request.status == PrivacyRequest.Status.REFUSED:
-        raise ValidationError("This request was refused.")
     with transaction.atomic():
+        _lock(privacy_request)
+        if privacy_request.status == PrivacyRequest.Status.REFUSED:
+            raise ValidationError("This request was refused.")
         document = export_document(privacy_request)
         outcome = {name: len(records) for name, records in document["holdings"].items()}
         if privacy_request.is_open:
@@ -144,9 +157,9 @@ def privacy_request_export(*, privacy_request: PrivacyRequest, actor=None, reque
 def privacy_request_erase(*, privacy_request: PrivacyRequest, actor=None, request=None) -> PrivacyRequest:
     if privacy_request.kind != PrivacyRequest.Kind.ERASE:
         raise ValidationError("This is not an erasure request.")
-    _require_open(privacy_request)
     tenant_id, customer_id = str(privacy_request.tenant_id), privacy_request.customer_id
     with transaction.atomic():
+        _require_open(privacy_request)
         outcome = {holder.name: holder.erase(tenant_id, customer_id) for holder in personal_data.holders()}
         annotations = CustomerAnnotation.objects.filter(tenant_id=tenant_id, customer_id=customer_id)
         outcome["annotations"] = annotations.delete()[0]
@@ -157,10 +170,10 @@ def privacy_request_erase(*, privacy_request: PrivacyRequest, actor=None, reques
 def privacy_request_correct(*, privacy_request: PrivacyRequest, actor=None, request=None) -> PrivacyRequest:
     if privacy_request.kind != PrivacyRequest.Kind.CORRECT:
         raise ValidationError("This is not a correction request.")
-    _require_open(privacy_request)
     tenant_id = str(privacy_request.tenant_id)
     old, new = privacy_request.customer_id, privacy_request.new_customer_id
     with transaction.atomic():
+        _require_open(privacy_request)
         outcome = {holder.name: holder.rekey(tenant_id, old, new) for holder in personal_data.holders()}
         outcome["annotations"] = CustomerAnnotation.objects.filter(
             tenant_id=tenant_id, customer_id=old).update(customer_id=new)
@@ -172,13 +185,14 @@ def privacy_request_annotate(*, privacy_request: PrivacyRequest, text: object, a
                              request=None) -> PrivacyRequest:
     if privacy_request.kind != PrivacyRequest.Kind.ANNOTATE:
         raise ValidationError("This is not an annotation request.")
-    _require_open(privacy_request)
+    _require_open(privacy_request, lock=False)
     text = str(text or "").strip() if isinstance(text, str) else ""
     if not text:
         raise ValidationError({"text": "Write the statement to keep with the records."})
     if len(text) > ANNOTATION_MAX:
         raise ValidationError({"text": f"A statement is at most {ANNOTATION_MAX} characters."})
     with transaction.atomic():
+        _require_open(privacy_request)
         CustomerAnnotation.objects.create(tenant_id=privacy_request.tenant_id,
                                           customer_id=privacy_request.customer_id, text=text,
                                           privacy_request=privacy_request)
@@ -189,13 +203,14 @@ def privacy_request_annotate(*, privacy_request: PrivacyRequest, text: object, a
 def privacy_request_refuse(*, privacy_request: PrivacyRequest, reason: object, actor=None,
                            request=None) -> PrivacyRequest:
     """APP 12.9 / 13.3: a refusal gives its reasons in writing; they are kept with the request."""
-    _require_open(privacy_request)
+    _require_open(privacy_request, lock=False)
     reason = reason.strip() if isinstance(reason, str) else ""
     if not reason:
         raise ValidationError({"reason": "Give the reason for refusing, as the individual will be told it."})
     if len(reason) > 500:
         raise ValidationError({"reason": "A reason is at most 500 characters."})
     with transaction.atomic():
+        _require_open(privacy_request)
         privacy_request.status = PrivacyRequest.Status.REFUSED
         privacy_request.refusal_reason = reason
         privacy_request.completed_at = timezone.now()

@@ -95,6 +95,27 @@ def test_a_done_request_cannot_be_carried_out_again_and_a_refusal_needs_a_reason
         services.privacy_request_export(privacy_request=_open(acme, kind="erase"), actor=alice)
 
 
+def test_a_request_carried_out_twice_at_once_is_done_once(acme, alice):
+    """A double-submitted form (or two staff at once) each hold the request as it was when the page loaded: the
+    second must find it done, not annotate twice, nor mark a refused request completed."""
+    annotate = _open(acme, kind="annotate")
+    stale = PrivacyRequest.objects.get(pk=annotate.pk)
+    services.privacy_request_annotate(privacy_request=annotate, text="First.", actor=alice)
+    with pytest.raises(services.ValidationError):
+        services.privacy_request_annotate(privacy_request=stale, text="Second.", actor=alice)
+    assert CustomerAnnotation.objects.count() == 1
+
+    erase = _open(acme, kind="erase")
+    stale = PrivacyRequest.objects.get(pk=erase.pk)
+    services.privacy_request_refuse(privacy_request=erase, reason="Identity not verified.", actor=alice)
+    with pytest.raises(services.ValidationError):
+        services.privacy_request_erase(privacy_request=stale, actor=alice)
+    with pytest.raises(services.ValidationError):
+        services.privacy_request_refuse(privacy_request=stale, reason="Again.", actor=alice)
+    assert PrivacyRequest.objects.get(pk=erase.pk).status == "refused"
+    assert not AuditEntry.objects.filter(action="privacy_request.erased").exists()
+
+
 def test_an_export_holds_only_the_tenants_own_records(acme, bluegum, alice, bob):
     services.privacy_request_annotate(privacy_request=_open(bluegum, kind="annotate"), text="bluegum's", actor=bob)
     document = services.privacy_request_export(privacy_request=_open(acme), actor=alice)
