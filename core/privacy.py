@@ -89,6 +89,12 @@ class PolicyVersion:
 # reads it from here); sign-up records the version each person accepted.
 PRIVACY_POLICY_VERSIONS = (
     PolicyVersion(
+        version="2026-12-05",
+        changes="When the automated decisions run (on conversations sent through the conversation API; QA scoring "
+                "on a share the organisation sets, one in ten by default) and how each is recorded; staff access to "
+                "retained transcripts only through audited, time-limited emergency access.",
+    ),
+    PolicyVersion(
         version="2026-12-04",
         changes="Automated decisions described in full ahead of APP 1.7 to 1.9 taking effect on 10 December 2026 "
                 "(what each decides, the information used, human review); sub-processors, retention defaults, "

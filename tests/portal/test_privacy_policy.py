@@ -21,7 +21,7 @@ def policy(client) -> str:
 
 def test_the_policy_shows_its_version_and_the_date_it_took_effect(policy):
     assert PRIVACY_POLICY_VERSIONS[0].version == settings.PRIVACY_POLICY_VERSION
-    assert f"Version {settings.PRIVACY_POLICY_VERSION}, in effect from 4 December 2026" in policy
+    assert f"Version {settings.PRIVACY_POLICY_VERSION}, in effect from 5 December 2026" in policy
     for earlier in PRIVACY_POLICY_VERSIONS[1:]:
         assert earlier.version in policy  # earlier versions and what changed stay listed
 
