@@ -10,9 +10,9 @@ Django-free (``core``): both planes may use it, and nothing here does I/O except
   social media, reads the polite neutral requests of a contact centre ("please", "sure", "fine") as positive and
   misses its complaints ("third time", "on hold for an hour", "charged twice").
 - ``AnchorScorer``: the tenant's embedding model (through whatever ``embed`` the caller gives: the data plane
-  sends it through the same dispatch as `/v1/embeddings`) scores a turn by cosine similarity to embedded positive
-  and negative exemplars (cached per model); when the embedding call fails it falls back to the lexicon and says
-  why.
+  sends it through the same dispatch as `/v1/embeddings`) scores a turn by cosine similarity to positive and
+  negative exemplars embedded in the same call (never cached across callers: each pays only for its own turn);
+  when the embedding call fails it falls back to the lexicon and says why.
 - ``EscalationRule`` and ``decide``: the tenant's rule (threshold, consecutive negative turns, trigger phrases) and
   the decision for one customer turn. ``rule_digest``/``text_digest`` are what the audit chain records of a
   decision's inputs (never the text).
@@ -20,7 +20,6 @@ Django-free (``core``): both planes may use it, and nothing here does I/O except
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import re
@@ -284,38 +283,6 @@ class EmbeddingFailed(Exception):
         self.reason = reason
 
 
-class _Anchors:
-    """Embedded anchors per model, computed once per process (a model's anchors don't change)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[list[list[float]], list[list[float]]]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    async def get(self, model: str, embed: Embed) -> tuple[list[list[float]], list[list[float]]]:
-        cached = self._cache.get(model)
-        if cached is not None:
-            return cached
-        lock = self._locks.setdefault(model, asyncio.Lock())
-        async with lock:
-            cached = self._cache.get(model)
-            if cached is None:
-                vectors = await embed([*POSITIVE_ANCHORS, *NEGATIVE_ANCHORS])
-                if len(vectors) != len(POSITIVE_ANCHORS) + len(NEGATIVE_ANCHORS):
-                    raise EmbeddingFailed("anchor_count")
-                cached = ([_unit(v) for v in vectors[:len(POSITIVE_ANCHORS)]],
-                          [_unit(v) for v in vectors[len(POSITIVE_ANCHORS):]])
-                if len(self._cache) >= 64:  # bounded: a tenant can name only models the pool knows
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[model] = cached
-        return cached
-
-    def clear(self) -> None:
-        self._cache.clear()
-
-
-ANCHORS = _Anchors()
-
-
 def _unit(vector: Sequence[float]) -> list[float]:
     norm = math.sqrt(sum(x * x for x in vector)) or 1.0
     return [x / norm for x in vector]
@@ -329,7 +296,12 @@ class AnchorScorer:
     """Scores a turn by the tenant's embedding model: the mean of its top-2 cosine similarities to the positive
     anchors minus the same for the negative ones, scaled to [-1, 1]. ``embed`` sends texts to the model (the data
     plane's goes through the dispatch, billed like any `/v1/embeddings` request) and raises on failure, in which
-    case the lexicon answers and ``Scored.fallback`` records why."""
+    case the lexicon answers and ``Scored.fallback`` records why.
+
+    The turn and the anchors go in one call, every turn, and nothing is kept between calls: whoever ``embed``
+    bills pays for the anchors only with its own turn. A process-wide cache of the anchors' vectors would bill
+    them to whichever tenant happened to come first and serve them to every other (shared platform work on one
+    customer's bill, and another tenant's answer trusted for yours); the anchors are a few dozen short tokens."""
 
     name = "embedding"
 
@@ -340,11 +312,12 @@ class AnchorScorer:
 
     async def score(self, text: str) -> Scored:
         try:
-            positive, negative = await ANCHORS.get(self.model, self._embed)
-            vectors = await self._embed([text[:MAX_TEXT_CHARS]])
-            if len(vectors) != 1:
+            vectors = await self._embed([text[:MAX_TEXT_CHARS], *POSITIVE_ANCHORS, *NEGATIVE_ANCHORS])
+            if len(vectors) != 1 + len(POSITIVE_ANCHORS) + len(NEGATIVE_ANCHORS):
                 raise EmbeddingFailed("embedding_count")
             turn = _unit(vectors[0])
+            positive = [_unit(v) for v in vectors[1:1 + len(POSITIVE_ANCHORS)]]
+            negative = [_unit(v) for v in vectors[1 + len(POSITIVE_ANCHORS):]]
             gap = _top_mean(turn, positive) - _top_mean(turn, negative)
             return Scored(sentiment_of(gap * _ANCHOR_SCALE), self.name)
         except EmbeddingFailed as failed:

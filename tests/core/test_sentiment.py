@@ -167,8 +167,7 @@ def _bag_of_words_embed(calls: list[list[str]]):
     return embed
 
 
-def test_the_embedding_scorer_compares_with_the_anchors_and_caches_them_per_model():
-    sentiment.ANCHORS.clear()
+def test_the_embedding_scorer_embeds_the_turn_with_the_anchors_in_one_call():
     calls: list[list[str]] = []
     scorer = sentiment.AnchorScorer("embed-a", _bag_of_words_embed(calls))
 
@@ -180,9 +179,27 @@ def test_the_embedding_scorer_compares_with_the_anchors_and_caches_them_per_mode
     happy, angry = asyncio.run(run())
     assert happy.scorer == angry.scorer == "embedding" and not happy.fallback
     assert happy.sentiment.label == "positive" and angry.sentiment.label == "negative"
-    anchor_calls = [c for c in calls if len(c) > 1]
-    assert len(anchor_calls) == 1  # the anchors were embedded once for the model
-    assert len(calls) == 3
+    # One call per turn, the turn first and the exemplars after it: whoever pays for the call pays for its own turn.
+    assert len(calls) == 2
+    assert calls[0] == ["Thanks, great, all sorted", *sentiment.POSITIVE_ANCHORS, *sentiment.NEGATIVE_ANCHORS]
+
+
+def test_one_callers_embedding_of_the_anchors_never_serves_another_caller():
+    """Each caller's ``embed`` is billed to its own tenant: no vectors are shared between callers (not billed to
+    whoever came first, and not trusted from another tenant's model either)."""
+    first: list[list[str]] = []
+    second: list[list[str]] = []
+    asyncio.run(sentiment.AnchorScorer("embed-shared", _bag_of_words_embed(first)).score("Thanks, great"))
+    asyncio.run(sentiment.AnchorScorer("embed-shared", _bag_of_words_embed(second)).score("Thanks, great"))
+    assert first == second  # the second caller embedded (and paid for) exactly what the first did
+
+
+def test_a_wrong_number_of_vectors_falls_back():
+    async def short(texts):
+        return [[1.0, 0.0]] * (len(texts) - 1)
+
+    scored = asyncio.run(sentiment.AnchorScorer("embed-d", short).score("I'm not happy"))
+    assert scored.scorer == "lexicon" and scored.fallback == "embedding_failed: embedding_count"
 
 
 def test_the_embedding_scorer_falls_back_to_the_lexicon_and_says_why():

@@ -368,9 +368,6 @@ def embedding_scorer(acme, django_capture_on_commit_callbacks, unthrottled):
 
 def test_the_embedding_scorer_embeds_through_the_dispatch_billed_to_the_key(gateway_ready, acme, issue_key,
                                                                            embedding_scorer):
-    from core import sentiment
-
-    sentiment.ANCHORS.clear()
     key = issue_key(acme)
     answer = turn(gateway_ready, key, "/echo I'm not happy at all")
     assert answer.status_code == 200, answer.text
@@ -379,9 +376,27 @@ def test_the_embedding_scorer_embeds_through_the_dispatch_billed_to_the_key(gate
     assert shown["turns"][0]["sentiment"]["scorer"] == "embedding"
     assert shown["turns"][0]["sentiment"]["fallback"] == ""
     turn(gateway_ready, key, "/echo thanks", conversation_id=cid)
-    events = ingested(5)  # anchors once, each turn's embedding, each turn's chat completion
-    assert sorted(e.endpoint for e in events) == ["chat.completions"] * 2 + ["embeddings"] * 3
+    events = ingested(4)  # each turn's embedding (with the exemplars), each turn's chat completion
+    assert sorted(e.endpoint for e in events) == ["chat.completions"] * 2 + ["embeddings"] * 2
     assert {e.key_id for e in events} == {key.split("_")[1]}
+
+
+def test_the_exemplars_are_never_billed_to_another_tenant(gateway_ready, acme, bluegum, issue_key, embedding_scorer,
+                                                          django_capture_on_commit_callbacks, unthrottled):
+    """Each tenant pays for the exemplars only with its own turn: the first tenant to use a model doesn't pay for
+    the others' (the same turn costs every tenant the same)."""
+    from tenants.services import tenant_conversation_settings_set
+
+    unthrottled(bluegum)
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_conversation_settings_set(tenant=bluegum, sentiment_scorer="embedding", sentiment_model=EMBEDDER)
+    first, second = issue_key(acme), issue_key(bluegum)
+    assert turn(gateway_ready, first, "/echo I'm not happy at all").status_code == 200
+    assert turn(gateway_ready, second, "/echo I'm not happy at all").status_code == 200
+    embeddings = [e for e in ingested(4) if e.endpoint == "embeddings"]
+    by_tenant = {str(e.tenant_id): e.prompt_tokens for e in embeddings}
+    assert len(embeddings) == 2 and set(by_tenant) == {str(acme.pk), str(bluegum.pk)}
+    assert by_tenant[str(acme.pk)] == by_tenant[str(bluegum.pk)]
 
 
 def test_a_failing_embedding_falls_back_to_the_lexicon_and_says_why(gateway_ready, acme, issue_key,
