@@ -9,7 +9,7 @@ holds a ``customer_id`` column to have registered one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
@@ -17,17 +17,21 @@ from dataclasses import dataclass
 class Holder:
     """``name``: the section of the export document. Each callable takes the tenant id (str) and the customer id.
 
-    - ``export(tenant_id, customer_id) -> list[dict]``: every record held, JSON-serialisable.
+    - ``export(tenant_id, customer_id) -> Iterable[dict]``: every record held, JSON-serialisable; a generator
+      reading in chunks for a holding that may be large (the download writes records out as they come).
+    - ``count(tenant_id, customer_id) -> int`` (optional): how many records ``export`` gives, without reading
+      them (else they are read once to count).
     - ``erase(tenant_id, customer_id) -> int``: content deleted and the rest de-identified; how many records.
     - ``rekey(tenant_id, customer_id, new_customer_id) -> int``: the records moved to another id (a correction).
     """
 
     name: str
     description: str
-    export: Callable[[str, str], list[dict]]
+    export: Callable[[str, str], Iterable[dict]]
     erase: Callable[[str, str], int]
     rekey: Callable[[str, str, str], int]
     models: tuple[str, ...] = ()  # the models it answers for ("app_label.modelname")
+    count: Callable[[str, str], int] | None = None
 
 
 _HOLDERS: dict[str, Holder] = {}

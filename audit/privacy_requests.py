@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterator
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone
 
@@ -110,19 +112,24 @@ def _complete(privacy_request: PrivacyRequest, *, outcome: dict, action: str, ac
 
 def export_document(privacy_request: PrivacyRequest) -> dict:
     """Everything held about the request's customer in its tenant, as one JSON-serialisable document."""
+    head, sections, tail = _document_parts(privacy_request)
+    return {**head, "holdings": {name: list(records) for name, records in sections}, **tail}
+
+
+def _annotations(tenant_id: str, customer_id: str):
+    for note in CustomerAnnotation.objects.filter(tenant_id=tenant_id, customer_id=customer_id).order_by("pk"):
+        yield {"text": note.text, "created_at": note.created_at.isoformat()}
+
+
+def _document_parts(privacy_request: PrivacyRequest):
+    """The document's fields before ``holdings``, its sections as (name, records iterable), and the fields after:
+    the records are read as they are written out, never all at once."""
     tenant_id, customer_id = str(privacy_request.tenant_id), privacy_request.customer_id
-    holdings = {holder.name: holder.export(tenant_id, customer_id) for holder in personal_data.holders()}
-    holdings["annotations"] = [
-        {"text": note.text, "created_at": note.created_at.isoformat()}
-        for note in CustomerAnnotation.objects.filter(tenant_id=tenant_id, customer_id=customer_id)
-    ]
-    return {
-        "version": EXPORT_VERSION,
-        "tenant": tenant_id,
-        "customer_id": customer_id,
-        "generated_at": timezone.now().isoformat(),
-        "privacy_request": str(privacy_request.pk),
-        "holdings": holdings,
+    head = {"version": EXPORT_VERSION, "tenant": tenant_id, "customer_id": customer_id,
+            "generated_at": timezone.now().isoformat(), "privacy_request": str(privacy_request.pk)}
+    sections = [(holder.name, holder.export(tenant_id, customer_id)) for holder in personal_data.holders()]
+    sections.append(("annotations", _annotations(tenant_id, customer_id)))
+    tail = {
         "sections": {holder.name: holder.description for holder in personal_data.holders()},
         "requests": [
             {"id": str(other.pk), "kind": other.kind, "status": other.status,
@@ -131,19 +138,59 @@ def export_document(privacy_request: PrivacyRequest) -> dict:
             for other in PrivacyRequest.objects.filter(tenant_id=tenant_id, customer_id=customer_id)
         ],
     }
+    return head, sections, tail
 
 
-def privacy_request_export(*, privacy_request: PrivacyRequest, actor=None, request=None) -> dict:
+# How much of the document one chunk of a download holds: a customer may have millions of access records, and
+# the copy is written out as it is read, so memory stays at about a chunk whatever they hold.
+CHUNK_BYTES = 64 * 1024
+
+
+def export_chunks(privacy_request: PrivacyRequest) -> Iterator[bytes]:
+    """The same document as ``export_document``, as JSON bytes in chunks, reading each holder's records lazily."""
+    encode = DjangoJSONEncoder().encode
+    head, sections, tail = _document_parts(privacy_request)
+    buffer: list[str] = [encode(head)[:-1], ', "holdings": {']
+    size = 0
+    for index, (name, records) in enumerate(sections):
+        buffer.append(f'{", " if index else ""}{encode(name)}: [')
+        for count, item in enumerate(records):
+            text = (", " if count else "") + encode(item)
+            buffer.append(text)
+            size += len(text)
+            if size >= CHUNK_BYTES:
+                yield "".join(buffer).encode()
+                buffer, size = [], 0
+        buffer.append("]")
+    buffer.append("}, " + encode(tail)[1:])
+    yield "".join(buffer).encode()
+
+
+def _counts(tenant_id: str, customer_id: str) -> dict[str, int]:
+    counts = {holder.name: holder.count(tenant_id, customer_id) if holder.count is not None
+              else sum(1 for _ in holder.export(tenant_id, customer_id)) for holder in personal_data.holders()}
+    counts["annotations"] = CustomerAnnotation.objects.filter(tenant_id=tenant_id, customer_id=customer_id).count()
+    return counts
+
+
+def privacy_request_export(*, privacy_request: PrivacyRequest, actor=None, request=None,
+                           stream: bool = False) -> dict | Iterator[bytes]:
     """Carry out an access request: the document, and the request completed (a later download of the same
-    request produces the document again and is audited again, as an export)."""
+    request produces the document again and is audited again, as an export). ``stream``: the document as JSON
+    chunks (``export_chunks``, read as they are sent; what the consoles and the API download), the outcome's
+    counts taken by count."""
     if privacy_request.kind != PrivacyRequest.Kind.ACCESS:
         raise ValidationError("Only an access request produces a copy of the records.")
     with transaction.atomic():
         _lock(privacy_request)
         if privacy_request.status == PrivacyRequest.Status.REFUSED:
             raise ValidationError("This request was refused.")
-        document = export_document(privacy_request)
-        outcome = {name: len(records) for name, records in document["holdings"].items()}
+        if stream:
+            document = export_chunks(privacy_request)
+            outcome = _counts(str(privacy_request.tenant_id), privacy_request.customer_id)
+        else:
+            document = export_document(privacy_request)
+            outcome = {name: len(records) for name, records in document["holdings"].items()}
         if privacy_request.is_open:
             _complete(privacy_request, outcome=outcome, action="privacy_request.exported", actor=actor,
                       request=request)
@@ -221,11 +268,12 @@ def privacy_request_refuse(*, privacy_request: PrivacyRequest, reason: object, a
 
 
 def privacy_request_carry_out(*, privacy_request: PrivacyRequest, actor=None, request=None,
-                              text: object = None) -> dict | PrivacyRequest:
-    """One entry point for the consoles and the API: the document for an access request, else the request."""
+                              text: object = None, stream: bool = False) -> dict | Iterator[bytes] | PrivacyRequest:
+    """One entry point for the consoles and the API: the document for an access request (its JSON chunks with
+    ``stream``), else the request."""
     kind = privacy_request.kind
     if kind == PrivacyRequest.Kind.ACCESS:
-        return privacy_request_export(privacy_request=privacy_request, actor=actor, request=request)
+        return privacy_request_export(privacy_request=privacy_request, actor=actor, request=request, stream=stream)
     if kind == PrivacyRequest.Kind.ERASE:
         return privacy_request_erase(privacy_request=privacy_request, actor=actor, request=request)
     if kind == PrivacyRequest.Kind.CORRECT:

@@ -316,9 +316,11 @@ def break_glass_refused(*, user, tenant, request=None, what: str = "") -> None:
 
 
 # --- individuals' requests (R-DSR): the transcripts as a holder ----------------------------------------
-def _export(tenant_id: str, customer_id: str) -> list[dict]:
-    out = []
-    for row in Transcript.objects.filter(tenant_id=tenant_id, customer_id=customer_id).select_related("data_key"):
+def _export(tenant_id: str, customer_id: str):
+    """Read and decrypted in chunks, as the copy is written out (``audit.personal_data``)."""
+    rows = (Transcript.objects.filter(tenant_id=tenant_id, customer_id=customer_id).select_related("data_key")
+            .order_by("created_at", "pk"))
+    for row in rows.iterator(chunk_size=500):
         try:
             content = envelope.open_sealed(envelope.plaintext_key(row.data_key), str(row.tenant_id), str(row.pk),
                                            row.sealed)
@@ -326,12 +328,15 @@ def _export(tenant_id: str, customer_id: str) -> list[dict]:
             # Altered, or its key is gone: listed, never blocking the copy (KMS being unreachable does block it,
             # and the copy is tried again later).
             content = {"prompt": None, "reply": None, "unreadable": True}
-        out.append({"request_id": row.request_id, "turn": row.turn, "kind": row.kind,
-                    "conversation_id": row.conversation_id, "model": row.model,
-                    "created_at": row.created_at.isoformat(), "expires_at": row.expires_at.isoformat(),
-                    "prompt": content.get("prompt"), "reply": content.get("reply"),
-                    **({"unreadable": True} if content.get("unreadable") else {})})
-    return out
+        yield {"request_id": row.request_id, "turn": row.turn, "kind": row.kind,
+               "conversation_id": row.conversation_id, "model": row.model,
+               "created_at": row.created_at.isoformat(), "expires_at": row.expires_at.isoformat(),
+               "prompt": content.get("prompt"), "reply": content.get("reply"),
+               **({"unreadable": True} if content.get("unreadable") else {})}
+
+
+def _count(tenant_id: str, customer_id: str) -> int:
+    return Transcript.objects.filter(tenant_id=tenant_id, customer_id=customer_id).count()
 
 
 def _erase(tenant_id: str, customer_id: str) -> int:
@@ -349,4 +354,4 @@ def register_holder() -> None:
 
     register(Holder(name="transcripts", description="Prompts and replies kept for the tenant's transcript "
                     "retention period (decrypted for the export)", export=_export, erase=_erase, rekey=_rekey,
-                    models=("audit.transcript",)))
+                    count=_count, models=("audit.transcript",)))

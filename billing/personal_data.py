@@ -14,6 +14,7 @@ the access sealer's lock, so no batch is sealed from rows half-changed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from django.db import connection, transaction
 
@@ -34,9 +35,15 @@ def _rows(tenant_id: str, customer_id: str):
     return UsageEvent.objects.filter(tenant_id=tenant_id, customer_id=customer_id)
 
 
-def access_records_export(tenant_id: str, customer_id: str) -> list[dict]:
+def access_records_export(tenant_id: str, customer_id: str) -> Iterator[dict]:
+    """Read in chunks as the copy is written out: a busy customer id can hold millions of records."""
     rows = _rows(tenant_id, customer_id).order_by("created_at", "id").values(*_EXPORTED)
-    return [{**row, "created_at": row["created_at"].isoformat()} for row in rows.iterator(chunk_size=2000)]
+    for row in rows.iterator(chunk_size=2000):
+        yield {**row, "created_at": row["created_at"].isoformat()}
+
+
+def access_records_count(tenant_id: str, customer_id: str) -> int:
+    return _rows(tenant_id, customer_id).count()
 
 
 def _change_customer(tenant_id: str, customer_id: str, new_value: str, reason: str) -> int:
@@ -86,4 +93,4 @@ def register_holder() -> None:
         description="One record per API request made for this customer: time, key, model, tokens, outcome, "
                     "redaction counts and SHA-256 digests of the prompt and reply (never their text).",
         export=access_records_export, erase=access_records_erase, rekey=access_records_rekey,
-        models=("billing.usageevent",)))
+        count=access_records_count, models=("billing.usageevent",)))

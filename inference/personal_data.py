@@ -49,6 +49,10 @@ def conversations_erase(tenant_id: str, customer_id: str) -> int:
     return conversations.update(customer_id=ERASED)
 
 
+def conversations_count(tenant_id: str, customer_id: str) -> int:
+    return _conversations(tenant_id, customer_id).count()
+
+
 def conversations_rekey(tenant_id: str, customer_id: str, new_customer_id: str) -> int:
     return _conversations(tenant_id, customer_id).update(customer_id=new_customer_id)
 
@@ -59,4 +63,4 @@ def register_holder() -> None:
         description="Conversations through the conversation API (channel, language, times, sentiment scores, "
                     "escalation, metadata) and their post-call analyses (summary, QA scores and reasons).",
         export=conversations_export, erase=conversations_erase, rekey=conversations_rekey,
-        models=("inference.conversation",)))
+        count=conversations_count, models=("inference.conversation",)))

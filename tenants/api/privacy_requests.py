@@ -13,6 +13,7 @@ from audit import privacy_requests as services
 from audit.models import PrivacyRequest
 from tenants.api.views import COMMON, ManagementView, _actor, _errors, _service_errors
 from tenants.permissions import Action
+from tenants.views.privacy_requests import download
 
 PAGE = 100
 
@@ -110,11 +111,9 @@ class PrivacyRequestCarryOutView(ManagementView):
         serializer.is_valid(raise_exception=True)
         result = _service_errors(lambda: services.privacy_request_carry_out(
             privacy_request=privacy_request, actor=_actor(request), request=request._request,
-            text=serializer.validated_data.get("text")))
-        if isinstance(result, dict):
-            response = Response(result)
-            response["Cache-Control"] = "no-store"
-            return response
+            text=serializer.validated_data.get("text"), stream=True))
+        if not isinstance(result, PrivacyRequest):
+            return download(result, privacy_request)  # the copy, streamed: it can be very large
         return Response(PrivacyRequestSerializer(result).data)
 
 
