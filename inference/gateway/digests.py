@@ -29,24 +29,36 @@ CUSTOMER_HEADER = b"x-wattle-customer-id"
 def customer_id(payload: dict, header: bytes | None) -> str:
     """The end customer the request names: the ``x-wattle-customer-id`` header, else the body's ``user``; ""
     when neither. The header wins: it is the tenant's integration speaking on purpose, whereas ``user`` may be
-    whatever an SDK passes along. Raises an OpenAI-shaped 400 for one that breaks ``contract.valid_customer_id``
-    (1 to 64 letters, digits or ``. _ : @ + -``)."""
+    whatever an SDK passes along.
+
+    A header that breaks ``contract.valid_customer_id`` (1 to 64 letters, digits or ``. _ : @ + -``) is an
+    OpenAI-shaped 400: only our clients send it, and a mistake there should be seen. ``user`` is OpenAI's field,
+    which takes any string (validation bounds it to 256 characters and refuses a non-string): a drop-in client
+    must not start failing because its application passes a name or an email with a space. One that is a valid id
+    is kept as sent; any other string is kept as ``user_digest(value)`` (``sha256:`` and 40 hex digits), so no raw
+    text of arbitrary shape reaches the access record, and the tenant can compute the same id for a request."""
     if header is not None:
         try:
             value: object = header.decode()
         except UnicodeDecodeError:
             value = None
-        param = "x-wattle-customer-id"
-    else:
-        value = payload.get("user")
-        if value is None or value == "":
-            return ""
-        param = "user"
-    if not contract.valid_customer_id(value):
-        raise errors.bad_request(
-            f"`{param}` is the end-customer id: 1 to 64 letters, digits or . _ : @ + -.",
-            param=param, code="invalid_customer_id")
-    return value  # type: ignore[return-value]
+        if not contract.valid_customer_id(value):
+            raise errors.bad_request(
+                "`x-wattle-customer-id` is the end-customer id: 1 to 64 letters, digits or . _ : @ + -.",
+                param="x-wattle-customer-id", code="invalid_customer_id")
+        return value  # type: ignore[return-value]
+    value = payload.get("user")
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise errors.bad_request("`user` must be a string.", param="user", code="invalid_customer_id")
+    return value if contract.valid_customer_id(value) else user_digest(value)
+
+
+def user_digest(value: str) -> str:
+    """The end-customer id kept for a ``user`` that isn't a valid id: ``sha256:`` and the first 40 hex digits of
+    the SHA-256 of its UTF-8 (160 bits; 47 characters, itself a valid id)."""
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 def with_customer_id(line: bytes, customer_id: str) -> bytes:
