@@ -113,12 +113,15 @@ class Dispatcher:
                 param="model", code="model_not_allowed",
             )
         endpoint = ctx.endpoint
+        # The prompt's digest is of what the client sent: before the preparer rewrites messages for the replica (a
+        # developer role, Mistral's tool call ids, safe_prompt) and before redaction; the access record keeps it.
+        prompt_sha256 = digests.prompt_sha256(endpoint, payload)
         prepared = validation.PREPARERS[endpoint](payload, self._rules)
         ctx.customer_id = digests.customer_id(payload, customer_header)
         max_model_len = self.pool.max_model_len(model)
         await validation.check_context_length(endpoint, model, prepared, max_model_len)
         self._begin_admission(ctx, prepared, max_model_len)
-        ctx.prompt_sha256 = digests.prompt_sha256(endpoint, payload)  # as the client sent it: before redaction
+        ctx.prompt_sha256 = prompt_sha256
         mode = redaction.effective_mode(ctx.key.redaction, redact)
         if mode != redaction.OFF:
             # After admission is queued (its Redis round trip overlaps this), before any byte is encoded for the

@@ -156,3 +156,20 @@ def test_any_string_user_is_accepted_and_kept_as_its_digest(gateway_ready, key, 
     [row] = ingested(1)
     assert row.customer_id == "sha256:" + hashlib.sha256(user.encode()).hexdigest()[:40]
     assert contract.valid_customer_id(row.customer_id)
+
+
+def test_the_prompt_digest_is_of_the_messages_as_the_client_sent_them(gateway_ready, key):
+    """The gateway rewrites some messages for the replica (a ``developer`` role becomes ``system``, a tool call id
+    Mistral's template can't take gets a new one, ``safe_prompt`` adds a system message): the digest is of what the
+    client sent, which is what a tenant holding its request can recompute."""
+    messages = [{"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "What's the weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "call_abc-DEF-123456", "type": "function",
+                                                                       "function": {"name": "weather",
+                                                                                    "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "call_abc-DEF-123456", "content": "Sunny"}]
+    sent = json.loads(json.dumps(messages))
+    response = _post(gateway_ready, key, {"model": MODEL, "messages": messages, "safe_prompt": True})
+    assert response.status_code == 200, response.text
+    [row] = ingested(1)
+    assert row.prompt_sha256 == _sha(_canonical(sent))
