@@ -4,8 +4,10 @@ of the API (``tenants.api``). Who may read them: ``Action.CONVERSATIONS_VIEW``."
 
 from __future__ import annotations
 
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
@@ -82,6 +84,19 @@ class ConversationPagination(CursorPagination):
     page_size = 50
     max_page_size = 200
     page_size_query_param = "limit"
+
+    def decode_cursor(self, request):
+        # The cursor comes back from the client, who may forge it: a position that is no closing time would reach
+        # the query and fail there (a 500). It is refused as any invalid cursor is.
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            try:
+                parsed = parse_datetime(cursor.position)
+            except ValueError:
+                parsed = None
+            if parsed is None:
+                raise NotFound(self.invalid_cursor_message)
+        return cursor
 
 
 class ConversationListView(ManagementView):

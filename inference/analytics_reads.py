@@ -87,7 +87,7 @@ def conversations_for_tenant(*, tenant: Tenant, channel: str = "", escalated: st
         qs = qs.filter(qa_score__lte=qa_max)
     if since is not None:
         qs = qs.filter(closed_at__gte=datetime.combine(since, time.min, tzinfo=UTC))
-    if until is not None:
+    if until is not None and until < date.max:  # the calendar's last day has no next one (every row is before it)
         qs = qs.filter(closed_at__lt=datetime.combine(until + timedelta(days=1), time.min, tzinfo=UTC))
     return qs.order_by("-closed_at", "-pk")
 

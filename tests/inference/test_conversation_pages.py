@@ -166,3 +166,27 @@ def test_api_refuses_without_credentials_and_an_inference_only_key(acme, api_cli
 def test_api_schema_documents_the_conversations(client):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").content.decode()
     assert "conversations_list" in schema and "conversations_retrieve" in schema
+
+
+def test_dates_at_the_end_of_the_calendar_are_not_a_500(acme, agent_client, api_client, management_key):
+    make_conversation(acme, "c-end", qa=70)
+    assert agent_client.get(list_url(acme, until="9999-12-31")).status_code in (200, 400)
+    assert agent_client.get(list_url(acme, until="9999-12-31", export="csv")).status_code in (200, 400)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {management_key(acme)}")
+    assert api_client.get("/api/v1/conversations", {"until": "9999-12-31"}).status_code in (200, 400)
+    assert api_client.get("/api/v1/conversations", {"cursor": "bm9uc2Vuc2U="}).status_code in (200, 400, 404)
+    # A cursor is the client's to send back, so it may be forged: a position that is no time is not a 500.
+    assert api_client.get("/api/v1/conversations", {"cursor": "cD1ub3QtYS10aW1lJnI9MA=="}).status_code in (400, 404)
+    assert api_client.get("/api/v1/conversations", {"limit": "-3"}).status_code == 200
+
+
+def test_api_cursor_pages_still_walk_every_conversation(acme, api_client, management_key):
+    for i in range(3):
+        make_conversation(acme, f"c-walk-{i}", minutes=i)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {management_key(acme)}")
+    seen, url = [], "/api/v1/conversations?limit=1"
+    while url:
+        body = api_client.get(url).json()
+        seen += [c["conversation_id"] for c in body["results"]]
+        url = body["next"]
+    assert seen == ["c-walk-0", "c-walk-1", "c-walk-2"]
