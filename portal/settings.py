@@ -348,7 +348,9 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "portal.logging.RequestIdFilter"}},
+    # drop_bodies: no request body reaches a log line (COMPLIANCE R-REG-3; portal/logging.py).
+    "filters": {"request_id": {"()": "portal.logging.RequestIdFilter"},
+                "drop_bodies": {"()": "portal.logging.DropRequestBodies"}},
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -357,7 +359,7 @@ LOGGING = {
         },
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]},
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["drop_bodies", "request_id"]},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
