@@ -359,6 +359,12 @@ def _forget_transcript(entry_id: str) -> None:
     get_redis().xdel(closed_conversation_stream(), entry_id)
 
 
+def run_lock_timeout_s() -> float:
+    """How long one run holds its analysis: longer than every attempt can take, so a second delivery of the same
+    analysis never calls the model (and bills the tenant) alongside the first."""
+    return settings.INFERENCE_ANALYTICS_TIMEOUT_S * (settings.INFERENCE_ANALYTICS_MAX_ATTEMPTS + 1)
+
+
 def conversation_analyse(*, analysis_id: str, entry_id: str) -> ConversationAnalysis | None:
     """Run a pending analysis to its end (done or failed). Safe to run twice: one run at a time holds a short
     Redis lock, and an analysis that has ended is left as it is."""
@@ -371,8 +377,8 @@ def conversation_analyse(*, analysis_id: str, entry_id: str) -> ConversationAnal
     if analysis.status != ConversationAnalysis.Status.PENDING:
         _forget_transcript(entry_id)
         return analysis
-    lock = get_redis().lock(key("analytics", "lock", str(analysis.pk)),
-                            timeout=settings.INFERENCE_ANALYTICS_TIMEOUT_S * 4, blocking=False)
+    lock = get_redis().lock(key("analytics", "lock", str(analysis.pk)), timeout=run_lock_timeout_s(),
+                            blocking=False)
     if not lock.acquire():
         return analysis  # another worker is running it
     try:

@@ -267,3 +267,12 @@ def test_a_result_arriving_after_erasure_is_dropped(sampled_all, django_capture_
     analytics._complete(running, result, turns=TURNS, cached_from=None, outcome=None)
     analysis = ConversationAnalysis.objects.get(pk=running.pk)
     assert analysis.status == "failed" and analysis.summary == "" and analysis.qa_score is None
+
+
+def test_the_run_lock_outlasts_every_attempt(settings):
+    """Two deliveries of one analysis must never both call the model (and bill twice): the lock that keeps the
+    second out lasts longer than the first can take, however many attempts are configured."""
+    settings.INFERENCE_ANALYTICS_TIMEOUT_S = 30
+    for attempts in (1, 3, 6, 10):
+        settings.INFERENCE_ANALYTICS_MAX_ATTEMPTS = attempts
+        assert analytics.run_lock_timeout_s() > attempts * 30
