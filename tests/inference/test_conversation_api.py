@@ -209,6 +209,37 @@ def test_the_keys_model_allow_list_applies(gateway_ready, acme, issue_key):
     assert answer.status_code == 403 and answer.json()["error"]["code"] == "model_not_allowed"
 
 
+def test_a_key_not_allowed_the_conversations_model_cannot_continue_it(gateway_ready, acme, issue_key):
+    """Another key of the same organisation may continue a conversation only on a model it may use: the turn is
+    checked against the conversation's model, whichever key started it, and nothing is kept."""
+    opener, narrow = issue_key(acme), issue_key(acme, allowed_models=["some/other-model"])
+    cid = turn(gateway_ready, opener, "/echo hi").json()["conversation_id"]
+    refused = turn(gateway_ready, narrow, "/echo and again", conversation_id=cid)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+    shown = httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}", headers=_headers(opener)).json()
+    assert len(shown["turns"]) == 2 and shown["model"] == MODEL
+
+
+def test_a_revoked_key_can_neither_continue_read_nor_close_its_conversation(gateway_ready, acme, issue_key,
+                                                                             django_capture_on_commit_callbacks):
+    from tenants.models import ApiKey
+    from tenants.services import api_key_revoke
+
+    key = issue_key(acme)
+    cid = turn(gateway_ready, key, "/echo hi").json()["conversation_id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        api_key_revoke(api_key=ApiKey.objects.get(key_id=key.split("_")[1]))
+    base = gateway_ready.base_url
+    # Revocation reaches the gateway within a second (turns before it are still taken).
+    wait_for(lambda: turn(gateway_ready, key, "/echo again", conversation_id=cid).status_code == 401)
+    before = orjson.loads(get_redis().get(contract.conversation_key(cid)))
+    assert turn(gateway_ready, key, "/echo again", conversation_id=cid).status_code == 401
+    assert httpx.get(f"{base}/v1/conversations/{cid}", headers=_headers(key)).status_code == 401
+    assert httpx.post(f"{base}/v1/conversations/{cid}/close", headers=_headers(key)).status_code == 401
+    after = orjson.loads(get_redis().get(contract.conversation_key(cid)))
+    assert after["status"] == "open" and after["turns"] == before["turns"]
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"model": MODEL}, "message"),
     ({"model": MODEL, "message": ""}, "message"),
