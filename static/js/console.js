@@ -1,4 +1,4 @@
-// Console behaviour that needs script: copy buttons and confirmations. Loaded from a file so the strict
+// Console behaviour that needs script: copy buttons, confirmations and the phone menu. Loaded from a file so the strict
 // Content-Security-Policy (no inline script) holds.
 (function () {
   'use strict'
@@ -69,6 +69,31 @@
     if (bar.scrollWidth > bar.clientWidth) {
       bar.scrollLeft = current.offsetLeft - (bar.clientWidth - current.offsetWidth) / 2
     }
+  }
+
+  // Console navigation on a phone: the groups fold behind a "Menu" button that names the current page. The
+  // CSS only folds them once this has run (.is-enhanced), so without script they stay in view.
+  for (const nav of document.querySelectorAll('[data-console-nav]')) {
+    const button = nav.querySelector('.console-nav-toggle')
+    if (!button) continue
+    const current = nav.querySelector('[aria-current=page]')
+    const shown = button.querySelector('.console-nav-toggle-current')
+    if (current && shown) shown.textContent = current.textContent
+    const setOpen = function (open) {
+      nav.classList.toggle('is-open', open)
+      button.setAttribute('aria-expanded', open ? 'true' : 'false')
+    }
+    button.addEventListener('click', function () {
+      setOpen(button.getAttribute('aria-expanded') !== 'true')
+    })
+    nav.addEventListener('keydown', function (event) {
+      if (event.key === 'Escape' && button.getAttribute('aria-expanded') === 'true' &&
+          getComputedStyle(button).display !== 'none') {
+        setOpen(false)
+        button.focus()
+      }
+    })
+    nav.classList.add('is-enhanced')
   }
 
   document.addEventListener('submit', function (event) {
