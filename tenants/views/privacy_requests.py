@@ -49,8 +49,13 @@ async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     # The portal is served over ASGI, where Django would read a plain iterator to its end into memory before
     # sending a byte: each chunk is read in a thread as it is sent instead.
     step = sync_to_async(next, thread_sensitive=True)
-    while (chunk := await step(chunks, None)) is not None:
-        yield chunk
+    try:
+        while (chunk := await step(chunks, None)) is not None:
+            yield chunk
+    finally:  # a client gone mid-download: the holders' open cursors are closed now, in the thread that has them
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            await sync_to_async(close, thread_sensitive=True)()
 
 
 def download(chunks: Iterator[bytes], privacy_request: PrivacyRequest) -> StreamingHttpResponse:
