@@ -30,6 +30,8 @@ from audit.models import AuditEntry
 from audit.services import record
 
 REGION = "ap-southeast-2"  # R-AUD-3: the archive lives in Sydney, whatever else is configured
+# R-AUD-3: segments ship at least every 5 minutes; a longer AUDIT_ARCHIVE_SEGMENT_S is held to this.
+MAX_SEGMENT_S = 300
 SEGMENT_ACTION = "audit.segment.sealed"
 SEGMENT_MAX_ENTRIES = 100_000  # a backlog (the first run after the chain existed) ships in several segments
 AUDIT_SEGMENT_LOCK = 0x57544C5345474D54  # one archiver at a time ("WTLSEGMT")
@@ -167,7 +169,7 @@ def segment_seal(*, force: bool = False) -> Segment | None:
     try:
         last_seq, last_at = _last_archived_seq()
         if not force and last_at is not None and (
-            timezone.now() - last_at < timedelta(seconds=settings.AUDIT_ARCHIVE_SEGMENT_S)
+            timezone.now() - last_at < timedelta(seconds=min(settings.AUDIT_ARCHIVE_SEGMENT_S, MAX_SEGMENT_S))
         ):
             return None
         head = _head_seq()
