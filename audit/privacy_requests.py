@@ -24,6 +24,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
+from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from audit import personal_data
@@ -80,6 +81,15 @@ def privacy_request_open(*, tenant, customer_id: object, kind: str, channel: str
                                       "customer": customer_digest(str(tenant.pk), customer_id),
                                       "due_at": privacy_request.due_at.isoformat()})
     return privacy_request
+
+
+def open_first(requests: QuerySet[PrivacyRequest]) -> QuerySet[PrivacyRequest]:
+    """Open requests first, the soonest due at the top, then the done ones, newest first: the lists show a page,
+    and an open request (its 30 days running) must never fall behind done ones (by status name, "completed" sorts
+    before "received")."""
+    is_open = Q(status=PrivacyRequest.Status.RECEIVED)
+    return requests.order_by(Case(When(is_open, then=Value(0)), default=Value(1)),
+                             Case(When(is_open, then=F("due_at"))), "-received_at", "-pk")
 
 
 def _lock(privacy_request: PrivacyRequest) -> None:

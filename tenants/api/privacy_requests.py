@@ -69,7 +69,7 @@ class PrivacyRequestListView(ManagementView):
     @extend_schema(operation_id="privacy_requests_list", summary="Individuals' requests, open first",
                    responses={200: PrivacyRequestSerializer(many=True), **_errors(*COMMON)})
     def get(self, request):
-        found = PrivacyRequest.objects.filter(tenant=self.access.tenant).order_by("status", "due_at")[:PAGE]
+        found = services.open_first(PrivacyRequest.objects.filter(tenant=self.access.tenant))[:PAGE]
         return Response(PrivacyRequestSerializer(found, many=True).data)
 
     @extend_schema(operation_id="privacy_requests_create", summary="Record an individual's request (due in 30 days)",

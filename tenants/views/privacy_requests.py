@@ -89,7 +89,7 @@ def tenant_privacy_requests(request, access):
                 messages.success(request, f"Request recorded: due by {created.due_at:%-d %b %Y}.")
                 return redirect("tenant_privacy_request", tenant.slug, created.pk)
         status = 400
-    requests_ = PrivacyRequest.objects.filter(tenant=tenant).order_by("status", "due_at")[:PAGE]
+    requests_ = services.open_first(PrivacyRequest.objects.filter(tenant=tenant))[:PAGE]
     return render(request, "tenants/privacy_requests.html", {
         "tenant": tenant, "form": form, "privacy_requests": requests_, "now": timezone.now(),
     }, status=status)
@@ -142,7 +142,7 @@ class StaffPrivacyRequestFilter(forms.Form):
 @staff_view
 def staff_privacy_requests(request):
     form = StaffPrivacyRequestFilter(request.GET)
-    qs = PrivacyRequest.objects.select_related("tenant").order_by("status", "due_at")
+    qs = services.open_first(PrivacyRequest.objects.select_related("tenant"))
     status = 200
     if form.is_valid():
         data = form.cleaned_data

@@ -289,3 +289,26 @@ def test_every_model_keyed_by_an_end_customer_has_a_holder():
              if any(field.name == "customer_id" for field in model._meta.get_fields())}
     assert "billing.usageevent" in keyed
     assert keyed - own - covered_models() == set()
+
+
+def test_open_requests_are_listed_first_however_many_are_done(owner_client, staff_client, api_client, acme,
+                                                              management_key, alice):
+    """The lists hold a page of requests; an open one (its 30 days running) must never fall behind done ones."""
+    from tenants.views import privacy_requests as views
+
+    for _ in range(3):
+        services.privacy_request_refuse(privacy_request=_open(acme, kind="erase"), reason="Duplicate.", actor=alice)
+        services.privacy_request_export(privacy_request=_open(acme), actor=alice)
+    still_open = _open(acme, kind="erase", customer_id="crm-open-1")
+    views.PAGE = 2
+    try:
+        page = owner_client.get(_console(acme)).content.decode()
+        assert "crm-open-1" in page
+        staff_page = staff_client.get(reverse("staff_privacy_requests")).content.decode()
+        assert "<td>Received</td>" in staff_page
+    finally:
+        views.PAGE = 100
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {management_key(acme)}")
+    listed = api_client.get("/api/v1/privacy-requests").json()
+    assert listed[0]["id"] == str(still_open.pk)
+    assert [r["status"] for r in listed[1:]].count("received") == 0
