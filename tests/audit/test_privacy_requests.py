@@ -35,11 +35,24 @@ def test_a_request_is_due_thirty_days_after_it_is_received_and_the_receipt_is_au
     assert entry.data["customer"] == services.customer_digest(str(acme.pk), CUSTOMER)
 
 
-@pytest.mark.parametrize("customer_id", ["", None, "x" * 65, "has space", "<script>", 42])
+@pytest.mark.parametrize("customer_id", ["", None, "x" * 65, "has space", "<script>", 42, "~erased"])
 def test_a_malformed_customer_id_is_refused(acme, customer_id):
     with pytest.raises(services.ValidationError):
         _open(acme, customer_id=customer_id)
     assert not PrivacyRequest.objects.exists()
+
+
+def test_the_erasure_marker_is_no_id_anyone_can_send():
+    """Erased records carry ``~erased``: no request, correction or API call may name it, or one request could
+    reach every erased customer's records (or a caller file new records among them)."""
+    from billing.personal_data import ERASED as ACCESS_ERASED
+    from core import contract
+    from inference.personal_data import ERASED as CONVERSATION_ERASED
+
+    for marker in (ACCESS_ERASED, CONVERSATION_ERASED):
+        assert not contract.valid_customer_id(marker)
+        with pytest.raises(services.ValidationError):
+            services.valid_customer_id(marker)
 
 
 def test_a_correction_needs_a_different_valid_id_and_only_a_correction_takes_one(acme):
