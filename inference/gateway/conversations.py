@@ -506,7 +506,10 @@ class ConversationAPI:
             if sent is not None and sent != state[name]:
                 raise errors.bad_request(f"`{name}` differs from this conversation's: it is set by the first turn.",
                                          param=name, code="conversation_mismatch")
-        if turn.metadata is not None and turn.metadata != state.get("metadata"):
+        sent = turn.metadata
+        if sent is not None and state["redaction"] != redaction.OFF:
+            sent = _redacted_metadata(sent)  # compared as it was stored
+        if sent is not None and sent != state.get("metadata"):
             raise errors.bad_request("`metadata` is set by the first turn.", param="metadata",
                                      code="conversation_mismatch")
 
@@ -517,6 +520,11 @@ class ConversationAPI:
             mode = redaction.REDACT
         redactor = redaction.Redactor(numbered=state["placeholders"]) if mode != redaction.OFF else None
         stored_message = redactor.redact(turn.message) if redactor is not None else turn.message
+        if redactor is not None and state.get("metadata"):
+            # Metadata is stored with the history (Redis, GET, the closed record): a redacted conversation keeps no
+            # identifier there either. Its own placeholders (a fresh numbering, so the same metadata repeated on a
+            # later turn compares equal); it never reaches the model, so nothing is restored from it.
+            state["metadata"] = _redacted_metadata(state["metadata"])
         context = ccaas.Context(channel=state["channel"], language=state["language"])
         messages = [{"role": "system", "content": context.instruction()}]
         messages += [{"role": t["role"], "content": t["text"]} for t in state["turns"]]
@@ -609,6 +617,9 @@ class ConversationAPI:
             else:
                 await gateway._send_error(send, error, ctx)
             return
+        # The turn is kept: free the conversation before answering, so a client that sends its next turn as soon
+        # as it has this reply never waits on (or is refused by) this turn's lock.
+        await self.store.release(state["id"], token)
         self._keep_transcript(ctx, state, prepared, raw_reply, outcome.turn_index)
         reply = raw_reply
         if prepared.mode == redaction.RESTORE and prepared.redactor:
@@ -704,6 +715,23 @@ class _Outcome:
     decision: sentiment.Escalation
     turn_index: int
     record: bytes  # the ADM record for the stream, or b"" when this turn didn't hand the conversation over
+
+
+def _redacted_metadata(metadata: dict) -> dict:
+    """``metadata`` with every identifier in its strings (keys included) replaced by a placeholder numbered within
+    the metadata alone: the same metadata always redacts to the same document."""
+    redactor = redaction.Redactor()
+
+    def walk(value):
+        if isinstance(value, str):
+            return redactor.redact(value)
+        if isinstance(value, dict):
+            return {redactor.redact(k): walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(metadata)
 
 
 def _reply_of(answer: bytes) -> str:

@@ -559,3 +559,27 @@ def test_a_suspended_organisation_is_refused_with_402(gateway_ready, acme, issue
     answer = wait_for(lambda: (a := turn(gateway_ready, key, "/echo hi", conversation_id=cid)).status_code == 402
                       and a)
     assert answer.json()["error"]["code"] == "account_suspended"
+
+
+def test_a_redacted_conversation_keeps_no_identifier_from_its_metadata(gateway_ready, acme, issue_key):
+    """Metadata is stored with the conversation (Redis, GET, the closed record, analytics): in a redacted
+    conversation its strings are redacted too, else an identifier put there (a callback number) would sit beside
+    a history that promises placeholders only. A later turn repeating the same metadata still matches."""
+    key = issue_key(acme)
+    metadata = {"queue": "faults", "callback": "0412 345 678", "contact": {"email": "jo@example.com"}}
+    headers = {"x-wattle-redact": "true"}
+    first = turn(gateway_ready, key, "/echo hi", metadata=metadata, headers=headers)
+    assert first.status_code == 200, first.text
+    cid = first.json()["conversation_id"]
+    again = turn(gateway_ready, key, "/echo again", conversation_id=cid, metadata=metadata, headers=headers)
+    assert again.status_code == 200, again.text
+    shown = httpx.get(f"{gateway_ready.base_url}/v1/conversations/{cid}", headers=_headers(key)).json()
+    assert shown["metadata"] == {"queue": "faults", "callback": "[AU_PHONE_1]", "contact": {"email": "[AU_EMAIL_1]"}}
+    raw = get_redis().get(contract.conversation_key(cid))
+    assert b"0412" not in raw and b"jo@example.com" not in raw
+    closed = httpx.post(f"{gateway_ready.base_url}/v1/conversations/{cid}/close", headers=_headers(key))
+    assert closed.status_code == 200
+    stream = b"".join(value for _id, fields in get_redis().xrange(contract.conversations_closed_stream_key())
+                      for value in fields.values())
+    assert cid.encode() in stream
+    assert b"0412" not in stream and b"jo@example.com" not in stream
