@@ -127,3 +127,26 @@ def test_kept_content_is_decrypted_only_by_the_named_readers():
     exporters = [(path, function) for path, function, call in _calls("Holder") for kw in call.keywords
                  if kw.arg == "export" and getattr(kw.value, "id", None) == "_export"]
     assert exporters == [("audit/transcripts.py", "register_holder")]
+
+
+# --- R-REG-3: email ---------------------------------------------------------------------------------------------
+def test_a_breach_notice_email_names_keys_but_no_end_customer(staff, staff_client, acme,
+                                                             django_capture_on_commit_callbacks):
+    from django.core import mail
+
+    from audit import incident_services
+    from billing.models import UsageEvent
+
+    now = timezone.now()
+    UsageEvent.objects.create(request_id="r" * 32, tenant=acme, key_id="acmekey1", endpoint="chat.completions",
+                              model="mistral-7b", backend="vllm-a", status=200, customer_id="cust-4242",
+                              created_at=now - timedelta(minutes=30))
+    incident = incident_services.incident_open(
+        actor=staff, title="Leaked key", summary="A key was posted publicly.", backend="vllm-a",
+        became_aware_at=now - timedelta(days=1), window_start=now - timedelta(hours=1), window_end=now)
+    assert "cust-4242" in staff_client.get(f"/staff/incidents/{incident.pk}/").content.decode()  # staff see it
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(f"/staff/incidents/{incident.pk}/notify/", {"tenants": [acme.slug]})
+    [message] = mail.outbox
+    sent = message.subject + message.body + "".join(str(part[0]) for part in message.alternatives)
+    assert "wtl_acmekey1" in sent and "cust-4242" not in sent
