@@ -274,21 +274,54 @@ def _record_turn_decisions(*, tenant: Tenant, closed: contract.ClosedConversatio
                data={"conversation": closed.conversation_id, "scorer": closed.scorer, "decisions": decisions})
 
 
+# --- erasure of conversations still on the stream -----------------------------------------------------
+ERASED_CUSTOMER = "~erased"  # as ``inference.personal_data``: no caller can send it (``~`` is not allowed)
+
+
+def _erasure_key(tenant_id: str, customer_id: str) -> str:
+    return key("analytics", "erased", hashlib.sha256(f"{tenant_id}\x00{customer_id}".encode()).hexdigest())
+
+
+def erasure_note(*, tenant_id: str, customer_id: str, at: float) -> None:
+    """Remember, for as long as a closed conversation can wait on the stream, that this customer's records were
+    erased at ``at`` (epoch seconds): a conversation that closed before then but is ingested after is
+    de-identified on arrival. Keyed by a digest: the id itself is not written to Redis."""
+    try:
+        get_redis().set(_erasure_key(tenant_id, customer_id), repr(at),
+                        ex=max(1, int(settings.INFERENCE_ANALYTICS_TRANSCRIPT_MAX_AGE_S)))
+    except redis.RedisError as exc:  # the erasure itself has committed: say so, don't fail its page
+        logger.error("analytics: could not note an erasure for conversations still on the stream (%s)",
+                     exc.__class__.__name__)
+
+
+def _erased_before_close(tenant_id: str, closed: contract.ClosedConversation) -> bool:
+    if not closed.customer_id:
+        return False
+    raw = get_redis().get(_erasure_key(tenant_id, closed.customer_id))
+    try:
+        return raw is not None and closed.closed <= float(raw)
+    except ValueError:
+        return False
+
+
 @transaction.atomic
 def conversation_record(*, tenant: Tenant, closed: contract.ClosedConversation) -> ConversationAnalysis | None:
     """The ``Conversation`` row of a closed conversation (made once: a second delivery finds the first), and its
-    analysis when it is sampled (pending until the task runs)."""
+    analysis when it is sampled (pending until the task runs). A conversation of a customer whose records were
+    erased after it closed arrives de-identified, as the erasure left the others, and is not analysed."""
+    erased = _erased_before_close(str(tenant.pk), closed)
     conversation, created = Conversation.objects.get_or_create(
         tenant=tenant, conversation_id=closed.conversation_id,
         defaults={
             "key_id": closed.key_id[:32], "model": closed.model[:200], "channel": closed.channel,
             "language": closed.language[:35],
-            "customer_id": closed.customer_id, "turn_count": len(closed.turns),
+            "customer_id": ERASED_CUSTOMER if erased else closed.customer_id, "turn_count": len(closed.turns),
             "sentiment_trail": _sentiment_trail(_turns(closed)),
             "escalated": closed.escalated, "escalation_reason": closed.escalation_reason[:200],
-            "opened_at": _at(closed.opened), "closed_at": _at(closed.closed), "metadata": closed.metadata,
-            "sampled": sampled(tenant_id=str(tenant.pk), conversation_id=closed.conversation_id,
-                               percent=tenant.analytics_sample_percent),
+            "opened_at": _at(closed.opened), "closed_at": _at(closed.closed),
+            "metadata": {} if erased else closed.metadata,
+            "sampled": not erased and sampled(tenant_id=str(tenant.pk), conversation_id=closed.conversation_id,
+                                              percent=tenant.analytics_sample_percent),
         },
     )
     if created:

@@ -11,11 +11,15 @@ plane's store until it closes.
 
 from __future__ import annotations
 
+import time
+
+from django.db import transaction
+
 from audit.personal_data import Holder, register
-from inference.analytics import conversation_content_erase
+from inference.analytics import ERASED_CUSTOMER, conversation_content_erase, erasure_note
 from inference.models import Conversation, ConversationAnalysis
 
-ERASED = "~erased"
+ERASED = ERASED_CUSTOMER
 
 
 def _conversations(tenant_id: str, customer_id: str):
@@ -40,6 +44,9 @@ def conversations_export(tenant_id: str, customer_id: str) -> list[dict]:
 
 
 def conversations_erase(tenant_id: str, customer_id: str) -> int:
+    # Conversations closed by now but still on the stream are de-identified when they arrive (once committed).
+    at = time.time()
+    transaction.on_commit(lambda: erasure_note(tenant_id=tenant_id, customer_id=customer_id, at=at))
     conversations = _conversations(tenant_id, customer_id)
     ids = list(conversations.values_list("conversation_id", flat=True))
     if not ids:

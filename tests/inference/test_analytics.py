@@ -276,3 +276,25 @@ def test_the_run_lock_outlasts_every_attempt(settings):
     for attempts in (1, 3, 6, 10):
         settings.INFERENCE_ANALYTICS_MAX_ATTEMPTS = attempts
         assert analytics.run_lock_timeout_s() > attempts * 30
+
+
+def test_a_conversation_closed_before_an_erasure_but_ingested_after_is_de_identified(
+        sampled_all, backend, simulator, bridge, django_capture_on_commit_callbacks):
+    """The closed-conversation stream can hold a conversation the ingest hasn't reached when its customer's erasure
+    is carried out: it must not come back afterwards under the customer's id, nor be analysed."""
+    from audit import privacy_requests as dsr
+
+    close_conversation(sampled_all, "c-20")  # cust-42's, closed, still on the stream
+    erase = dsr.privacy_request_open(tenant=sampled_all, customer_id="cust-42", kind="erase", channel="console")
+    with django_capture_on_commit_callbacks(execute=True):
+        dsr.privacy_request_erase(privacy_request=erase)
+    before = chat_requests(simulator)
+    run_ingest(django_capture_on_commit_callbacks)
+    conversation = Conversation.objects.get(conversation_id="c-20")
+    assert conversation.customer_id == "~erased" and conversation.metadata == {}
+    assert not conversation.analyses.exists() and chat_requests(simulator) == before
+    assert stream_length() == 0
+
+    close_conversation(sampled_all, "c-21")  # the customer comes back: a new conversation, kept as usual
+    run_ingest(django_capture_on_commit_callbacks)
+    assert Conversation.objects.get(conversation_id="c-21").customer_id == "cust-42"
