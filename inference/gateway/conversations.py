@@ -519,6 +519,13 @@ class ConversationAPI:
             # A conversation that was redacted once stays redacted: its history must never mix in identifiers.
             mode = redaction.REDACT
         redactor = redaction.Redactor(numbered=state["placeholders"]) if mode != redaction.OFF else None
+        if redactor is not None and state["redaction"] == redaction.OFF:
+            # The first redacted turn of a conversation whose earlier turns weren't: the history goes to the model
+            # with this turn, so it is redacted too (else an identifier leaves with a turn that asked for none),
+            # and stored so from now on. The decisions' digests keep naming the texts they decided on.
+            for earlier in state["turns"]:
+                if earlier.get("text"):
+                    earlier["text"] = redactor.redact(earlier["text"])
         stored_message = redactor.redact(turn.message) if redactor is not None else turn.message
         if redactor is not None and state.get("metadata"):
             # Metadata is stored with the history (Redis, GET, the closed record): a redacted conversation keeps no

@@ -583,3 +583,22 @@ def test_a_redacted_conversation_keeps_no_identifier_from_its_metadata(gateway_r
                       for value in fields.values())
     assert cid.encode() in stream
     assert b"0412" not in stream and b"jo@example.com" not in stream
+
+
+def test_a_turn_asking_for_redaction_sends_no_identifier_from_the_earlier_history(gateway_ready, acme, issue_key,
+                                                                                  upstream_bodies):
+    """``x-wattle-redact: true`` is honoured for everything the turn sends the model, the history included: an
+    earlier turn sent without it must not carry an identifier out with this one. From then on the stored history
+    holds placeholders (a conversation redacted once stays redacted)."""
+    key = issue_key(acme)
+    first = turn(gateway_ready, key, "/echo call me on 0412 345 678")
+    assert first.status_code == 200
+    cid = first.json()["conversation_id"]
+    second = turn(gateway_ready, key, "/echo my email is jo@example.com", conversation_id=cid,
+                  headers={"x-wattle-redact": "true"})
+    assert second.status_code == 200, second.text
+    sent = orjson.dumps(upstream_bodies[-1])
+    assert b"0412 345 678" not in sent and b"jo@example.com" not in sent
+    assert b"[AU_PHONE_1]" in sent and b"[AU_EMAIL_1]" in sent
+    raw = get_redis().get(contract.conversation_key(cid))
+    assert b"0412" not in raw and b"jo@example.com" not in raw
