@@ -58,7 +58,7 @@ def test_desktop_sidebar_groups_the_links_and_marks_the_current_page(page, porta
     assert heading["x"] > box["x"] + box["width"] and heading["y"] < box["y"] + box["height"]
     assert accessibility_problems(page) == []
     _shot(page, "keys-1280")
-    for path, name in [("", "home"), ("settings/", "settings")]:
+    for path, name in [("", "home"), ("settings/", "settings"), ("playground/", "playground"), ("usage/", "usage")]:
         page.goto(f"{portal_server.base_url}/t/{acme.slug}/{path}")
         _shot(page, f"{name}-1280")
     nav.get_by_role("link", name="Usage").click()
