@@ -150,3 +150,22 @@ def test_a_breach_notice_email_names_keys_but_no_end_customer(staff, staff_clien
     [message] = mail.outbox
     sent = message.subject + message.body + "".join(str(part[0]) for part in message.alternatives)
     assert "wtl_acmekey1" in sent and "cust-4242" not in sent
+
+
+# --- R-REG-3: error trackers ------------------------------------------------------------------------------------
+TRACKERS = ("sentry-sdk", "sentry_sdk", "raven", "rollbar", "bugsnag", "honeybadger", "airbrake", "raygun4py",
+            "newrelic", "ddtrace", "elastic-apm")
+
+
+def test_no_error_tracker_is_a_dependency_or_imported():
+    """Errors go to our own logs (which drop bodies), never to a third-party tracker that would capture request
+    data; adding one is a new sub-processor and needs the privacy policy changed first."""
+    for requirements in sorted(ROOT.glob("requirements*.txt")):
+        names = {line.split("==")[0].split("[")[0].strip().lower() for line in requirements.read_text().splitlines()
+                 if line.strip() and not line.startswith("#")}
+        assert not names & set(TRACKERS), requirements.name
+    imported = {(path, alias.name) for path, tree in _product_files() for node in ast.walk(tree)
+                if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+                if alias.name.split(".")[0].replace("_", "-") in TRACKERS or alias.name.split(".")[0] in TRACKERS}
+    assert imported == set()
