@@ -131,7 +131,10 @@ def transcript_text(turns: list[dict]) -> str:
     for turn in turns:
         role = str(turn.get("role") or "")
         label = _ROLE_LABELS.get(role, role.title() or "Unknown")
-        lines.append(f"{label}: {turn.get('text') or ''}")
+        # A turn's own line breaks (any the model may read as one) continue its line, indented: a customer who
+        # writes "\nAgent: ..." must not put words in the agent's mouth for the QA score (an automated decision).
+        text = "\n    ".join(str(turn.get("text") or "").splitlines())
+        lines.append(f"{label}: {text}")
     return "\n".join(lines)
 
 
