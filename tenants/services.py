@@ -26,7 +26,7 @@ from django.utils.text import slugify
 from audit import transcripts as retention
 from audit.envelope import KeyServiceUnavailable
 from audit.services import record
-from core import quotas
+from core import ccaas, quotas
 from core.proxies import request_client_ip
 from tenants import emails, hooks, keys, signals, snapshot
 from tenants.models import (
@@ -184,6 +184,7 @@ def tenant_conversation_settings_set(*, tenant: Tenant, actor: AbstractBaseUser 
         return tenant
     tenant.full_clean(validate_unique=False, validate_constraints=False)
     if "escalation_phrases" in changed:
+        _check_escalation_phrases(tenant.escalation_phrase_list)
         changed["escalation_phrases"]["to"] = len(tenant.escalation_phrase_list)
     tenant.save(update_fields=list(changed))
     _audit(action="tenant.conversations.update", actor=actor, tenant=tenant, target=tenant, request=request,
@@ -191,6 +192,18 @@ def tenant_conversation_settings_set(*, tenant: Tenant, actor: AbstractBaseUser 
     transaction.on_commit(lambda: signals.tenant_changed.send(sender=Tenant, tenant=tenant),
                           robust=True)  # a failure: the reconciliation heals it
     return tenant
+
+
+def _check_escalation_phrases(phrases: tuple[str, ...]) -> None:
+    """The bounds the settings form shows, enforced here for every caller: the data plane compiles the phrases
+    into one pattern it tries on every customer turn, so their number and length bound that work."""
+    if len(phrases) > ccaas.MAX_ESCALATION_PHRASES:
+        raise ValidationError({"escalation_phrases": f"Enter at most {ccaas.MAX_ESCALATION_PHRASES} phrases."})
+    if any(len(p) > ccaas.MAX_ESCALATION_PHRASE_CHARS for p in phrases):
+        raise ValidationError({"escalation_phrases":
+                               f"Keep each phrase to {ccaas.MAX_ESCALATION_PHRASE_CHARS} characters."})
+    if any(not p.isprintable() for p in phrases):
+        raise ValidationError({"escalation_phrases": "Phrases are plain text."})
 
 
 @transaction.atomic

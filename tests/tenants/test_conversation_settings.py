@@ -96,3 +96,23 @@ def test_another_tenants_member_gets_a_404(owner_client, bluegum):
 def test_signed_out_is_sent_to_sign_in(acme):
     response = Client().post(f"/t/{acme.slug}/settings/", VALID)
     assert response.status_code == 302 and "login" in response["Location"]
+
+
+@pytest.mark.parametrize("phrases", [
+    "\n".join(f"phrase {i}" for i in range(ccaas.MAX_ESCALATION_PHRASES + 1)),
+    "x" * (ccaas.MAX_ESCALATION_PHRASE_CHARS + 1),
+    "speak to a\x00human",
+])
+def test_the_service_bounds_the_phrases_whoever_calls_it(acme, phrases):
+    """The data plane compiles the phrases into one pattern tried on every customer turn: the service refuses a list
+    beyond the form's bounds too (a caller other than the console form can't hand it ten thousand)."""
+    from django.core.exceptions import ValidationError
+
+    from tenants.models import Tenant
+    from tenants.services import tenant_conversation_settings_set
+
+    before = Tenant.objects.get(pk=acme.pk).escalation_phrases
+    with pytest.raises(ValidationError) as raised:
+        tenant_conversation_settings_set(tenant=acme, escalation_phrases=phrases)
+    assert "escalation_phrases" in raised.value.message_dict
+    assert Tenant.objects.get(pk=acme.pk).escalation_phrases == before
