@@ -13,19 +13,23 @@ the access sealer's lock, so no batch is sealed from rows half-changed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 
 from django.db import connection, transaction
 
+from audit.chain import uuid_text
 from audit.personal_data import Holder, register
 from audit.services import record
-from billing.access_log import ACCESS_SEAL_LOCK, AMEND_ACTION, ENCODING, FIELDS, batch_digest, batch_expected
+from billing.access_log import ACCESS_SEAL_LOCK, AMEND_ACTION, ENCODING, FIELDS, batch_expected, canonical
 from billing.models import UsageEvent
 
 logger = logging.getLogger("wattle.audit")
 
 ERASED = "~erased"
+_CUSTOMER = FIELDS.index("customer_id")
+_TENANT = FIELDS.index("tenant_id")
 _EXPORTED = ("request_id", "created_at", "key_id", "endpoint", "model", "backend", "status", "error_code",
              "stream", "prompt_tokens", "completion_tokens", "ttft_ms", "duration_ms", "redactions",
              "prompt_sha256", "reply_sha256")
@@ -53,13 +57,12 @@ def _change_customer(tenant_id: str, customer_id: str, new_value: str, reason: s
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ACCESS_SEAL_LOCK])
         rows = _rows(tenant_id, customer_id)
         batches = sorted(set(rows.exclude(access_batch__isnull=True).values_list("access_batch", flat=True)))
-        # An amendment vouches for the whole batch as it is now: one recorded over rows already edited outside a
-        # request would make that edit pass verification. Only a batch that still matches its trail is amended;
-        # one that doesn't stays broken for ``access_verify`` to name (the individual's request is still done).
-        intact = [batch for batch in batches if _intact(batch)]
+        amended = {batch: _amended_digest(batch, tenant_id, customer_id, new_value) for batch in batches}
         changed = rows.update(customer_id=new_value)
-        for batch in intact:
-            digest, count = batch_digest(_batch_rows(batch))
+        for batch, amendment in amended.items():
+            if amendment is None:
+                continue
+            digest, count = amendment
             record(action=AMEND_ACTION, data={"batch": batch, "digest": digest, "count": count, "reason": reason,
                                               "encoding": ENCODING})
     return changed
@@ -69,14 +72,28 @@ def _batch_rows(batch: int):
     return UsageEvent.objects.filter(access_batch=batch).order_by("id").values_list(*FIELDS).iterator(chunk_size=2000)
 
 
-def _intact(batch: int) -> bool:
+def _amended_digest(batch: int, tenant_id: str, customer_id: str, new_value: str) -> tuple[str, int] | None:
+    """The batch's digest and count once the customer's rows carry ``new_value``, from one read of its rows; or
+    None when the rows no longer match the trail now. An amendment vouches for the whole batch: one recorded over
+    rows already edited outside a request would make that edit pass verification, so such a batch is not amended
+    and stays broken for ``access_verify`` to name (the individual's request is still carried out)."""
     expected = batch_expected(batch)
-    digest, count = batch_digest(_batch_rows(batch))
-    if expected is None or (digest, count) != (expected["digest"], expected["count"]):
+    tenant = uuid_text(tenant_id)
+    before, after, count = hashlib.sha256(), hashlib.sha256(), 0
+    for values in _batch_rows(batch):
+        line = canonical(values)
+        before.update(line)
+        before.update(b"\n")
+        if values[_CUSTOMER] == customer_id and uuid_text(values[_TENANT]) == tenant:
+            line = canonical((*values[:_CUSTOMER], new_value, *values[_CUSTOMER + 1:]))
+        after.update(line)
+        after.update(b"\n")
+        count += 1
+    if expected is None or (before.hexdigest(), count) != (expected["digest"], expected["count"]):
         logger.error("access batch %s no longer matches the audit trail: not amended by an individual's request",
                      batch)
-        return False
-    return True
+        return None
+    return after.hexdigest(), count
 
 
 def access_records_erase(tenant_id: str, customer_id: str) -> int:

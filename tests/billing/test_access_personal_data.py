@@ -103,3 +103,13 @@ def test_a_second_change_to_an_amended_batch_is_amended_again(acme):
         tenant=acme, customer_id="crm-9", kind="erase", channel="console"))
     assert AuditEntry.objects.filter(action=access_log.AMEND_ACTION).count() == 2
     assert access_log.access_verify().broken is None
+
+
+def test_an_amendment_counts_only_the_tenants_own_rows_of_a_shared_batch(acme, bluegum):
+    """A batch mixes tenants: the amended digest must change acme's crm-7 rows only, not bluegum's crm-7."""
+    for i in range(4):
+        _record(acme if i % 2 else bluegum, "crm-7", i)
+    access_log.access_seal(batch=10)
+    dsr.privacy_request_erase(privacy_request=_open(acme, "erase"))
+    assert UsageEvent.objects.filter(tenant=bluegum, customer_id="crm-7").count() == 2
+    assert access_log.access_verify().broken is None
