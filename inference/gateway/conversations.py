@@ -576,8 +576,7 @@ class ConversationAPI:
             if sink.failed is not None or sink.answer is None:
                 error = sink.failed.error if sink.failed is not None else errors.internal_error()
                 raise sentiment.EmbeddingFailed(f"{error.status} {error.code or error.type}")
-            data = orjson.loads(sink.answer).get("data") or []
-            return [item["embedding"] for item in sorted(data, key=lambda item: item.get("index", 0))]
+            return _vectors_of(sink.answer)
 
         return embed
 
@@ -722,6 +721,16 @@ class _Outcome:
     decision: sentiment.Escalation
     turn_index: int
     record: bytes  # the ADM record for the stream, or b"" when this turn didn't hand the conversation over
+
+
+def _vectors_of(answer: bytes) -> list:
+    """The vectors of an embeddings answer in input order; ``EmbeddingFailed("malformed_embedding")`` for an answer
+    of any other shape (the scorer then falls back to the lexicon rather than failing the turn)."""
+    try:
+        data = orjson.loads(answer).get("data") or []
+        return [item["embedding"] for item in sorted(data, key=lambda item: item.get("index", 0))]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise sentiment.EmbeddingFailed("malformed_embedding") from None
 
 
 def _redacted_metadata(metadata: dict) -> dict:

@@ -602,3 +602,23 @@ def test_a_turn_asking_for_redaction_sends_no_identifier_from_the_earlier_histor
     assert b"[AU_PHONE_1]" in sent and b"[AU_EMAIL_1]" in sent
     raw = get_redis().get(contract.conversation_key(cid))
     assert b"0412" not in raw and b"jo@example.com" not in raw
+
+
+@pytest.mark.parametrize("answer", [
+    b'{"data": [{"index": 0}]}',  # no embedding
+    b'{"data": {"embedding": [1.0]}}',  # data not a list
+    b'[{"embedding": [1.0]}]',  # not an object
+    b'{"data": [{"embedding": [1.0], "index": "first"}, {"embedding": [1.0], "index": 1}]}',  # unorderable
+    b"not json",
+])
+def test_a_malformed_embeddings_answer_is_an_embedding_failure_not_a_500(answer):
+    """The scorer falls back to the lexicon on ``EmbeddingFailed``: an answer of the wrong shape from the embedding
+    backend must become one (a KeyError or AttributeError would escape the turn as an unshaped 500)."""
+    from core import sentiment
+    from inference.gateway.conversations import _vectors_of
+
+    with pytest.raises(sentiment.EmbeddingFailed) as failed:
+        _vectors_of(answer)
+    assert failed.value.reason == "malformed_embedding"
+    assert _vectors_of(b'{"data": [{"embedding": [2.0], "index": 1}, {"embedding": [1.0], "index": 0}]}') == [
+        [1.0], [2.0]]
