@@ -302,6 +302,8 @@ class Transcript(models.Model):
     model = models.CharField(max_length=200, blank=True)
     endpoint = models.CharField(max_length=40, blank=True)
     status = models.PositiveSmallIntegerField(default=200)
+    # The console member who sent it from the playground (their user id; "" for the API): their own history.
+    member = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField()
     expires_at = models.DateTimeField()
     sealed = models.BinaryField()
@@ -313,6 +315,7 @@ class Transcript(models.Model):
             models.Index(fields=["tenant", "-created_at"], name="transcript_tenant_time"),
             models.Index(fields=["tenant", "customer_id"], name="transcript_tenant_customer"),
             models.Index(fields=["expires_at"], name="transcript_expires"),
+            models.Index(fields=["tenant", "member", "conversation_id"], name="transcript_tenant_member"),
         ]
 
     def __str__(self) -> str:

@@ -116,7 +116,7 @@ def _rows(records: list[contract.TranscriptRecord]) -> list[Transcript]:
             id=row_id, tenant_id=item.tenant, data_key=key, request_id=item.request_id, turn=item.turn,
             kind=item.kind, conversation_id=item.conversation_id, key_id=(item.key_id or "")[:64],
             customer_id=item.customer_id, model=item.model[:200], endpoint=item.endpoint[:40],
-            status=max(0, min(item.status, 32767)), created_at=created,
+            status=max(0, min(item.status, 32767)), member=item.member, created_at=created,
             expires_at=created + timedelta(days=item.retention_days), sealed=sealed,
         ))
     return rows

@@ -393,6 +393,7 @@ def encode_usage_event(request_id: str, tenant: str | None, status: int, created
 # --- transcripts (R-RET) ---------------------------------------------------------------------------
 TRANSCRIPT_KINDS = frozenset({"request", "conversation_turn"})
 MAX_CONVERSATION_ID_CHARS = 128
+MAX_TRANSCRIPT_MEMBER_CHARS = 64  # a console user's primary key as text
 # Retention is bounded (7 years, a day either side of leap years): ``tenants.Tenant.retention_days``'s maximum.
 MAX_RETENTION_DAYS = 2557
 
@@ -407,7 +408,8 @@ class TranscriptRecord:
     other (a stream's pieces joined), before restore mode put originals back; partial if the stream ended early.
     ``retention_days`` is the tenant's setting when the request was made: the row expires that many days after
     ``created``. ``turn`` tells a conversation's turns apart when they share a request id (0 for a plain request);
-    the ingest stores ``(request_id, turn)`` once.
+    the ingest stores ``(request_id, turn)`` once. ``member``: the console user's id when a tenant member sent it
+    from the playground (whose history it is; "" otherwise, and in records written before the field existed).
     """
 
     tenant: str
@@ -424,6 +426,7 @@ class TranscriptRecord:
     conversation_id: str = ""
     turn: int = 0
     status: int = 200
+    member: str = ""
     v: int = VERSION
 
     def encode(self) -> bytes:
@@ -453,6 +456,8 @@ class TranscriptRecord:
             raise RecordError("a transcript record with a malformed conversation id")
         if not isinstance(record.turn, int) or record.turn < 0:
             raise RecordError("a transcript record with a malformed turn")
+        if not isinstance(record.member, str) or len(record.member) > MAX_TRANSCRIPT_MEMBER_CHARS:
+            raise RecordError("a transcript record with a malformed member")
         return record
 
 

@@ -80,8 +80,9 @@ class RequestContext:
     """What one request accumulates for its usage event, metrics and access-log line."""
 
     __slots__ = (
-        "admission", "admitting", "backend", "client_disconnected", "completion_tokens", "customer_id", "endpoint",
-        "error_code", "key", "model", "n", "payload", "prompt_sha256", "prompt_tokens", "prompt_upper", "redactions",
+        "admission", "admitting", "backend", "client_disconnected", "completion_tokens", "conversation_id",
+        "customer_id", "endpoint", "error_code", "key", "member", "model", "n", "payload", "prompt_sha256",
+        "prompt_tokens", "prompt_upper", "redactions",
         "redactor", "reply", "request_id", "retain", "started", "started_wall", "status", "stream", "traceparent",
         "ttft_s", "upstream_s",
     )
@@ -115,6 +116,10 @@ class RequestContext:
         # False: the caller keeps this request's content itself (the conversation API's turns), so the dispatch
         # doesn't capture it for transcript retention (``inference.gateway.transcripts``).
         self.retain = True
+        # The playground's chat session and the console member who sent it, for the transcript record (its
+        # history: ``inference.playground_history``); "" for /v1.
+        self.conversation_id = ""
+        self.member = ""
         # The access record (R-AUD-1, ``inference.gateway.digests``): the end customer named, the prompt's digest,
         # and the reply's, fed as the answer is relayed (None until one is).
         self.customer_id = ""

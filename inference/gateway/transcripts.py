@@ -128,7 +128,7 @@ def install(emitter: TranscriptEmitter | None) -> None:
 def emit_transcript(*, tenant: str, retention_days: int, request_id: str, prompt, reply: str,
                     kind: str = "request", key_id: str = "", customer_id: str = "", model: str = "",
                     endpoint: str = "", conversation_id: str = "", turn: int = 0, status: int = 200,
-                    created: float | None = None) -> bool:
+                    created: float | None = None, member: str = "") -> bool:
     """Queue one transcript record for retention; returns whether it was queued. Nothing is queued when
     ``retention_days`` is 0 (the tenant keeps no content: pass its record's ``retention_days``, e.g.
     ``ctx.key.retention_days``) or before the gateway started. Never blocks and never raises for Redis: the
@@ -143,7 +143,7 @@ def emit_transcript(*, tenant: str, retention_days: int, request_id: str, prompt
         tenant=tenant, request_id=request_id, created=time.time() if created is None else created,
         retention_days=min(retention_days, contract.MAX_RETENTION_DAYS), prompt=prompt, reply=reply, kind=kind,
         key_id=key_id or "", customer_id=customer_id or "", model=model, endpoint=endpoint,
-        conversation_id=conversation_id or "", turn=turn, status=status,
+        conversation_id=conversation_id or "", turn=turn, status=status, member=member or "",
     ))
     return True
 
@@ -234,6 +234,7 @@ def emit_captured(ctx: RequestContext, capture: ReplyCapture) -> None:
             prompt=ctx.payload.get(PROMPT_FIELDS[ctx.endpoint]), reply=capture.reply_text(ctx.endpoint),
             key_id=ctx.key.key_id, customer_id=ctx.customer_id, model=ctx.model,
             endpoint=ctx.endpoint, status=ctx.status, created=ctx.started_wall,
+            conversation_id=ctx.conversation_id, member=ctx.member,
         )
     except Exception as exc:
         # The class only: a message or traceback could quote the content.
