@@ -319,6 +319,8 @@ class AnchorScorer:
             positive = [_unit(v) for v in vectors[1:1 + len(POSITIVE_ANCHORS)]]
             negative = [_unit(v) for v in vectors[1 + len(POSITIVE_ANCHORS):]]
             gap = _top_mean(turn, positive) - _top_mean(turn, negative)
+            if not math.isfinite(gap):  # NaN would clamp to +1: a broken vector must not read as "positive"
+                raise ValueError("non-finite embedding")
             return Scored(sentiment_of(gap * _ANCHOR_SCALE), self.name)
         except EmbeddingFailed as failed:
             reason = failed.reason

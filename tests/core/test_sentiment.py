@@ -215,3 +215,13 @@ def test_the_embedding_scorer_falls_back_to_the_lexicon_and_says_why():
 
     assert asyncio.run(sentiment.AnchorScorer("embed-c", malformed).score("ok")).fallback.startswith(
         "embedding_failed")
+
+
+def test_non_finite_vectors_fall_back_rather_than_read_as_positive():
+    """NaN compares false with everything, so a NaN score would clamp to +1 ("positive") and never escalate."""
+    async def nan_vectors(texts):
+        return [[math.nan, 1.0, 0.5] for _ in texts]
+
+    scored = asyncio.run(sentiment.AnchorScorer("embed-e", nan_vectors).score("I'm furious, this is unacceptable"))
+    assert scored.scorer == "lexicon" and scored.fallback == "embedding_failed: malformed_embedding"
+    assert scored.sentiment.label == "negative"
