@@ -154,6 +154,10 @@ def parse_turn(payload: dict, limits: Limits) -> TurnRequest:
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise errors.bad_request("`metadata` must be a JSON object.", param="metadata")
+        if _too_deep(metadata, _METADATA_DEPTH):
+            # Before encoding it: orjson refuses to encode past 255 levels (a 500), and redacting it recurses.
+            raise errors.bad_request(f"`metadata` may nest at most {_METADATA_DEPTH} levels.", param="metadata",
+                                     code="metadata_too_deep")
         if len(orjson.dumps(metadata)) > limits.metadata_bytes:
             raise errors.bad_request(f"`metadata` may be at most {limits.metadata_bytes} bytes of JSON.",
                                      param="metadata", code="metadata_too_large")
@@ -163,6 +167,24 @@ def parse_turn(payload: dict, limits: Limits) -> TurnRequest:
         language=context.language if payload.get("language") is not None else None,
         customer_id=context.customer_id if payload.get("customer_id") is not None else None,
     )
+
+
+_METADATA_DEPTH = 8
+
+
+def _too_deep(value: object, limit: int) -> bool:
+    """Whether objects and arrays nest more than ``limit`` levels in ``value`` (iterative: no recursion to
+    exhaust)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def new_conversation_id() -> str:

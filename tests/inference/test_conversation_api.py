@@ -250,6 +250,8 @@ def test_a_revoked_key_can_neither_continue_read_nor_close_its_conversation(gate
     ({"model": MODEL, "message": "x" * 8_001}, "message"),
     ({"model": MODEL, "message": "hi", "metadata": {"blob": "x" * 3_000}}, "metadata"),
     ({"model": MODEL, "message": "hi", "metadata": ["not", "an", "object"]}, "metadata"),
+    ({"model": MODEL, "message": "hi", "metadata": {"deep": orjson.loads(b"[" * 300 + b"]" * 300)}}, "metadata"),
+    ({"model": MODEL, "message": "hi", "metadata": {"deep": orjson.loads(b"[" * 20 + b"]" * 20)}}, "metadata"),
     ({"model": MODEL, "message": "hi", "stream": "yes"}, "stream"),
     ({"model": MODEL, "message": "hi", "conversation_id": 12}, "conversation_id"),
     ({"message": "hi"}, "model"),
