@@ -82,10 +82,11 @@ MATRIX: dict[Action, frozenset[str]] = {
     # it; staff read every tenant's trail from the staff console instead.
     Action.AUDIT_VIEW: frozenset({Role.OWNER, Role.ADMIN}),
     # Closed conversations and their post-call analyses (summaries, QA scores and reasons) are about the tenant's
-    # customers and its agents' work: for the roles that run the contact centre and the agents who review it, and a
-    # management key. Not developers or billing (their work needs usage, not customers' conversations), nor support
-    # staff acting as the tenant (a summary is derived content, R-SEC-3).
-    Action.CONVERSATIONS_VIEW: frozenset({Role.OWNER, Role.ADMIN, Role.AGENT, API_KEY}),
+    # customers and about its agents' work (a QA score can inform an agent's performance review): for the roles that
+    # run the contact centre, and a management key. Not agents (one agent would read every customer's summary and
+    # every colleague's scores), developers or billing (their work needs usage, not customers' conversations), nor
+    # support staff acting as the tenant (a summary is derived content, R-SEC-3).
+    Action.CONVERSATIONS_VIEW: frozenset({Role.OWNER, Role.ADMIN, API_KEY}),
     # Individuals' requests (APP 12/13) open and carry out a copy or an erasure of an end customer's records:
     # for the roles that answer for the organisation's privacy, and for a management key (a tenant's CRM files
     # them). Support staff use the staff console's own page, which never shows a copy's content.

@@ -72,7 +72,7 @@ def test_an_agent_sees_only_the_links_its_role_may_use(page, portal_server, acme
     page.goto(f"{portal_server.base_url}/t/{acme.slug}/")
     links = _console(page).get_by_role("link").all_inner_texts()
     assert "Playground" in links and "Settings" in links
-    for hidden in ("API keys", "Team", "Usage", "Billing", "Audit trail", "Request log"):
+    for hidden in ("API keys", "Team", "Usage", "Billing", "Audit trail", "Request log", "Conversations"):
         assert hidden not in links
     labels = _console(page).locator(".console-nav-label").all_inner_texts()
     assert all(_console(page).get_by_role("list", name=label).get_by_role("link").count() for label in labels)

@@ -59,6 +59,6 @@ def test_a_closed_conversation_is_recorded_analysed_and_shown(gateway_ready, acm
     events = ingested(3)  # two turns and the analysis, each billed
     assert [e.key_id for e in events].count(ANALYTICS_KEY_ID) == 1
 
-    client = sign_in(Client(), member_of(acme, "agent"))
+    client = sign_in(Client(), member_of(acme, "admin"))
     page = client.get(reverse("tenant_conversation_detail", args=[acme.slug, conversation.pk]))
     assert page.status_code == 200 and str(analysis.qa_score).encode() in page.content

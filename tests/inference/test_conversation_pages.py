@@ -43,17 +43,18 @@ def list_url(tenant, **query) -> str:
 
 
 @pytest.fixture
-def agent_client(acme, member_of):
-    return sign_in(Client(), member_of(acme, "agent"))
+def reviewer_client(acme, member_of):
+    """An admin: the role that reviews its contact centre's conversations (with its second factor)."""
+    return sign_in(Client(), member_of(acme, "admin"))
 
 
 # --- console -------------------------------------------------------------------------------------
-def test_agent_lists_and_opens_a_conversation(acme, agent_client):
+def test_agent_lists_and_opens_a_conversation(acme, reviewer_client):
     conversation = make_conversation(acme, "conv-a", qa=82, escalated=True)
-    response = agent_client.get(list_url(acme))
+    response = reviewer_client.get(list_url(acme))
     assert response.status_code == 200
     assert b"conv-a" in response.content and b"82" in response.content
-    detail = agent_client.get(reverse("tenant_conversation_detail", args=[acme.slug, conversation.pk]))
+    detail = reviewer_client.get(reverse("tenant_conversation_detail", args=[acme.slug, conversation.pk]))
     assert detail.status_code == 200
     page = detail.content.decode()
     assert "modem replaced" in page and "empathy was fine" in page and "trigger_phrase" in page
@@ -62,15 +63,15 @@ def test_agent_lists_and_opens_a_conversation(acme, agent_client):
     assert page.count('class="sentiment-dot"') == 3
 
 
-def test_another_tenants_conversation_is_a_404(acme, bluegum, agent_client):
+def test_another_tenants_conversation_is_a_404(acme, bluegum, reviewer_client):
     theirs = make_conversation(bluegum, "conv-b", qa=50)
-    response = agent_client.get(reverse("tenant_conversation_detail", args=[acme.slug, theirs.pk]))
+    response = reviewer_client.get(reverse("tenant_conversation_detail", args=[acme.slug, theirs.pk]))
     assert response.status_code == 404
-    assert agent_client.get(list_url(bluegum)).status_code == 404
-    assert b"conv-b" not in agent_client.get(list_url(acme)).content
+    assert reviewer_client.get(list_url(bluegum)).status_code == 404
+    assert b"conv-b" not in reviewer_client.get(list_url(acme)).content
 
 
-@pytest.mark.parametrize("role", ["billing", "developer"])
+@pytest.mark.parametrize("role", ["billing", "developer", "agent"])
 def test_roles_without_the_permission_are_refused(acme, member_of, role):
     client = sign_in(Client(), member_of(acme, role))
     assert client.get(list_url(acme)).status_code == 403
@@ -86,28 +87,28 @@ def test_signed_out_is_sent_to_sign_in(acme):
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
 
 
-def test_filters(acme, agent_client):
+def test_filters(acme, reviewer_client):
     make_conversation(acme, "low-sms", channel="sms", qa=30, minutes=1)
     make_conversation(acme, "high-web", qa=90, escalated=True, minutes=2)
     make_conversation(acme, "unsampled", minutes=3)
-    body = agent_client.get(list_url(acme, qa_min=50)).content
+    body = reviewer_client.get(list_url(acme, qa_min=50)).content
     assert b"high-web" in body and b"low-sms" not in body and b"unsampled" not in body
-    body = agent_client.get(list_url(acme, channel="sms")).content
+    body = reviewer_client.get(list_url(acme, channel="sms")).content
     assert b"low-sms" in body and b"high-web" not in body
-    body = agent_client.get(list_url(acme, escalated="no")).content
+    body = reviewer_client.get(list_url(acme, escalated="no")).content
     assert b"high-web" not in body and b"unsampled" in body
-    body = agent_client.get(list_url(acme, since="2026-12-01")).content
+    body = reviewer_client.get(list_url(acme, since="2026-12-01")).content
     assert b"No conversations match" in body
 
 
-def test_malformed_filters_are_form_errors(acme, agent_client):
-    assert agent_client.get(list_url(acme, qa_min=101)).status_code == 400
-    assert agent_client.get(list_url(acme, qa_min=60, qa_max=40)).status_code == 400
-    assert agent_client.get(list_url(acme, after="nonsense")).status_code == 400
-    assert agent_client.get(list_url(acme, channel="pigeon")).status_code == 400
+def test_malformed_filters_are_form_errors(acme, reviewer_client):
+    assert reviewer_client.get(list_url(acme, qa_min=101)).status_code == 400
+    assert reviewer_client.get(list_url(acme, qa_min=60, qa_max=40)).status_code == 400
+    assert reviewer_client.get(list_url(acme, after="nonsense")).status_code == 400
+    assert reviewer_client.get(list_url(acme, channel="pigeon")).status_code == 400
 
 
-def test_keyset_pages(acme, agent_client, monkeypatch):
+def test_keyset_pages(acme, reviewer_client, monkeypatch):
     from inference import analytics_reads
 
     monkeypatch.setattr(analytics_reads, "PAGE_SIZE", 2)
@@ -115,7 +116,7 @@ def test_keyset_pages(acme, agent_client, monkeypatch):
         make_conversation(acme, f"page-{i}", minutes=i)
     seen, url = [], list_url(acme)
     while url:
-        response = agent_client.get(url)
+        response = reviewer_client.get(url)
         rows = [c for c in (f"page-{i}" for i in range(5)) if c.encode() in response.content]
         seen += rows
         cursor = response.context["next_cursor"]
@@ -123,10 +124,10 @@ def test_keyset_pages(acme, agent_client, monkeypatch):
     assert seen == [f"page-{i}" for i in range(5)]
 
 
-def test_csv_export(acme, agent_client):
+def test_csv_export(acme, reviewer_client):
     make_conversation(acme, "csv-1", qa=75, escalated=True)
     make_conversation(acme, "csv-2", minutes=5)
-    response = agent_client.get(list_url(acme, export="csv"))
+    response = reviewer_client.get(list_url(acme, export="csv"))
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
     content = b"".join(response.streaming_content).decode()
     assert "modem" not in content and "fine" not in content  # summaries and reasons stay on the detail page
@@ -168,10 +169,10 @@ def test_api_schema_documents_the_conversations(client):
     assert "conversations_list" in schema and "conversations_retrieve" in schema
 
 
-def test_dates_at_the_end_of_the_calendar_are_not_a_500(acme, agent_client, api_client, management_key):
+def test_dates_at_the_end_of_the_calendar_are_not_a_500(acme, reviewer_client, api_client, management_key):
     make_conversation(acme, "c-end", qa=70)
-    assert agent_client.get(list_url(acme, until="9999-12-31")).status_code in (200, 400)
-    assert agent_client.get(list_url(acme, until="9999-12-31", export="csv")).status_code in (200, 400)
+    assert reviewer_client.get(list_url(acme, until="9999-12-31")).status_code in (200, 400)
+    assert reviewer_client.get(list_url(acme, until="9999-12-31", export="csv")).status_code in (200, 400)
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {management_key(acme)}")
     assert api_client.get("/api/v1/conversations", {"until": "9999-12-31"}).status_code in (200, 400)
     assert api_client.get("/api/v1/conversations", {"cursor": "bm9uc2Vuc2U="}).status_code in (200, 400, 404)
