@@ -71,8 +71,14 @@ def with_customer_id(line: bytes, customer_id: str) -> bytes:
 
 
 def prompt_sha256(endpoint: str, payload: dict) -> str:
+    """The prompt's digest; "" for one nested past what the encoder takes (255 levels; the parser takes 1,024),
+    which validation refuses anyway: never an error of its own."""
     value = payload.get(_PROMPT_FIELD[endpoint])
-    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    try:
+        encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return ""
+    return hashlib.sha256(encoded).hexdigest()
 
 
 class ReplyDigest:

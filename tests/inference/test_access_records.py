@@ -173,3 +173,14 @@ def test_the_prompt_digest_is_of_the_messages_as_the_client_sent_them(gateway_re
     assert response.status_code == 200, response.text
     [row] = ingested(1)
     assert row.prompt_sha256 == _sha(_canonical(sent))
+
+
+def test_a_deeply_nested_prompt_is_a_400_not_a_500(gateway_ready, key):
+    """The prompt's digest is taken before validation: a body nested past what the encoder takes (orjson stops at 255
+    levels; the parser takes 1,024) must still get validation's 400."""
+    deep = b"[" * 400 + b"]" * 400
+    body = b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user", "content": ' + deep + b"}]}"
+    response = httpx.post(f"{gateway_ready.base_url}/v1/chat/completions", content=body, timeout=30,
+                          headers={"Authorization": f"Bearer {key}", "content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
