@@ -5,6 +5,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.checks import Error, Tags, register
 
+# The AWS regions in Australia: Sydney and Melbourne.
+AUSTRALIAN_REGIONS = frozenset({"ap-southeast-2", "ap-southeast-4"})
+
 
 @register(Tags.security, deploy=True)
 def backends_in_allowed_regions(app_configs, **kwargs):
@@ -22,6 +25,12 @@ def backends_in_allowed_regions(app_configs, **kwargs):
             )
     if settings.AWS_REGION not in allowed:
         problems.append(Error(f"AWS_REGION={settings.AWS_REGION!r} is outside {sorted(allowed)}.", id="wattle.E002"))
+    # ALLOWED_DATA_REGIONS is a setting, so the checks above would pass anything it named: it may only narrow the
+    # Australian regions, never add another (COMPLIANCE R-REG-1).
+    foreign = sorted(allowed - AUSTRALIAN_REGIONS)
+    if foreign:
+        problems.append(Error(f"ALLOWED_DATA_REGIONS names regions outside Australia: {foreign}.",
+                              hint=f"Allow only {sorted(AUSTRALIAN_REGIONS)}.", id="wattle.E005"))
     return problems
 
 

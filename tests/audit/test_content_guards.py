@@ -78,6 +78,16 @@ def test_an_aws_region_outside_australia_fails_the_production_check(settings):
     assert inference_checks.backends_in_allowed_regions(None) == []
 
 
+def test_the_allowed_regions_may_only_narrow_australia(settings):
+    settings.INFERENCE_BACKENDS = []
+    settings.AWS_REGION = "ap-southeast-2"
+    settings.ALLOWED_DATA_REGIONS = ["ap-southeast-2", "us-east-1"]
+    [problem] = inference_checks.backends_in_allowed_regions(None)
+    assert problem.id == "wattle.E005" and "us-east-1" in problem.msg
+    settings.ALLOWED_DATA_REGIONS = ["ap-southeast-2"]
+    assert inference_checks.backends_in_allowed_regions(None) == []
+
+
 # --- R-AUD-3 -----------------------------------------------------------------------------------------------------
 def test_a_segment_interval_longer_than_five_minutes_is_held_to_five(db, settings, tmp_path, monkeypatch):
     settings.AUDIT_ARCHIVE_BUCKET = ""
@@ -117,12 +127,26 @@ def test_an_archived_segment_holds_audit_entries_only(db, settings, tmp_path):
 
 
 # --- no training or analytics on kept content ---------------------------------------------------------------------
+# Who may decrypt kept content. Each reads for the tenant (its people, or an individual's copy) and audits the
+# read; adding a reader means adding it here, audited, and describing it in docs/privacy.md.
+DECRYPTERS = {
+    ("audit/transcripts.py", "transcript_content"),  # the transcripts pages and break-glass: one entry per read
+    ("audit/transcripts.py", "_export"),  # an individual's copy (R-DSR-1), audited as privacy_request.exported
+    ("inference/playground_history.py", "_open"),  # a member's own playground history, audited per listing
+}
+READERS = {
+    ("tenants/views/transcripts.py", "_content"),  # owners and admins; staff under break-glass
+    ("inference/playground_history.py", "conversation"),  # a member re-opening their own playground conversation
+}
+
+
 def test_kept_content_is_decrypted_only_by_the_named_readers():
     opened = {(path, function) for path, function, _ in _calls("open_sealed")}
-    assert opened == {("audit/transcripts.py", "transcript_content"), ("audit/transcripts.py", "_export")}
-    # transcript_content audits every read; its callers are the console's and staff's transcript pages.
+    assert {("audit/transcripts.py", "transcript_content"), ("audit/transcripts.py", "_export")} <= opened
+    assert opened <= DECRYPTERS, opened - DECRYPTERS
     readers = {(path, function) for path, function, _ in _calls("transcript_content")}
-    assert readers == {("tenants/views/transcripts.py", "_content")}
+    assert ("tenants/views/transcripts.py", "_content") in readers
+    assert readers <= READERS, readers - READERS
     # _export is the individual's copy, reached only through the holder registry of R-DSR-1.
     exporters = [(path, function) for path, function, call in _calls("Holder") for kw in call.keywords
                  if kw.arg == "export" and getattr(kw.value, "id", None) == "_export"]
