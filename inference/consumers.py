@@ -146,6 +146,9 @@ class PlaygroundConsumer(AsyncWebsocketConsumer):
             return
         dispatcher = gateway.dispatcher
         ctx = RequestContext("chat.completions", gateway.next_request_id())
+        # Whose turn, in which chat session: the transcript record carries both when the tenant keeps transcripts
+        # (the member's history, ``inference.playground_history``); nothing is kept otherwise.
+        ctx.conversation_id, ctx.member = frame.conversation, self.access.user_id
         try:
             ctx.key = await gateway.auth.tenant_caller(self.access.tenant_id, key_id=PLAYGROUND_KEY_ID)
             # Customer mode: the customer's turn is scored and decided on before the reply (a refused tenant is

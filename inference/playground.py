@@ -90,6 +90,9 @@ class Chat:
     turn: str
     payload: dict  # the /v1 chat body the dispatch prepares (streamed)
     context: ccaas.Context | None = None  # customer-conversation mode: channel, language, customer id
+    # The page's chat session (a new one on Reset; a re-opened one keeps its id): the transcript record's
+    # conversation id when the tenant keeps transcripts, so the member's history groups its turns.
+    conversation: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,10 @@ def parse_frame(text: str) -> Frame:
         raise errors.bad_request("`type` must be chat, stop or ping.", param="type", code="unknown_type")
     if turn is None:
         raise errors.bad_request("A chat frame needs an `id`.", param="id", code="invalid_id")
+    conversation = data.get("conversation")
+    if conversation is not None and (not isinstance(conversation, str) or not _TURN_ID.fullmatch(conversation)):
+        raise errors.bad_request("`conversation` must be 1 to 64 letters, digits, '-' or '_'.",
+                                 param="conversation", code="invalid_id")
     model = data.get("model")
     if not isinstance(model, str) or not model or len(model) > _MAX_MODEL_CHARS:
         raise errors.bad_request("Choose a model.", param="model")
@@ -153,7 +160,7 @@ def parse_frame(text: str) -> Frame:
     for name in ("temperature", "max_tokens"):
         if data.get(name) is not None:
             payload[name] = data[name]  # its type and range are the dispatch's to check, as on /v1
-    return Chat(turn, payload, context)
+    return Chat(turn, payload, context, conversation or "")
 
 
 def _context(raw: object) -> ccaas.Context | None:

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.contrib import messages
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from core import ccaas
-from inference import selectors, services
+from inference import playground_history, selectors, services
 from inference.forms import BackendForm
 from inference.models import Backend
 from inference.playground import PERSONAS
@@ -121,5 +122,38 @@ def playground(request, access):
         "default_language": ccaas.DEFAULT_LANGUAGE,
         "personas": [(value, label) for value, (label, _lines) in PERSONAS.items()],
         "persona_lines": {value: list(lines) for value, (_label, lines) in PERSONAS.items()},
+        "history": playground_history.enabled(access.tenant),
     }
     return render(request, "inference/playground.html", context)
+
+
+def _own_history(access) -> None:
+    """History is a member's own: none while the tenant keeps no transcripts, and none for staff acting as the
+    tenant (who may not use the playground; content is theirs to read only under break-glass)."""
+    if access.membership is None or access.acting_as or not playground_history.enabled(access.tenant):
+        raise Http404
+
+
+@require_GET
+@tenant_view(Action.PLAYGROUND_USE)
+def playground_history_list(request, access):
+    """The member's own playground conversations (JSON, for the page's History panel)."""
+    _own_history(access)
+    listed = playground_history.conversations(tenant=access.tenant, user=request.user, request=request)
+    return JsonResponse({"conversations": listed})
+
+
+@require_GET
+@tenant_view(Action.PLAYGROUND_USE)
+def playground_history_open(request, access, conversation_id: str):
+    """One of the member's conversations, decrypted to continue it in the page (JSON). Another member's, another
+    tenant's or an unknown id is a 404 alike."""
+    _own_history(access)
+    try:
+        found = playground_history.conversation(tenant=access.tenant, user=request.user,
+                                                conversation_id=conversation_id, request=request)
+    except playground_history.Unreadable:
+        return JsonResponse({"error": "This conversation can no longer be read."}, status=410)
+    if found is None:
+        raise Http404
+    return JsonResponse(found)

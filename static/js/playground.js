@@ -33,6 +33,11 @@
   const banner = el('pg-escalation')
   const personaData = el('pg-personas')
   const personas = personaData ? JSON.parse(personaData.textContent) : {} // id -> the customer's lines
+  const historyPanel = el('pg-history')
+  const historyUrl = historyPanel ? historyPanel.dataset.url : '' // set only when the organisation keeps transcripts
+  const historyList = el('pg-history-list')
+  const historyStatus = el('pg-history-status')
+  const historyRefresh = el('pg-history-refresh')
 
   let maxBytes = parseInt(root.dataset.maxBytes, 10) || 65536
   const encoder = new TextEncoder()
@@ -63,6 +68,9 @@
   let personaTurns = 0 // lines the persona has said in this conversation
   let trail = [] // customer-conversation mode: each customer turn's sentiment and the rule's decision
   let escalation = null // the first decision that escalated: {turn, reason}
+  // This chat session's id, sent with every message: the organisation's kept transcripts group its turns by it
+  // (the History panel). A new one on Reset; a re-opened conversation continues under its own.
+  let conversationId = newConversationId()
 
   // --- the socket -------------------------------------------------------------------------------
   function socketUrl () {
@@ -281,6 +289,7 @@
     }
     const conversation = customerConversation()
     if (conversation) frame.ccaas = conversation
+    frame.conversation = conversationId
     const size = encoder.encode(JSON.stringify(frame)).length
     if (size > maxBytes) {
       showError('This conversation is too long to send (' + size + ' of at most ' + maxBytes +
@@ -325,6 +334,9 @@
         finish_reason: d.finish_reason
       }
       history.push(reply.entry)
+      // A new conversation's first reply is stored a moment later (the transcripts are written in the
+      // background): list it then.
+      if (historyUrl && !historyList.querySelector('[aria-current="true"]')) window.setTimeout(loadHistory, 3000)
       stats.textContent = [
         d.completion_tokens + ' tokens out, ' + d.prompt_tokens + ' in',
         'first token ' + (d.ttft_ms === null ? '—' : Math.round(d.ttft_ms) + ' ms'),
@@ -353,15 +365,122 @@
     if (current) send({ type: 'stop', id: current.id })
   }
 
-  function reset () {
+  function clearConversation () {
     stop()
     if (current) endReply({ interrupted: true })
     history = []
     log.textContent = ''
     clearSentiment()
     hideError()
+  }
+
+  function reset () {
+    clearConversation()
+    conversationId = newConversationId()
+    markOpened()
     setStatus(ready ? 'Conversation cleared.' : statusLine.textContent)
+    loadHistory()
     messageBox.focus()
+  }
+
+  // --- history (only when the organisation keeps transcripts) --------------------------------------
+  function newConversationId () {
+    const bytes = new Uint8Array(16)
+    window.crypto.getRandomValues(bytes)
+    return 'pg-' + Array.prototype.map.call(bytes, function (b) { return ('0' + b.toString(16)).slice(-2) }).join('')
+  }
+
+  function getJson (url) {
+    return window.fetch(url, { credentials: 'same-origin', headers: { Accept: 'application/json' } })
+      .then(function (response) {
+        const type = response.headers.get('content-type') || ''
+        if (!response.ok || type.indexOf('application/json') !== 0) {
+          const error = new Error('HTTP ' + response.status)
+          error.status = response.status
+          throw error
+        }
+        return response.json()
+      })
+  }
+
+  function when (iso) {
+    const date = new Date(iso)
+    return isNaN(date) ? '' : date.toLocaleString()
+  }
+
+  function loadHistory () {
+    if (!historyUrl) return
+    historyStatus.textContent = 'Loading your conversations…'
+    getJson(historyUrl).then(function (data) {
+      historyList.textContent = ''
+      data.conversations.forEach(function (item) {
+        const li = document.createElement('li')
+        const button = document.createElement('button')
+        button.type = 'button'
+        button.className = 'pg-history-open'
+        button.dataset.conversation = item.id
+        const words = document.createElement('span')
+        words.className = 'pg-history-words'
+        words.textContent = item.preview || '(no message)'
+        const meta = document.createElement('span')
+        meta.className = 'pg-history-meta'
+        meta.textContent = when(item.started) + ' · ' + item.model + ' · ' + item.turns + (item.turns === 1 ? ' turn' : ' turns')
+        button.appendChild(words)
+        button.appendChild(meta)
+        button.addEventListener('click', function () { reopen(item.id) })
+        li.appendChild(button)
+        historyList.appendChild(li)
+      })
+      markOpened()
+      historyStatus.textContent = data.conversations.length
+        ? 'Your conversations, most recent first. Open one to continue it.'
+        : 'No conversations kept yet. A conversation appears here shortly after its first reply.'
+    }).catch(function () {
+      historyStatus.textContent = 'Your history could not be loaded. Try Refresh.'
+    })
+  }
+
+  function markOpened () {
+    if (!historyList) return
+    Array.prototype.forEach.call(historyList.querySelectorAll('.pg-history-open'), function (button) {
+      if (button.dataset.conversation === conversationId) button.setAttribute('aria-current', 'true')
+      else button.removeAttribute('aria-current')
+    })
+  }
+
+  function reopen (id) {
+    if (current) {
+      showError('Wait for the reply to finish, or stop it, before opening another conversation.')
+      return
+    }
+    historyStatus.textContent = 'Opening…'
+    getJson(historyUrl + encodeURIComponent(id) + '/').then(function (data) {
+      clearConversation()
+      conversationId = data.id
+      systemBox.value = ''
+      data.messages.forEach(function (message, index) {
+        if (message.role === 'system') {
+          if (index === 0) systemBox.value = message.content
+          return
+        }
+        const entry = { role: message.role, content: message.content }
+        if (message.role === 'assistant') entry.model = data.model
+        history.push(entry)
+        addMessage(message.role, message.content)
+      })
+      if (models[data.model] || Array.prototype.some.call(modelSelect.options, function (o) { return o.value === data.model })) {
+        modelSelect.value = data.model
+      }
+      markOpened()
+      historyStatus.textContent = 'Opened the conversation of ' + when(data.started) + '. Your next message continues it.'
+      setStatus('Conversation re-opened.')
+      updateButtons()
+      messageBox.focus()
+    }).catch(function (error) {
+      historyStatus.textContent = error.status === 410
+        ? 'That conversation can no longer be read.'
+        : 'That conversation could not be opened. Try Refresh.'
+    })
   }
 
   function exportJson () {
@@ -443,6 +562,7 @@
     updateButtons()
   })
   resetButton.addEventListener('click', reset)
+  if (historyRefresh) historyRefresh.addEventListener('click', loadHistory)
   exportButton.addEventListener('click', exportJson)
   el('pg-settings').addEventListener('submit', function (event) { event.preventDefault() })
   window.addEventListener('online', function () {
@@ -455,4 +575,5 @@
 
   updateButtons()
   connect()
+  loadHistory()
 })()
