@@ -66,18 +66,21 @@ _LOCK_POLL_S = (0.005, 0.01, 0.02, 0.05, 0.1)
 
 # Store the turns only while this token holds the lock; the ADM decision (if any) goes on its stream in the same
 # step. KEYS: state, lock, decisions stream. ARGV: token, state JSON, TTL ms, decision record ("" for none).
+# The stream first: a script that fails midway keeps what it wrote before (Redis has no rollback), so a failing
+# XADD must leave the turn unwritten rather than a handed-over conversation without its decision record.
 _SAVE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 if ARGV[4] ~= '' then redis.call('XADD', KEYS[3], '*', 'e', ARGV[4]) end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
-# Close: the tombstone and the closed record together, only while holding the lock.
+# Close: the closed record and the tombstone together, only while holding the lock; the record first, so a failing
+# XADD never leaves a tombstone (the text gone) without the record that carries it to the control plane.
 # KEYS: state, lock, closed stream. ARGV: token, tombstone JSON, TTL ms, closed record.
 _CLOSE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('XADD', KEYS[3], '*', 'e', ARGV[4])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 _RELEASE = """
@@ -500,6 +503,14 @@ class ConversationAPI:
             return
         try:
             await self._run(prepared, state, turn, token, send, receive)
+        except Exception:
+            # After the dispatch (which billed what the replica did): e.g. Redis refusing the turn's write. The
+            # turn isn't kept; the client gets the OpenAI-shaped 500 (if its response hasn't started), never an
+            # unshaped one.
+            logger.exception("unhandled error in the conversation API", extra={"request_id": ctx.request_id})
+            await self.store.release(conversation_id, token)  # before answering: a retry finds it free
+            with contextlib.suppress(Exception):
+                await gateway._send_error(send, errors.internal_error(), ctx)
         finally:
             await self.store.release(conversation_id, token)
 

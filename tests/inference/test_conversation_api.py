@@ -624,3 +624,37 @@ def test_a_malformed_embeddings_answer_is_an_embedding_failure_not_a_500(answer)
     assert failed.value.reason == "malformed_embedding"
     assert _vectors_of(b'{"data": [{"embedding": [2.0], "index": 1}, {"embedding": [1.0], "index": 0}]}') == [
         [1.0], [2.0]]
+
+
+def test_a_store_failure_after_the_answer_is_an_openai_shaped_500(gateway_ready, acme, issue_key):
+    """Redis refusing the turn's write (here: the decisions stream's key holds the wrong type) is an OpenAI-shaped
+    500, logged, never an unshaped one; nothing is kept."""
+    key = issue_key(acme)
+    cid = turn(gateway_ready, key, "/echo hello").json()["conversation_id"]
+    get_redis().set(contract.adm_decisions_stream_key(), b"not a stream")
+    try:
+        answer = turn(gateway_ready, key, "/echo I want to speak to a human", conversation_id=cid)
+    finally:
+        get_redis().delete(contract.adm_decisions_stream_key())
+    assert answer.status_code == 500
+    assert answer.json()["error"]["type"] == "server_error"
+    state = orjson.loads(get_redis().get(contract.conversation_key(cid)))
+    assert len(state["turns"]) == 2 and not state["escalation"]
+    assert not get_redis().exists(contract.conversation_lock_key(cid))
+
+
+def test_a_close_the_store_refuses_keeps_the_conversation_open_with_its_text(gateway_ready, acme, issue_key):
+    """The closed record goes on its stream before the tombstone replaces the state: if the stream write fails, the
+    text isn't dropped with no record to carry it, and the close can be retried."""
+    key = issue_key(acme)
+    cid = turn(gateway_ready, key, "/echo hello").json()["conversation_id"]
+    get_redis().set(contract.conversations_closed_stream_key(), b"not a stream")
+    try:
+        answer = httpx.post(f"{gateway_ready.base_url}/v1/conversations/{cid}/close", headers=_headers(key))
+    finally:
+        get_redis().delete(contract.conversations_closed_stream_key())
+    assert answer.status_code == 500 and answer.json()["error"]["type"] == "server_error"
+    state = orjson.loads(get_redis().get(contract.conversation_key(cid)))
+    assert state["status"] == "open" and state["turns"][0]["text"] == "/echo hello"
+    retried = httpx.post(f"{gateway_ready.base_url}/v1/conversations/{cid}/close", headers=_headers(key))
+    assert retried.status_code == 200 and retried.json()["status"] == "closed"
