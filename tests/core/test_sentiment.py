@@ -225,3 +225,12 @@ def test_non_finite_vectors_fall_back_rather_than_read_as_positive():
     scored = asyncio.run(sentiment.AnchorScorer("embed-e", nan_vectors).score("I'm furious, this is unacceptable"))
     assert scored.scorer == "lexicon" and scored.fallback == "embedding_failed: malformed_embedding"
     assert scored.sentiment.label == "negative"
+
+
+def test_trigger_phrases_are_literal_text_never_patterns():
+    """A tenant's phrase is matched as the words it says: regular-expression syntax in it matches only itself."""
+    rule = EscalationRule(phrases=(".*", "a+b", "(refund)", "[manager]", "\\d"))
+    neutral = sentiment.Sentiment(0.0, "neutral")
+    assert not decide(rule, [], "anything at all, aab, refund, manager, 7", neutral).escalate
+    assert decide(rule, [], "I want my (refund) now", neutral).detail == "(refund)"
+    assert decide(rule, [], "so a+b then", neutral).escalate
