@@ -111,3 +111,57 @@ def test_an_angry_customers_turns_raise_the_escalation_banner(page, gateway_read
     expect(banner).to_have_count(0)
     expect(page.locator("#pg-sentiment")).to_be_hidden()
     assert not [e for e in page.console_errors if "Content Security Policy" in e]
+
+
+def test_an_agent_reopens_a_kept_conversation_from_history_and_continues_it(page, gateway_ready, acme, member_of,
+                                                                           settings,
+                                                                           django_capture_on_commit_callbacks):
+    import base64
+    import os
+
+    from audit import envelope
+    from audit.models import Transcript
+    from audit.transcripts import transcripts_ingest
+    from tenants.services import tenant_retention_set
+
+    settings.AUDIT_TRANSCRIPT_KMS_KEY_ID = ""
+    settings.AUDIT_TRANSCRIPT_LOCAL_KEK = base64.b64encode(os.urandom(32)).decode()
+    envelope.forget()
+    with django_capture_on_commit_callbacks(execute=True):
+        tenant_retention_set(tenant=acme, days=7)
+    agent = member_of(acme, "agent")
+    _sign_in(page, gateway_ready.base_url, agent.email)
+    page.wait_for_url(f"**/t/{acme.slug}/**")
+    page.goto(f"{gateway_ready.base_url}/t/{acme.slug}/playground/")
+    expect(page.locator("#pg-status")).to_have_text("Connected.")
+    expect(page.locator("#pg-history-status")).to_contain_text("No conversations kept yet")
+    page.get_by_label("Model", exact=True).select_option(MODEL)
+    page.get_by_label("Max tokens").fill("40")
+    page.get_by_label("Message").fill("/echo Remember the Banksia order")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".pg-assistant .pg-stats")).to_contain_text("tokens out", timeout=10_000)
+
+    def stored(n: int):
+        transcripts_ingest()
+        return Transcript.objects.count() >= n
+
+    wait_for(lambda: stored(1), timeout=10)
+    page.get_by_role("button", name="Reset").click()
+    expect(page.locator(".pg-message")).to_have_count(0)
+    page.get_by_role("button", name="Refresh").click()
+    kept = page.locator(".pg-history-open", has_text="/echo Remember the Banksia order")
+    expect(kept).to_contain_text("1 turn")
+    kept.click()
+    expect(page.locator(".pg-message")).to_have_count(2)
+    expect(page.locator(".pg-user .pg-content")).to_have_text("/echo Remember the Banksia order")
+    expect(page.locator(".pg-assistant .pg-content")).not_to_have_text("")
+    expect(kept).to_have_attribute("aria-current", "true")
+
+    page.get_by_label("Message").fill("And the second thing?")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".pg-assistant").last.locator(".pg-stats")).to_contain_text("tokens out", timeout=10_000)
+    wait_for(lambda: stored(2), timeout=10)
+    assert Transcript.objects.values("conversation_id").distinct().count() == 1  # the same conversation, continued
+    assert page.evaluate(A11Y_SCRIPT) == []
+    assert not [e for e in page.console_errors if "Content Security Policy" in e]
+    envelope.forget()
