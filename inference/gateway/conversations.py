@@ -560,10 +560,11 @@ class ConversationAPI:
                 if earlier.get("text"):
                     earlier["text"] = redactor.redact(earlier["text"])
         stored_message = redactor.redact(turn.message) if redactor is not None else turn.message
-        if redactor is not None and state.get("metadata"):
+        if redactor is not None and state["redaction"] == redaction.OFF and state.get("metadata"):
             # Metadata is stored with the history (Redis, GET, the closed record): a redacted conversation keeps no
-            # identifier there either. Its own placeholders (a fresh numbering, so the same metadata repeated on a
-            # later turn compares equal); it never reaches the model, so nothing is restored from it.
+            # identifier there either (redacted once, on its first redacted turn). Its own placeholders (a fresh
+            # numbering, so the same metadata repeated on a later turn compares equal); it never reaches the
+            # model, so nothing is restored from it.
             state["metadata"] = _redacted_metadata(state["metadata"])
         context = ccaas.Context(channel=state["channel"], language=state["language"])
         messages = [{"role": "system", "content": context.instruction()}]
