@@ -323,6 +323,11 @@ _EXAMPLES: dict[str, dict[str, Schema]] = {
         "model": _SMALL, "prompt": "The three best beaches in Sydney are", "max_tokens": 60}}},
     "embeddings": {"texts": {"summary": "Two texts", "value": {
         "model": "intfloat/e5-mistral-7b-instruct", "input": ["Where is my parcel?", "Track my delivery"]}}},
+    # Without it Swagger UI's "Try it out" offers a body built from the schema, whose `conversation_id: "string"`
+    # names no conversation (404): the example starts one, as a first turn must.
+    "conversation": {"start": {"summary": "Start a WhatsApp conversation", "value": {
+        "message": "G'day, my parcel hasn't arrived and I need it by Friday.", "model": _SMALL,
+        "channel": "whatsapp", "customer_id": "acct-1234", "language": "en-AU"}}},
 }
 
 
@@ -507,7 +512,10 @@ def document() -> dict[str, Any]:
                 "console. Errors have OpenAI's shape. The management API (keys, team, usage) is described "
                 f"separately at {base}/api/schema/."),
         },
-        "servers": [{"url": base, "description": "Wattle, Sydney"}],
+        # First the server this document came from (a relative URL resolves against the document's own): the docs
+        # page's "Try it out" calls the host it was opened on, which its CSP (`connect-src 'self'`) allows, even
+        # when that is not WATTLE_BASE_URL's (another host name, `localhost` for `127.0.0.1`).
+        "servers": [{"url": "/", "description": "This server"}, {"url": base, "description": "Wattle, Sydney"}],
         "security": [{"bearer": []}],
         "tags": [{"name": "Inference"}, {"name": "Models"}, {"name": "Conversations"}, {"name": "Meta"}],
         "paths": paths,

@@ -69,6 +69,28 @@ def test_request_examples_are_valid_requests(doc):
             _validator(doc, schema).validate(example["value"])
 
 
+def test_conversation_example_is_a_first_turn_the_gateway_accepts(doc):
+    """Swagger UI's "Try it out" offers the first example: it must start a conversation (a model, no id), and pass
+    the gateway's own checks, not only the schema."""
+    from inference.gateway.conversations import Limits, parse_turn
+
+    examples = doc["paths"]["/v1/conversation"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    assert examples
+    for example in examples.values():
+        value = example["value"]
+        _validator(doc, "ConversationTurnRequest").validate(value)
+        turn = parse_turn(value, Limits.from_settings())
+        assert turn.model and turn.conversation_id is None
+        assert (turn.channel, turn.language, turn.customer_id) == ("whatsapp", "en-AU", "acct-1234")
+
+
+def test_docs_page_calls_the_server_it_was_opened_on(doc, settings):
+    """The first server is relative (resolved against the document's own URL), so "Try it out" stays on the page's
+    host, which its CSP allows; the public URL follows for clients reading the file."""
+    settings.WATTLE_BASE_URL = "https://api.wattle.example/"
+    assert [s["url"] for s in openapi.document()["servers"]] == ["/", "https://api.wattle.example"]
+
+
 def test_headers_and_errors_are_documented(doc):
     headers = doc["components"]["headers"]
     for name in ("x-request-id", "Retry-After", "x-ratelimit-limit-requests", "x-ratelimit-remaining-tokens",
