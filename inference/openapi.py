@@ -66,8 +66,8 @@ _COMMON: dict[str, Schema] = {
     "logprobs": {"type": ["boolean", "null"]},
     "user": {"type": ["string", "null"], "maxLength": 256,
              "description": "Your end customer's id (an account number or CRM id, never a name or email): 1 to 64 "
-                            "letters, digits or `. _ : @ + -`; any other string is kept as `sha256:` and the first 40 hex "
-                            "digits of its SHA-256. The "
+                            "letters, digits or `. _ : @ + -`; any other string is kept as `sha256:` and the first "
+                            "40 hex digits of its SHA-256. The "
                             "`x-wattle-customer-id` header, when sent, takes its place."},
 }
 _SAMPLING_EXTRAS: dict[str, Schema] = {
