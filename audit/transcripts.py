@@ -18,13 +18,10 @@ foreign key's model), never by importing the tenants app.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -36,6 +33,7 @@ from audit.models import BreakGlassGrant, TenantDataKey, Transcript
 from audit.services import record
 from core import contract
 from core.redis import get_redis
+from core.streams import GroupReader
 
 logger = logging.getLogger("wattle.transcripts")
 
@@ -53,25 +51,6 @@ def _tenant(tenant_id):
 
 
 # --- ingest ------------------------------------------------------------------------------------------
-def _ensure_group(client: redis.Redis, stream: str) -> None:
-    try:
-        client.xgroup_create(stream, INGEST_GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-def _read(client: redis.Redis, stream: str, consumer: str, start: str, count: int) -> list:
-    try:
-        response = client.xreadgroup(INGEST_GROUP, consumer, {stream: start}, count=count)
-    except redis.ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
-        _ensure_group(client, stream)  # Redis restarted empty: the group went with the stream
-        return []
-    return [(entry_id, fields) for _stream, entries in (response or []) for entry_id, fields in entries]
-
-
 def _known_tenant(tenant_id: str) -> bool:
     try:
         return _tenant_model().objects.filter(pk=tenant_id).exists()
@@ -126,18 +105,10 @@ def transcripts_ingest(*, max_batches: int | None = None, count: int = 200) -> i
     """Move transcript records from the Redis stream into the database, sealed. Returns the entries handled.
     Entries are acknowledged (and deleted from the stream) only after the commit; a dead consumer's are taken
     over after a minute; the unique ``(request_id, turn)`` makes a second insert a no-op."""
-    client = get_redis()
-    stream = contract.transcript_stream_key()
-    _ensure_group(client, stream)
-    consumer = f"{socket.gethostname()}-{os.getpid()}"
-    _next, claimed, *_ = client.xautoclaim(stream, INGEST_GROUP, consumer, min_idle_time=_CLAIM_IDLE_MS,
-                                           start_id="0-0", count=count)
-    handled = batches = 0
-    while True:
-        pending = claimed or _read(client, stream, consumer, "0", count) or _read(client, stream, consumer, ">", count)
-        claimed = []
-        if not pending:
-            return handled
+    reader = GroupReader(get_redis(), contract.transcript_stream_key(), INGEST_GROUP)
+    reader.ensure_group()
+    handled = 0
+    for pending in reader.batches(count=count, claim_idle_ms=_CLAIM_IDLE_MS, max_batches=max_batches):
         records = []
         for _entry_id, fields in pending:
             raw = (fields or {}).get(b"t")
@@ -150,14 +121,9 @@ def transcripts_ingest(*, max_batches: int | None = None, count: int = 200) -> i
         with transaction.atomic():
             Transcript.objects.bulk_create(_rows(records), ignore_conflicts=True, batch_size=500)
         ids = [entry_id for entry_id, _ in pending]
-        pipe = client.pipeline(transaction=False)
-        pipe.xack(stream, INGEST_GROUP, *ids)
-        pipe.xdel(stream, *ids)
-        pipe.execute()
+        reader.ack(ids)  # only now: the rows are committed
         handled += len(ids)
-        batches += 1
-        if max_batches is not None and batches >= max_batches:
-            return handled
+    return handled
 
 
 # --- destruction -------------------------------------------------------------------------------------

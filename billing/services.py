@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -22,6 +19,7 @@ from billing.limits import LIMIT_FIELDS
 from billing.models import ModelPrice, Plan, PlanModelPrice, TenantQuota, UsageEvent
 from core import contract, quotas
 from core.redis import get_redis
+from core.streams import GroupReader
 from tenants.models import Tenant
 
 if TYPE_CHECKING:
@@ -37,18 +35,6 @@ INGEST_GROUP = settings.USAGE_INGEST_GROUP
 # and never come back for it. Every ingest transaction holds this advisory lock shared; the rollup job takes it
 # exclusively for the instant it reads max(id) (billing.rollups), so every id up to that max is committed.
 USAGE_COMMIT_LOCK = 0x5754_4C55  # "WTLU"
-
-
-def _consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _ensure_group(client: redis.Redis, stream: str) -> None:
-    try:
-        client.xgroup_create(stream, INGEST_GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
 
 
 _COLUMNS = (
@@ -130,19 +116,6 @@ def _store_postgres(rows: list[tuple]) -> int:
         return cursor.rowcount
 
 
-def _read(client: redis.Redis, stream: str, consumer: str, start: str, block_ms: int | None) -> list:
-    try:
-        response = client.xreadgroup(
-            INGEST_GROUP, consumer, {stream: start}, count=settings.USAGE_INGEST_BATCH, block=block_ms
-        )
-    except redis.ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
-        _ensure_group(client, stream)  # Redis restarted empty: the group went with the stream
-        return []
-    return [(entry_id, fields) for _stream, entries in (response or []) for entry_id, fields in entries]
-
-
 def usage_ingest(*, max_batches: int | None = None, block_ms: int | None = None) -> int:
     """Move usage events from the Redis stream into the database. Returns how many entries were handled.
 
@@ -150,23 +123,11 @@ def usage_ingest(*, max_batches: int | None = None, block_ms: int | None = None)
     consumer read but could not store (the database was down) are retried first; entries a dead consumer
     held are taken over after a minute; the unique ``request_id`` makes any second insert a no-op.
     """
-    client = get_redis()
-    stream = settings.INFERENCE_USAGE_STREAM
-    _ensure_group(client, stream)
-    consumer = _consumer_name()
+    reader = GroupReader(get_redis(), settings.INFERENCE_USAGE_STREAM, INGEST_GROUP)
+    reader.ensure_group()
     handled = 0
-    batches = 0
-    _next, claimed, *_ = client.xautoclaim(
-        stream, INGEST_GROUP, consumer, min_idle_time=settings.USAGE_INGEST_CLAIM_IDLE_MS, start_id="0-0",
-        count=settings.USAGE_INGEST_BATCH,
-    )
-    while True:
-        pending = (
-            claimed or _read(client, stream, consumer, "0", None) or _read(client, stream, consumer, ">", block_ms)
-        )
-        claimed = []
-        if not pending:
-            return handled
+    for pending in reader.batches(count=settings.USAGE_INGEST_BATCH, claim_idle_ms=settings.USAGE_INGEST_CLAIM_IDLE_MS,
+                                  block_ms=block_ms, max_batches=max_batches):
         rows = []
         for _entry_id, fields in pending:
             if not fields:
@@ -179,14 +140,9 @@ def usage_ingest(*, max_batches: int | None = None, block_ms: int | None = None)
                     logger.error("dropping malformed usage event: %s", exc.__class__.__name__)
         _store(rows)
         ids = [entry_id for entry_id, _ in pending]
-        pipe = client.pipeline(transaction=False)
-        pipe.xack(stream, INGEST_GROUP, *ids)
-        pipe.xdel(stream, *ids)
-        pipe.execute()
+        reader.ack(ids)  # only now: the rows are committed
         handled += len(ids)
-        batches += 1
-        if max_batches is not None and batches >= max_batches:
-            return handled
+    return handled
 
 
 def usage_ingest_loop(*, stop, idle_sleep: float = 0.2) -> None:

@@ -12,16 +12,14 @@ written once: a decision whose id is already in the trail is acknowledged and sk
 from __future__ import annotations
 
 import logging
-import os
-import socket
 
-import redis
 from django.db import transaction
 
 from audit.models import AuditEntry
 from audit.services import record
 from core import contract
 from core.redis import get_redis
+from core.streams import GroupReader
 from tenants.models import Tenant
 
 logger = logging.getLogger("wattle.adm")
@@ -30,29 +28,6 @@ GROUP = "audit"
 ACTION = "adm.escalation"
 _BATCH = 200
 _CLAIM_IDLE_MS = 60_000
-
-
-def _consumer() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _ensure_group(client, stream: str) -> None:
-    try:
-        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-def _read(client, stream: str, consumer: str, start: str) -> list:
-    try:
-        response = client.xreadgroup(GROUP, consumer, {stream: start}, count=_BATCH)
-    except redis.ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
-        _ensure_group(client, stream)  # Redis restarted empty: the group went with the stream
-        return []
-    return [(entry_id, fields) for _stream, entries in (response or []) for entry_id, fields in entries]
 
 
 def audit_data(decision: contract.EscalationDecision) -> dict:
@@ -91,18 +66,10 @@ class _KeyRef:
 
 def adm_decisions_ingest(*, max_batches: int | None = None) -> int:
     """Write the decisions waiting on the stream into the audit trail; returns how many entries were handled."""
-    client = get_redis()
-    stream = contract.adm_decisions_stream_key()
-    _ensure_group(client, stream)
-    consumer = _consumer()
-    handled = batches = 0
-    _next, claimed, *_ = client.xautoclaim(stream, GROUP, consumer, min_idle_time=_CLAIM_IDLE_MS, start_id="0-0",
-                                           count=_BATCH)
-    while True:
-        pending = claimed or _read(client, stream, consumer, "0") or _read(client, stream, consumer, ">")
-        claimed = []
-        if not pending:
-            return handled
+    reader = GroupReader(get_redis(), contract.adm_decisions_stream_key(), GROUP)
+    reader.ensure_group()
+    handled = 0
+    for pending in reader.batches(count=_BATCH, claim_idle_ms=_CLAIM_IDLE_MS, max_batches=max_batches):
         for _entry_id, fields in pending:
             if not fields:
                 continue
@@ -113,11 +80,6 @@ def adm_decisions_ingest(*, max_batches: int | None = None) -> int:
                 continue
             _store(decision)
         ids = [entry_id for entry_id, _ in pending]
-        pipe = client.pipeline(transaction=False)
-        pipe.xack(stream, GROUP, *ids)
-        pipe.xdel(stream, *ids)
-        pipe.execute()
+        reader.ack(ids)  # only now: the entries are committed
         handled += len(ids)
-        batches += 1
-        if max_batches is not None and batches >= max_batches:
-            return handled
+    return handled

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import socket
 from datetime import UTC, datetime
 
 import jsonschema
@@ -43,6 +42,7 @@ from django.utils import timezone
 
 from core import contract
 from core.redis import get_redis, key
+from core.streams import GroupReader
 from inference.models import Conversation, ConversationAnalysis
 from tenants.models import Tenant
 
@@ -154,60 +154,22 @@ def analysis_model(conversation: Conversation) -> str:
 
 
 # --- ingest --------------------------------------------------------------------------------------
-def _ensure_group(client: redis.Redis, stream: str) -> None:
-    try:
-        client.xgroup_create(stream, INGEST_GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-def _consumer_name() -> str:
-    import os
-
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _read(client: redis.Redis, stream: str, consumer: str, start: str, block_ms: int | None) -> list:
-    try:
-        response = client.xreadgroup(INGEST_GROUP, consumer, {stream: start}, count=50, block=block_ms)
-    except redis.ResponseError as exc:
-        if "NOGROUP" not in str(exc):
-            raise
-        _ensure_group(client, stream)
-        return []
-    return [(entry_id, fields) for _stream, entries in (response or []) for entry_id, fields in entries]
-
-
 def conversations_ingest(*, max_batches: int | None = None, block_ms: int | None = None) -> int:
     """Move closed conversations from the stream into the database; returns how many entries were handled. See the
     module's docstring for what is acknowledged and deleted when."""
     client = get_redis()
     stream = closed_conversation_stream()
-    _ensure_group(client, stream)
+    reader = GroupReader(client, stream, INGEST_GROUP)
+    reader.ensure_group()
     _trim_old(client, stream)
-    consumer = _consumer_name()
-    handled = batches = 0
-    _next, claimed, *_ = client.xautoclaim(stream, INGEST_GROUP, consumer, min_idle_time=60_000, start_id="0-0",
-                                          count=50)
-    while True:
-        pending = claimed or _read(client, stream, consumer, "0", None) or _read(client, stream, consumer, ">",
-                                                                                block_ms)
-        claimed = []
-        if not pending:
-            return handled
+    handled = 0
+    for pending in reader.batches(count=50, claim_idle_ms=60_000, block_ms=block_ms, max_batches=max_batches):
         for entry_id, fields in pending:
             entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             keep = _ingest_one(entry, fields) if fields else False
-            pipe = client.pipeline(transaction=False)
-            pipe.xack(stream, INGEST_GROUP, entry_id)
-            if not keep:
-                pipe.xdel(stream, entry_id)  # not sampled (or unreadable): the transcript goes now
-            pipe.execute()
+            reader.ack([entry_id], delete=not keep)  # not sampled (or unreadable): the transcript goes now
             handled += 1
-        batches += 1
-        if max_batches is not None and batches >= max_batches:
-            return handled
+    return handled
 
 
 def _trim_old(client: redis.Redis, stream: str) -> None:
