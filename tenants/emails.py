@@ -35,7 +35,9 @@ def add_html_part(message):
 
 
 def branded_message(subject: str, body: str, recipients) -> EmailMultiAlternatives:
-    """Every email we send: the plain text and the brand's HTML part."""
+    """Every email we send: the plain text and the brand's HTML part. The subject is made one line: it quotes
+    free text (an organisation's name), and a line break there would make Django refuse the whole email."""
+    subject = " ".join(subject.split())
     return add_html_part(EmailMultiAlternatives(subject, body, settings.DEFAULT_FROM_EMAIL, list(recipients)))
 
 

@@ -99,3 +99,20 @@ def test_html_part_escapes_what_it_quotes(acme, public_address):
     assert 'href="https://e.example/a?b=1&amp;c=2"' in html
     assert "<title>[Wattle] &lt;b&gt;x&lt;/b&gt;</title>" in html
 
+
+
+def test_a_name_with_a_line_break_neither_injects_a_header_nor_stops_the_email(
+        owner_client, acme, public_address, django_capture_on_commit_callbacks):
+    """An organisation's name is free text and may hold a line break (the settings form and the API keep inner
+    whitespace). Put in a subject it must not add a header (Bcc) and must not make the email fail to send:
+    Django refuses a subject with a newline (BadHeaderError), which would drop the invitation, budget alert or
+    payment notice."""
+    acme.name = "Acme\nBcc: victim@evil.example"
+    acme.save(update_fields=["name"])
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        owner_client.post(f"/t/{acme.slug}/invitations/", {"email": "carol@acme.example", "role": "developer"})
+    (message,) = mail.outbox
+    assert "\n" not in message.subject and "\r" not in message.subject
+    assert "Acme Bcc: victim@evil.example" in message.subject
+    assert message.message()["Bcc"] is None and message.recipients() == ["carol@acme.example"]
