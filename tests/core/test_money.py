@@ -15,7 +15,7 @@ from core import money, quotas
 
 @pytest.mark.parametrize(("value", "shown"), [
     (Decimal("0.3"), "A$0.30"), (Decimal("1234.5"), "A$1,234.50"), (0, "A$0.00"), (99, "A$99.00"),
-    (0.1 + 0.2, "A$0.30"), (Decimal("0.005"), "A$0.01"), (Decimal("-2.5"), "A$-2.50"), (None, ""),
+    (0.1 + 0.2, "A$0.30"), (Decimal("0.005"), "A$0.01"), (Decimal("-2.5"), "-A$2.50"), (None, ""),
 ])
 def test_amounts_to_the_cent(value, shown):
     assert money.format_aud(value) == shown
@@ -38,6 +38,33 @@ def test_unit_prices_per_million_tokens(per_1m, shown):
 ])
 def test_request_costs(cost, shown):
     assert money.format_cost(cost) == shown
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (Decimal("-1234.5"), "-A$1,234.50"), (Decimal("-0.004"), "A$0.00"), (Decimal("-0"), "A$0.00"),
+    (-0.001, "A$0.00"), (0.005, "A$0.01"), (1.005, "A$1.01"), (2.675, "A$2.68"),
+    (Decimal("1e26"), "A$100,000,000,000,000,000,000,000,000.00"),
+])
+def test_amounts_sign_rounding_and_size(value, shown):
+    """A credit reads -A$2.50 (the sign before the currency, as banks and Stripe write it), an amount that rounds
+    to nothing is never "A$-0.00", a float is rounded as it reads (2.675 is A$2.68, not binary 2.67499…), and an
+    amount too long for the default decimal precision is still written, not an InvalidOperation (a 500)."""
+    assert money.format_aud(value) == shown
+
+
+@pytest.mark.parametrize("value", [Decimal("NaN"), float("nan"), float("inf"), Decimal("-Infinity")])
+def test_not_a_number_is_no_amount(value):
+    """NaN or infinity is not money: shown as nothing (the pages' "no value"), never "A$NaN" or a server error."""
+    assert money.format_aud(value) == "" and money.format_aud(value, blank="—") == "—"
+    assert money.format_price(value) == "" and money.format_unit_price(value) == ""
+    assert money.format_cost(value) == ""
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (Decimal("-0.00025"), "-A$0.00025"), (Decimal("-0.0000001"), "A$0.00"), (Decimal("-12.345"), "-A$12.35"),
+])
+def test_negative_costs_and_prices(value, shown):
+    assert money.format_cost(value) == shown
 
 
 def test_template_filters_use_the_formatter():
