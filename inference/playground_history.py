@@ -35,6 +35,10 @@ class Unreadable(Exception):
     """The conversation's content no longer decrypts (its key is gone, or the row was altered)."""
 
 
+class Unavailable(Exception):
+    """The key service (KMS) can't be reached just now: the content is there, try again shortly."""
+
+
 def enabled(tenant) -> bool:
     """History exists only while the tenant keeps transcripts: with retention off nothing is stored."""
     return tenant.retention_days > 0
@@ -87,26 +91,32 @@ def conversations(*, tenant, user, request=None) -> list[dict]:
         model[conversation_id] = row_model  # the latest wins
     rows = {row.conversation_id: row for row in
             Transcript.objects.filter(pk__in=list(first.values())).select_related("data_key")}
-    listed = []
+    listed, read, reachable = [], [], True
     for group in groups:
         row = rows.get(group["conversation_id"])
-        try:
-            preview = _preview(_open(row).get("prompt")) if row is not None else ""
-        except envelope.DecryptionError:
-            preview = ""
+        preview = ""
+        if row is not None and reachable:
+            try:
+                preview = _preview(_open(row).get("prompt"))
+                read.append(row.request_id)
+            except envelope.DecryptionError:
+                pass
+            except envelope.KeyServiceUnavailable:
+                reachable = False  # listed without previews, rather than waiting on KMS for every row
         listed.append({"id": group["conversation_id"], "started": group["started"].isoformat(),
                        "last": group["last"].isoformat(), "model": model.get(group["conversation_id"], ""),
                        "turns": group["turns"], "preview": preview})
-    record(action="transcript.read", actor=user, tenant=tenant, request=request,
-           data={"surface": "playground_history", "conversations": len(listed),
-                 "request_ids": [row.request_id for row in rows.values()]})
+    if read:  # only what was decrypted is a read
+        record(action="transcript.read", actor=user, tenant=tenant, request=request,
+               data={"surface": "playground_history", "conversations": len(listed), "request_ids": read})
     return listed
 
 
 def conversation(*, tenant, user, conversation_id: str, request=None) -> dict | None:
     """One of the member's conversations to continue in the page: its messages as last sent (system prompt
     included) and the model's last reply, or None if the member has no such conversation. The read is audited
-    (``transcript.read`` of its latest turn). Raises ``Unreadable`` if it no longer decrypts."""
+    (``transcript.read`` of its latest turn). Raises ``Unreadable`` if it no longer decrypts, ``Unavailable`` if
+    the key service can't be reached."""
     if not CONVERSATION_ID.fullmatch(conversation_id or ""):
         return None
     rows = _mine(tenant, user).filter(conversation_id=conversation_id)
@@ -118,6 +128,8 @@ def conversation(*, tenant, user, conversation_id: str, request=None) -> dict | 
         content = transcript_content(transcript=latest, actor=user, request=request)
     except envelope.DecryptionError:
         raise Unreadable from None
+    except envelope.KeyServiceUnavailable:
+        raise Unavailable from None
     messages = _messages(content.get("prompt"))
     reply = content.get("reply")
     if isinstance(reply, str) and reply:

@@ -154,6 +154,8 @@ def playground_history_open(request, access, conversation_id: str):
                                                 conversation_id=conversation_id, request=request)
     except playground_history.Unreadable:
         return JsonResponse({"error": "This conversation can no longer be read."}, status=410)
+    except playground_history.Unavailable:
+        return JsonResponse({"error": "History can't be read just now. Try again in a minute."}, status=503)
     if found is None:
         raise Http404
     return JsonResponse(found)

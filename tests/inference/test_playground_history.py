@@ -256,3 +256,34 @@ def test_expired_conversations_are_not_history(retained, agent, agent_client):
     Transcript.objects.update(expires_at=Transcript.objects.get().created_at)
     assert agent_client.get(_url(retained)).json() == {"conversations": []}
     assert agent_client.get(_url(retained, CONVERSATION)).status_code == 404
+
+
+
+def test_with_the_key_service_unavailable_history_answers_without_a_server_error(monkeypatch, settings, acme,
+                                                                                agent, agent_client,
+                                                                                django_capture_on_commit_callbacks):
+    """KMS unreachable (an outage, throttling, a network fault) is not "gone for good" (410) and not a 500: the
+    list still answers (without previews), opening says to try again (503), and nothing is audited as read."""
+    import boto3
+    from moto import mock_aws
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "ap-southeast-2"}.items():
+        monkeypatch.setenv(name, value)
+    settings.AWS_REGION = "ap-southeast-2"
+    settings.AWS_ENDPOINT_URL = None
+    with mock_aws():  # kept while KMS (moto's, in Sydney) answers
+        settings.AUDIT_TRANSCRIPT_KMS_KEY_ID = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+        with django_capture_on_commit_callbacks(execute=True):
+            tenant_retention_set(tenant=acme, days=30)
+        keep(acme, agent, request_id="req_k1", prompt=[{"role": "user", "content": SECRET}], reply_text="ok")
+    assert Transcript.objects.get(request_id="req_k1").data_key.provider == "kms"
+    settings.AWS_ENDPOINT_URL = "http://127.0.0.1:9"  # then KMS can't be reached (nothing listens there)
+    envelope.forget()  # no plaintext key cached: the next read asks KMS
+    listed = agent_client.get(_url(acme))
+    assert listed.status_code == 200
+    assert [(c["id"], c["preview"]) for c in listed.json()["conversations"]] == [(CONVERSATION, "")]
+    opened = agent_client.get(_url(acme, CONVERSATION))
+    assert opened.status_code == 503 and opened["content-type"] == "application/json"
+    assert "try again" in opened.json()["error"].lower()
+    assert not AuditEntry.objects.filter(action="transcript.read").exists()
