@@ -287,3 +287,19 @@ def test_with_the_key_service_unavailable_history_answers_without_a_server_error
     assert opened.status_code == 503 and opened["content-type"] == "application/json"
     assert "try again" in opened.json()["error"].lower()
     assert not AuditEntry.objects.filter(action="transcript.read").exists()
+
+
+def test_a_removed_member_reads_no_history_and_a_returning_one_finds_only_their_own(retained, agent, agent_client,
+                                                                                   two_turns):
+    """Removed: the history is the organisation's, not theirs to take away (404, as for any non-member). Invited
+    back (as agent or above), the conversations they themselves sent are theirs to see again; owners could read
+    them all along through the transcripts pages."""
+    from tenants.models import Membership
+    from tenants.services import member_remove
+
+    member_remove(membership=Membership.objects.get(tenant=retained, user=agent), actor_role=Role.OWNER)
+    assert agent_client.get(_url(retained)).status_code == 404
+    assert agent_client.get(_url(retained, CONVERSATION)).status_code == 404
+    assert not AuditEntry.objects.filter(action="transcript.read").exists()
+    Membership.objects.create(tenant=retained, user=agent, role=Role.DEVELOPER)
+    assert [c["id"] for c in agent_client.get(_url(retained)).json()["conversations"]] == [CONVERSATION]
