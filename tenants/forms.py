@@ -23,6 +23,12 @@ from tenants.validators import validate_abn
 STATE_CHOICES = [("", "Choose a state or territory"), *Tenant.State.choices]
 
 
+def one_line(name: str) -> str:
+    """An organisation's name on one line, runs of whitespace as one space: emails to other people quote it
+    (an invitation), where line breaks would let it add paragraphs that read as ours."""
+    return " ".join(name.split())
+
+
 class NoSuffixMixin:
     """Labels read as written ("Email", not "Email:"): cleaner for screen readers and for tests alike."""
 
@@ -83,7 +89,7 @@ class SignupForm(NoSuffixMixin, AllauthSignupForm):
         return validate_abn(self.cleaned_data.get("abn", ""))
 
     def clean_organisation(self) -> str:
-        name = self.cleaned_data["organisation"].strip()
+        name = one_line(self.cleaned_data["organisation"])
         if not name:
             raise ValidationError("Enter your organisation's name.")
         return name
@@ -99,7 +105,7 @@ class TenantSettingsForm(NoSuffixMixin, forms.Form):
         return validate_abn(self.cleaned_data.get("abn", ""))
 
     def clean_name(self) -> str:
-        name = self.cleaned_data["name"].strip()
+        name = one_line(self.cleaned_data["name"])
         if not name:
             raise ValidationError("Enter the organisation's name.")
         return name

@@ -10,7 +10,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core import quotas
-from tenants.forms import check_served, parse_models
+from tenants.forms import check_served, one_line, parse_models
 from tenants.models import ApiKey, Invitation, Membership, Role, Tenant
 from tenants.services import MAX_ROTATION_GRACE
 from tenants.validators import validate_abn
@@ -41,9 +41,9 @@ class TenantUpdateSerializer(serializers.Serializer):
     state = serializers.ChoiceField(choices=Tenant.State.choices, required=False, allow_blank=True)
 
     def validate_name(self, value: str) -> str:
-        if not value.strip():
+        if not one_line(value):
             raise serializers.ValidationError("Enter the organisation's name.")
-        return value.strip()
+        return one_line(value)
 
     def validate_abn(self, value: str) -> str:
         from django.core.exceptions import ValidationError

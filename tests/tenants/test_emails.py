@@ -116,3 +116,29 @@ def test_a_name_with_a_line_break_neither_injects_a_header_nor_stops_the_email(
     assert "\n" not in message.subject and "\r" not in message.subject
     assert "Acme Bcc: victim@evil.example" in message.subject
     assert message.message()["Bcc"] is None and message.recipients() == ["carol@acme.example"]
+
+
+SPOOF = "Acme\n\nYour account is locked. Unlock it at https://evil.example/unlock\n\nWattle support"
+
+
+def test_an_organisation_name_is_kept_on_one_line_so_it_cannot_write_paragraphs_into_emails(
+        client, owner_client, acme, alice, settings):
+    """The name is quoted in emails other people receive (an invitation, from our address): with line breaks it
+    could add a paragraph of its own that reads as ours. Sign-up, the settings page and the API keep it on one
+    line (runs of whitespace as one space)."""
+    from rest_framework.test import APIClient
+
+    from tenants.models import Tenant
+    from tests.conftest import sign_in
+    from tests.tenants.test_signup import _form
+
+    one_line = " ".join(SPOOF.split())
+    client.post("/accounts/signup/", _form(organisation=SPOOF))
+    assert Tenant.objects.get(billing_email="accounts@koala.example").name == one_line
+    page = owner_client.post(f"/t/{acme.slug}/settings/", {"name": SPOOF, "billing_email": "ap@acme.example"})
+    assert page.status_code == 302
+    acme.refresh_from_db()
+    assert acme.name == one_line
+    api = sign_in(APIClient(), alice)  # owner_client gave alice her second factor
+    answer = api.patch("/api/v1/tenant", {"name": "Acme\r\nTwo\tPty"}, format="json")
+    assert answer.status_code == 200 and answer.json()["name"] == "Acme Two Pty"
