@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from core import ccaas
@@ -134,6 +135,7 @@ def _own_history(access) -> None:
         raise Http404
 
 
+@never_cache  # decrypted conversation text: not left in the browser's disk cache
 @require_GET
 @tenant_view(Action.PLAYGROUND_USE)
 def playground_history_list(request, access):
@@ -143,6 +145,7 @@ def playground_history_list(request, access):
     return JsonResponse({"conversations": listed})
 
 
+@never_cache  # decrypted conversation text: not left in the browser's disk cache
 @require_GET
 @tenant_view(Action.PLAYGROUND_USE)
 def playground_history_open(request, access, conversation_id: str):

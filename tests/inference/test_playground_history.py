@@ -303,3 +303,11 @@ def test_a_removed_member_reads_no_history_and_a_returning_one_finds_only_their_
     assert not AuditEntry.objects.filter(action="transcript.read").exists()
     Membership.objects.create(tenant=retained, user=agent, role=Role.DEVELOPER)
     assert [c["id"] for c in agent_client.get(_url(retained)).json()["conversations"]] == [CONVERSATION]
+
+
+def test_history_answers_are_not_kept_in_the_browsers_cache(retained, agent_client, two_turns):
+    """Decrypted conversation text (and its opening words in the list) is personal: no-store, as the key-created
+    page, so it isn't left in a shared computer's disk cache."""
+    for url in (_url(retained), _url(retained, CONVERSATION)):
+        response = agent_client.get(url)
+        assert response.status_code == 200 and "no-store" in response["Cache-Control"]
