@@ -64,7 +64,7 @@ def _messages(prompt) -> list[dict]:
 
 def _preview(prompt) -> str:
     """The opening words of the conversation's first message (the member's, not the system prompt's)."""
-    text = next((m["content"] for m in reversed(_messages(prompt)) if m["role"] == "user"), "")
+    text = next((m["content"] for m in _messages(prompt) if m["role"] == "user"), "")
     text = " ".join(text.split())
     if len(text) <= PREVIEW_CHARS:
         return text

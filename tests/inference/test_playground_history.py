@@ -311,3 +311,14 @@ def test_history_answers_are_not_kept_in_the_browsers_cache(retained, agent_clie
     for url in (_url(retained), _url(retained, CONVERSATION)):
         response = agent_client.get(url)
         assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+
+
+def test_the_preview_is_the_conversations_opening_words_even_when_its_first_kept_turn_is_a_later_one(
+        retained, agent, agent_client):
+    """Retention turned on mid-conversation: the first kept turn's prompt already holds earlier messages, and the
+    list should still show how the conversation began."""
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How it began"},
+              {"role": "assistant", "content": "ok"}, {"role": "user", "content": "A later question"}]
+    keep(retained, agent, request_id="req_mid", prompt=prompt, reply_text="fine")
+    [listed] = agent_client.get(_url(retained)).json()["conversations"]
+    assert listed["preview"] == "How it began"
