@@ -10,6 +10,10 @@ One formatter, so the console never shows ``A$0.300000`` on one page and ``$0.3`
   that to six decimals (trailing zeros trimmed), so the request log tells a 20-token request from a 2,000-token
   one.
 
+All of them round half up on the value as written (a float as it reads: 2.675 is A$2.68), put a minus sign
+before the currency (``-A$2.50``, a credit) and only on what is not zero once rounded, and show NaN or infinity
+as the caller's ``blank``, never as text or an error.
+
 Machine-readable exports (CSV, JSON) keep exact values and don't go through here.
 """
 
