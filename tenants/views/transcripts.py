@@ -11,6 +11,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from audit import transcripts as retention
@@ -61,6 +62,7 @@ def _content(request, transcript, grant=None) -> dict | None:
     return {"messages": messages_, "prompt_text": text, "reply": content.get("reply") or ""}
 
 
+@never_cache  # decrypted content: never kept in a browser's or a proxy's cache
 @require_GET
 @tenant_view(Action.TENANT_VIEW)
 def transcripts(request, access):
@@ -71,6 +73,7 @@ def transcripts(request, access):
     })
 
 
+@never_cache  # decrypted content: never kept in a browser's or a proxy's cache
 @require_GET
 @tenant_view(Action.TENANT_VIEW)
 def transcript_detail(request, access, transcript_id):
@@ -119,6 +122,7 @@ def transcripts_destroy(request, access):
 
 
 # --- staff: break-glass (R-SEC-3) ----------------------------------------------------------------------
+@never_cache  # decrypted content: never kept in a browser's or a proxy's cache
 @require_GET
 @staff_view
 def staff_transcripts(request, slug: str):
@@ -146,6 +150,7 @@ def staff_break_glass(request, slug: str):
     return redirect("staff_transcripts", tenant.slug)
 
 
+@never_cache  # decrypted content: never kept in a browser's or a proxy's cache
 @require_GET
 @staff_view
 def staff_transcript_detail(request, slug: str, transcript_id):

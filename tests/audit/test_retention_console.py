@@ -56,6 +56,8 @@ def test_owner_lists_and_reads_a_transcript_and_each_view_is_audited(owner_clien
         detail = owner_client.get(f"/t/{acme.slug}/transcripts/{kept.pk}/")
         assert detail.status_code == 200
         assert SECRET in detail.content.decode() and "Thanks, noted." in detail.content.decode()
+        assert "no-store" in detail["Cache-Control"]  # decrypted content stays out of caches
+    assert "no-store" in listing["Cache-Control"]
     reads = AuditEntry.objects.filter(action="transcript.read", tenant=acme)
     assert reads.count() == 2 and all(r.data["break_glass"] is None and r.target_id == str(kept.pk) for r in reads)
 
