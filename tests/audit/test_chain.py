@@ -129,11 +129,11 @@ def test_fast_canonical_encoding_matches_its_definition():
 
 
 @pytest.mark.services
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the chain is verified in parallel on PostgreSQL only")
 @pytest.mark.django_db(transaction=True)
 def test_parallel_verification_checks_every_range_and_its_seams(monkeypatch):
-    """Ranges verified by separate processes: a link broken at a seam between ranges, or a deletion at the end
-    of one, is still found, and named as the first broken link."""
+    """Ranges verified by separate processes (on PostgreSQL; other databases verify in one pass, asked for the
+    same): a link broken at a seam between ranges, or a deletion at the end of one, is still found, and named as
+    the first broken link."""
     import audit.verify
 
     monkeypatch.setattr(audit.verify, "PARALLEL_MIN", 0)
@@ -147,7 +147,7 @@ def test_parallel_verification_checks_every_range_and_its_seams(monkeypatch):
     finally:
         guard.install(connection)
     result = audit.verify.verify(processes=2)
-    assert result.broken == "seq 10 missing before seq 11: deleted"
+    assert result.broken.startswith("seq 10 missing before seq 11") and result.broken.endswith(": deleted")
     assert result.entries == 9
 
 
